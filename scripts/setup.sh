@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything strata needs from Debian's packages. Safe to run again: it installs only what is
+# missing, so a second run downloads nothing.
+set -euo pipefail
+
+pkgs=(
+  g++ cmake make pkg-config ninja-build
+  libopenblas-dev libopenblas0-openmp libomp-dev
+  libsentencepiece-dev sentencepiece
+  nlohmann-json3-dev libcli11-dev libgtest-dev
+  python3 python3-dev python3-numpy python3-torch python3-pytest pybind11-dev
+  bible-kjv fortunes dict-devil
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
