@@ -1,0 +1,344 @@
+"""Plain PyTorch reference implementation of the strata baseline model (docs/model.md).
+
+Every op is written out by hand so that the code can be read side by side with the model definition.
+Speed is not a goal: attention builds the full T x T score matrix and applies an explicit softmax.
+
+Parameters are stored under the exact names of docs/model.md. Because ``nn.Module`` does not allow
+'.' in parameter names, each tensor is registered with '.' replaced by '__' (``blocks.0.wq`` is the
+attribute ``blocks__0__wq``); ``param(name)`` / ``named_strata_params()`` use the doc names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+DEFAULT_CONFIG = OrderedDict(
+    vocab_size=4096,
+    d_model=384,
+    n_layers=8,
+    n_heads=6,
+    n_kv_heads=2,
+    head_dim=64,
+    ffn_hidden=1024,
+    max_seq_len=256,
+    rope_theta=10000.0,
+    norm_eps=1e-5,
+    norm_placement="pre",
+    qk_norm=False,
+    tie_embeddings=True,
+    init_std=0.02,
+    seed=1337,
+)
+
+NORM_PLACEMENTS = ("pre", "post", "reordered")
+
+
+def resolve_config(config: dict | None) -> dict:
+    """Return the full config (defaults filled in) after validating it; raises ValueError."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise ValueError(f"unknown config key(s): {unknown}")
+    cfg = dict(DEFAULT_CONFIG)
+    cfg.update(config)
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                "ffn_hidden", "max_seq_len"):
+        if int(cfg[key]) != cfg[key] or cfg[key] <= 0:
+            raise ValueError(f"{key} must be a positive integer, got {cfg[key]!r}")
+        cfg[key] = int(cfg[key])
+    if cfg["d_model"] != cfg["n_heads"] * cfg["head_dim"]:
+        raise ValueError("d_model must equal n_heads * head_dim")
+    if cfg["n_heads"] % cfg["n_kv_heads"] != 0:
+        raise ValueError("n_heads must be divisible by n_kv_heads")
+    if cfg["head_dim"] % 2 != 0:
+        raise ValueError("head_dim must be even (rotate-half RoPE)")
+    if cfg["norm_placement"] not in NORM_PLACEMENTS:
+        raise ValueError(f"norm_placement must be one of {NORM_PLACEMENTS}")
+    return cfg
+
+
+def param_shapes(cfg: dict) -> "OrderedDict[str, tuple]":
+    """Doc names and shapes of every parameter, in the doc's buffer order."""
+    V, D, L = cfg["vocab_size"], cfg["d_model"], cfg["n_layers"]
+    H, Hk, d, F = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"], cfg["ffn_hidden"]
+    shapes = OrderedDict()
+    shapes["tok_emb"] = (V, D)
+    for l in range(L):
+        p = f"blocks.{l}."
+        shapes[p + "attn_norm"] = (D,)
+        shapes[p + "wq"] = (H * d, D)
+        shapes[p + "wk"] = (Hk * d, D)
+        shapes[p + "wv"] = (Hk * d, D)
+        if cfg["qk_norm"]:
+            shapes[p + "q_norm"] = (d,)
+            shapes[p + "k_norm"] = (d,)
+        shapes[p + "wo"] = (D, H * d)
+        shapes[p + "mlp_norm"] = (D,)
+        shapes[p + "w_gate"] = (F, D)
+        shapes[p + "w_up"] = (F, D)
+        shapes[p + "w_down"] = (D, F)
+    shapes["final_norm"] = (D,)
+    if not cfg["tie_embeddings"]:
+        shapes["lm_head"] = (V, D)
+    return shapes
+
+
+def _attr(name: str) -> str:
+    return name.replace(".", "__")
+
+
+# ----------------------------------------------------------------------------------------------
+# Ops, written out by hand.
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """y = x * rsqrt(mean(x^2) + eps) * w over the last axis."""
+    ms = (x * x).mean(dim=-1, keepdim=True)
+    return x * torch.rsqrt(ms + eps) * w
+
+
+def rope_cos_sin(T: int, d: int, theta: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (T, d/2): angle[pos, i] = pos * theta^(-2i/d)."""
+    i = torch.arange(d // 2, dtype=torch.float64)
+    inv_freq = theta ** (-2.0 * i / d)
+    pos = torch.arange(T, dtype=torch.float64)
+    ang = pos[:, None] * inv_freq[None, :]
+    return torch.cos(ang).to(dtype), torch.sin(ang).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x of shape (B, nh, T, d): pairs (x_i, x_{i+d/2})."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def silu(z: torch.Tensor) -> torch.Tensor:
+    return z * torch.sigmoid(z)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """y = x W^T, with W of shape (out, in)."""
+    return x @ w.t()
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy over positions whose target is >= 0 (negatives are ignored).
+
+    logits (B, T, V), targets (B, T). If no target is >= 0 the result is NaN (0/0).
+    """
+    V = logits.shape[-1]
+    flat = logits.reshape(-1, V)
+    tgt = targets.reshape(-1)
+    valid = tgt >= 0
+    # log-softmax by hand, with the max subtracted for stability
+    mx = flat.max(dim=-1, keepdim=True).values.detach()
+    lse = torch.log(torch.exp(flat - mx).sum(dim=-1)) + mx.squeeze(-1)
+    safe_tgt = torch.where(valid, tgt, torch.zeros_like(tgt))
+    picked = flat.gather(1, safe_tgt[:, None]).squeeze(1)
+    nll = (lse - picked) * valid.to(flat.dtype)
+    return nll.sum() / valid.sum().to(flat.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+
+class RefModel(nn.Module):
+    def __init__(self, config: dict | None = None, dtype=torch.float64):
+        super().__init__()
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError("dtype must be torch.float32 or torch.float64")
+        self.cfg = resolve_config(config)
+        self.dtype = dtype
+        self._shapes = param_shapes(self.cfg)
+        self._names = list(self._shapes)
+        self._init_params()
+
+    # -- parameters --------------------------------------------------------------------------
+    def _init_params(self):
+        """Init per the doc: norms 1; matrices N(0, std), wo/w_down N(0, std/sqrt(2L)).
+
+        The random stream is torch's (seeded with cfg['seed']); it is not meant to match the C++ engine,
+        whose values are copied in with load_strata_params for parity tests.
+        """
+        gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
+        std = self.cfg["init_std"]
+        out_std = std / math.sqrt(2 * self.cfg["n_layers"])
+        for name, shape in self._shapes.items():
+            if len(shape) == 1:
+                t = torch.ones(shape, dtype=torch.float64)
+            else:
+                s = out_std if name.endswith(".wo") or name.endswith(".w_down") else std
+                t = torch.randn(shape, generator=gen, dtype=torch.float64) * s
+            self.register_parameter(_attr(name), nn.Parameter(t.to(self.dtype)))
+
+    def param(self, name: str) -> nn.Parameter:
+        if name not in self._shapes:
+            raise KeyError(name)
+        return getattr(self, _attr(name))
+
+    def strata_param_names(self) -> list[str]:
+        return list(self._names)
+
+    def named_strata_params(self) -> list[tuple[str, nn.Parameter]]:
+        """(doc name, Parameter) in the doc's buffer order."""
+        return [(n, self.param(n)) for n in self._names]
+
+    @torch.no_grad()
+    def load_strata_params(self, arrays: dict):
+        """Copy {doc name: np.ndarray} into the parameters (cast to this model's dtype).
+
+        Every parameter must be present with the doc's shape; extra names are an error.
+        """
+        missing = [n for n in self._names if n not in arrays]
+        extra = [n for n in arrays if n not in self._shapes]
+        if missing or extra:
+            raise KeyError(f"load_strata_params: missing {missing}, unexpected {extra}")
+        for n in self._names:
+            a = torch.as_tensor(np.asarray(arrays[n]))
+            if tuple(a.shape) != self._shapes[n]:
+                raise ValueError(f"{n}: shape {tuple(a.shape)} != {self._shapes[n]}")
+            self.param(n).copy_(a.to(self.dtype))
+
+    # -- forward -----------------------------------------------------------------------------
+    def _attention(self, x: torch.Tensor, l: int) -> torch.Tensor:
+        cfg = self.cfg
+        B, T, _ = x.shape
+        H, Hk, d = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"]
+        G = H // Hk
+        p = f"blocks.{l}."
+        q = linear(x, self.param(p + "wq")).view(B, T, H, d).transpose(1, 2)   # (B, H, T, d)
+        k = linear(x, self.param(p + "wk")).view(B, T, Hk, d).transpose(1, 2)  # (B, Hk, T, d)
+        v = linear(x, self.param(p + "wv")).view(B, T, Hk, d).transpose(1, 2)  # (B, Hk, T, d)
+        if cfg["qk_norm"]:
+            q = rms_norm(q, self.param(p + "q_norm"), cfg["norm_eps"])
+            k = rms_norm(k, self.param(p + "k_norm"), cfg["norm_eps"])
+        cos, sin = rope_cos_sin(T, d, cfg["rope_theta"], x.dtype)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        # query head h reads kv head h // G
+        kv_index = torch.arange(H) // G
+        k = k[:, kv_index]  # (B, H, T, d)
+        v = v[:, kv_index]
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        # explicit softmax over the key axis
+        mx = scores.max(dim=-1, keepdim=True).values.detach()
+        e = torch.exp(scores - mx)
+        att = e / e.sum(dim=-1, keepdim=True)
+        y = att @ v  # (B, H, T, d)
+        y = y.transpose(1, 2).reshape(B, T, H * d)
+        return linear(y, self.param(p + "wo"))
+
+    def _mlp(self, x: torch.Tensor, l: int) -> torch.Tensor:
+        p = f"blocks.{l}."
+        gate = linear(x, self.param(p + "w_gate"))
+        up = linear(x, self.param(p + "w_up"))
+        return linear(silu(gate) * up, self.param(p + "w_down"))
+
+    def _block(self, h: torch.Tensor, l: int) -> torch.Tensor:
+        eps = self.cfg["norm_eps"]
+        p = f"blocks.{l}."
+        wa, wm = self.param(p + "attn_norm"), self.param(p + "mlp_norm")
+        placement = self.cfg["norm_placement"]
+        if placement == "pre":
+            h = h + self._attention(rms_norm(h, wa, eps), l)
+            h = h + self._mlp(rms_norm(h, wm, eps), l)
+        elif placement == "post":
+            h = rms_norm(h + self._attention(h, l), wa, eps)
+            h = rms_norm(h + self._mlp(h, l), wm, eps)
+        elif placement == "reordered":
+            h = h + rms_norm(self._attention(h, l), wa, eps)
+            h = h + rms_norm(self._mlp(h, l), wm, eps)
+        else:  # unreachable: validated in resolve_config
+            raise ValueError(placement)
+        return h
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
+        """tokens (B, T) int64 -> (logits (B, T, V), mean CE loss or None)."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
+        B, T = tokens.shape
+        if T > self.cfg["max_seq_len"]:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg['max_seq_len']}")
+        h = self.param("tok_emb")[tokens]  # (B, T, D)
+        for l in range(self.cfg["n_layers"]):
+            h = self._block(h, l)
+        h = rms_norm(h, self.param("final_norm"), self.cfg["norm_eps"])
+        w_out = self.param("tok_emb") if self.cfg["tie_embeddings"] else self.param("lm_head")
+        logits = linear(h, w_out)
+        loss = None
+        if targets is not None:
+            targets = torch.as_tensor(targets, dtype=torch.long)
+            loss = cross_entropy(logits, targets)
+        return logits, loss
+
+
+# ----------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ref_adamw_step(params: dict, grads: dict, m: dict, v: dict, step: int, lr: float,
+                   beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-8,
+                   weight_decay: float = 0.1, no_decay_names=None):
+    """One AdamW step per docs/model.md, written out by hand (not torch.optim).
+
+    params / grads / m / v: dicts name -> tensor; params, m and v are updated in place (m and v
+    must start as zeros). step is the 1-based step number t used in the bias correction.
+    no_decay_names: names exempt from weight decay; None means every 1-D tensor.
+    Decay uses the value of p from before the step (same as torch.optim.AdamW).
+    """
+    if step < 1:
+        raise ValueError("step is 1-based")
+    if no_decay_names is None:
+        no_decay_names = {n for n, p in params.items() if p.dim() == 1}
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    for name, p in params.items():
+        g = grads[name]
+        m[name].mul_(beta1).add_((1.0 - beta1) * g)
+        v[name].mul_(beta2).add_((1.0 - beta2) * g * g)
+        m_hat = m[name] / bc1
+        v_hat = v[name] / bc2
+        update = m_hat / (torch.sqrt(v_hat) + eps)
+        if name not in no_decay_names:
+            update = update + weight_decay * p
+        p.sub_(lr * update)
+
+
+class RefAdamW:
+    """Small stateful wrapper around ref_adamw_step for a RefModel."""
+
+    def __init__(self, model: RefModel, no_decay_names=None):
+        self.model = model
+        self.params = OrderedDict(model.named_strata_params())
+        self.m = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.v = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.t = 0
+        self.no_decay_names = no_decay_names
+
+    def step(self, lr, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1):
+        self.t += 1
+        grads = {n: p.grad for n, p in self.params.items()}
+        ref_adamw_step(self.params, grads, self.m, self.v, self.t, lr, beta1, beta2, eps,
+                       weight_decay, self.no_decay_names)
+
+
+@torch.no_grad()
+def greedy_generate(model: RefModel, prompt_ids, n: int) -> list[int]:
+    """Append n tokens to prompt_ids by argmax, re-running the full forward each time.
+
+    Returns the full sequence (prompt + generated) as a list of ints. If it would exceed
+    max_seq_len, only the last max_seq_len tokens are fed to the model.
+    """
+    ids = [int(t) for t in prompt_ids]
+    if not ids:
+        raise ValueError("prompt must not be empty")
+    max_T = model.cfg["max_seq_len"]
+    for _ in range(n):
+        ctx = torch.tensor([ids[-max_T:]], dtype=torch.long)
+        logits, _ = model(ctx)
+        ids.append(int(torch.argmax(logits[0, -1]).item()))
+    return ids

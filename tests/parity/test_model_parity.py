@@ -1,0 +1,239 @@
+"""Parity of the C++ engine (module `strata`) with the float64 PyTorch reference (python/strata_ref).
+
+The reference runs in float64 and is treated as the truth; the engine's float32 results must match it
+within the tolerances below. `strata` is imported unconditionally: if it cannot be imported, this file
+fails rather than skips.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import strata
+from strata_ref import RefAdamW, RefModel
+
+LOGIT_TOL = 1e-5   # relative L2, logits and loss
+GRAD_TOL = 1e-4    # relative L2, every parameter gradient
+STEP_TOL = 1e-5    # |loss_engine - loss_ref| / loss_ref at every AdamW step
+N_STEPS = 10
+ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
+
+BASE = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, head_dim=8, ffn_hidden=48, max_seq_len=32,
+            seed=1234)
+B, T = 2, 13
+
+# Every norm placement x every query-group size G = n_heads / n_kv_heads in (1, 2, 4), plus cases with
+# QK-norm, untied embeddings and ignored (negative) targets.
+CASES = [
+    dict(norm_placement=placement, n_kv_heads=4 // G, ignore=False)
+    for placement in ("pre", "post", "reordered") for G in (1, 2, 4)
+] + [
+    dict(norm_placement="pre", n_kv_heads=2, qk_norm=True, ignore=True),
+    dict(norm_placement="post", n_kv_heads=1, tie_embeddings=False, ignore=True),
+    dict(norm_placement="reordered", n_kv_heads=2, qk_norm=True, tie_embeddings=False, ignore=False),
+]
+
+
+def case_id(case):
+    parts = [case["norm_placement"], f"G{4 // case['n_kv_heads']}"]
+    if case.get("qk_norm"):
+        parts.append("qknorm")
+    if case.get("tie_embeddings") is False:
+        parts.append("untied")
+    if case["ignore"]:
+        parts.append("ignore")
+    return "-".join(parts)
+
+
+def rel_l2(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-30))
+
+
+def make_batches(cfg, n, ignore, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        tokens = rng.integers(0, cfg["vocab_size"], size=(B, T), dtype=np.int32)
+        targets = rng.integers(0, cfg["vocab_size"], size=(B, T), dtype=np.int32)
+        if ignore:
+            targets[0, :4] = -1
+            targets[1, 7] = -1
+            targets[1, -1] = -100
+        out.append((tokens, targets))
+    return out
+
+
+def config_of(case):
+    cfg = dict(BASE)
+    cfg.update({k: v for k, v in case.items() if k != "ignore"})
+    return cfg
+
+
+def engine_and_reference(cfg):
+    """A strata.Model with perturbed norm weights, and a float64 RefModel holding the same values."""
+    m = strata.Model(cfg)
+    ref = RefModel(cfg, dtype=torch.float64)
+    names = list(m.param_names())
+    assert names == ref.strata_param_names()
+    # Norm weights start at 1; perturb them (through set_param) so that the multiply by w is exercised.
+    rng = np.random.default_rng(7)
+    for n in names:
+        p = m.get_param(n)
+        if p.ndim == 1:
+            m.set_param(n, (1.0 + 0.2 * rng.standard_normal(p.shape)).astype(np.float32))
+    arrays = {}
+    for n, p in ref.named_strata_params():
+        a = m.get_param(n)
+        assert a.dtype == np.float32, n
+        assert a.shape == tuple(p.shape), f"{n}: engine shape {a.shape}, doc shape {tuple(p.shape)}"
+        arrays[n] = a
+    ref.load_strata_params(arrays)
+    return m, ref
+
+
+def ref_forward_backward(ref, tokens, targets):
+    for _, p in ref.named_strata_params():
+        p.grad = None
+    logits, loss = ref(torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(targets.astype(np.int64)))
+    loss.backward()
+    return logits.detach().numpy(), float(loss)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_forward_backward_parity(case):
+    cfg = config_of(case)
+    m, ref = engine_and_reference(cfg)
+    (tokens, targets), = make_batches(cfg, 1, case["ignore"])
+
+    logits, loss = m.forward(tokens, targets)
+    logits = np.asarray(logits)
+    assert logits.dtype == np.float32 and logits.shape == (B, T, cfg["vocab_size"])
+    ref_logits, ref_loss = ref_forward_backward(ref, tokens, targets)
+    assert math.isfinite(loss)
+    e = rel_l2(logits, ref_logits)
+    assert e <= LOGIT_TOL, f"logits: relative L2 error {e:.3e}"
+    e = abs(loss - ref_loss) / abs(ref_loss)
+    assert e <= LOGIT_TOL, f"loss: engine {loss!r}, reference {ref_loss!r}, relative error {e:.3e}"
+
+    m.backward()
+    failures = []
+    for n, p in ref.named_strata_params():
+        g = m.get_grad(n)
+        assert g.dtype == np.float32 and g.shape == tuple(p.shape), f"grad {n}: {g.dtype} {g.shape}"
+        e = rel_l2(g, p.grad.numpy())
+        if not e <= GRAD_TOL:
+            failures.append(f"{n}: relative L2 error {e:.3e}")
+    assert not failures, "gradient mismatch: " + "; ".join(failures)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_adamw_training_parity(case):
+    cfg = config_of(case)
+    m, ref = engine_and_reference(cfg)
+    opt = RefAdamW(ref)  # hand-written AdamW; 1-D tensors exempt from decay
+    batches = make_batches(cfg, 3, case["ignore"], seed=1)
+    losses = []
+    for step in range(N_STEPS):
+        tokens, targets = batches[step % len(batches)]
+        _, loss = m.forward(tokens, targets)
+        m.backward()
+        _, ref_loss = ref_forward_backward(ref, tokens, targets)
+        e = abs(loss - ref_loss) / abs(ref_loss)
+        assert e <= STEP_TOL, (f"step {step}: engine loss {loss!r}, reference {ref_loss!r}, "
+                               f"relative error {e:.3e}")
+        losses.append(ref_loss)
+        m.adamw_step(ADAM["lr"], ADAM["beta1"], ADAM["beta2"], ADAM["eps"], ADAM["weight_decay"])
+        opt.step(**ADAM)
+    # after the last update, the parameters themselves still agree
+    for n, p in ref.named_strata_params():
+        e = rel_l2(m.get_param(n), p.detach().numpy())
+        assert e <= GRAD_TOL, f"param {n} after {N_STEPS} steps: relative L2 error {e:.3e}"
+    # training on three fixed batches lowers the loss on the first one
+    tokens, targets = batches[0]
+    _, final = m.forward(tokens, targets)
+    assert final < losses[0]
+
+
+def test_adamw_default_arguments():
+    cfg = dict(BASE, n_kv_heads=2)
+    m, ref = engine_and_reference(cfg)
+    opt = RefAdamW(ref)
+    (tokens, targets), = make_batches(cfg, 1, False, seed=5)
+    for step in range(3):
+        m.forward(tokens, targets)
+        m.backward()
+        ref_forward_backward(ref, tokens, targets)
+        m.adamw_step(1e-3)  # documented defaults: beta1 0.9, beta2 0.95, eps 1e-8, weight_decay 0.1
+        opt.step(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
+    for n, p in ref.named_strata_params():
+        e = rel_l2(m.get_param(n), p.detach().numpy())
+        assert e <= GRAD_TOL, f"param {n}: relative L2 error {e:.3e}"
+
+
+def test_inference_forward_and_overwritten_gradients():
+    cfg = dict(BASE, n_kv_heads=2)
+    m, ref = engine_and_reference(cfg)
+    (tokens, targets), = make_batches(cfg, 1, False, seed=3)
+    logits_nt, loss_nt = m.forward(tokens, None)
+    assert loss_nt is None
+    logits, _ = m.forward(tokens, targets)
+    np.testing.assert_array_equal(np.asarray(logits_nt), np.asarray(logits))
+    m.backward()
+    first = {n: m.get_grad(n) for n in m.param_names()}
+    m.forward(tokens, targets)
+    m.backward()
+    for n in m.param_names():
+        np.testing.assert_array_equal(m.get_grad(n), first[n], err_msg=f"{n}: gradients accumulated")
+
+
+def test_params_are_copies_and_set_param_round_trips():
+    m = strata.Model(dict(BASE, n_kv_heads=2))
+    a = m.get_param("blocks.0.wq")
+    a[...] = 0.0
+    assert np.any(m.get_param("blocks.0.wq") != 0.0)
+    new = np.arange(a.size, dtype=np.float32).reshape(a.shape) / a.size
+    m.set_param("blocks.0.wq", new)
+    np.testing.assert_array_equal(m.get_param("blocks.0.wq"), new)
+
+
+def test_init_distribution_and_seed():
+    cfg = dict(vocab_size=256, d_model=64, n_layers=4, n_heads=8, n_kv_heads=2, head_dim=8, ffn_hidden=128,
+               max_seq_len=32, init_std=0.02, seed=99)
+    m = strata.Model(cfg)
+    out_std = 0.02 / math.sqrt(2 * 4)
+    for n in m.param_names():
+        p = m.get_param(n).astype(np.float64)
+        if p.ndim == 1:
+            assert np.all(p == 1.0), f"{n}: norm weights start at 1"
+        else:
+            want = out_std if n.endswith((".wo", ".w_down")) else 0.02
+            assert abs(p.std() / want - 1.0) < 0.15, f"{n}: std {p.std():.4g}, want {want:.4g}"
+            assert abs(p.mean()) < 0.2 * want, f"{n}: mean {p.mean():.4g}"
+    same = strata.Model(cfg)
+    other = strata.Model(dict(cfg, seed=100))
+    for n in m.param_names():
+        np.testing.assert_array_equal(m.get_param(n), same.get_param(n), err_msg=f"{n}: same seed differs")
+    assert any(np.any(m.get_param(n) != other.get_param(n)) for n in m.param_names())
+
+
+BAD_CONFIGS = [
+    pytest.param(dict(BASE, n_kv_heads=2, d_model=30), id="d_model-not-heads-times-head_dim"),
+    pytest.param(dict(BASE, n_kv_heads=3), id="heads-not-divisible-by-kv-heads"),
+    pytest.param(dict(BASE, n_kv_heads=2, not_a_key=1), id="unknown-key"),
+]
+
+
+@pytest.mark.parametrize("cfg", BAD_CONFIGS)
+def test_bad_config_raises(cfg):
+    errors = (ValueError,) + ((strata.Error,) if hasattr(strata, "Error") else ())
+    with pytest.raises(errors):
+        strata.Model(cfg)
+
+
+def test_good_config_accepted():
+    m = strata.Model(dict(BASE, n_kv_heads=2))
+    assert m.param_names()[0] == "tok_emb"
