@@ -1,0 +1,171 @@
+// Python bindings (module `strata`): the model's forward/backward/AdamW and each op's forward and
+// backward, on float32 numpy arrays. Used by the parity tests against the PyTorch reference.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+
+#include "core/error.h"
+#include "model/model.h"
+#include "ops/ops.h"
+#include "train/optimizer.h"
+
+namespace py = pybind11;
+using namespace strata;
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+namespace {
+
+nlohmann::json to_json(const py::handle& h) {
+    if (py::isinstance<py::bool_>(h)) return h.cast<bool>();
+    if (py::isinstance<py::int_>(h)) return h.cast<long long>();
+    if (py::isinstance<py::float_>(h)) return h.cast<double>();
+    if (py::isinstance<py::str>(h)) return h.cast<std::string>();
+    if (py::isinstance<py::dict>(h)) {
+        nlohmann::json j = nlohmann::json::object();
+        for (auto kv : h.cast<py::dict>()) j[kv.first.cast<std::string>()] = to_json(kv.second);
+        return j;
+    }
+    if (h.is_none()) return nullptr;
+    throw Error("unsupported value in config: " + py::repr(h).cast<std::string>());
+}
+
+F32 make(const std::vector<long>& shape) { return F32(std::vector<py::ssize_t>(shape.begin(), shape.end())); }
+
+struct PyModel {
+    std::unique_ptr<Model<float>> m;
+    std::unique_ptr<AdamW<float>> opt;
+
+    explicit PyModel(const py::dict& cfg) {
+        m = std::make_unique<Model<float>>(ModelConfig::from_json(to_json(cfg), "config"));
+    }
+    std::vector<std::string> param_names() const {
+        std::vector<std::string> r;
+        for (auto& s : m->specs) r.push_back(s.name);
+        return r;
+    }
+    F32 copy_out(const float* base, const std::string& name) const {
+        const ParamSpec& s = m->spec(name);
+        F32 a = make(s.shape);
+        std::memcpy(a.mutable_data(), base + s.offset, s.numel * sizeof(float));
+        return a;
+    }
+    F32 get_param(const std::string& name) const { return copy_out(m->params.data(), name); }
+    F32 get_grad(const std::string& name) const { return copy_out(m->grads.data(), name); }
+    void set_param(const std::string& name, F32 a) {
+        const ParamSpec& s = m->spec(name);
+        if (size_t(a.size()) != s.numel) throw Error("set_param(" + name + "): wrong number of elements");
+        std::memcpy(m->params.data() + s.offset, a.data(), s.numel * sizeof(float));
+    }
+    py::tuple forward(I32 tokens, std::optional<I32> targets) {
+        if (tokens.ndim() != 2) throw Error("tokens must be (B, T)");
+        long B = tokens.shape(0), T = tokens.shape(1);
+        if (targets && (targets->ndim() != 2 || targets->shape(0) != B || targets->shape(1) != T))
+            throw Error("targets must have the shape of tokens");
+        double loss = m->forward(tokens.data(), targets ? targets->data() : nullptr, B, T);
+        F32 logits = make({B, T, (long)m->cfg.vocab_size});
+        std::memcpy(logits.mutable_data(), m->logits(), size_t(B * T) * m->cfg.vocab_size * sizeof(float));
+        return py::make_tuple(logits, targets ? py::object(py::float_(loss)) : py::object(py::none()));
+    }
+    void backward() {
+        m->zero_grad();
+        m->backward();
+    }
+    void adamw_step(double lr, double beta1, double beta2, double eps, double wd) {
+        AdamWConfig c{beta1, beta2, eps, wd};
+        if (!opt) opt = std::make_unique<AdamW<float>>(m->params.size(), c);
+        opt->cfg = c;
+        opt->update(m->params, m->grads, m->specs, lr);
+    }
+};
+
+}  // namespace
+
+PYBIND11_MODULE(strata, mod) {
+    mod.doc() = "strata: a C++ engine for decoder-only Transformers (bindings)";
+    static py::exception<Error> exc(mod, "Error", PyExc_ValueError);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const Error& e) {
+            exc(e.what());
+        }
+    });
+
+    py::class_<PyModel>(mod, "Model")
+        .def(py::init<const py::dict&>(), py::arg("config"))
+        .def("param_names", &PyModel::param_names)
+        .def("get_param", &PyModel::get_param)
+        .def("set_param", &PyModel::set_param)
+        .def("get_grad", &PyModel::get_grad)
+        .def("forward", &PyModel::forward, py::arg("tokens"), py::arg("targets") = py::none())
+        .def("backward", &PyModel::backward)
+        .def("adamw_step", &PyModel::adamw_step, py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.95,
+             py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.1)
+        .def_property_readonly("num_params", [](const PyModel& p) { return p.m->num_params(); });
+
+    auto ops = mod.def_submodule("ops", "each op's forward and backward on float32 arrays");
+    ops.def("rmsnorm_forward", [](F32 x, F32 w, double eps) {
+        long C = w.size(), N = x.size() / C;
+        F32 y = make(std::vector<long>(x.shape(), x.shape() + x.ndim())), rstd = make({N});
+        rmsnorm_forward(y.mutable_data(), rstd.mutable_data(), x.data(), w.data(), N, C, eps);
+        return py::make_tuple(y, rstd);
+    });
+    ops.def("rmsnorm_backward", [](F32 dy, F32 x, F32 w, F32 rstd) {
+        long C = w.size(), N = x.size() / C;
+        F32 dx = make(std::vector<long>(x.shape(), x.shape() + x.ndim())), dw = make({C});
+        std::fill_n(dx.mutable_data(), dx.size(), 0.f);
+        std::fill_n(dw.mutable_data(), C, 0.f);
+        rmsnorm_backward(dx.mutable_data(), dw.mutable_data(), dy.data(), x.data(), w.data(), rstd.data(), N, C);
+        return py::make_tuple(dx, dw);
+    });
+    ops.def("swiglu_forward", [](F32 gu) {
+        long F = gu.shape(gu.ndim() - 1) / 2, N = gu.size() / (2 * F);
+        F32 y = make({N, F});
+        swiglu_forward(y.mutable_data(), gu.data(), N, F);
+        return y;
+    });
+    ops.def("swiglu_backward", [](F32 dy, F32 gu) {
+        long F = gu.shape(gu.ndim() - 1) / 2, N = gu.size() / (2 * F);
+        F32 dgu = make({N, 2 * F});
+        std::fill_n(dgu.mutable_data(), dgu.size(), 0.f);
+        swiglu_backward(dgu.mutable_data(), dy.data(), gu.data(), N, F);
+        return dgu;
+    });
+    ops.def("attention_forward", [](F32 q, F32 k, F32 v) {  // q (B,T,H,d), k/v (B,T,Hk,d)
+        if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4) throw Error("attention: q, k, v must be 4-D");
+        AttnDims a{q.shape(0), q.shape(1), k.shape(1), q.shape(2), k.shape(2), q.shape(3), 0,
+                   k.shape(1) * k.shape(2) * k.shape(3)};
+        if (a.H % a.Hk) throw Error("attention: H must be a multiple of Hk");
+        F32 o = make({a.B, a.Tq, a.H, a.d}), lse = make({a.B, a.H, a.Tq});
+        attention_forward(o.mutable_data(), lse.mutable_data(), q.data(), k.data(), v.data(), a);
+        return py::make_tuple(o, lse);
+    });
+    ops.def("attention_backward", [](F32 dout, F32 out, F32 lse, F32 q, F32 k, F32 v) {
+        AttnDims a{q.shape(0), q.shape(1), k.shape(1), q.shape(2), k.shape(2), q.shape(3), 0,
+                   k.shape(1) * k.shape(2) * k.shape(3)};
+        F32 dq = make({a.B, a.Tq, a.H, a.d}), dk = make({a.B, a.Tk, a.Hk, a.d}), dv = make({a.B, a.Tk, a.Hk, a.d});
+        for (F32* t : {&dq, &dk, &dv}) std::fill_n(t->mutable_data(), t->size(), 0.f);
+        attention_backward(dq.mutable_data(), dk.mutable_data(), dv.mutable_data(), dout.data(), out.data(),
+                           lse.data(), q.data(), k.data(), v.data(), a);
+        return py::make_tuple(dq, dk, dv);
+    });
+    ops.def("matmul_forward", [](F32 x, F32 w) {
+        long IC = w.shape(1), OC = w.shape(0), N = x.size() / IC;
+        F32 y = make({N, OC});
+        matmul_forward(y.mutable_data(), x.data(), w.data(), N, IC, OC);
+        return y;
+    });
+    ops.def("matmul_backward", [](F32 dy, F32 x, F32 w) {
+        long IC = w.shape(1), OC = w.shape(0), N = x.size() / IC;
+        F32 dx = make({N, IC}), dw = make({OC, IC});
+        std::fill_n(dx.mutable_data(), dx.size(), 0.f);
+        std::fill_n(dw.mutable_data(), dw.size(), 0.f);
+        matmul_backward(dx.mutable_data(), dw.mutable_data(), dy.data(), x.data(), w.data(), N, IC, OC);
+        return py::make_tuple(dx, dw);
+    });
+}

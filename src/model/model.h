@@ -1,0 +1,127 @@
+// The strata model: parameters in one contiguous buffer with named views, activations in one arena
+// sized per (B, T), and an explicit forward/backward that calls the ops in order and in reverse.
+//
+// Two independent axes shape a block: the residual rule (here the norm placement: pre, post,
+// reordered) and the attention kind (here causal GQA). A sublayer is "f" (attention or MLP) wrapped
+// by the residual rule in sublayer_forward/backward; the attention kind lives in attn_forward/backward.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "ops/ops.h"
+
+namespace strata {
+
+struct ParamSpec {
+    std::string name;
+    std::vector<long> shape;
+    size_t offset = 0;  // in elements, into the parameter buffer
+    size_t numel = 0;
+    bool decay = true;  // AdamW weight decay applies (false for 1-D tensors by default)
+};
+
+template <typename T>
+struct LayerParams {
+    T* attn_norm;  // (D)
+    T* wqkv;       // (H·d + 2·Hk·d, D): wq, wk, wv stacked, so one GEMM makes q, k and v
+    T* q_norm;     // (d) or null
+    T* k_norm;     // (d) or null
+    T* wo;         // (D, H·d)
+    T* mlp_norm;   // (D)
+    T* wgu;        // (2F, D): w_gate then w_up, one GEMM
+    T* wdown;      // (D, F)
+};
+
+// Per-layer key/value cache for generation: (B, max_T, Hk, d) per layer for K and V.
+template <typename T>
+struct KVCache {
+    long B = 0, max_T = 0, len = 0;
+    std::vector<T> k, v;  // (L, B, max_T, Hk, d)
+};
+
+template <typename T>
+class Model {
+public:
+    explicit Model(const ModelConfig& cfg);
+    Model(const Model&) = delete;
+    Model& operator=(const Model&) = delete;
+
+    const ModelConfig cfg;
+    std::vector<ParamSpec> specs;  // buffer order
+    std::vector<T> params, grads;  // one buffer each, same layout
+
+    void init_weights(uint64_t seed);
+    const ParamSpec& spec(const std::string& name) const;  // throws Error for an unknown name
+    T* param(const std::string& name) { return params.data() + spec(name).offset; }
+    T* grad(const std::string& name) { return grads.data() + spec(name).offset; }
+
+    // tokens, targets: (B, T). targets may be null (no loss); entries < 0 are ignored. Returns the
+    // mean loss over counted targets (0 if none). Logits stay readable via logits().
+    double forward(const int32_t* tokens, const int32_t* targets, long B, long seq);
+    // Gradients of the last forward's loss, accumulated into grads. Call zero_grad() first.
+    void backward();
+    void zero_grad();
+    const T* logits() const { return a_.logits; }
+    long last_B() const { return B_; }
+    long last_T() const { return T_; }
+
+    // Generation: run `n` new tokens per batch row at positions cache.len.., appending their K/V to
+    // the cache. Logits of the new tokens are in logits(), shaped (B, n, V).
+    void init_cache(KVCache<T>& cache, long B, long max_T) const;
+    void forward_cached(const int32_t* tokens, long B, long n, KVCache<T>& cache);
+
+    size_t num_params() const { return params.size(); }
+
+private:
+    struct SubActs {  // one sublayer (attention or MLP) under the residual rule
+        T* f_out;     // (N, D) the sublayer's own output f(·)
+        T* n_out;     // (N, D) the RMSNorm's output
+        T* rstd;      // (N)
+        T* sum;       // (N, D) post only: h + f(h), the norm's input
+        T* out;       // (N, D) the residual stream after this sublayer
+    };
+    struct LayerActs {
+        SubActs attn, mlp;
+        T *qkv, *q_raw, *k_raw, *q, *k, *v, *q_rstd, *k_rstd, *att, *lse;  // attention
+        T *gu, *act;                                                    // MLP
+    };
+    struct Acts {
+        T* x0;  // (N, D) embeddings
+        std::vector<LayerActs> layers;
+        T *lnf, *lnf_rstd, *logits, *losses, *lse;
+        // backward scratch
+        T *dres_a, *dres_b, *dn, *dy, *dqkv, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dgu, *dact, *dlnf, *dlogits;
+    };
+
+    T* tok_emb_;
+    T* final_norm_;
+    T* lm_head_;  // == tok_emb_ when tied
+    std::vector<LayerParams<T>> layers_;
+    std::vector<T> rope_cos_, rope_sin_;
+
+    std::vector<T> arena_;
+    Acts a_{};
+    long B_ = 0, T_ = 0;
+    std::vector<int32_t> tokens_, targets_, pos_;
+    long n_counted_ = 0;
+    bool have_targets_ = false;
+
+    T* g(const T* p) { return grads.data() + (p - params.data()); }
+    void layout(long N, bool training);
+    void sublayer_forward(SubActs& s, const T* h, const T* norm_w, long N, bool is_attn, long l, const AttnDims& ad,
+                          T* kc, T* vc);
+    void sublayer_backward(SubActs& s, const T* h, T* dh, const T* dout, long N, bool is_attn, long l,
+                           const AttnDims& ad);
+    void attn_forward(long l, const T* in, T* out, long N, const AttnDims& ad, T* kc, T* vc);
+    void attn_backward(long l, const T* in, T* din, const T* dout, long N, const AttnDims& ad);
+    void mlp_forward(long l, const T* in, T* out, long N);
+    void mlp_backward(long l, const T* in, T* din, const T* dout, long N);
+    void run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
+};
+
+extern template class Model<float>;
+extern template class Model<double>;
+
+}  // namespace strata

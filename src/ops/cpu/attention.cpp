@@ -1,0 +1,148 @@
+// Causal grouped-query attention, flash-style, on the CPU.
+//
+// Forward: one task per (batch, query head, query tile). The task walks the key tiles the causal
+// mask lets it see; each tile's scores come from one small GEMM, then an online softmax rescales
+// the running output. Only a BQ×BK score tile per thread is ever held; the log-sum-exp per row is
+// written out for the backward.
+//
+// Backward: one task per (batch, kv head), so dq, dk and dv of a task are written by that task
+// alone (no atomics, no reduction, a result independent of the thread count). For every query
+// head of the group and every visible (key tile, query tile) pair it recomputes P from the lse and
+// runs the five GEMMs of the FlashAttention-2 backward: S, dV += Pᵀ·dO, dP = dO·Vᵀ,
+// dS = P⊙(dP − D), dQ += s·dS·K, dK += s·dSᵀ·Q.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "ops/cpu/gemm.h"
+#include "ops/ops.h"
+
+namespace strata {
+
+namespace {
+constexpr long BQ = 64;  // query rows per tile
+constexpr long BK = 64;  // keys per tile
+
+template <typename T>
+T* thread_scratch(size_t n) {
+    // Grown on first use and then reused: the training step makes no allocation after step 1.
+    thread_local std::vector<T> buf;
+    if (buf.size() < n) buf.resize(n);
+    return buf.data();
+}
+}  // namespace
+
+template <typename T>
+void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a) {
+    const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
+    const long n_qt = (a.Tq + BQ - 1) / BQ;
+    const T scale = T(1) / std::sqrt(T(d));
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+#pragma omp parallel for collapse(3) schedule(dynamic)
+    for (long b = 0; b < a.B; b++)
+        for (long h = 0; h < a.H; h++)
+            for (long qt = 0; qt < n_qt; qt++) {
+                T* scratch = thread_scratch<T>(BQ * BK + BQ * d + 2 * BQ);
+                T* S = scratch;
+                T* O = S + BQ * BK;
+                T* m = O + BQ * d;
+                T* l = m + BQ;
+                const long t0 = qt * BQ, tq = std::min(BQ, a.Tq - t0);
+                const long kh = h / G;
+                const T* Q = q + ((b * a.Tq + t0) * a.H + h) * d;
+                const T* K0 = k + b * a.kv_bstride + kh * d;
+                const T* V0 = v + b * a.kv_bstride + kh * d;
+                for (long r = 0; r < tq; r++) m[r] = neg_inf, l[r] = 0;
+                for (long i = 0; i < tq * d; i++) O[i] = 0;
+                const long k_end = std::min(a.Tk, a.q_pos0 + t0 + tq);  // keys visible to the last row
+                for (long s0 = 0; s0 < k_end; s0 += BK) {
+                    const long tk = std::min(BK, k_end - s0);
+                    gemm(false, true, tq, tk, d, scale, Q, qs, K0 + s0 * ks, ks, T(0), S, tk);
+                    for (long r = 0; r < tq; r++) {
+                        T* srow = S + r * tk;
+                        const long vis = std::min(tk, a.q_pos0 + t0 + r + 1 - s0);  // keys s0..s0+vis-1 visible
+                        T mx = m[r];
+                        for (long c = 0; c < vis; c++) mx = srow[c] > mx ? srow[c] : mx;
+                        const T corr = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first tile
+                        T sum = 0;
+                        for (long c = 0; c < vis; c++) {
+                            srow[c] = std::exp(srow[c] - mx);
+                            sum += srow[c];
+                        }
+                        for (long c = vis > 0 ? vis : 0; c < tk; c++) srow[c] = 0;
+                        l[r] = l[r] * corr + sum;
+                        m[r] = mx;
+                        if (corr != T(1))
+                            for (long i = 0; i < d; i++) O[r * d + i] *= corr;
+                    }
+                    gemm(false, false, tq, d, tk, T(1), S, tk, V0 + s0 * ks, ks, T(1), O, d);
+                }
+                for (long r = 0; r < tq; r++) {
+                    T* o = out + ((b * a.Tq + t0 + r) * a.H + h) * d;
+                    const T inv = T(1) / l[r];
+                    for (long i = 0; i < d; i++) o[i] = O[r * d + i] * inv;
+                    lse[(b * a.H + h) * a.Tq + t0 + r] = m[r] + std::log(l[r]);
+                }
+            }
+}
+
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
+                        const T* v, const AttnDims& a) {
+    const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
+    const T scale = T(1) / std::sqrt(T(d));
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (long b = 0; b < a.B; b++)
+        for (long kh = 0; kh < a.Hk; kh++) {
+            T* scratch = thread_scratch<T>(2 * BQ * BK + a.Tq);
+            T* P = scratch;
+            T* dP = P + BQ * BK;
+            T* D = dP + BQ * BK;
+            for (long g = 0; g < G; g++) {
+                const long h = kh * G + g;
+                const T* L = lse + (b * a.H + h) * a.Tq;
+                for (long t = 0; t < a.Tq; t++) {  // D_t = dO_t · O_t
+                    const T* o = out + ((b * a.Tq + t) * a.H + h) * d;
+                    const T* go = dout + ((b * a.Tq + t) * a.H + h) * d;
+                    T s = 0;
+                    for (long i = 0; i < d; i++) s += o[i] * go[i];
+                    D[t] = s;
+                }
+                for (long s0 = 0; s0 < a.Tk; s0 += BK) {
+                    const long tk = std::min(BK, a.Tk - s0);
+                    const T* K = k + b * a.kv_bstride + s0 * ks + kh * d;
+                    const T* V = v + b * a.kv_bstride + s0 * ks + kh * d;
+                    T* dK = dk + b * a.kv_bstride + s0 * ks + kh * d;
+                    T* dV = dv + b * a.kv_bstride + s0 * ks + kh * d;
+                    // the first query row that sees key s0 sits at position s0
+                    const long t_first = std::max(0L, s0 - a.q_pos0);
+                    for (long t0 = (t_first / BQ) * BQ; t0 < a.Tq; t0 += BQ) {
+                        const long tq = std::min(BQ, a.Tq - t0);
+                        const long off = ((b * a.Tq + t0) * a.H + h) * d;
+                        gemm(false, true, tq, tk, d, scale, q + off, qs, K, ks, T(0), P, tk);
+                        for (long r = 0; r < tq; r++) {
+                            const long vis = std::min(tk, a.q_pos0 + t0 + r + 1 - s0);
+                            T* prow = P + r * tk;
+                            for (long c = 0; c < tk; c++) prow[c] = c < vis ? std::exp(prow[c] - L[t0 + r]) : T(0);
+                        }
+                        gemm(true, false, tk, d, tq, T(1), P, tk, dout + off, qs, T(1), dV, ks);
+                        gemm(false, true, tq, tk, d, T(1), dout + off, qs, V, ks, T(0), dP, tk);
+                        for (long r = 0; r < tq; r++)
+                            for (long c = 0; c < tk; c++) dP[r * tk + c] = P[r * tk + c] * (dP[r * tk + c] - D[t0 + r]);
+                        gemm(false, false, tq, d, tk, scale, dP, tk, K, ks, T(1), dq + off, qs);
+                        gemm(true, false, tk, d, tq, scale, dP, tk, q + off, qs, T(1), dK, ks);
+                    }
+                }
+            }
+        }
+}
+
+template void attention_forward<float>(float*, float*, const float*, const float*, const float*, const AttnDims&);
+template void attention_forward<double>(double*, double*, const double*, const double*, const double*,
+                                        const AttnDims&);
+template void attention_backward<float>(float*, float*, float*, const float*, const float*, const float*,
+                                        const float*, const float*, const float*, const AttnDims&);
+template void attention_backward<double>(double*, double*, double*, const double*, const double*, const double*,
+                                         const double*, const double*, const double*, const AttnDims&);
+
+}  // namespace strata

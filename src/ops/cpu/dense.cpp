@@ -1,0 +1,222 @@
+// Dense ops: matmul, embedding, RMSNorm, RoPE, SwiGLU, cross-entropy.
+#include <cmath>
+#include <cstring>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ops/cpu/gemm.h"
+#include "ops/ops.h"
+
+namespace strata {
+
+// ---- matmul ---------------------------------------------------------------------------------------
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* w, long N, long IC, long OC) {
+    gemm(false, true, N, OC, IC, T(1), inp, IC, w, IC, T(0), out, OC);
+}
+
+template <typename T>
+void matmul_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, long N, long IC, long OC) {
+    if (dinp) gemm(false, false, N, IC, OC, T(1), dout, OC, w, IC, T(1), dinp, IC);
+    if (dw) gemm(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dw, IC);
+}
+
+// ---- embedding ------------------------------------------------------------------------------------
+template <typename T>
+void embedding_forward(T* out, const int32_t* tokens, const T* table, long N, long C) {
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < N; r++) std::memcpy(out + r * C, table + (long)tokens[r] * C, C * sizeof(T));
+}
+
+template <typename T>
+void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, long N, long C) {
+    // Parallel over columns: two rows with the same token never race, and the order of additions per
+    // element stays the row order, so the result does not depend on the thread count.
+#pragma omp parallel
+    {
+        int nt = 1, id = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        long c0 = C * id / nt, c1 = C * (id + 1) / nt;
+        for (long r = 0; r < N; r++) {
+            T* d = dtable + (long)tokens[r] * C;
+            const T* g = dout + r * C;
+            for (long c = c0; c < c1; c++) d[c] += g[c];
+        }
+    }
+}
+
+// ---- RMSNorm --------------------------------------------------------------------------------------
+template <typename T>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, long N, long C, double eps) {
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < N; r++) {
+        const T* x = inp + r * C;
+        T* y = out + r * C;
+        T ss = 0;
+        for (long c = 0; c < C; c++) ss += x[c] * x[c];
+        T s = T(1) / std::sqrt(ss / T(C) + T(eps));
+        for (long c = 0; c < C; c++) y[c] = x[c] * s * w[c];
+        rstd[r] = s;
+    }
+}
+
+// y = x·s·w with s = (mean(x²)+eps)^-½, so with g = dy⊙w:  dx = s·g − s³·x·(g·x)/C,  dw = Σ_rows dy·x·s.
+template <typename T>
+void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, const T* rstd, long N, long C) {
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < N; r++) {
+        const T* x = inp + r * C;
+        const T* dy = dout + r * C;
+        T* dx = dinp + r * C;
+        T s = rstd[r];
+        T gx = 0;
+        for (long c = 0; c < C; c++) gx += dy[c] * w[c] * x[c];
+        T k = s * s * s * gx / T(C);
+        for (long c = 0; c < C; c++) dx[c] += s * dy[c] * w[c] - k * x[c];
+    }
+    // dw: a column reduction; split columns across threads so the sum order is fixed.
+#pragma omp parallel
+    {
+        int nt = 1, id = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        long c0 = C * id / nt, c1 = C * (id + 1) / nt;
+        for (long r = 0; r < N; r++) {
+            const T* x = inp + r * C;
+            const T* dy = dout + r * C;
+            T s = rstd[r];
+            for (long c = c0; c < c1; c++) dw[c] += dy[c] * x[c] * s;
+        }
+    }
+}
+
+// ---- RoPE -----------------------------------------------------------------------------------------
+template <typename T>
+void rope_table(T* cos_t, T* sin_t, long max_pos, long d, double theta) {
+    long h = d / 2;
+    for (long p = 0; p < max_pos; p++)
+        for (long i = 0; i < h; i++) {
+            double f = std::pow(theta, -2.0 * double(i) / double(d));
+            double a = double(p) * f;
+            cos_t[p * h + i] = T(std::cos(a));
+            sin_t[p * h + i] = T(std::sin(a));
+        }
+}
+
+template <typename T>
+static void rope_rotate(T* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d,
+                        T sign) {
+    long h = d / 2;
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const T* c = cos_t + (long)pos[r] * h;
+        const T* s = sin_t + (long)pos[r] * h;
+        for (long hd = 0; hd < n_heads; hd++) {
+            T* v = x + (r * n_heads + hd) * d;
+            for (long i = 0; i < h; i++) {
+                T a = v[i], b = v[i + h], sn = sign * s[i];
+                v[i] = a * c[i] - b * sn;
+                v[i + h] = a * sn + b * c[i];
+            }
+        }
+    }
+}
+
+template <typename T>
+void rope_forward(T* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d) {
+    rope_rotate(x, pos, cos_t, sin_t, rows, n_heads, d, T(1));
+}
+template <typename T>
+void rope_backward(T* dx, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d) {
+    rope_rotate(dx, pos, cos_t, sin_t, rows, n_heads, d, T(-1));
+}
+
+// ---- SwiGLU ---------------------------------------------------------------------------------------
+template <typename T>
+void swiglu_forward(T* out, const T* gu, long N, long F) {
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < N; r++) {
+        const T* g = gu + r * 2 * F;
+        const T* u = g + F;
+        T* o = out + r * F;
+        for (long i = 0; i < F; i++) o[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
+    }
+}
+
+// silu'(z) = σ(z)·(1 + z·(1 − σ(z)))
+template <typename T>
+void swiglu_backward(T* dgu, const T* dout, const T* gu, long N, long F) {
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < N; r++) {
+        const T* g = gu + r * 2 * F;
+        const T* u = g + F;
+        const T* dy = dout + r * F;
+        T* dg = dgu + r * 2 * F;
+        T* du = dg + F;
+        for (long i = 0; i < F; i++) {
+            T sg = T(1) / (T(1) + std::exp(-g[i]));
+            du[i] += dy[i] * g[i] * sg;
+            dg[i] += dy[i] * u[i] * sg * (T(1) + g[i] * (T(1) - sg));
+        }
+    }
+}
+
+// ---- cross-entropy --------------------------------------------------------------------------------
+template <typename T>
+long crossentropy_forward(T* losses, T* lse, const T* logits, const int32_t* targets, long N, long V) {
+    long counted = 0;
+#pragma omp parallel for schedule(static) reduction(+ : counted)
+    for (long r = 0; r < N; r++) {
+        const T* z = logits + r * V;
+        T m = z[0];
+        for (long i = 1; i < V; i++) m = z[i] > m ? z[i] : m;
+        T s = 0;
+        for (long i = 0; i < V; i++) s += std::exp(z[i] - m);
+        lse[r] = m + std::log(s);
+        if (targets[r] >= 0) {
+            losses[r] = lse[r] - z[targets[r]];
+            counted++;
+        } else {
+            losses[r] = 0;
+        }
+    }
+    return counted;
+}
+
+template <typename T>
+void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, long N, long V,
+                           T scale) {
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < N; r++) {
+        if (targets[r] < 0) continue;
+        const T* z = logits + r * V;
+        T* dz = dlogits + r * V;
+        for (long i = 0; i < V; i++) dz[i] += scale * std::exp(z[i] - lse[r]);
+        dz[targets[r]] -= scale;
+    }
+}
+
+#define STRATA_INSTANTIATE(T)                                                                                  \
+    template void matmul_forward<T>(T*, const T*, const T*, long, long, long);                                 \
+    template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, long, long, long);                  \
+    template void embedding_forward<T>(T*, const int32_t*, const T*, long, long);                              \
+    template void embedding_backward<T>(T*, const T*, const int32_t*, long, long);                             \
+    template void rmsnorm_forward<T>(T*, T*, const T*, const T*, long, long, double);                          \
+    template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, long, long);             \
+    template void rope_table<T>(T*, T*, long, long, double);                                                   \
+    template void rope_forward<T>(T*, const int32_t*, const T*, const T*, long, long, long);                   \
+    template void rope_backward<T>(T*, const int32_t*, const T*, const T*, long, long, long);                  \
+    template void swiglu_forward<T>(T*, const T*, long, long);                                                 \
+    template void swiglu_backward<T>(T*, const T*, const T*, long, long);                                      \
+    template long crossentropy_forward<T>(T*, T*, const T*, const int32_t*, long, long);                       \
+    template void crossentropy_backward<T>(T*, const T*, const T*, const int32_t*, long, long, T);
+STRATA_INSTANTIATE(float)
+STRATA_INSTANTIATE(double)
+
+}  // namespace strata

@@ -1,0 +1,79 @@
+// strata ops: every op is a forward/backward pair, written for the CPU with OpenMP and BLAS, templated
+// on the scalar type so float64 instances can be checked by finite differences.
+//
+// Conventions (as in llm.c):
+//  - Row-major. N is the number of rows (tokens = B·T). A Linear weight is (out, in): y = x·Wᵀ.
+//  - Backward functions ACCUMULATE (+=) into every gradient they produce, inputs and parameters
+//    alike, so a tensor consumed twice (a residual stream) just receives two contributions. Callers
+//    zero gradient buffers once per step.
+//  - Nothing here allocates in steady state: per-thread scratch is grown once and then reused.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace strata {
+
+// ---- matmul: out (N, OC) = inp (N, IC) · w (OC, IC)ᵀ ----------------------------------------------
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* w, long N, long IC, long OC);
+// dinp (N, IC) += dout·w ; dw (OC, IC) += doutᵀ·inp. dinp may be null (no input gradient wanted).
+template <typename T>
+void matmul_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, long N, long IC, long OC);
+
+// ---- embedding: out (N, C) = table[tokens] -----------------------------------------------------------
+template <typename T>
+void embedding_forward(T* out, const int32_t* tokens, const T* table, long N, long C);
+template <typename T>
+void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, long N, long C);
+
+// ---- RMSNorm over rows of width C: out = inp · rstd · w, rstd = (mean(inp²) + eps)^-½ ----------------
+template <typename T>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, long N, long C, double eps);
+template <typename T>
+void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, const T* rstd, long N, long C);
+
+// ---- RoPE, rotate-half layout, in place on (rows, n_heads, d) ----------------------------------------
+// pos[r] is the absolute position of row r; cos/sin tables are (max_pos, d/2).
+template <typename T>
+void rope_table(T* cos_t, T* sin_t, long max_pos, long d, double theta);
+template <typename T>
+void rope_forward(T* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d);
+// The rotation is orthogonal, so the backward rotates the gradient back by −angle (in place).
+template <typename T>
+void rope_backward(T* dx, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d);
+
+// ---- SwiGLU: gu is (N, 2F) = [gate | up]; out (N, F) = silu(gate) ⊙ up ----------------------------
+template <typename T>
+void swiglu_forward(T* out, const T* gu, long N, long F);
+template <typename T>
+void swiglu_backward(T* dgu, const T* dout, const T* gu, long N, long F);
+
+// ---- causal grouped-query attention, flash-style -------------------------------------------------
+// q, out: (B, Tq, H, d) contiguous. k, v: (B, ·, Hk, d) with batch stride kv_bstride elements (a KV
+// cache may be longer than Tk). Query row i sits at absolute position q_pos0 + i and sees keys
+// 0..q_pos0+i. Query head h reads kv head h / (H/Hk). lse: (B, H, Tq), the log-sum-exp of the
+// scaled scores of each row, kept for the backward. Never materialises a Tq×Tk matrix: it walks key
+// tiles with an online softmax.
+struct AttnDims {
+    long B, Tq, Tk, H, Hk, d;
+    long q_pos0;      // absolute position of query row 0 (0 in training, the cache length when decoding)
+    long kv_bstride;  // elements between batches in k and v
+};
+template <typename T>
+void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a);
+// dq, dk, dv accumulate. Recomputes probabilities from lse; D = rowsum(dout ⊙ out).
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
+                        const T* v, const AttnDims& a);
+
+// ---- cross-entropy over rows of logits (N, V) --------------------------------------------------------
+// losses[r] = lse_r − logits[r, target_r]; rows with target < 0 get loss 0 and are not counted.
+// Returns the number of counted rows.
+template <typename T>
+long crossentropy_forward(T* losses, T* lse, const T* logits, const int32_t* targets, long N, long V);
+// dlogits += scale · (softmax(logits) − onehot(target)) for counted rows.
+template <typename T>
+void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, long N, long V,
+                           T scale);
+
+}  // namespace strata
