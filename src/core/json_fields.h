@@ -26,7 +26,7 @@ public:
         } else if constexpr (std::is_integral_v<V>) {
             if (!v.is_number_integer()) fail(key, "an integer", v);
             if constexpr (std::is_unsigned_v<V>)
-                if (v.is_number_integer() && !v.is_number_unsigned()) fail(key, "a non-negative integer", v);
+                if (!v.is_number_unsigned() && v.template get<long long>() < 0) fail(key, "a non-negative integer", v);
             long double x = v.template get<long double>();
             if (x < (long double)std::numeric_limits<V>::lowest() || x > (long double)std::numeric_limits<V>::max())
                 fail(key, "an integer in range", v);
