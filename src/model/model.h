@@ -64,6 +64,7 @@ public:
     void backward();
     void zero_grad();
     const T* logits() const { return a_.logits; }
+    long last_count() const { return n_counted_; }  // targets counted by the last forward
     long last_B() const { return B_; }
     long last_T() const { return T_; }
 

@@ -1,0 +1,53 @@
+// strata eval: validation loss and perplexity of a checkpoint.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace strata::cli {
+
+void add_eval_command(CLI::App& app) {
+    auto* cmd = app.add_subcommand("eval", "evaluate a checkpoint: loss and perplexity");
+    struct Opts {
+        std::string ckpt = "runs/default", text;
+        long batches = 0;
+        int batch_size = 0, threads = 2;
+    };
+    auto o = std::make_shared<Opts>();
+    cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory")->capture_default_str();
+    cmd->add_option("--text", o->text, "evaluate on this text file or folder instead of the run's validation split");
+    cmd->add_option("--batches", o->batches, "at most this many batches (0 = all)")->check(CLI::NonNegativeNumber);
+    cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(CLI::NonNegativeNumber);
+    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
+    cmd->callback([o] {
+        set_threads(o->threads);
+        LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
+        const TrainConfig& t = lc.rc.train;
+        const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
+        std::string shard_path = t.data_dir + "/val.bin", what = "validation split " + shard_path;
+        std::string tmp_dir;
+        if (!o->text.empty()) {  // tokenize the given text with the checkpoint's tokenizer
+            tmp_dir = (std::filesystem::temp_directory_path() / ("strata-eval-" + std::to_string(::getpid()))).string();
+            PreparedData pd = prepare_data(list_corpus_files(o->text), *lc.tok, tmp_dir, 0.01);
+            // evaluate on everything: concatenate by evaluating both splits
+            what = o->text;
+            shard_path = pd.train_path;
+        }
+        double loss;
+        long n_tokens;
+        {
+            TokenShard shard = TokenShard::open(shard_path);
+            n_tokens = long(shard.size());
+            loss = evaluate(*lc.model, shard, B, t.seq_len, o->batches);
+        }
+        if (!tmp_dir.empty()) std::filesystem::remove_all(tmp_dir);
+        std::printf("eval on %s (%ld tokens, seq %d): loss %.4f, perplexity %.2f\n", what.c_str(), n_tokens,
+                    t.seq_len, loss, std::exp(loss));
+    });
+}
+
+}  // namespace strata::cli

@@ -1,0 +1,111 @@
+#include "train/checkpoint.h"
+
+#include <sys/stat.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/fileio.h"
+#include "core/safetensors.h"
+
+namespace strata {
+
+static const char* kFormat = "strata-checkpoint-1";
+
+std::string checkpoint_path(const std::string& out_dir) { return out_dir + "/checkpoint.safetensors"; }
+
+void save_checkpoint(const std::string& out_dir, const RunConfig& rc, const Model<float>& model,
+                     const AdamW<float>& opt, const Tokenizer& tok, const TrainState& st) {
+    std::error_code ec;
+    std::filesystem::create_directories(out_dir, ec);
+    if (ec) throw Error("cannot create output directory " + out_dir + ": " + ec.message());
+    std::vector<TensorRef> ts;
+    auto add = [&](const std::string& prefix, const std::vector<float>& buf) {
+        for (const ParamSpec& s : model.specs)
+            ts.push_back({prefix + s.name, "F32", std::vector<int64_t>(s.shape.begin(), s.shape.end()),
+                          buf.data() + s.offset, s.numel * sizeof(float)});
+    };
+    add("model.", model.params);
+    add("adamw.m.", opt.m);
+    add("adamw.v.", opt.v);
+    const std::string tok_bytes = tok.to_bytes();
+    ts.push_back({"tokenizer", "U8", {int64_t(tok_bytes.size())}, tok_bytes.data(), tok_bytes.size()});
+    std::map<std::string, std::string> meta = {
+        {"format", kFormat},
+        {"config", rc.to_json().dump()},
+        {"step", std::to_string(st.step)},
+        {"adamw_step", std::to_string(opt.step)},
+        {"sampler_position", std::to_string(st.sampler_position)},
+        {"rng_state", std::to_string(st.rng_state)},
+        {"last_loss", std::to_string(st.last_loss)},
+    };
+    safetensors_write(checkpoint_path(out_dir), ts, meta);
+    atomic_write_file(out_dir + "/config.json", rc.to_json().dump(2) + "\n");
+    atomic_write_file(out_dir + "/tokenizer.model", tok_bytes);
+}
+
+static uint64_t meta_u64(const SafetensorsFile& f, const std::string& key) {
+    auto it = f.metadata().find(key);
+    if (it == f.metadata().end()) throw Error("checkpoint " + f.path() + " lacks the metadata field \"" + key + "\"");
+    try {
+        size_t pos = 0;
+        if (it->second.empty() || it->second[0] == '-') throw std::invalid_argument("x");
+        unsigned long long v = std::stoull(it->second, &pos);
+        if (pos != it->second.size()) throw std::invalid_argument("x");
+        return uint64_t(v);
+    } catch (const std::exception&) {
+        throw Error("checkpoint " + f.path() + " has a bad \"" + key + "\" field: " + it->second);
+    }
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only) {
+    std::string path = path_in;
+    struct stat sb;
+    if (::stat(path.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) path = checkpoint_path(path);
+    SafetensorsFile f = SafetensorsFile::open(path);
+    auto fmt = f.metadata().find("format");
+    if (fmt == f.metadata().end() || fmt->second != kFormat)
+        throw Error("checkpoint " + path + " is not a strata checkpoint (metadata \"format\" is missing or wrong)");
+    auto cfg = f.metadata().find("config");
+    if (cfg == f.metadata().end()) throw Error("checkpoint " + path + " lacks its config");
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(cfg->second);
+    } catch (const nlohmann::json::exception& e) {
+        throw Error("checkpoint " + path + " has a corrupt config: " + e.what());
+    }
+    LoadedCheckpoint lc;
+    lc.rc = RunConfig::from_json(j, "checkpoint " + path);
+    lc.model = std::make_unique<Model<float>>(lc.rc.model);
+    auto load = [&](const std::string& prefix, std::vector<float>& buf) {
+        for (const ParamSpec& s : lc.model->specs) {
+            const TensorRef& t = f.get(prefix + s.name);
+            std::vector<int64_t> want(s.shape.begin(), s.shape.end());
+            if (t.dtype != "F32" || t.shape != want)
+                throw Error("checkpoint " + path + ": tensor " + prefix + s.name + " has the wrong dtype or shape");
+            std::memcpy(buf.data() + s.offset, t.data, s.numel * sizeof(float));
+        }
+    };
+    load("model.", lc.model->params);
+    const TensorRef& tk = f.get("tokenizer");
+    if (tk.dtype != "U8") throw Error("checkpoint " + path + ": tensor tokenizer must be U8");
+    lc.tok = std::make_unique<Tokenizer>(
+        Tokenizer::from_bytes(std::string((const char*)tk.data, tk.nbytes), "checkpoint " + path));
+    if (lc.tok->vocab_size() != lc.rc.model.vocab_size)
+        throw Error("checkpoint " + path + ": tokenizer vocabulary (" + std::to_string(lc.tok->vocab_size()) +
+                    ") differs from the model's (" + std::to_string(lc.rc.model.vocab_size) + ")");
+    lc.st.step = long(meta_u64(f, "step"));
+    lc.st.sampler_position = uint64_t(meta_u64(f, "sampler_position"));
+    lc.st.rng_state = uint64_t(meta_u64(f, "rng_state"));
+    if (!weights_only) {
+        AdamWConfig ac{lc.rc.train.beta1, lc.rc.train.beta2, lc.rc.train.eps, lc.rc.train.weight_decay};
+        lc.opt = std::make_unique<AdamW<float>>(lc.model->params.size(), ac);
+        load("adamw.m.", lc.opt->m);
+        load("adamw.v.", lc.opt->v);
+        lc.opt->step = long(meta_u64(f, "adamw_step"));
+    }
+    return lc;
+}
+
+}  // namespace strata

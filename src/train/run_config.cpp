@@ -1,0 +1,158 @@
+#include "train/run_config.h"
+
+#include "core/error.h"
+#include "core/fileio.h"
+#include "core/json_fields.h"
+
+namespace strata {
+
+void TrainConfig::validate(const std::string& o) const {
+    auto pos = [&](const char* name, double v, double max) {
+        if (!(v > 0)) throw Error(o + ": train." + name + " must be positive, got " + std::to_string(v));
+        if (v > max) throw Error(o + ": train." + name + " = " + std::to_string(v) + " is absurdly large");
+    };
+    auto nonneg = [&](const char* name, double v) {
+        if (!(v >= 0)) throw Error(o + ": train." + name + " must not be negative, got " + std::to_string(v));
+    };
+    pos("batch_size", batch_size, 1 << 16);
+    pos("seq_len", seq_len, 1 << 20);
+    pos("grad_accum", grad_accum, 1 << 16);
+    pos("steps", double(steps), 1e12);
+    pos("lr", lr, 10);
+    nonneg("min_lr", min_lr);
+    nonneg("warmup", double(warmup));
+    nonneg("weight_decay", weight_decay);
+    nonneg("grad_clip", grad_clip);
+    pos("eps", eps, 1);
+    pos("threads", threads, 4096);
+    pos("eval_every", double(eval_every), 1e12);
+    pos("eval_batches", double(eval_batches), 1e9);
+    pos("ckpt_every", double(ckpt_every), 1e12);
+    pos("log_every", double(log_every), 1e12);
+    if (!(beta1 >= 0 && beta1 < 1)) throw Error(o + ": train.beta1 must be in [0, 1)");
+    if (!(beta2 >= 0 && beta2 < 1)) throw Error(o + ": train.beta2 must be in [0, 1)");
+    if (!(val_fraction > 0 && val_fraction < 0.5)) throw Error(o + ": train.val_fraction must be in (0, 0.5)");
+    if (on_nonfinite != "stop" && on_nonfinite != "skip")
+        throw Error(o + ": train.on_nonfinite must be \"stop\" or \"skip\"");
+    if (corpus.empty()) throw Error(o + ": train.corpus must name a file or folder");
+    if (out_dir.empty() || data_dir.empty()) throw Error(o + ": train.out_dir and train.data_dir must be set");
+}
+
+RunConfig RunConfig::from_json(const nlohmann::json& j, const std::string& origin) {
+    RunConfig rc;
+    JsonFields top(j, origin);
+    top.skip("model");
+    top.skip("train");
+    top.finish();
+    if (j.contains("model")) rc.model = ModelConfig::from_json(j["model"], origin + " [model]");
+    if (j.contains("train")) {
+        const auto& t = j["train"];
+        JsonFields f(t, origin + " [train]");
+        TrainConfig& c = rc.train;
+        f.get("corpus", c.corpus);
+        f.get("data_dir", c.data_dir);
+        f.get("out_dir", c.out_dir);
+        f.get("batch_size", c.batch_size);
+        f.get("seq_len", c.seq_len);
+        f.get("grad_accum", c.grad_accum);
+        f.get("steps", c.steps);
+        f.get("lr", c.lr);
+        f.get("min_lr", c.min_lr);
+        f.get("warmup", c.warmup);
+        f.get("weight_decay", c.weight_decay);
+        f.get("beta1", c.beta1);
+        f.get("beta2", c.beta2);
+        f.get("eps", c.eps);
+        f.get("grad_clip", c.grad_clip);
+        f.get("seed", c.seed);
+        f.get("threads", c.threads);
+        f.get("eval_every", c.eval_every);
+        f.get("eval_batches", c.eval_batches);
+        f.get("ckpt_every", c.ckpt_every);
+        f.get("log_every", c.log_every);
+        f.get("val_fraction", c.val_fraction);
+        f.skip("no_decay");
+        if (t.contains("no_decay")) {
+            if (!t["no_decay"].is_array()) throw Error(origin + ": train.no_decay must be an array of strings");
+            c.no_decay.clear();
+            for (const auto& s : t["no_decay"]) {
+                if (!s.is_string()) throw Error(origin + ": train.no_decay must be an array of strings");
+                c.no_decay.push_back(s.get<std::string>());
+            }
+        }
+        f.get("resume", c.resume);
+        f.get("on_nonfinite", c.on_nonfinite);
+        f.finish();
+    }
+    rc.model.validate(origin + " [model]");
+    rc.train.validate(origin);
+    if (rc.train.seq_len > rc.model.max_seq_len)
+        throw Error(origin + ": train.seq_len (" + std::to_string(rc.train.seq_len) +
+                    ") is longer than the model's maximum, model.max_seq_len (" +
+                    std::to_string(rc.model.max_seq_len) + ")");
+    return rc;
+}
+
+nlohmann::json RunConfig::to_json() const {
+    const TrainConfig& c = train;
+    nlohmann::json t = {{"corpus", c.corpus},       {"data_dir", c.data_dir},         {"out_dir", c.out_dir},
+                        {"batch_size", c.batch_size}, {"seq_len", c.seq_len},         {"grad_accum", c.grad_accum},
+                        {"steps", c.steps},         {"lr", c.lr},                     {"min_lr", c.min_lr},
+                        {"warmup", c.warmup},       {"weight_decay", c.weight_decay}, {"beta1", c.beta1},
+                        {"beta2", c.beta2},         {"eps", c.eps},                   {"grad_clip", c.grad_clip},
+                        {"seed", c.seed},           {"threads", c.threads},           {"eval_every", c.eval_every},
+                        {"eval_batches", c.eval_batches}, {"ckpt_every", c.ckpt_every}, {"log_every", c.log_every},
+                        {"val_fraction", c.val_fraction}, {"no_decay", c.no_decay},   {"resume", c.resume},
+                        {"on_nonfinite", c.on_nonfinite}};
+    return {{"model", model.to_json()}, {"train", t}};
+}
+
+void apply_overrides(nlohmann::json& j, const std::vector<std::string>& overrides) {
+    for (const std::string& o : overrides) {
+        auto eq = o.find('=');
+        if (eq == std::string::npos || eq == 0)
+            throw Error("--set " + o + ": expected SECTION.KEY=VALUE, e.g. train.steps=100");
+        std::string key = o.substr(0, eq), val = o.substr(eq + 1);
+        nlohmann::json v;
+        try {
+            v = nlohmann::json::parse(val);
+        } catch (const nlohmann::json::exception&) {
+            v = val;
+        }
+        nlohmann::json* cur = &j;
+        size_t start = 0;
+        for (;;) {
+            auto dot = key.find('.', start);
+            std::string part = key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+            if (part.empty()) throw Error("--set " + o + ": empty key segment");
+            if (!cur->is_object()) throw Error("--set " + o + ": " + key.substr(0, start) + " is not a section");
+            if (dot == std::string::npos) {
+                (*cur)[part] = v;
+                break;
+            }
+            cur = &(*cur)[part];
+            if (cur->is_null()) *cur = nlohmann::json::object();
+            start = dot + 1;
+        }
+    }
+}
+
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
+    nlohmann::json j = nlohmann::json::object();
+    std::string origin = path.empty() ? "defaults" : path;
+    if (!path.empty()) {
+        std::string text = read_file(path);
+        try {
+            j = nlohmann::json::parse(text);
+        } catch (const nlohmann::json::exception& e) {
+            throw Error("config " + path + " is not valid JSON: " + e.what());
+        }
+    }
+    if (!overrides.empty()) {
+        apply_overrides(j, overrides);
+        origin += " (with --set overrides)";
+    }
+    return RunConfig::from_json(j, origin);
+}
+
+}  // namespace strata

@@ -1,0 +1,51 @@
+// A run's configuration: the model section (ModelConfig) and the train section below, read from
+// one JSON file plus command-line overrides (`--set train.steps=100`).
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace strata {
+
+struct TrainConfig {
+    std::string corpus = "data/corpus/default.txt";  // a text file or a folder of them
+    std::string data_dir = "data/prepared/default";  // tokenizer + token shards, made once
+    std::string out_dir = "runs/default";           // checkpoint, config, metrics
+    int batch_size = 16;
+    int seq_len = 128;  // ≤ model.max_seq_len
+    int grad_accum = 1;
+    long steps = 400;
+    double lr = 3e-3, min_lr = 3e-4;
+    long warmup = 40;
+    double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+    double grad_clip = 1.0;  // 0 disables clipping
+    uint64_t seed = 1337;
+    int threads = 2;
+    long eval_every = 100, eval_batches = 20, ckpt_every = 100, log_every = 10;
+    double val_fraction = 0.05;
+    std::vector<std::string> no_decay = {"norm"};  // parameters whose name contains one of these
+    bool resume = true;                             // continue from out_dir's checkpoint if present
+    std::string on_nonfinite = "stop";              // "stop" or "skip" the step
+
+    void validate(const std::string& origin) const;
+};
+
+struct RunConfig {
+    ModelConfig model;
+    TrainConfig train;
+
+    static RunConfig from_json(const nlohmann::json& j, const std::string& origin);
+    nlohmann::json to_json() const;
+};
+
+// Applies "a.b=value" overrides to a JSON object. The value is parsed as JSON when it is valid
+// JSON (numbers, true/false, arrays) and taken as a string otherwise.
+void apply_overrides(nlohmann::json& j, const std::vector<std::string>& overrides);
+
+// Reads the config file (or starts from the defaults when path is empty), applies the overrides and
+// validates everything; errors name the file or "--set".
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides);
+
+}  // namespace strata
