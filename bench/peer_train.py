@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""PyTorch peer for `strata bench train`: the strata bench model written the way a competent
+PyTorch user would write it (eager mode, stock modules and kernels), timed on the same training
+step strata runs: zero_grad, forward with targets, backward, grad-norm clip to 1.0, AdamW update.
+
+Prints exactly one JSON line on stdout (progress goes to stderr).
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--d-model", type=int, default=384)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--ffn-hidden", type=int, default=1024)
+    p.add_argument("--rope-theta", type=float, default=10000.0)
+    p.add_argument("--norm-eps", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=1337)
+    return p.parse_args()
+
+
+class ManualRMSNorm(nn.Module):
+    """Fallback for torch < 2.4, which has no nn.RMSNorm."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def make_norm(dim, eps):
+    if hasattr(nn, "RMSNorm"):
+        return nn.RMSNorm(dim, eps=eps)
+    return ManualRMSNorm(dim, eps)
+
+
+def sdpa_has_gqa():
+    try:
+        q = torch.zeros(1, 2, 1, 4)
+        kv = torch.zeros(1, 1, 1, 4)
+        F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+        return True
+    except TypeError:
+        return False
+
+
+def rope_tables(seq, head_dim, theta):
+    inv = theta ** (-torch.arange(0, head_dim // 2, dtype=torch.float64) * 2.0 / head_dim)
+    ang = torch.arange(seq, dtype=torch.float64)[:, None] * inv[None, :]
+    return ang.cos().float(), ang.sin().float()  # (T, d/2)
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, n_heads, T, d), rotate-half layout
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, a, use_gqa):
+        super().__init__()
+        self.h, self.hk, self.d = a.heads, a.kv_heads, a.head_dim
+        self.use_gqa = use_gqa
+        self.wq = nn.Linear(a.d_model, a.heads * a.head_dim, bias=False)
+        self.wk = nn.Linear(a.d_model, a.kv_heads * a.head_dim, bias=False)
+        self.wv = nn.Linear(a.d_model, a.kv_heads * a.head_dim, bias=False)
+        self.wo = nn.Linear(a.heads * a.head_dim, a.d_model, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.h, self.d).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.hk, self.d).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.hk, self.d).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.use_gqa:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            g = self.h // self.hk
+            k = k.repeat_interleave(g, dim=1)
+            v = v.repeat_interleave(g, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.h * self.d))
+
+
+class MLP(nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        self.w_gate = nn.Linear(a.d_model, a.ffn_hidden, bias=False)
+        self.w_up = nn.Linear(a.d_model, a.ffn_hidden, bias=False)
+        self.w_down = nn.Linear(a.ffn_hidden, a.d_model, bias=False)
+
+    def forward(self, x):
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, a, use_gqa):
+        super().__init__()
+        self.attn_norm = make_norm(a.d_model, a.norm_eps)
+        self.attn = Attention(a, use_gqa)
+        self.mlp_norm = make_norm(a.d_model, a.norm_eps)
+        self.mlp = MLP(a)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Model(nn.Module):
+    def __init__(self, a, use_gqa):
+        super().__init__()
+        self.tok_emb = nn.Embedding(a.vocab, a.d_model)
+        self.blocks = nn.ModuleList(Block(a, use_gqa) for _ in range(a.layers))
+        self.final_norm = make_norm(a.d_model, a.norm_eps)
+        cos, sin = rope_tables(a.seq, a.head_dim, a.rope_theta)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                s = std / math.sqrt(2 * a.layers) if name.endswith(("wo.weight", "w_down.weight")) else std
+                nn.init.normal_(p, 0.0, s)
+
+    def forward(self, tokens, targets):
+        T = tokens.shape[1]
+        cos, sin = self.cos[:T], self.sin[:T]
+        x = self.tok_emb(tokens)
+        for blk in self.blocks:
+            x = blk(x, cos, sin)
+        logits = F.linear(self.final_norm(x), self.tok_emb.weight)  # tied embeddings
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+
+def main():
+    a = parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    use_gqa = sdpa_has_gqa()
+    model = Model(a, use_gqa)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=a.lr, betas=(0.9, 0.95), eps=1e-8,
+    )
+    g = torch.Generator().manual_seed(a.seed)
+    data = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=g)
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+    times, losses = [], []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        lv = loss.item()
+        dt = time.perf_counter() - t0
+        losses.append(lv)
+        if i >= a.warmup:
+            times.append(dt)
+        print(f"peer step {i}: {dt * 1e3:.1f} ms loss {lv:.4f}", file=sys.stderr)
+
+    mean = statistics.fmean(times)
+    std = statistics.stdev(times) if len(times) > 1 else 0.0
+    out = {
+        "impl": "pytorch-eager",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": a.batch,
+        "seq": a.seq,
+        "params": sum(p.numel() for p in model.parameters()),
+        "gqa": "sdpa enable_gqa" if use_gqa else "repeat_interleave",
+        "rmsnorm": "nn.RMSNorm" if hasattr(nn, "RMSNorm") else "manual",
+        "warmup": a.warmup,
+        "steps": a.steps,
+        "step_ms_mean": mean * 1e3,
+        "step_ms_std": std * 1e3,
+        "tokens_per_s": a.batch * a.seq / mean,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "mkldnn": bool(torch.backends.mkldnn.is_available()),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
