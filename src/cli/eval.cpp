@@ -1,6 +1,8 @@
 // strata eval: validation loss and perplexity of a checkpoint.
 #include <cmath>
 #include <cstdio>
+#include <unistd.h>
+
 #include <filesystem>
 
 #include "cli/commands.h"
@@ -13,13 +15,14 @@ namespace strata::cli {
 void add_eval_command(CLI::App& app) {
     auto* cmd = app.add_subcommand("eval", "evaluate a checkpoint: loss and perplexity");
     struct Opts {
-        std::string ckpt = "runs/default", text;
+        std::string ckpt = "runs/default", text, data_dir;
         long batches = 0;
         int batch_size = 0, threads = 2;
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory")->capture_default_str();
     cmd->add_option("--text", o->text, "evaluate on this text file or folder instead of the run's validation split");
+    cmd->add_option("--data-dir", o->data_dir, "read val.bin from this folder instead of the run's data_dir");
     cmd->add_option("--batches", o->batches, "at most this many batches (0 = all)")->check(CLI::NonNegativeNumber);
     cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(CLI::NonNegativeNumber);
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
@@ -28,23 +31,29 @@ void add_eval_command(CLI::App& app) {
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
         const TrainConfig& t = lc.rc.train;
         const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
-        std::string shard_path = t.data_dir + "/val.bin", what = "validation split " + shard_path;
-        std::string tmp_dir;
-        if (!o->text.empty()) {  // tokenize the given text with the checkpoint's tokenizer
+        std::vector<std::string> shards = {(o->data_dir.empty() ? t.data_dir : o->data_dir) + "/val.bin"};
+        std::string what = "validation split " + shards[0], tmp_dir;
+        if (!o->text.empty()) {  // tokenize the given text with the checkpoint's tokenizer, evaluate all of it
             tmp_dir = (std::filesystem::temp_directory_path() / ("strata-eval-" + std::to_string(::getpid()))).string();
-            PreparedData pd = prepare_data(list_corpus_files(o->text), *lc.tok, tmp_dir, 0.01);
-            // evaluate on everything: concatenate by evaluating both splits
+            PreparedData pd = prepare_data(list_corpus_files(o->text), *lc.tok, tmp_dir, 0.0);
             what = o->text;
-            shard_path = pd.train_path;
+            shards = {pd.train_path};
         }
-        double loss;
-        long n_tokens;
-        {
-            TokenShard shard = TokenShard::open(shard_path);
-            n_tokens = long(shard.size());
-            loss = evaluate(*lc.model, shard, B, t.seq_len, o->batches);
+        double sum = 0;
+        long n_tokens = 0;
+        try {
+            for (const auto& path : shards) {
+                TokenShard shard = TokenShard::open(path);
+                const double n = double(shard.size());
+                sum += evaluate(*lc.model, shard, B, t.seq_len, o->batches) * n;
+                n_tokens += long(shard.size());
+            }
+        } catch (...) {
+            if (!tmp_dir.empty()) std::filesystem::remove_all(tmp_dir);
+            throw;
         }
         if (!tmp_dir.empty()) std::filesystem::remove_all(tmp_dir);
+        const double loss = n_tokens > 0 ? sum / double(n_tokens) : 0.0;
         std::printf("eval on %s (%ld tokens, seq %d): loss %.4f, perplexity %.2f\n", what.c_str(), n_tokens,
                     t.seq_len, loss, std::exp(loss));
     });

@@ -361,10 +361,19 @@ bool up_to_date(const std::string& meta_path, const std::vector<std::string>& fi
                 return false;
         }
         const size_t n_train = meta.at("n_train").get<size_t>(), n_val = meta.at("n_val").get<size_t>();
-        TokenShard train = TokenShard::open(result.train_path);
-        TokenShard val = TokenShard::open(result.val_path);
-        if (train.size() != n_train || val.size() != n_val) return false;
-        if (train.vocab_size() != vocab_size || val.vocab_size() != vocab_size) return false;
+        // The inputs match, so a shard that fails to open was damaged after it was made: say so,
+        // then make it again from the corpus (it is derived data; nothing is lost).
+        std::optional<TokenShard> train, val;
+        for (auto [shard, path] : {std::pair{&train, &result.train_path}, std::pair{&val, &result.val_path}}) {
+            try {
+                shard->emplace(TokenShard::open(*path));
+            } catch (const Error& e) {
+                std::fprintf(stderr, "warning: %s; preparing the shards again\n", e.what());
+                return false;
+            }
+        }
+        if (train->size() != n_train || val->size() != n_val) return false;
+        if (train->vocab_size() != vocab_size || val->vocab_size() != vocab_size) return false;
         result.n_train = n_train;
         result.n_val = n_val;
         return true;

@@ -156,6 +156,7 @@ TrainResult train(const RunConfig& rc) {
     g_sigint = 0;
     auto old_handler = std::signal(SIGINT, on_sigint);
     TrainResult res;
+    res.train_loss = st.last_loss;
     Progress progress(t.steps, st.step, t.log_every);
     std::vector<int32_t> x(size_t(t.batch_size) * t.seq_len), y(x.size());
     const double tokens_per_step = double(t.batch_size) * t.seq_len * t.grad_accum;

@@ -1,0 +1,53 @@
+"""Shared helpers for the CLI-level tests (e2e, reliability): run the binary, make a tiny run."""
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(os.environ.get("STRATA_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
+BIN = os.environ.get("STRATA_BIN", str(ROOT / "build" / "strata"))
+
+
+def run(*args, env=None, check=True, timeout=600, cwd=None):
+    """Runs the strata CLI (or a script when args[0] ends in .sh); returns the CompletedProcess."""
+    cmd = ["bash", *map(str, args)] if str(args[0]).endswith(".sh") else [BIN, *map(str, args)]
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=timeout, cwd=cwd or ROOT)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+def small_corpus(path: pathlib.Path, n_bytes=60000):
+    """A small English corpus: the head of the default corpus when present, else generated prose."""
+    default = ROOT / "data" / "corpus" / "default.txt"
+    if default.exists():
+        text = default.read_bytes()[:n_bytes].decode("utf-8", errors="ignore")
+    else:
+        words = "the quick brown fox jumps over the lazy dog while seven wise owls watch quietly".split()
+        text = "\n".join(" ".join(words[(i * 3 + j) % len(words)] for j in range(12)) + "." for i in range(n_bytes // 70))
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+TINY_MODEL = [
+    "--set", "model.vocab_size=320", "--set", "model.d_model=32", "--set", "model.n_layers=2",
+    "--set", "model.n_heads=4", "--set", "model.n_kv_heads=2", "--set", "model.head_dim=8",
+    "--set", "model.ffn_hidden=48", "--set", "model.max_seq_len=64",
+    "--set", "train.batch_size=4", "--set", "train.seq_len=32", "--set", "train.eval_batches=2",
+    "--set", "train.warmup=2", "--set", "train.log_every=1",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny model trained for 6 steps on a small corpus: (run_dir, corpus, data_dir, base args)."""
+    d = tmp_path_factory.mktemp("tiny")
+    corpus = small_corpus(d / "corpus.txt")
+    args = ["--set", f"train.corpus={corpus}", "--set", f"train.data_dir={d / 'data'}",
+            "--set", f"train.out_dir={d / 'run'}", *TINY_MODEL]
+    run("train", "--set", "train.steps=6", "--set", "train.ckpt_every=3", *args)
+    return d / "run", corpus, d / "data", args
