@@ -21,6 +21,7 @@ void TrainConfig::validate(const std::string& o) const {
     pos("lr", lr, 10);
     nonneg("min_lr", min_lr);
     nonneg("warmup", double(warmup));
+    nonneg("lr_decay_steps", double(lr_decay_steps));
     nonneg("weight_decay", weight_decay);
     nonneg("grad_clip", grad_clip);
     pos("eps", eps, 1);
@@ -59,6 +60,7 @@ RunConfig RunConfig::from_json(const nlohmann::json& j, const std::string& origi
         f.get("lr", c.lr);
         f.get("min_lr", c.min_lr);
         f.get("warmup", c.warmup);
+        f.get("lr_decay_steps", c.lr_decay_steps);
         f.get("weight_decay", c.weight_decay);
         f.get("beta1", c.beta1);
         f.get("beta2", c.beta2);
@@ -98,7 +100,7 @@ nlohmann::json RunConfig::to_json() const {
     nlohmann::json t = {{"corpus", c.corpus},       {"data_dir", c.data_dir},         {"out_dir", c.out_dir},
                         {"batch_size", c.batch_size}, {"seq_len", c.seq_len},         {"grad_accum", c.grad_accum},
                         {"steps", c.steps},         {"lr", c.lr},                     {"min_lr", c.min_lr},
-                        {"warmup", c.warmup},       {"weight_decay", c.weight_decay}, {"beta1", c.beta1},
+                        {"warmup", c.warmup},       {"lr_decay_steps", c.lr_decay_steps},       {"weight_decay", c.weight_decay}, {"beta1", c.beta1},
                         {"beta2", c.beta2},         {"eps", c.eps},                   {"grad_clip", c.grad_clip},
                         {"seed", c.seed},           {"threads", c.threads},           {"eval_every", c.eval_every},
                         {"eval_batches", c.eval_batches}, {"ckpt_every", c.ckpt_every}, {"log_every", c.log_every},

@@ -19,6 +19,7 @@ struct TrainConfig {
     long steps = 400;
     double lr = 3e-3, min_lr = 3e-4;
     long warmup = 40;
+    long lr_decay_steps = 0;  // the cosine reaches min_lr here; 0 means `steps`
     double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
     double grad_clip = 1.0;  // 0 disables clipping
     uint64_t seed = 1337;

@@ -164,7 +164,7 @@ TrainResult train(const RunConfig& rc) {
     try {
         for (long step = st.step; step < t.steps; step++) {
             auto t0 = std::chrono::steady_clock::now();
-            const double lr = lr_at(step, t.warmup, t.steps, t.lr, t.min_lr);
+            const double lr = lr_at(step, t.warmup, t.lr_decay_steps > 0 ? t.lr_decay_steps : t.steps, t.lr, t.min_lr);
             model->zero_grad();
             double loss = 0;
             for (int micro = 0; micro < t.grad_accum; micro++) {
@@ -192,13 +192,13 @@ TrainResult train(const RunConfig& rc) {
             st.last_loss = loss;
             res.train_loss = loss;
             const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            std::fprintf(metrics, "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"step_ms\": %.2f}\n",
+            std::fprintf(metrics, "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"step_ms\": %.2f}\n",
                          st.step, loss, lr, gn, tokens_per_step / dt, dt * 1e3);
             std::fflush(metrics);
             progress.update(step, loss, lr, tokens_per_step / dt);
             if (st.step % t.eval_every == 0 && st.step != t.steps) {
                 double vl = evaluate(*model, val_shard, t.batch_size, t.seq_len, t.eval_batches);
-                std::fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.6f}\n", st.step, vl);
+                std::fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.17g}\n", st.step, vl);
                 std::fflush(metrics);
                 char buf[128];
                 std::snprintf(buf, sizeof buf, "step %ld: validation loss %.4f", st.step, vl);
