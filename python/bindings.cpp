@@ -168,4 +168,61 @@ PYBIND11_MODULE(strata, mod) {
         matmul_backward(dx.mutable_data(), dw.mutable_data(), dy.data(), x.data(), w.data(), N, IC, OC);
         return py::make_tuple(dx, dw);
     });
+    ops.def("rope_forward", [](F32 x, double theta) {  // x (B, T, H, d), positions 0..T-1
+        if (x.ndim() != 4) throw Error("rope: x must be (B, T, H, d)");
+        long B = x.shape(0), T = x.shape(1), H = x.shape(2), d = x.shape(3);
+        if (d % 2) throw Error("rope: d must be even");
+        std::vector<float> cs(T * d / 2), sn(T * d / 2);
+        std::vector<int32_t> pos(B * T);
+        for (long i = 0; i < B * T; i++) pos[i] = int32_t(i % T);
+        rope_table(cs.data(), sn.data(), T, d, theta);
+        F32 y = make({B, T, H, d});
+        std::memcpy(y.mutable_data(), x.data(), x.size() * sizeof(float));
+        rope_forward(y.mutable_data(), pos.data(), cs.data(), sn.data(), B * T, H, d);
+        return y;
+    });
+    ops.def("rope_backward", [](F32 dy, double theta) {
+        long B = dy.shape(0), T = dy.shape(1), H = dy.shape(2), d = dy.shape(3);
+        std::vector<float> cs(T * d / 2), sn(T * d / 2);
+        std::vector<int32_t> pos(B * T);
+        for (long i = 0; i < B * T; i++) pos[i] = int32_t(i % T);
+        rope_table(cs.data(), sn.data(), T, d, theta);
+        F32 dx = make({B, T, H, d});
+        std::memcpy(dx.mutable_data(), dy.data(), dy.size() * sizeof(float));
+        rope_backward(dx.mutable_data(), pos.data(), cs.data(), sn.data(), B * T, H, d);
+        return dx;
+    });
+    ops.def("embedding_forward", [](I32 tokens, F32 table) {
+        long N = tokens.size(), V = table.shape(0), C = table.shape(1);
+        for (long i = 0; i < N; i++)
+            if (tokens.data()[i] < 0 || tokens.data()[i] >= V) throw Error("embedding: token out of range");
+        F32 y = make({N, C});
+        embedding_forward(y.mutable_data(), tokens.data(), table.data(), N, C);
+        return y;
+    });
+    ops.def("embedding_backward", [](F32 dy, I32 tokens, long V) {
+        long N = tokens.size(), C = dy.shape(dy.ndim() - 1);
+        for (long i = 0; i < N; i++)
+            if (tokens.data()[i] < 0 || tokens.data()[i] >= V) throw Error("embedding: token out of range");
+        F32 dt = make({V, C});
+        std::fill_n(dt.mutable_data(), dt.size(), 0.f);
+        embedding_backward(dt.mutable_data(), dy.data(), tokens.data(), N, C);
+        return dt;
+    });
+    ops.def("crossentropy_forward", [](F32 logits, I32 targets) {  // per-row losses and lse
+        long V = logits.shape(logits.ndim() - 1), N = logits.size() / V;
+        if (targets.size() != N) throw Error("crossentropy: one target per row");
+        for (long i = 0; i < N; i++)
+            if (targets.data()[i] >= V) throw Error("crossentropy: target out of range");
+        F32 loss = make({N}), lse = make({N});
+        crossentropy_forward(loss.mutable_data(), lse.mutable_data(), logits.data(), targets.data(), N, V);
+        return py::make_tuple(loss, lse);
+    });
+    ops.def("crossentropy_backward", [](F32 logits, F32 lse, I32 targets, float scale) {
+        long V = logits.shape(logits.ndim() - 1), N = logits.size() / V;
+        F32 dz = make({N, V});
+        std::fill_n(dz.mutable_data(), dz.size(), 0.f);
+        crossentropy_backward(dz.mutable_data(), logits.data(), lse.data(), targets.data(), N, V, scale);
+        return dz;
+    });
 }
