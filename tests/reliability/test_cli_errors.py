@@ -232,3 +232,11 @@ def test_resumed_run_matches_uninterrupted_run_bit_for_bit(tiny_run, tmp_path):
         return raw[8 + struct.unpack("<Q", raw[:8])[0]:]
     # weights, AdamW moments and tokenizer identical byte for byte (the headers differ: train.steps)
     assert data_section(tmp_path / "a" / "checkpoint.safetensors") == data_section(tmp_path / "b" / "checkpoint.safetensors")
+
+
+def test_invalid_utf8_prompt(tiny_run):
+    import subprocess
+    from clihelp import BIN
+    p = subprocess.run([BIN, "generate", "--ckpt", str(tiny_run[0]), "--prompt", b"caf\xe9 \xff".decode("latin-1").encode("latin-1")],
+                       capture_output=True)
+    assert p.returncode != 0 and b"UTF-8" in p.stderr, p.stderr
