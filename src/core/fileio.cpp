@@ -176,26 +176,35 @@ void atomic_write_file(const std::string& path, std::string_view bytes) {
     w.commit();
 }
 
-std::string read_file(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+ReadOnlyFile ReadOnlyFile::open(const std::string& path, bool regular_only) {
+    ReadOnlyFile f;
+    f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (f.fd < 0) {
         int err = errno;
         throw Error("cannot read " + path + ": " + errno_text(err));
     }
-    struct FdCloser {
-        int fd;
-        ~FdCloser() { ::close(fd); }
-    } closer{fd};
     struct stat st {};
-    if (::fstat(fd, &st) != 0) {
+    if (::fstat(f.fd, &st) != 0) {
         int err = errno;
         throw Error("cannot read " + path + ": " + errno_text(err));
     }
     if (S_ISDIR(st.st_mode)) throw Error("cannot read " + path + ": it is a directory");
+    if (regular_only && !S_ISREG(st.st_mode)) throw Error("cannot read " + path + ": not a regular file");
+    f.size = S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0;
+    return f;
+}
+
+ReadOnlyFile::~ReadOnlyFile() {
+    if (fd >= 0) ::close(fd);
+}
+
+std::string read_file(const std::string& path) {
+    ReadOnlyFile file = ReadOnlyFile::open(path, /*regular_only=*/false);
+    const int fd = file.fd;
     // st_size is only a hint (special files report 0, files may grow), so read until EOF.
     std::string out;
     size_t used = 0;
-    out.resize(S_ISREG(st.st_mode) && st.st_size > 0 ? static_cast<size_t>(st.st_size) + 1 : 1 << 16);
+    out.resize(file.size > 0 ? static_cast<size_t>(file.size) + 1 : 1 << 16);
     for (;;) {
         if (used == out.size()) out.resize(out.size() * 2);
         ssize_t r = ::read(fd, out.data() + used, out.size() - used);

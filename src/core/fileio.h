@@ -57,6 +57,20 @@ private:
 // Writes the whole of `bytes` to `path` atomically (see AtomicFileWriter).
 void atomic_write_file(const std::string& path, std::string_view bytes);
 
+// A file opened read-only, closed on destruction. open() throws Error("cannot read <path>: ...")
+// when the file is missing or unreadable, is a directory, or (if regular_only) is not a regular
+// file such as a pipe; `size` is its length in bytes (0 for special files).
+struct ReadOnlyFile {
+    int fd = -1;
+    uint64_t size = 0;
+    static ReadOnlyFile open(const std::string& path, bool regular_only = true);
+    ReadOnlyFile() = default;
+    ReadOnlyFile(ReadOnlyFile&& o) noexcept : fd(o.fd), size(o.size) { o.fd = -1; }
+    ReadOnlyFile(const ReadOnlyFile&) = delete;
+    ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+    ~ReadOnlyFile();
+};
+
 // The whole content of `path`; throws Error("cannot read <path>: <reason>").
 std::string read_file(const std::string& path);
 

@@ -143,22 +143,9 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     auto corrupt = [&](const std::string& what) {
         return Error("safetensors file " + path + " is corrupt: " + what);
     };
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int err = errno;
-        throw Error("cannot read " + path + ": " + std::strerror(err));
-    }
-    struct FdCloser {
-        int fd;
-        ~FdCloser() { ::close(fd); }
-    } closer{fd};
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        int err = errno;
-        throw Error("cannot read " + path + ": " + std::strerror(err));
-    }
-    if (!S_ISREG(st.st_mode)) throw Error("cannot read " + path + ": not a regular file");
-    const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+    ReadOnlyFile file = ReadOnlyFile::open(path);
+    const int fd = file.fd;
+    const uint64_t file_size = file.size;
     if (file_size < 8)
         throw corrupt("it holds " + std::to_string(file_size) + " bytes, fewer than the 8-byte header length");
 

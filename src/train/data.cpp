@@ -153,22 +153,9 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& toke
 
 TokenShard TokenShard::open(const std::string& path) {
     auto bad = [&](const std::string& what) { return Error("token shard " + path + " " + what); };
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int err = errno;
-        throw Error("cannot read " + path + ": " + std::strerror(err));
-    }
-    struct FdCloser {
-        int fd;
-        ~FdCloser() { ::close(fd); }
-    } closer{fd};
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        int err = errno;
-        throw Error("cannot read " + path + ": " + std::strerror(err));
-    }
-    if (!S_ISREG(st.st_mode)) throw Error("cannot read " + path + ": not a regular file");
-    const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+    ReadOnlyFile file = ReadOnlyFile::open(path);
+    const int fd = file.fd;
+    const uint64_t file_size = file.size;
     if (file_size < kHeaderBytes)
         throw bad("is truncated: it holds " + std::to_string(file_size) + " bytes, fewer than the " +
                   std::to_string(kHeaderBytes) + "-byte header");

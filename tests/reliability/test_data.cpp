@@ -15,40 +15,17 @@
 #include <vector>
 
 #include "core/error.h"
+#include "../test_util.h"
 #include "core/fileio.h"
 #include "train/data.h"
 #include "train/tokenizer.h"
 
 namespace fs = std::filesystem;
 using namespace strata;
+using strata::testing::TempDir;
+using strata::testing::expect_error;
 
 namespace {
-
-struct TempDir {
-    std::string path;
-    TempDir() {
-        char tmpl[] = "/tmp/strata_test_data_XXXXXX";
-        const char* p = mkdtemp(tmpl);
-        if (!p) throw std::runtime_error("mkdtemp failed");
-        path = p;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string file(const std::string& name) const { return path + "/" + name; }
-};
-
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        std::string msg = e.what();
-        for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-        return;
-    }
-    ADD_FAILURE() << "expected strata::Error";
-}
 
 std::vector<int32_t> iota_tokens(size_t n, int vocab) {
     std::vector<int32_t> t(n);

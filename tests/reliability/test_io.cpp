@@ -15,47 +15,17 @@
 #include <vector>
 
 #include "core/error.h"
+#include "../test_util.h"
 #include "core/fileio.h"
 #include "core/safetensors.h"
 #include "train/tokenizer.h"
 
 namespace fs = std::filesystem;
 using namespace strata;
+using strata::testing::TempDir;
+using strata::testing::expect_error;
 
 namespace {
-
-struct TempDir {
-    std::string path;
-    TempDir() {
-        char tmpl[] = "/tmp/strata_test_io_XXXXXX";
-        const char* p = mkdtemp(tmpl);
-        if (!p) throw std::runtime_error("mkdtemp failed");
-        path = p;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string file(const std::string& name) const { return path + "/" + name; }
-    std::vector<std::string> entries() const {
-        std::vector<std::string> out;
-        for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-        std::sort(out.begin(), out.end());
-        return out;
-    }
-};
-
-// Runs fn, expecting a strata::Error whose message contains every one of `needles`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-    try {
-        fn();
-    } catch (const Error& e) {
-        std::string msg = e.what();
-        for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-        return;
-    }
-    ADD_FAILURE() << "expected strata::Error";
-}
 
 struct ScopedEnv {
     std::string name;

@@ -25,10 +25,19 @@ constexpr long BK = 64;  // keys per tile
 
 template <typename T>
 T* thread_scratch(size_t n) {
-    // Grown on first use and then reused: the training step makes no allocation after step 1.
     thread_local std::vector<T> buf;
     if (buf.size() < n) buf.resize(n);
     return buf.data();
+}
+
+// Scratch per thread for both passes. Every thread of the team grows its buffer up front, so once a
+// shape has been seen no call allocates, whichever thread the dynamic schedule hands a task to.
+template <typename T>
+size_t reserve_scratch(long Tq, long d) {
+    const size_t n = size_t(2 * BQ * BK + BQ * d + 2 * BQ + Tq);
+#pragma omp parallel
+    thread_scratch<T>(n);
+    return n;
 }
 }  // namespace
 
@@ -38,11 +47,12 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
     const long n_qt = (a.Tq + BQ - 1) / BQ;
     const T scale = T(1) / std::sqrt(T(d));
     const T neg_inf = -std::numeric_limits<T>::infinity();
+    const size_t scratch_n = reserve_scratch<T>(a.Tq, d);
 #pragma omp parallel for collapse(3) schedule(dynamic)
     for (long b = 0; b < a.B; b++)
         for (long h = 0; h < a.H; h++)
             for (long qt = 0; qt < n_qt; qt++) {
-                T* scratch = thread_scratch<T>(BQ * BK + BQ * d + 2 * BQ);
+                T* scratch = thread_scratch<T>(scratch_n);
                 T* S = scratch;
                 T* O = S + BQ * BK;
                 T* m = O + BQ * d;
@@ -91,10 +101,11 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                         const T* v, const AttnDims& a) {
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
     const T scale = T(1) / std::sqrt(T(d));
+    const size_t scratch_n = reserve_scratch<T>(a.Tq, d);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (long b = 0; b < a.B; b++)
         for (long kh = 0; kh < a.Hk; kh++) {
-            T* scratch = thread_scratch<T>(2 * BQ * BK + a.Tq);
+            T* scratch = thread_scratch<T>(scratch_n);
             T* P = scratch;
             T* dP = P + BQ * BK;
             T* D = dP + BQ * BK;

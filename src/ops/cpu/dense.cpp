@@ -1,6 +1,7 @@
 // Dense ops: matmul, embedding, RMSNorm, RoPE, SwiGLU, cross-entropy.
 #include <cmath>
 #include <cstring>
+#include <utility>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -9,6 +10,17 @@
 #include "ops/ops.h"
 
 namespace strata {
+
+// This thread's share [lo, hi) of n columns inside a parallel region: a fixed split, so each
+// column's sum is accumulated in row order by one thread whatever the schedule.
+static std::pair<long, long> thread_slice(long n) {
+    int nt = 1, id = 0;
+#ifdef _OPENMP
+    nt = omp_get_num_threads();
+    id = omp_get_thread_num();
+#endif
+    return {n * id / nt, n * (id + 1) / nt};
+}
 
 // ---- matmul ---------------------------------------------------------------------------------------
 template <typename T>
@@ -35,12 +47,7 @@ void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, long N,
     // element stays the row order, so the result does not depend on the thread count.
 #pragma omp parallel
     {
-        int nt = 1, id = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        id = omp_get_thread_num();
-#endif
-        long c0 = C * id / nt, c1 = C * (id + 1) / nt;
+        auto [c0, c1] = thread_slice(C);
         for (long r = 0; r < N; r++) {
             T* d = dtable + (long)tokens[r] * C;
             const T* g = dout + r * C;
@@ -81,12 +88,7 @@ void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, c
     // dw: a column reduction; split columns across threads so the sum order is fixed.
 #pragma omp parallel
     {
-        int nt = 1, id = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        id = omp_get_thread_num();
-#endif
-        long c0 = C * id / nt, c1 = C * (id + 1) / nt;
+        auto [c0, c1] = thread_slice(C);
         for (long r = 0; r < N; r++) {
             const T* x = inp + r * C;
             const T* dy = dout + r * C;
