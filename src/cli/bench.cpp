@@ -178,6 +178,20 @@ std::string command_line() {
     return out.empty() ? "strata bench train" : out;
 }
 
+// Environment variables that change how the threading runtimes and BLAS behave, as `NAME=value`.
+std::string threading_env() {
+    std::string out;
+    for (char** e = environ; e && *e; e++) {
+        std::string kv = *e;
+        for (const char* pre : {"OMP_", "GOMP_", "OPENBLAS_", "GOTO_", "MKL_", "KMP_", "LD_LIBRARY_PATH=", "LD_PRELOAD="})
+            if (kv.rfind(pre, 0) == 0) {
+                out += (out.empty() ? "" : ", ") + ("`" + kv + "`");
+                break;
+            }
+    }
+    return out.empty() ? "none of OMP_*, GOMP_*, OPENBLAS_*, GOTO_*, MKL_*, KMP_*, LD_LIBRARY_PATH, LD_PRELOAD set" : out;
+}
+
 std::string now_string(const char* format) {
     std::time_t t = std::time(nullptr);
     char buf[64];
@@ -666,6 +680,8 @@ void run_bench_train(const BenchTrainOptions& o) {
                                                                  " rev-parse --short HEAD 2>/dev/null");
     while (!commit.empty() && (commit.back() == '\n' || commit.back() == ' ')) commit.pop_back();
     if (commit.empty()) commit = "unknown";
+    else if (!run_capture("git -C " + shell_quote(repo.string()) + " status --porcelain --untracked-files=no 2>/dev/null").empty())
+        commit += " (working tree has uncommitted changes)";
     std::string blas_config = openblas_get_config();
     while (!blas_config.empty() && blas_config.back() == ' ') blas_config.pop_back();
     const std::string blas_core = openblas_get_corename();
@@ -717,6 +733,7 @@ void run_bench_train(const BenchTrainOptions& o) {
     md << "| command | `" << command_line() << "` |\n";
     md << "| strata commit | " << commit << " |\n";
     md << "| BLAS | OpenBLAS (" << blas_config << "), kernel " << blas_core << " |\n";
+    md << "| environment | " << threading_env() << " |\n";
     md << "| threads | " << o.threads << " (OpenMP and OpenBLAS; the peer: torch.set_num_threads) |\n";
     md << "| load average before → after | " << load_before << " → " << load_after << " |\n";
     md << "| CPU used by other processes | sgemm: " << cpu_use_str(u_gemm) << "; strata: " << cpu_use_str(u_strata);
@@ -807,7 +824,7 @@ void run_bench_train(const BenchTrainOptions& o) {
         j["commit"] = commit;
         j["machine"] = {{"cpu", cpu_model()}, {"online_cpus", ncpu}, {"simd", cpu_simd()},
                         {"openblas_config", blas_config}, {"openblas_core", blas_core},
-                        {"loadavg_before", load_before}, {"loadavg_after", load_after}};
+                        {"environment", threading_env()}, {"loadavg_before", load_before}, {"loadavg_after", load_after}};
         j["threads"] = o.threads;
         j["model"] = cfg.to_json();
         j["batch"] = o.batch;
