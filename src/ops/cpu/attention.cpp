@@ -15,13 +15,14 @@
 #include <vector>
 
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
 
 namespace strata {
 
 namespace {
 constexpr long BQ = 64;  // query rows per tile
-constexpr long BK = 64;  // keys per tile
+constexpr long BK = 128;  // keys per tile
 
 template <typename T>
 T* thread_scratch(size_t n) {
@@ -75,8 +76,9 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
                         for (long c = 0; c < vis; c++) mx = srow[c] > mx ? srow[c] : mx;
                         const T corr = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first tile
                         T sum = 0;
+#pragma omp simd reduction(+ : sum)
                         for (long c = 0; c < vis; c++) {
-                            srow[c] = std::exp(srow[c] - mx);
+                            srow[c] = vexp(srow[c] - mx);
                             sum += srow[c];
                         }
                         for (long c = vis > 0 ? vis : 0; c < tk; c++) srow[c] = 0;
@@ -134,7 +136,11 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                         for (long r = 0; r < tq; r++) {
                             const long vis = std::min(tk, a.q_pos0 + t0 + r + 1 - s0);
                             T* prow = P + r * tk;
-                            for (long c = 0; c < tk; c++) prow[c] = c < vis ? std::exp(prow[c] - L[t0 + r]) : T(0);
+                            const long nv = std::max(0L, vis);
+                            const T lr = L[t0 + r];
+#pragma omp simd
+                            for (long c = 0; c < nv; c++) prow[c] = vexp(prow[c] - lr);
+                            for (long c = nv; c < tk; c++) prow[c] = T(0);
                         }
                         gemm(true, false, tk, d, tq, T(1), P, tk, dout + off, qs, T(1), dV, ks);
                         gemm(false, true, tq, tk, d, T(1), dout + off, qs, V, ks, T(0), dP, tk);

@@ -7,6 +7,7 @@
 #endif
 
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
 
 namespace strata {
@@ -147,7 +148,8 @@ void swiglu_forward(T* out, const T* gu, long N, long F) {
         const T* g = gu + r * 2 * F;
         const T* u = g + F;
         T* o = out + r * F;
-        for (long i = 0; i < F; i++) o[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
+#pragma omp simd
+        for (long i = 0; i < F; i++) o[i] = g[i] / (T(1) + vexp(-g[i])) * u[i];
     }
 }
 
@@ -161,8 +163,9 @@ void swiglu_backward(T* dgu, const T* dout, const T* gu, long N, long F) {
         const T* dy = dout + r * F;
         T* dg = dgu + r * 2 * F;
         T* du = dg + F;
+#pragma omp simd
         for (long i = 0; i < F; i++) {
-            T sg = T(1) / (T(1) + std::exp(-g[i]));
+            T sg = T(1) / (T(1) + vexp(-g[i]));
             du[i] += dy[i] * g[i] * sg;
             dg[i] += dy[i] * u[i] * sg * (T(1) + g[i] * (T(1) - sg));
         }
@@ -179,7 +182,8 @@ long crossentropy_forward(T* losses, T* lse, const T* logits, const int32_t* tar
         T m = z[0];
         for (long i = 1; i < V; i++) m = z[i] > m ? z[i] : m;
         T s = 0;
-        for (long i = 0; i < V; i++) s += std::exp(z[i] - m);
+#pragma omp simd reduction(+ : s)
+        for (long i = 0; i < V; i++) s += vexp(z[i] - m);
         lse[r] = m + std::log(s);
         if (targets[r] >= 0) {
             losses[r] = lse[r] - z[targets[r]];
@@ -199,7 +203,8 @@ void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int3
         if (targets[r] < 0) continue;
         const T* z = logits + r * V;
         T* dz = dlogits + r * V;
-        for (long i = 0; i < V; i++) dz[i] += scale * std::exp(z[i] - lse[r]);
+#pragma omp simd
+        for (long i = 0; i < V; i++) dz[i] += scale * vexp(z[i] - lse[r]);
         dz[targets[r]] -= scale;
     }
 }
