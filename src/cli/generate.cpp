@@ -49,6 +49,7 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--seed", o->s.seed, "sampling seed")->capture_default_str();
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
     cmd->callback([o] {
+        if (dry_run()) return;
         set_threads(o->threads);
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
         std::vector<int32_t> prompt = lc.tok->encode(o->prompt);
@@ -66,7 +67,6 @@ void add_generate_command(CLI::App& app) {
         }
         std::fwrite(o->prompt.data(), 1, o->prompt.size(), stdout);
         StreamPrinter sp{*lc.tok, {}, 0};
-        std::string prompt_text = o->prompt;
         // decode continuation tokens together with the prompt so word boundaries come out right
         std::vector<int32_t> ctx(prompt.begin() + 1, prompt.end());
         sp.ids = ctx;
