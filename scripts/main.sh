@@ -7,7 +7,7 @@
 # is already done is redone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh main
 bash scripts/build.sh
 bash scripts/get_corpus.sh
 config=${STRATA_CONFIG:-configs/default.json}

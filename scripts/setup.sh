@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Install everything strata needs from Debian's packages. Safe to run again: it installs only what is
+# Install what strata needs from Debian's packages. Safe to run again: it installs only what is
 # missing, so a second run downloads nothing.
+#   bash scripts/setup.sh        everything (build, main job and tests)
+#   bash scripts/setup.sh main   only what the build and the main job need (no PyTorch, no pytest)
 set -euo pipefail
+what=${1:-all}
 
 pkgs=(
   g++ cmake make pkg-config ninja-build
   libopenblas-dev libopenblas0-openmp libomp-dev
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev libcli11-dev libgtest-dev
-  python3 python3-dev python3-numpy python3-torch python3-pytest pybind11-dev
+  python3 python3-dev python3-numpy pybind11-dev
   bible-kjv fortunes dict-devil
 )
+if [ "$what" != main ]; then
+  pkgs+=(python3-torch python3-pytest)  # the PyTorch reference and the Python tests
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
