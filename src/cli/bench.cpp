@@ -882,7 +882,10 @@ void add_bench_command(CLI::App& app) {
     train->add_flag("--profile", o->profile, "Also time forward + backward by op family (replayed op by op)");
     train->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
     train->add_option("--markdown-out", o->markdown_out, "Also write the markdown report to this file");
-    train->callback([o] { run_bench_train(*o); });
+    train->callback([o] {
+        if (dry_run()) return;
+        run_bench_train(*o);
+    });
 }
 
 }  // namespace strata::cli

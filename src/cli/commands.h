@@ -9,4 +9,11 @@ void add_generate_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 
+// Builds the app and parses argv; returns the process exit status. Errors (bad flags, strata::Error
+// from a subcommand) are reported on stderr and give a non-zero status. With dry_run, the
+// subcommands only parse and check their options (callbacks return at once) and nothing is printed.
+int run_main(int argc, char** argv, bool dry_run);
+// True inside run_main(..., dry_run = true): each subcommand's callback returns before doing work.
+bool dry_run();
+
 }  // namespace strata::cli

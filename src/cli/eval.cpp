@@ -27,6 +27,7 @@ void add_eval_command(CLI::App& app) {
     cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(CLI::NonNegativeNumber);
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
     cmd->callback([o] {
+        if (dry_run()) return;
         set_threads(o->threads);
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
         const TrainConfig& t = lc.rc.train;

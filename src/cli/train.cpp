@@ -15,6 +15,7 @@ void add_train_command(CLI::App& app) {
         ->check(CLI::ExistingFile);
     cmd->add_option("--set", *sets, "override a config value, e.g. --set train.steps=100 (repeatable)");
     cmd->callback([config, sets] {
+        if (dry_run()) return;
         RunConfig rc = load_run_config(*config, *sets);
         TrainResult r = train(rc);
         if (r.interrupted) {

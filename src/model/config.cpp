@@ -1,5 +1,14 @@
 #include "model/config.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
 #include "core/error.h"
 #include "core/json_fields.h"
 
@@ -74,11 +83,65 @@ void ModelConfig::validate(const std::string& origin) const {
                     std::to_string(n_kv_heads) + ")");
     if (head_dim % 2 != 0) throw Error(origin + ": head_dim must be even for RoPE");
     if (!(rope_theta > 0)) throw Error(origin + ": rope_theta must be positive");
+    // The largest RoPE angle, position × theta^(-2i/head_dim), must be finite or the tables hold NaN.
+    const double worst_freq = rope_theta >= 1 ? 1.0 : std::pow(rope_theta, -double(head_dim - 2) / double(head_dim));
+    if (!std::isfinite(double(max_seq_len) * worst_freq))
+        throw Error(origin + ": rope_theta " + std::to_string(rope_theta) + " is so small that the RoPE angles overflow");
     if (!(norm_eps > 0) || norm_eps > 1) throw Error(origin + ": norm_eps must be in (0, 1]");
     if (!(init_std > 0) || init_std > 10) throw Error(origin + ": init_std must be in (0, 10]");
-    double n_params = double(vocab_size) * d_model * (tie_embeddings ? 1 : 2) +
-                      double(n_layers) * (4.0 * d_model * d_model + 3.0 * d_model * ffn_hidden);
-    if (n_params > 4e9) throw Error(origin + ": the model would have more than 4e9 parameters");
+    if (num_params() > 4e9) throw Error(origin + ": the model would have more than 4e9 parameters");
+    // Weights, gradients and RoPE tables are allocated (and touched) when the model is built: a config
+    // (or a checkpoint's header) describing a model larger than the machine is an error, not an OOM kill.
+    check_memory(memory_bytes(0, 0, false), origin, "the model's weights, gradients and RoPE tables");
+}
+
+double ModelConfig::num_params() const {
+    const double V = vocab_size, D = d_model, H = n_heads, Hk = n_kv_heads, d = head_dim, F = ffn_hidden;
+    const double per_layer = 2 * D + (H + 2 * Hk) * d * D + (qk_norm ? 2 * d : 0) + D * H * d + 3 * F * D;
+    return V * D * (tie_embeddings ? 1 : 2) + double(n_layers) * per_layer + D;
+}
+
+double ModelConfig::memory_bytes(long B, long T, bool training) const {
+    const double P = num_params(), D = d_model, H = n_heads, Hk = n_kv_heads, d = head_dim, F = ffn_hidden,
+                 V = vocab_size, L = n_layers, N = double(B) * double(T), QKV = (H + 2 * Hk) * d;
+    const double rope = double(max_seq_len) * d;  // cos and sin, d/2 each per position
+    // The activation arena as Model::layout carves it (in elements).
+    const double sub = N * D * (norm_placement == NormPlacement::post ? 4 : 3) + N;
+    double arena = N * D + L * (2 * sub + N * QKV + 3 * N * H * d + 4 * N * Hk * d + N * (H + Hk) + N * H + 3 * N * F) +
+                   N * D + N + N * V + 2 * N;
+    if (training) arena += 4 * N * D + N * QKV + 3 * N * H * d + 4 * N * Hk * d + 3 * N * F + N * D + N * V;
+    const double elems = 2 * P + rope + arena + (training ? 2 * P : 0);
+    return 4.0 * elems;  // float32
+}
+
+double usable_memory_bytes() {
+    if (const char* v = std::getenv("STRATA_MEMORY_LIMIT"); v && *v) {
+        char* end = nullptr;
+        errno = 0;
+        unsigned long long n = std::strtoull(v, &end, 10);
+        if (errno != 0 || *end != '\0' || v[0] == '-' || n == 0)
+            throw Error(std::string("STRATA_MEMORY_LIMIT must be a positive byte count, got '") + v + "'");
+        return double(n);
+    }
+    double ram = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+    if (!(ram > 0)) ram = 1e300;  // unknown: do not guess
+    std::ifstream cg("/sys/fs/cgroup/memory.max");  // cgroup v2; "max" when unlimited
+    std::string lim;
+    if (cg >> lim && !lim.empty() && lim != "max") {
+        char* end = nullptr;
+        double c = std::strtod(lim.c_str(), &end);
+        if (end && *end == '\0' && c > 0) ram = std::min(ram, c);
+    }
+    return ram;
+}
+
+void check_memory(double bytes, const std::string& origin, const std::string& what) {
+    const double have = usable_memory_bytes();
+    if (bytes <= have) return;
+    char buf[256];
+    std::snprintf(buf, sizeof buf, ": %s need about %.2f GiB, more than the %.2f GiB of memory available", what.c_str(),
+                  bytes / double(1ull << 30), have / double(1ull << 30));
+    throw Error(origin + buf + " (STRATA_MEMORY_LIMIT or the machine's RAM); make the model or batch smaller");
 }
 
 }  // namespace strata

@@ -31,7 +31,22 @@ struct ModelConfig {
     static ModelConfig from_json(const nlohmann::json& j, const std::string& origin);
     nlohmann::json to_json() const;
     void validate(const std::string& origin) const;
+
+    // Exact parameter count (as the Model lays them out).
+    double num_params() const;
+    // Bytes a Model of this config allocates: parameters, gradients and RoPE tables, plus the
+    // activation arena for a batch of B×T tokens (none when B·T is 0; the backward's buffers too when
+    // training) and, when training, the AdamW moments.
+    double memory_bytes(long B, long T, bool training) const;
 };
+
+// The memory strata plans within: STRATA_MEMORY_LIMIT (bytes) when set, else the smaller of the
+// physical RAM and the cgroup limit. Throws Error for a malformed STRATA_MEMORY_LIMIT.
+double usable_memory_bytes();
+
+// Throws Error naming `origin` and `what` when `bytes` exceed usable_memory_bytes(): allocating them
+// would only end in std::bad_alloc or the kernel's OOM killer.
+void check_memory(double bytes, const std::string& origin, const std::string& what);
 
 const char* to_string(NormPlacement p);
 

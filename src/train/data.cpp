@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/fileio.h"
+#include "model/config.h"
 
 namespace strata {
 
@@ -243,6 +244,7 @@ void TokenShard::copy(size_t begin, size_t n, int32_t* out) const {
     if (begin > n_tokens_ || n > n_tokens_ - begin)
         throw Error("tokens [" + std::to_string(begin) + ", " + std::to_string(begin + n) + ") run past the end of " +
                     path_ + " (" + std::to_string(n_tokens_) + " tokens)");
+    if (n == 0) return;  // `out` may then be null (an empty vector's data()), which memcpy must not see
     decode_tokens(tokens_ + begin * bytes_per_token_, bytes_per_token_, n, out);
 }
 
@@ -398,6 +400,10 @@ PreparedData prepare_data(const std::vector<std::string>& files, const Tokenizer
     std::vector<int32_t> tokens;
     std::vector<uint64_t> hashes;
     for (size_t i = 0; i < files.size(); i++) {
+        // The whole token stream is built in memory: the tokens so far, this file's text and its tokens
+        // (estimated at one per two bytes, the worst a trained vocabulary does on text like its corpus).
+        check_memory(4.0 * double(tokens.size()) + 3.0 * double(stats[i].size), "corpus file " + files[i],
+                     "the token stream so far plus this file's text and tokens");
         const std::string text = read_file(files[i]);
         stats[i].size = text.size();  // what was actually tokenized, should the file be changing
         hashes.push_back(hash_bytes(text));

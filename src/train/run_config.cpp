@@ -1,8 +1,15 @@
 #include "train/run_config.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/json_fields.h"
+#include "train/tokenizer.h"
 
 namespace strata {
 
@@ -25,7 +32,7 @@ void TrainConfig::validate(const std::string& o) const {
     nonneg("weight_decay", weight_decay);
     nonneg("grad_clip", grad_clip);
     pos("eps", eps, 1);
-    pos("threads", threads, 4096);
+    pos("threads", threads, kMaxThreads);
     pos("eval_every", double(eval_every), 1e12);
     pos("eval_batches", double(eval_batches), 1e9);
     pos("ckpt_every", double(ckpt_every), 1e12);
@@ -33,10 +40,34 @@ void TrainConfig::validate(const std::string& o) const {
     if (!(beta1 >= 0 && beta1 < 1)) throw Error(o + ": train.beta1 must be in [0, 1)");
     if (!(beta2 >= 0 && beta2 < 1)) throw Error(o + ": train.beta2 must be in [0, 1)");
     if (!(val_fraction > 0 && val_fraction < 0.5)) throw Error(o + ": train.val_fraction must be in (0, 0.5)");
+    if (min_lr > lr)
+        throw Error(o + ": train.min_lr (" + std::to_string(min_lr) + ") must not exceed train.lr (" +
+                    std::to_string(lr) + ")");
+    // AdamW's decoupled decay multiplies the weights by 1 - lr * weight_decay each step.
+    if (!(lr * weight_decay < 1))
+        throw Error(o + ": train.lr * train.weight_decay must be below 1 (the weights are scaled by 1 - lr * "
+                        "weight_decay every step), got " + std::to_string(lr * weight_decay));
     if (on_nonfinite != "stop" && on_nonfinite != "skip")
         throw Error(o + ": train.on_nonfinite must be \"stop\" or \"skip\"");
     if (corpus.empty()) throw Error(o + ": train.corpus must name a file or folder");
     if (out_dir.empty() || data_dir.empty()) throw Error(o + ": train.out_dir and train.data_dir must be set");
+    // The config is saved as JSON (config.json, the checkpoint's metadata), which holds only UTF-8:
+    // a path that is not would fail the first checkpoint save, after the training it was to keep.
+    auto utf8 = [&](const char* name, const std::string& v) {
+        size_t bad = find_invalid_utf8(v);
+        if (bad != std::string::npos)
+            throw Error(o + ": train." + name + " is not valid UTF-8 (at byte " + std::to_string(bad) + ")");
+    };
+    utf8("corpus", corpus);
+    utf8("data_dir", data_dir);
+    utf8("out_dir", out_dir);
+    for (const std::string& s : no_decay) utf8("no_decay", s);
+    // A NUL would silently cut the path short at the operating-system boundary.
+    for (auto [name, v] : {std::pair{"corpus", &corpus}, {"data_dir", &data_dir}, {"out_dir", &out_dir}})
+        if (v->find('\0') != std::string::npos) throw Error(o + ": train." + name + " contains a NUL character");
+    for (const auto& pat : no_decay)
+        if (pat.empty() || pat.find('\0') != std::string::npos)
+            throw Error(o + ": train.no_decay entries must be non-empty strings without NUL characters");
 }
 
 RunConfig RunConfig::from_json(const nlohmann::json& j, const std::string& origin) {
@@ -143,6 +174,13 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
     nlohmann::json j = nlohmann::json::object();
     std::string origin = path.empty() ? "defaults" : path;
     if (!path.empty()) {
+        // Only a regular file: reading a FIFO or a device would block or never end.
+        struct stat sb {};
+        if (::stat(path.c_str(), &sb) != 0) throw Error("cannot read config " + path + ": " + std::strerror(errno));
+        if (!S_ISREG(sb.st_mode)) throw Error("config " + path + " is not a regular file");
+        if (uint64_t(sb.st_size) > kMaxConfigBytes)
+            throw Error("config " + path + " is " + std::to_string(sb.st_size) + " bytes; a config is at most " +
+                        std::to_string(kMaxConfigBytes) + " bytes");
         std::string text = read_file(path);
         try {
             j = nlohmann::json::parse(text);

@@ -9,6 +9,8 @@
 
 namespace strata {
 
+constexpr int kMaxThreads = 4096;  // train.threads and every --threads flag
+
 struct TrainConfig {
     std::string corpus = "data/corpus/default.txt";  // a text file or a folder of them
     std::string data_dir = "data/prepared/default";  // tokenizer + token shards, made once
@@ -46,7 +48,9 @@ struct RunConfig {
 void apply_overrides(nlohmann::json& j, const std::vector<std::string>& overrides);
 
 // Reads the config file (or starts from the defaults when path is empty), applies the overrides and
-// validates everything; errors name the file or "--set".
+// validates everything; errors name the file or "--set". The file must be a regular file of at most
+// kMaxConfigBytes.
+constexpr uint64_t kMaxConfigBytes = 1 << 20;
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides);
 
 }  // namespace strata

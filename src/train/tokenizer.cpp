@@ -157,10 +157,33 @@ std::string join_files(const std::vector<std::string>& files) {
     return s;
 }
 
+// SentencePiece reports a vocabulary that does not fit the corpus with an internal check message;
+// say what it means in terms of the config, and keep the original text for reference.
+std::string explain_trainer_error(const std::string& raw, int vocab_size) {
+    auto number_after = [&](const std::string& marker) -> std::string {
+        size_t p = raw.find(marker);
+        if (p == std::string::npos) return "";
+        p += marker.size();
+        size_t e = p;
+        while (e < raw.size() && raw[e] >= '0' && raw[e] <= '9') e++;
+        return raw.substr(p, e - p);
+    };
+    std::string at_most = number_after("Please set it to a value <= ");
+    if (!at_most.empty())
+        return "the corpus is too small for a vocabulary of " + std::to_string(vocab_size) +
+               " pieces: it supports at most " + at_most + "; lower model.vocab_size or use more text (" + raw + ")";
+    std::string chars = number_after(std::to_string(vocab_size) + " vs ");
+    if (!chars.empty() && raw.find("required_chars") != std::string::npos)
+        return "the corpus has " + chars +
+               " distinct characters and each needs its own piece besides the 259 fixed ones; raise "
+               "model.vocab_size above " + chars + " + 259 or use a corpus with fewer distinct characters (" + raw + ")";
+    return raw;
+}
+
 }  // namespace
 
 void Tokenizer::train(const std::vector<std::string>& text_files, const std::string& model_path, int vocab_size,
-                      int num_threads) {
+                      int /*num_threads: see the trainer arguments below*/) {
     if (text_files.empty()) throw Error("no text files given to train the tokenizer " + model_path + " on");
     if (vocab_size < kMinVocab || vocab_size > kMaxVocab)
         throw Error("tokenizer vocab_size " + std::to_string(vocab_size) + " is outside [" +
@@ -197,7 +220,11 @@ void Tokenizer::train(const std::vector<std::string>& text_files, const std::str
         {"input_sentence_size", "2000000"},
         {"shuffle_input_sentence", "true"},
         {"max_sentence_length", std::to_string(kMaxSentenceBytes)},
-        {"num_threads", std::to_string(std::max(1, num_threads))},
+        // SentencePiece records num_threads in the model it writes, so passing the caller's count would
+        // make the tokenizer file (and every checkpoint embedding it) differ between thread counts
+        // although the vocabulary is the same. Its BPE merges run on one thread anyway; only the
+        // normalization pass (the identity here) would use more.
+        {"num_threads", "1"},
         {"minloglevel", "2"},  // the trainer's progress chatter buries our own output
     };
     sentencepiece::SetRandomGeneratorSeed(20240601);  // sentence sampling must not vary run to run
@@ -207,7 +234,7 @@ void Tokenizer::train(const std::vector<std::string>& text_files, const std::str
     if (!lines.error().empty()) throw Error(lines.error());
     if (!status.ok())
         throw Error("cannot train tokenizer " + model_path + " on " + join_files(text_files) + ": " +
-                    status.ToString());
+                    explain_trainer_error(status.ToString(), vocab_size));
     // Load it back before publishing so a bad model never lands at model_path.
     from_bytes(proto, model_path);
     atomic_write_file(model_path, proto);

@@ -26,6 +26,7 @@ public:
     // Trains a BPE model on the lines of `text_files` and writes it atomically to `model_path`.
     // Throws Error naming the files when they hold no text or are not valid UTF-8, and Error when
     // vocab_size is outside [kMinVocab, kMaxVocab] or too small for the characters in the text.
+    // The model file does not depend on num_threads (kept for callers; the trainer runs on one thread).
     static void train(const std::vector<std::string>& text_files, const std::string& model_path, int vocab_size,
                       int num_threads = 2);
     static constexpr int kMinVocab = 260;  // 3 special ids + 256 byte pieces + at least one more

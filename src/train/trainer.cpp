@@ -2,14 +2,20 @@
 
 #include <cblas.h>
 #include <omp.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "core/error.h"
 #include "core/fileio.h"
@@ -20,6 +26,8 @@
 namespace strata {
 
 void set_threads(int n) {
+    if (n < 1 || n > kMaxThreads)
+        throw Error("thread count " + std::to_string(n) + " is outside [1, " + std::to_string(kMaxThreads) + "]");
     omp_set_num_threads(n);
     openblas_set_num_threads(n);
 }
@@ -69,41 +77,197 @@ PreparedCorpus prepare_corpus(const RunConfig& rc, bool verbose) {
     return pc;
 }
 
+// ---- SIGINT: the first one asks for a checkpoint and a clean exit, a second one exits at once ------
+
+static std::atomic<int> g_sigint{0};
+static void on_sigint(int) {
+    // Only async-signal-safe calls here: write(2) and _Exit.
+    if (g_sigint.fetch_add(1) >= 1) {
+        static const char bye[] = "\nstrata: second interrupt: exiting now; the last complete checkpoint is kept\n";
+        ssize_t r = ::write(STDERR_FILENO, bye, sizeof bye - 1);
+        (void)r;
+        std::_Exit(130);  // the checkpoint on disk is whole: writes are atomic
+    }
+    static const char msg[] =
+        "\nstrata: interrupt: finishing the current step, then saving a checkpoint (interrupt again to quit at once)\n";
+    ssize_t r = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)r;
+}
+
 // ---- evaluation ---------------------------------------------------------------------------------
 
-double evaluate(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches) {
+// A shard made with a larger vocabulary would feed the embedding ids it does not have.
+static void check_shard_vocab(const TokenShard& shard, const Model<float>& model) {
+    if (shard.vocab_size() > model.cfg.vocab_size)
+        throw Error("token shard " + shard.path() + " was made with a " + std::to_string(shard.vocab_size()) +
+                    "-token vocabulary, larger than the model's " + std::to_string(model.cfg.vocab_size) +
+                    " (another tokenizer?)");
+}
+
+// Mean loss over the batches into `out`; stops early, returning false, once *stop is non-zero.
+static bool eval_loop(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches,
+                      const std::atomic<int>* stop, double& out) {
     EvalBatches it(shard, B, T);
     std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
     double sum = 0;
     long count = 0, batches = 0;
-    while ((max_batches <= 0 || batches < max_batches) && it.next(x.data(), y.data()) > 0) {
+    while (max_batches <= 0 || batches < max_batches) {
+        if (stop && stop->load() > 0) return false;
+        if (it.next(x.data(), y.data()) == 0) break;
         double loss = model.forward(x.data(), y.data(), B, T);
         sum += loss * double(model.last_count());
         count += model.last_count();
         batches++;
     }
-    return count > 0 ? sum / double(count) : 0.0;
+    out = count > 0 ? sum / double(count) : 0.0;
+    return true;
 }
 
-// ---- SIGINT: the first one asks for a checkpoint and a clean exit, a second one exits at once ------
+double evaluate(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches) {
+    check_memory(model.cfg.memory_bytes(B, T, false),
+                 "evaluation with batch " + std::to_string(B) + " x " + std::to_string(T),
+                 "the model and its activations");
+    check_shard_vocab(shard, model);
+    double loss = 0;
+    eval_loop(model, shard, B, T, max_batches, nullptr, loss);
+    return loss;
+}
 
-static std::atomic<int> g_sigint{0};
-static void on_sigint(int) {
-    if (g_sigint.fetch_add(1) >= 1) std::_Exit(130);  // the checkpoint on disk is whole: writes are atomic
+// ---- leftovers of killed runs ---------------------------------------------------------------------
+
+// AtomicFileWriter writes NAME.tmp.PID and renames it over NAME; a process killed mid-write leaves the
+// temporary file behind (NAME itself stays whole). Removes such files whose writer is gone.
+static void remove_stale_temp_files(const std::string& dir) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec)) return;
+    int removed = 0;
+    for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        const size_t at = name.rfind(".tmp.");
+        if (at == std::string::npos || at == 0) continue;
+        const std::string pid_text = name.substr(at + 5);
+        if (pid_text.empty() || pid_text.size() > 9 ||
+            pid_text.find_first_not_of("0123456789") != std::string::npos)
+            continue;
+        const pid_t pid = pid_t(std::stol(pid_text));
+        if (pid == ::getpid()) continue;
+        if (pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM)) continue;  // its writer may still be running
+        std::error_code rec;
+        if (it->is_regular_file(rec) && std::filesystem::remove(it->path(), rec)) removed++;
+    }
+    if (removed > 0)
+        std::fprintf(stderr, "removed %d temporary file(s) left in %s by an interrupted run\n", removed, dir.c_str());
+}
+
+// On resume, metrics.jsonl may hold lines for steps after the checkpoint (the killed or interrupted
+// run got further before it stopped). They are dropped, atomically, so the resumed run appends the
+// same lines an uninterrupted run would have written. Returns whether a validation line for
+// `step` survived.
+static bool truncate_metrics(const std::string& path, long step, Progress& progress) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) return false;
+    const std::string text = read_file(path);
+    std::string kept;
+    long dropped = 0;
+    bool has_val = false;
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t nl = text.find('\n', pos);
+        const bool complete = nl != std::string::npos;
+        const std::string line = text.substr(pos, complete ? nl - pos : std::string::npos);
+        pos = complete ? nl + 1 : text.size();
+        if (line.empty()) continue;
+        bool keep = false;
+        if (complete) {  // a line without its newline was cut short by a kill
+            try {
+                const nlohmann::json j = nlohmann::json::parse(line);
+                if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+                    j["step"].get<long>() <= step) {
+                    keep = true;
+                    if (j["step"].get<long>() == step && j.contains("val_loss")) has_val = true;
+                }
+            } catch (const nlohmann::json::exception&) {
+            }
+        }
+        if (keep) kept += line + "\n";
+        else dropped++;
+    }
+    if (dropped > 0) {
+        atomic_write_file(path, kept);
+        progress.note("metrics.jsonl: dropped " + std::to_string(dropped) + " line(s) written after step " +
+                      std::to_string(step) + " by the interrupted run");
+    }
+    return has_val;
+}
+
+// ---- numerical faults -------------------------------------------------------------------------------
+
+// The first tensor holding a NaN or an infinity, or "" when all are finite.
+static std::string first_nonfinite(const Model<float>& m, const std::vector<float>& buf) {
+    for (const ParamSpec& s : m.specs) {
+        const float* p = buf.data() + s.offset;
+        bool bad = false;
+        for (size_t i = 0; i < s.numel; i++) bad |= !std::isfinite(p[i]);
+        if (bad) return s.name;
+    }
+    return "";
+}
+
+// Test hook STRATA_FAULT_NONFINITE=STEP[:PARAM] | STEP:weights[:PARAM]: at the 1-based step STEP,
+// after the backward pass, fill PARAM's gradient with NaN (default: the first parameter); with
+// "weights", fill PARAM's values with NaN after that step's update instead, so the next step's loss
+// is NaN.
+struct NonfiniteFault {
+    long step = 0;  // 0: no fault
+    bool weights = false;
+    const ParamSpec* spec = nullptr;
+};
+
+static NonfiniteFault nonfinite_fault(const Model<float>& model) {
+    NonfiniteFault f;
+    const char* v = std::getenv("STRATA_FAULT_NONFINITE");
+    if (!v || !*v) return f;
+    const std::string text = v;
+    auto bad = [&](const std::string& why) {
+        return Error("STRATA_FAULT_NONFINITE must be STEP[:PARAM] or STEP:weights[:PARAM], got '" + text + "': " + why);
+    };
+    const size_t colon = text.find(':');
+    const std::string step_text = text.substr(0, colon);
+    if (step_text.empty() || step_text.size() > 12 || step_text.find_first_not_of("0123456789") != std::string::npos)
+        throw bad("STEP is not a positive integer");
+    f.step = std::stol(step_text);
+    if (f.step <= 0) throw bad("STEP is not a positive integer");
+    std::string name = colon == std::string::npos ? "" : text.substr(colon + 1);
+    if (name == "weights" || name.rfind("weights:", 0) == 0) {
+        f.weights = true;
+        name = name.size() > 8 ? name.substr(8) : "";
+    }
+    if (name.empty()) {
+        f.spec = &model.specs.front();
+    } else {
+        for (const ParamSpec& s : model.specs)
+            if (s.name == name) f.spec = &s;
+        if (!f.spec) throw bad("the model has no parameter named \"" + name + "\"");
+    }
+    return f;
+}
+
+static void fill_nan(std::vector<float>& buf, const ParamSpec& s) {
+    std::fill(buf.begin() + long(s.offset), buf.begin() + long(s.offset + s.numel),
+              std::numeric_limits<float>::quiet_NaN());
 }
 
 // ---- training -----------------------------------------------------------------------------------
 
-static std::string first_nonfinite(const Model<float>& m) {
-    for (const ParamSpec& s : m.specs)
-        for (size_t i = 0; i < s.numel; i++)
-            if (!std::isfinite(m.grads[s.offset + i])) return s.name;
-    return "";
-}
-
 TrainResult train(const RunConfig& rc) {
     const TrainConfig& t = rc.train;
     set_threads(t.threads);
+    // Everything a training run holds at once, checked before anything big is allocated.
+    check_memory(rc.model.memory_bytes(t.batch_size, t.seq_len, true), "training with batch " +
+                 std::to_string(t.batch_size) + " x " + std::to_string(t.seq_len),
+                 "the model, its gradients, the AdamW moments and the activations");
+    remove_stale_temp_files(t.data_dir);
+    remove_stale_temp_files(t.out_dir);
     PreparedCorpus pc = prepare_corpus(rc, true);
     if (pc.tok.vocab_size() != rc.model.vocab_size)
         throw Error("tokenizer " + t.data_dir + "/tokenizer.model has " + std::to_string(pc.tok.vocab_size()) +
@@ -116,6 +280,7 @@ TrainResult train(const RunConfig& rc) {
     std::unique_ptr<Model<float>> model;
     std::unique_ptr<AdamW<float>> opt;
     TrainState st;
+    long saved_step = -1;  // the step of the checkpoint on disk, -1 when there is none yet
     const std::string ckpt = checkpoint_path(t.out_dir);
     if (t.resume && std::filesystem::exists(ckpt)) {
         LoadedCheckpoint lc = load_checkpoint(ckpt);
@@ -130,6 +295,18 @@ TrainResult train(const RunConfig& rc) {
         opt = std::move(lc.opt);
         opt->cfg = AdamWConfig{t.beta1, t.beta2, t.eps, t.weight_decay};
         st = lc.st;
+        // A loadable file can still hold a state no run could have written: refuse to train from it.
+        if (st.step < 0 || opt->step < 0 || opt->step > st.step)
+            throw Error("checkpoint " + ckpt + " has inconsistent step counters (step " + std::to_string(st.step) +
+                        ", adamw_step " + std::to_string(opt->step) + ")");
+        for (const auto* buf : {&model->params, &opt->m, &opt->v}) {
+            std::string bad = first_nonfinite(*model, *buf);
+            if (!bad.empty())
+                throw Error("checkpoint " + ckpt + " holds non-finite values in the " +
+                            (buf == &model->params ? "weights" : "AdamW moments") + " of " + bad +
+                            "; it cannot be trained from");
+        }
+        saved_step = st.step;
         std::fprintf(stderr, "resuming from %s at step %ld\n", ckpt.c_str(), st.step);
     } else {
         model = std::make_unique<Model<float>>(rc.model);
@@ -141,6 +318,9 @@ TrainResult train(const RunConfig& rc) {
         for (const auto& pat : t.no_decay)
             if (s.name.find(pat) != std::string::npos) s.decay = false;
     }
+    check_shard_vocab(train_shard, *model);
+    check_shard_vocab(val_shard, *model);
+    const NonfiniteFault fault = nonfinite_fault(*model);
     sampler.set_position(st.sampler_position);
     std::fprintf(stderr, "model: %zu parameters, %d layers, d_model %d, norm %s; batch %d x %d x %d accum, %d threads\n",
                  model->num_params(), rc.model.n_layers, rc.model.d_model, to_string(rc.model.norm_placement),
@@ -150,19 +330,55 @@ TrainResult train(const RunConfig& rc) {
     std::filesystem::create_directories(t.out_dir, ec);
     if (ec) throw Error("cannot create output directory " + t.out_dir + ": " + ec.message());
     const std::string metrics_path = t.out_dir + "/metrics.jsonl";
+    Progress progress(t.steps, st.step, t.log_every);
+    const bool has_val = st.step > 0 && truncate_metrics(metrics_path, st.step, progress);
     FILE* metrics = std::fopen(metrics_path.c_str(), st.step > 0 ? "a" : "w");
     if (!metrics) throw Error("cannot open " + metrics_path + " for writing");
 
     g_sigint = 0;
-    auto old_handler = std::signal(SIGINT, on_sigint);
+    struct sigaction sa {}, old_sa {};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGINT, &sa, &old_sa);
     TrainResult res;
     res.train_loss = st.last_loss;
-    Progress progress(t.steps, st.step, t.log_every);
     std::vector<int32_t> x(size_t(t.batch_size) * t.seq_len), y(x.size());
     const double tokens_per_step = double(t.batch_size) * t.seq_len * t.grad_accum;
-    auto save = [&] { save_checkpoint(t.out_dir, rc, *model, *opt, pc.tok, st); };
+    auto save = [&] {
+        // Never persist a poisoned state: a NaN that reached the weights or the moments stops the run.
+        for (const auto* buf : {&model->params, &opt->m, &opt->v}) {
+            std::string bad = first_nonfinite(*model, *buf);
+            if (!bad.empty())
+                throw Error(std::string("non-finite value in the ") +
+                            (buf == &model->params ? "weights" : "AdamW moments") + " of " + bad + " after step " +
+                            std::to_string(st.step) + "; not writing a checkpoint from this state" +
+                            (saved_step >= 0 ? " (the checkpoint of step " + std::to_string(saved_step) + " is kept)"
+                                             : ""));
+        }
+        save_checkpoint(t.out_dir, rc, *model, *opt, pc.tok, st);
+        saved_step = st.step;
+    };
+    // A periodic evaluation at step s; false when an interrupt cut it short (nothing is written then).
+    auto periodic_eval = [&](long s) {
+        double vl = 0;
+        if (!eval_loop(*model, val_shard, t.batch_size, t.seq_len, t.eval_batches, &g_sigint, vl)) return false;
+        std::fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.17g}\n", s, vl);
+        std::fflush(metrics);
+        char buf[128];
+        std::snprintf(buf, sizeof buf, "step %ld: validation loss %.4f", s, vl);
+        progress.note(buf);
+        return true;
+    };
+    auto cleanup = [&] {
+        std::fclose(metrics);
+        ::sigaction(SIGINT, &old_sa, nullptr);
+    };
     try {
-        for (long step = st.step; step < t.steps; step++) {
+        // An interrupt during the evaluation due at the checkpoint's step left it out: do it now, so the
+        // metrics equal an uninterrupted run's.
+        if (st.step > 0 && st.step < t.steps && st.step % t.eval_every == 0 && !has_val) periodic_eval(st.step);
+        for (long step = st.step; step < t.steps && g_sigint == 0; step++) {
             auto t0 = std::chrono::steady_clock::now();
             const double lr = lr_at(step, t.warmup, t.lr_decay_steps > 0 ? t.lr_decay_steps : t.steps, t.lr, t.min_lr);
             model->zero_grad();
@@ -172,55 +388,71 @@ TrainResult train(const RunConfig& rc) {
                 loss += model->forward(x.data(), y.data(), t.batch_size, t.seq_len);
                 model->backward();
             }
+            if (fault.step == step + 1 && !fault.weights) fill_nan(model->grads, *fault.spec);
             loss /= t.grad_accum;
             if (t.grad_accum > 1) scale_grads(model->grads, 1.0 / t.grad_accum);
             double gn = grad_norm(model->grads);
-            if (!std::isfinite(loss) || !std::isfinite(gn)) {
-                std::string where = !std::isfinite(loss) ? "the loss" : "the gradient of " + first_nonfinite(*model);
-                if (t.on_nonfinite == "stop")
-                    throw Error("non-finite value in " + where + " at step " + std::to_string(step + 1) +
-                                "; stopping without writing a checkpoint from this state");
-                progress.note("step " + std::to_string(step + 1) + ": non-finite value in " + where + ", step skipped");
-                st.step = step + 1;
-                st.sampler_position = sampler.position();
-                continue;
-            }
-            if (t.grad_clip > 0 && gn > t.grad_clip) scale_grads(model->grads, t.grad_clip / gn);
-            opt->update(model->params, model->grads, model->specs, lr);
             st.step = step + 1;
             st.sampler_position = sampler.position();
-            st.last_loss = loss;
-            res.train_loss = loss;
-            const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            std::fprintf(metrics, "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"step_ms\": %.2f}\n",
-                         st.step, loss, lr, gn, tokens_per_step / dt, dt * 1e3);
-            std::fflush(metrics);
-            progress.update(step, loss, lr, tokens_per_step / dt);
-            if (st.step % t.eval_every == 0 && st.step != t.steps) {
-                double vl = evaluate(*model, val_shard, t.batch_size, t.seq_len, t.eval_batches);
-                std::fprintf(metrics, "{\"step\": %ld, \"val_loss\": %.17g}\n", st.step, vl);
+            if (!std::isfinite(loss) || !std::isfinite(gn)) {
+                const std::string bad_w = first_nonfinite(*model, model->params);
+                const std::string bad_g = first_nonfinite(*model, model->grads);
+                std::string where = !bad_w.empty()                ? "the weights of " + bad_w
+                                    : !std::isfinite(loss)        ? std::string("the loss")
+                                                                  : "the gradient of " + bad_g;
+                if (bad_w.empty() && !std::isfinite(loss) && !bad_g.empty()) where += " (and the gradient of " + bad_g + ")";
+                const std::string what = "non-finite value in " + where + " at step " + std::to_string(st.step);
+                const std::string kept = saved_step >= 0 ? "; the checkpoint of step " + std::to_string(saved_step) +
+                                                               " is kept"
+                                                         : "";
+                if (t.on_nonfinite == "stop")
+                    throw Error(what + "; stopping without writing a checkpoint from this state" + kept);
+                if (!bad_w.empty())
+                    throw Error(what + "; skipping the step cannot repair the weights, so stopping without writing "
+                                       "a checkpoint from this state" + kept);
+                // skip: no update; the weights and moments are those of the step before
+                progress.note(what + "; step skipped (no update)");
+                std::fprintf(metrics, "{\"step\": %ld, \"skipped\": true, \"nonfinite\": \"%s\"}\n", st.step,
+                             where.c_str());
                 std::fflush(metrics);
-                char buf[128];
-                std::snprintf(buf, sizeof buf, "step %ld: validation loss %.4f", st.step, vl);
-                progress.note(buf);
+            } else {
+                if (t.grad_clip > 0 && gn > t.grad_clip) scale_grads(model->grads, t.grad_clip / gn);
+                opt->update(model->params, model->grads, model->specs, lr);
+                if (fault.step == st.step && fault.weights) fill_nan(model->params, *fault.spec);
+                st.last_loss = loss;
+                res.train_loss = loss;
+                const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                std::fprintf(metrics, "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, \"step_ms\": %.2f}\n",
+                             st.step, loss, lr, gn, tokens_per_step / dt, dt * 1e3);
+                std::fflush(metrics);
+                progress.update(step, loss, lr, tokens_per_step / dt);
             }
-            if (st.step % t.ckpt_every == 0 || st.step == t.steps) save();
-            if (g_sigint > 0) {
-                if (st.step % t.ckpt_every != 0 && st.step != t.steps) save();
-                progress.note("interrupted: checkpoint saved at step " + std::to_string(st.step));
+            // (an interrupt already received skips the evaluation: periodic_eval returns false at once)
+            if (st.step % t.eval_every == 0 && st.step != t.steps && !periodic_eval(st.step))
+                progress.note("step " + std::to_string(st.step) +
+                              ": evaluation interrupted; it runs again when training resumes");
+            if (st.step % t.ckpt_every == 0 || st.step == t.steps || g_sigint > 0) save();
+        }
+        if (g_sigint > 0) {
+            if (saved_step != st.step) save();  // interrupted before the first step of this run
+            progress.note("interrupted: checkpoint saved at step " + std::to_string(st.step));
+            res.interrupted = true;
+        } else {
+            double vl = 0;
+            if (eval_loop(*model, val_shard, t.batch_size, t.seq_len, t.eval_batches, &g_sigint, vl)) {
+                res.val_loss = vl;
+            } else {
+                progress.note("interrupted during the final evaluation; the checkpoint of step " +
+                              std::to_string(st.step) + " is complete");
                 res.interrupted = true;
-                break;
             }
         }
     } catch (...) {
-        std::fclose(metrics);
-        std::signal(SIGINT, old_handler);
+        cleanup();
         throw;
     }
-    std::fclose(metrics);
-    std::signal(SIGINT, old_handler);
+    cleanup();
     res.step = st.step;
-    if (!res.interrupted) res.val_loss = evaluate(*model, val_shard, t.batch_size, t.seq_len, t.eval_batches);
     return res;
 }
 

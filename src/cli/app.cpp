@@ -1,0 +1,50 @@
+// The strata command line: builds the CLI11 app with every subcommand and parses argv. With dry_run
+// set, the subcommands parse and check their options but do no work (the fuzzer drives this path).
+#include <cstdio>
+#include <ostream>
+#include <streambuf>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+namespace strata::cli {
+
+namespace {
+
+bool g_dry_run = false;
+
+// Swallows everything written to it: dry runs print neither help nor error messages.
+struct NullBuffer : std::streambuf {
+    int overflow(int c) override { return c == traits_type::eof() ? traits_type::not_eof(c) : c; }
+    std::streamsize xsputn(const char*, std::streamsize n) override { return n; }
+};
+
+}  // namespace
+
+bool dry_run() { return g_dry_run; }
+
+int run_main(int argc, char** argv, bool dry) {
+    g_dry_run = dry;
+    NullBuffer null_buffer;
+    std::ostream null_stream(&null_buffer);
+    CLI::App app{"strata: train, generate with and evaluate decoder-only Transformers"};
+    app.require_subcommand(1);
+    add_train_command(app);
+    add_generate_command(app);
+    add_eval_command(app);
+    add_bench_command(app);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return dry ? app.exit(e, null_stream, null_stream) : app.exit(e);
+    } catch (const strata::Error& e) {
+        if (!dry) std::fprintf(stderr, "strata: error: %s\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        if (!dry) std::fprintf(stderr, "strata: error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
+
+}  // namespace strata::cli
