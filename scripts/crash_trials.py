@@ -164,6 +164,34 @@ class Trials:
             problems.append(f"strata eval rejects the checkpoint of step {step}: {p.stderr.strip()}")
         return step
 
+    @staticmethod
+    def reached(metrics_path, step, stale_inode):
+        """Whether this attempt wrote the metrics line of `step`. A killed attempt may have left lines past
+        the checkpoint; the resumed trainer replaces the file (a new inode) without them, and until it
+        has, the file's lines are not this attempt's."""
+        try:
+            if stale_inode is not None and metrics_path.stat().st_ino == stale_inode:
+                return False
+            text = metrics_path.read_text()
+        except OSError:
+            return False
+        return f'{{"step": {step}, "loss"' in text or f'{{"step": {step}, "skipped"' in text
+
+    def kill_after(self, p, metrics_path, start, target, extra, stale_inode):
+        """SIGKILLs p `extra` seconds after it wrote the metrics line of step `target` (after its start
+        when target is the checkpoint's step `start`); returns p's exit status, or None when p finished
+        first."""
+        while target > start and p.poll() is None and not self.reached(metrics_path, target, stale_inode):
+            time.sleep(0.0005)
+        if p.poll() is not None:
+            return p.returncode
+        try:
+            p.wait(timeout=extra)
+            return p.returncode
+        except subprocess.TimeoutExpired:
+            p.kill()  # SIGKILL: no handler, no cleanup, no flush
+            return p.wait()
+
     def trial(self, i):
         rng = random.Random(f"{self.a.seed}/{i}")
         out = self.work / f"trial-{i}"
@@ -174,13 +202,25 @@ class Trials:
         while True:
             attempts += 1
             cmd = self.train_cmd(out)
+            # The kill moment follows the run's progress, not the wall clock (which the machine's load
+            # stretches): a step drawn from the checkpoint's step to the last, then a random delay of up
+            # to two step-times after that step's metrics line (after the start when it is the
+            # checkpoint's step), so kills land in steps, evaluations, checkpoint writes and the start-up
+            # (loading, resuming) alike. Drawing the last step lets the attempt finish.
+            start = last_step
+            target = rng.randint(start, self.a.steps)
+            extra = rng.uniform(0.0, 2.0 * self.duration / self.a.steps)
+            stale_inode = None
+            m = out / "metrics.jsonl"
+            if m.exists() and any(json.loads(l)["step"] > start for l in m.read_text().splitlines()
+                                  if l.endswith("}")):
+                stale_inode = m.stat().st_ino
             with open(self.work / "attempt.err", "w") as err:
                 p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-                delay = rng.uniform(0.0, self.duration) if attempts <= self.a.max_kills else None
-                try:
-                    rc = p.wait(timeout=delay)
-                except subprocess.TimeoutExpired:
-                    p.kill()  # SIGKILL: no handler, no cleanup, no flush
+                rc = None
+                if attempts <= self.a.max_kills and target < self.a.steps:
+                    rc = self.kill_after(p, m, start, target, extra, stale_inode)
+                if rc is None:
                     rc = p.wait()
             if rc == 0:
                 break
@@ -216,9 +256,10 @@ class Trials:
 
     def run(self):
         t0 = time.monotonic()
+        self.load_before = f"{os.getloadavg()[0]:.2f}"
         self.evals = 0
         self.reference()
-        self.say(f"reference: {self.a.steps} steps in {self.duration:.3f} s; kills drawn from U(0, {self.duration:.3f} s)")
+        self.say(f"reference: {self.a.steps} steps in {self.duration:.3f} s")
         results = []
         for i in range(self.a.trials):
             r = self.trial(i)
@@ -253,14 +294,15 @@ class Trials:
               "`strata train` killed with SIGKILL at random moments and resumed until the run completes "
               "(scripts/crash_trials.py).", "",
               "| | |", "|---|---|",
-              f"| machine | {cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()} |",
+              f"| machine | {cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; load average "
+              f"{self.load_before} before, {os.getloadavg()[0]:.2f} after |",
               f"| date | {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} |",
-              f"| commit | {commit} |",
+              f"| commit | {commit}; binary `{self.bin}` |",
               f"| command | `{cmd}` |",
               f"| run | tiny model (26k parameters), {a.steps} steps, checkpoint every {a.ckpt_every} steps, "
               f"evaluation every {TINY['train.eval_every']}, {a.threads} thread(s); uninterrupted run "
               f"{self.duration:.3f} s |",
-              f"| kill times | uniform in [0, the uninterrupted run's time], seed {a.seed}; after {a.max_kills} kills a run is left to finish |",
+              f"| kill times | per attempt, a step s drawn uniformly from [checkpoint step, {a.steps}]; s < {a.steps}: SIGKILL a random 0–2 step-times (of the uninterrupted run) after the attempt logs step s (after its start when s is the checkpoint step); s = {a.steps}: the attempt may finish. Seed {a.seed}; after {a.max_kills} kills a trial's run is left to finish |",
               f"| trials | {len(results)} |",
               f"| kills | {kills}, {kills / len(results):.1f} per trial ({sum(r['mid_write'] for r in results)} with a write in progress — a temporary "
               f"file left behind; {sum(r['before_first'] for r in results)} before the first checkpoint) |",
