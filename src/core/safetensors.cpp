@@ -139,29 +139,66 @@ void safetensors_write(const std::string& path, const std::vector<TensorRef>& te
     w.commit();
 }
 
-SafetensorsFile SafetensorsFile::open(const std::string& path) {
-    auto corrupt = [&](const std::string& what) {
-        return Error("safetensors file " + path + " is corrupt: " + what);
-    };
-    ReadOnlyFile file = ReadOnlyFile::open(path);
-    const int fd = file.fd;
-    const uint64_t file_size = file.size;
-    if (file_size < 8)
-        throw corrupt("it holds " + std::to_string(file_size) + " bytes, fewer than the 8-byte header length");
+namespace {
 
-    unsigned char len[8];
-    read_exact(fd, len, 8, 0, path);
+Error corrupt_file(const std::string& origin, const std::string& what) {
+    return Error("safetensors file " + origin + " is corrupt: " + what);
+}
+
+// The header length from the file's first 8 bytes, checked against the file's size.
+uint64_t header_length(const unsigned char* len, uint64_t file_size, const std::string& origin) {
     uint64_t n = 0;
     for (int i = 0; i < 8; i++) n |= static_cast<uint64_t>(len[i]) << (8 * i);
     if (n > kMaxHeaderBytes)
-        throw corrupt("header length " + std::to_string(n) + " is absurd (limit " +
-                      std::to_string(kMaxHeaderBytes) + ")");
+        throw corrupt_file(origin, "header length " + std::to_string(n) + " is absurd (limit " +
+                                       std::to_string(kMaxHeaderBytes) + ")");
     if (n > file_size - 8)
-        throw corrupt("header length " + std::to_string(n) + " exceeds the " + std::to_string(file_size - 8) +
-                      " bytes after it");
+        throw corrupt_file(origin, "header length " + std::to_string(n) + " exceeds the " +
+                                       std::to_string(file_size - 8) + " bytes after it");
+    return n;
+}
+
+Error too_short(const std::string& origin, uint64_t file_size) {
+    return corrupt_file(origin, "it holds " + std::to_string(file_size) + " bytes, fewer than the 8-byte header length");
+}
+
+}  // namespace
+
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
+    ReadOnlyFile file = ReadOnlyFile::open(path);
+    const int fd = file.fd;
+    const uint64_t file_size = file.size;
+    if (file_size < 8) throw too_short(path, file_size);
+
+    unsigned char len[8];
+    read_exact(fd, len, 8, 0, path);
+    const uint64_t n = header_length(len, file_size, path);
     std::string text(n, '\0');
     read_exact(fd, text.data(), n, 8, path);
 
+    SafetensorsFile f;
+    f.path_ = path;
+    const uint64_t data_size = file_size - 8 - n;
+    f.parse_header(text, data_size);
+    if (data_size > 0) read_exact(fd, f.storage_.get(), data_size, 8 + n, path);
+    return f;
+}
+
+SafetensorsFile SafetensorsFile::from_bytes(std::string bytes, std::string origin) {
+    const uint64_t file_size = bytes.size();
+    if (file_size < 8) throw too_short(origin, file_size);
+    const uint64_t n = header_length(reinterpret_cast<const unsigned char*>(bytes.data()), file_size, origin);
+    SafetensorsFile f;
+    f.path_ = std::move(origin);
+    const uint64_t data_size = file_size - 8 - n;
+    f.parse_header(bytes.substr(8, n), data_size);
+    if (data_size > 0) std::memcpy(f.storage_.get(), bytes.data() + 8 + n, data_size);
+    return f;
+}
+
+void SafetensorsFile::parse_header(const std::string& text, uint64_t data_size) {
+    const std::string& path = path_;
+    auto corrupt = [&](const std::string& what) { return corrupt_file(path, what); };
     if (!json_depth_ok(text)) throw corrupt("header JSON is nested too deeply");
     json header;
     try {
@@ -171,9 +208,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     }
     if (!header.is_object()) throw corrupt("header JSON is not an object");
 
-    SafetensorsFile f;
-    f.path_ = path;
-    const uint64_t data_size = file_size - 8 - n;
+    SafetensorsFile& f = *this;
     f.storage_.reset(new uint64_t[std::max<uint64_t>(1, (data_size + 7) / 8)]);
     const char* base = reinterpret_cast<const char*>(f.storage_.get());
 
@@ -254,8 +289,6 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     if (cursor != data_size)
         throw corrupt(std::to_string(data_size - cursor) + " bytes of trailing data follow the last tensor");
 
-    if (data_size > 0) read_exact(fd, f.storage_.get(), data_size, 8 + n, path);
-    return f;
 }
 
 const TensorRef& SafetensorsFile::get(const std::string& name) const {

@@ -40,6 +40,8 @@ class SafetensorsFile {
 public:
     // Reads and validates the whole file; throws Error naming `path` on any problem.
     static SafetensorsFile open(const std::string& path);
+    // The same checks on a file's bytes held in memory; errors and path() name `origin`.
+    static SafetensorsFile from_bytes(std::string bytes, std::string origin);
 
     bool has(const std::string& name) const { return tensors_.count(name) != 0; }
     // Throws Error naming the tensor and the file when absent.
@@ -50,6 +52,10 @@ public:
     const std::string& path() const { return path_; }
 
 private:
+    // Validates the header JSON of a file whose data section holds data_size bytes, allocates
+    // storage_ for that section and points the tensors into it; the caller fills storage_.
+    void parse_header(const std::string& text, uint64_t data_size);
+
     std::string path_;
     std::unique_ptr<uint64_t[]> storage_;  // the data section; u64 elements keep it 8-byte aligned
     std::map<std::string, TensorRef> tensors_;
