@@ -46,7 +46,9 @@ public:
 
 private:
     [[noreturn]] void fail(const char* key, const char* want, const nlohmann::json& v) const {
-        throw Error(origin_ + ": \"" + key + "\" must be " + want + ", got " + v.dump());
+        // replace: a string from --set need not be valid UTF-8, and must not make dump() throw here.
+        throw Error(origin_ + ": \"" + key + "\" must be " + want + ", got " +
+                    v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
     const nlohmann::json& j_;
     std::string origin_;

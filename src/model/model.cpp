@@ -8,10 +8,10 @@
 
 namespace strata {
 
-template <typename T>
-Model<T>::Model(const ModelConfig& c) : cfg(c) {
-    cfg.validate("model config");
+std::vector<ParamSpec> param_specs(const ModelConfig& c) {
+    c.validate("model config");
     const long V = c.vocab_size, D = c.d_model, H = c.n_heads, Hk = c.n_kv_heads, d = c.head_dim, F = c.ffn_hidden;
+    std::vector<ParamSpec> specs;
     size_t off = 0;
     auto add = [&](const std::string& name, std::vector<long> shape) {
         ParamSpec s;
@@ -43,6 +43,13 @@ Model<T>::Model(const ModelConfig& c) : cfg(c) {
     }
     add("final_norm", {D});
     if (!c.tie_embeddings) add("lm_head", {V, D});
+    return specs;
+}
+
+template <typename T>
+Model<T>::Model(const ModelConfig& c) : cfg(c), specs(param_specs(c)) {
+    const long d = c.head_dim;
+    const size_t off = specs.back().offset + specs.back().numel;
     params.assign(off, T(0));
     grads.assign(off, T(0));
 

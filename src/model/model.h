@@ -22,6 +22,10 @@ struct ParamSpec {
     bool decay = true;  // AdamW weight decay applies (false for 1-D tensors by default)
 };
 
+// The parameters a config implies, in buffer order, without allocating them (a checkpoint's tensors
+// are checked against this before a model is built). Throws Error for an invalid config.
+std::vector<ParamSpec> param_specs(const ModelConfig& cfg);
+
 template <typename T>
 struct LayerParams {
     T* attn_norm;  // (D)

@@ -77,15 +77,26 @@ LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only) 
     }
     LoadedCheckpoint lc;
     lc.rc = RunConfig::from_json(j, "checkpoint " + path);
-    lc.model = std::make_unique<Model<float>>(lc.rc.model);
-    auto load = [&](const std::string& prefix, std::vector<float>& buf) {
-        for (const ParamSpec& s : lc.model->specs) {
+    // Every tensor the config implies must be in the file before anything the config sizes is
+    // allocated: a corrupt config must not make a small file allocate (and initialise) a huge model.
+    const std::vector<ParamSpec> specs = param_specs(lc.rc.model);
+    auto check = [&](const std::string& prefix) {
+        for (const ParamSpec& s : specs) {
             const TensorRef& t = f.get(prefix + s.name);
             std::vector<int64_t> want(s.shape.begin(), s.shape.end());
             if (t.dtype != "F32" || t.shape != want)
                 throw Error("checkpoint " + path + ": tensor " + prefix + s.name + " has the wrong dtype or shape");
-            std::memcpy(buf.data() + s.offset, t.data, s.numel * sizeof(float));
         }
+    };
+    check("model.");
+    if (!weights_only) {
+        check("adamw.m.");
+        check("adamw.v.");
+    }
+    lc.model = std::make_unique<Model<float>>(lc.rc.model);
+    auto load = [&](const std::string& prefix, std::vector<float>& buf) {
+        for (const ParamSpec& s : lc.model->specs)
+            std::memcpy(buf.data() + s.offset, f.get(prefix + s.name).data, s.numel * sizeof(float));
     };
     load("model.", lc.model->params);
     const TensorRef& tk = f.get("tokenizer");

@@ -246,7 +246,14 @@ Tokenizer Tokenizer::from_bytes(const std::string& serialized_proto, const std::
     auto corrupt = [&](const std::string& what) { return Error(origin_for_errors + " is corrupt: " + what); };
     if (serialized_proto.empty()) throw corrupt("it is empty");
     auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
-    auto status = sp->LoadFromSerializedProto(serialized_proto);
+    sentencepiece::util::Status status;
+    try {
+        status = sp->LoadFromSerializedProto(serialized_proto);
+    } catch (const std::exception& e) {
+        // SentencePiece reports some malformed models by throwing (e.g. its trie builder on an empty
+        // piece) rather than through the status.
+        throw corrupt(e.what());
+    }
     if (!status.ok()) throw corrupt(status.ToString());
     if (sp->GetPieceSize() <= 0) throw corrupt("its vocabulary is empty");
     if (sp->eos_id() < 0) throw corrupt("it has no end-of-sequence token");
