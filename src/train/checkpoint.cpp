@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -12,6 +14,13 @@
 namespace strata {
 
 static const char* kFormat = "strata-checkpoint-1";
+
+// Enough digits to read the same double back.
+static std::string fmt_double(double v) {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+    return buf;
+}
 
 std::string checkpoint_path(const std::string& out_dir) { return out_dir + "/checkpoint.safetensors"; }
 
@@ -38,7 +47,7 @@ void save_checkpoint(const std::string& out_dir, const RunConfig& rc, const Mode
         {"adamw_step", std::to_string(opt.step)},
         {"sampler_position", std::to_string(st.sampler_position)},
         {"rng_state", std::to_string(st.rng_state)},
-        {"last_loss", std::to_string(st.last_loss)},
+        {"last_loss", fmt_double(st.last_loss)},
     };
     safetensors_write(checkpoint_path(out_dir), ts, meta);
     atomic_write_file(out_dir + "/config.json", rc.to_json().dump(2) + "\n");
@@ -109,6 +118,11 @@ LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only) 
     lc.st.step = long(meta_u64(f, "step"));
     lc.st.sampler_position = uint64_t(meta_u64(f, "sampler_position"));
     lc.st.rng_state = uint64_t(meta_u64(f, "rng_state"));
+    if (auto it = f.metadata().find("last_loss"); it != f.metadata().end()) {
+        char* end = nullptr;
+        double v = std::strtod(it->second.c_str(), &end);
+        if (end && *end == '\0' && end != it->second.c_str()) lc.st.last_loss = v;  // informational only
+    }
     if (!weights_only) {
         AdamWConfig ac{lc.rc.train.beta1, lc.rc.train.beta2, lc.rc.train.eps, lc.rc.train.weight_decay};
         lc.opt = std::make_unique<AdamW<float>>(lc.model->params.size(), ac);
