@@ -35,7 +35,12 @@ done
 if [ ! -f build-fuzz/CMakeCache.txt ]; then
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTRATA_FUZZ=ON >/dev/null
 fi
-cmake --build build-fuzz -j"$(nproc)" --target "${all_targets[@]/#/fuzz_}" | grep -v '^\[' || true
+# Quiet on success; on a failed build show the end of the log and stop.
+if ! cmake --build build-fuzz -j"$(nproc)" --target "${all_targets[@]/#/fuzz_}" > build-fuzz/build.log 2>&1; then
+  tail -n 60 build-fuzz/build.log >&2
+  echo "fuzz.sh: the build-fuzz build failed" >&2
+  exit 1
+fi
 for t in "${targets[@]}"; do [ -x "build-fuzz/fuzz/fuzz_$t" ] || { echo "fuzz: build failed" >&2; exit 1; }; done
 
 # One thread per fuzzer; undefined behaviour is fatal (it is compiled so, this also prints its stack).

@@ -14,7 +14,12 @@ root=$(pwd)
 if [ ! -f build-asan/CMakeCache.txt ]; then
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTRATA_SANITIZE=ON >/dev/null
 fi
-cmake --build build-asan -j"$(nproc)" | grep -v '^\[' || true
+# Quiet on success; on a failed build show the end of the log and stop.
+if ! cmake --build build-asan -j"$(nproc)" > build-asan/build.log 2>&1; then
+  tail -n 60 build-asan/build.log >&2
+  echo "sanitize.sh: the build-asan build failed" >&2
+  exit 1
+fi
 # Third-party suppressions only (each entry says why); see the files.
 export ASAN_OPTIONS="detect_leaks=1:strict_init_order=1:check_initialization_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"

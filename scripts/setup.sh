@@ -16,6 +16,9 @@ pkgs=(
 )
 if [ "$what" != main ]; then
   pkgs+=(python3-torch python3-pytest)  # the PyTorch reference and the Python tests
+  # clang and its compiler-rt runtimes (libFuzzer, ASan, UBSan) build the fuzzers (scripts/fuzz.sh); g++
+  # brings its own ASan/UBSan runtimes for the sanitizer build (scripts/sanitize.sh).
+  pkgs+=(clang libclang-rt-14-dev)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
