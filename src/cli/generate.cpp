@@ -1,5 +1,7 @@
 // strata generate: sample text from a checkpoint with the KV cache, streaming to stdout.
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -46,7 +48,15 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("-t,--temperature", o->s.temperature, "sampling temperature, 0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
     cmd->add_option("--top-k", o->s.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str()->check(CLI::NonNegativeNumber);
     cmd->add_option("--top-p", o->s.top_p, "nucleus sampling mass in (0, 1]")->capture_default_str()->check(CLI::Range(1e-9, 1.0));
-    cmd->add_option("--seed", o->s.seed, "sampling seed")->capture_default_str();
+    // CLI11 would wrap "-1" or 2^64 into a valid u64; check the text before it converts.
+    const CLI::Validator u64([](std::string& v) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos) return "must be an integer in [0, 2^64)";
+        std::strtoull(v.c_str(), &end, 10);
+        return errno == ERANGE ? "must be an integer in [0, 2^64)" : "";
+    }, "UINT64");
+    cmd->add_option("--seed", o->s.seed, "sampling seed")->capture_default_str()->check(u64);
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
     cmd->callback([o] {
         if (dry_run()) return;

@@ -178,7 +178,9 @@ void atomic_write_file(const std::string& path, std::string_view bytes) {
 
 ReadOnlyFile ReadOnlyFile::open(const std::string& path, bool regular_only) {
     ReadOnlyFile f;
-    f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; it is then refused below as not a
+    // regular file. Reads of regular files ignore the flag.
+    f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (regular_only ? O_NONBLOCK : 0));
     if (f.fd < 0) {
         int err = errno;
         throw Error("cannot read " + path + ": " + errno_text(err));

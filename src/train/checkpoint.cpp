@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -108,6 +109,12 @@ LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only) 
             std::memcpy(buf.data() + s.offset, f.get(prefix + s.name).data, s.numel * sizeof(float));
     };
     load("model.", lc.model->params);
+    // Weights that are not finite make every later loss and sample meaningless: refuse them here,
+    // for eval and generate as for training.
+    for (const ParamSpec& s : lc.model->specs)
+        for (size_t i = 0; i < s.numel; i++)
+            if (!std::isfinite(lc.model->params[s.offset + i]))
+                throw Error("checkpoint " + path + ": tensor model." + s.name + " holds a non-finite value");
     const TensorRef& tk = f.get("tokenizer");
     if (tk.dtype != "U8") throw Error("checkpoint " + path + ": tensor tokenizer must be U8");
     lc.tok = std::make_unique<Tokenizer>(
