@@ -32,30 +32,25 @@ void add_eval_command(CLI::App& app) {
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
         const TrainConfig& t = lc.rc.train;
         const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
-        std::vector<std::string> shards = {(o->data_dir.empty() ? t.data_dir : o->data_dir) + "/val.bin"};
-        std::string what = "validation split " + shards[0], tmp_dir;
-        if (!o->text.empty()) {  // tokenize the given text with the checkpoint's tokenizer, evaluate all of it
-            tmp_dir = (std::filesystem::temp_directory_path() / ("strata-eval-" + std::to_string(::getpid()))).string();
-            PreparedData pd = prepare_data(list_corpus_files(o->text), *lc.tok, tmp_dir, 0.0);
-            what = o->text;
-            shards = {pd.train_path};
-        }
-        double sum = 0;
-        long n_tokens = 0;
-        try {
-            for (const auto& path : shards) {
-                TokenShard shard = TokenShard::open(path);
-                const double n = double(shard.size());
-                sum += evaluate(*lc.model, shard, B, t.seq_len, o->batches) * n;
-                n_tokens += long(shard.size());
+        std::string shard_path = (o->data_dir.empty() ? t.data_dir : o->data_dir) + "/val.bin";
+        std::string what = "validation split " + shard_path;
+        struct TempDir {  // removed however this callback ends
+            std::string path;
+            ~TempDir() {
+                std::error_code ec;
+                if (!path.empty()) std::filesystem::remove_all(path, ec);
             }
-        } catch (...) {
-            if (!tmp_dir.empty()) std::filesystem::remove_all(tmp_dir);
-            throw;
+        } tmp;
+        if (!o->text.empty()) {  // tokenize the given text with the checkpoint's tokenizer, evaluate all of it
+            tmp.path = (std::filesystem::temp_directory_path() / ("strata-eval-" + std::to_string(::getpid()))).string();
+            PreparedData pd = prepare_data(list_corpus_files(o->text), *lc.tok, tmp.path, 0.0);
+            what = o->text;
+            shard_path = pd.train_path;
         }
-        if (!tmp_dir.empty()) std::filesystem::remove_all(tmp_dir);
-        const double loss = n_tokens > 0 ? sum / double(n_tokens) : 0.0;
-        std::printf("eval on %s (%ld tokens, seq %d): loss %.4f, perplexity %.2f\n", what.c_str(), n_tokens,
+        TokenShard shard = TokenShard::open(shard_path);
+        const long n_tokens = long(shard.size());
+        const double loss = evaluate(*lc.model, shard, B, t.seq_len, o->batches);
+        std::printf("eval on %s (%ld tokens, seq %d): loss %.4f, perplexity %.6g\n", what.c_str(), n_tokens,
                     t.seq_len, loss, std::exp(loss));
     });
 }

@@ -22,7 +22,7 @@ void add_train_command(CLI::App& app) {
             std::printf("interrupted at step %ld; the checkpoint in %s is up to date\n", r.step, rc.train.out_dir.c_str());
             std::exit(130);
         }
-        std::printf("trained %ld steps: train loss %.4f, validation loss %.4f, perplexity %.2f\n", r.step, r.train_loss,
+        std::printf("trained %ld steps: train loss %.4f, validation loss %.4f, perplexity %.6g\n", r.step, r.train_loss,
                     r.val_loss, std::exp(r.val_loss));
         std::printf("checkpoint: %s/checkpoint.safetensors\n", rc.train.out_dir.c_str());
     });

@@ -460,7 +460,10 @@ def test_eval_text_shorter_than_one_sequence(tiny, tmp_path):
     _, _, run_dir = tiny
     t = tmp_path / "short.txt"
     t.write_text("In the beginning.\n")
-    fails("eval", "--ckpt", run_dir, "--text", t, mention=["fewer than one sequence"])
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    fails("eval", "--ckpt", run_dir, "--text", t, mention=["fewer than one sequence"], env={"TMPDIR": str(scratch)})
+    assert list(scratch.iterdir()) == [], "eval --text left its scratch folder behind"
 
 
 @pytest.mark.parametrize("flags,mention", [
