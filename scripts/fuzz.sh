@@ -14,6 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The whole script is one function, read in full before it runs: a long run then survives edits to
+# this file (bash otherwise reads a script as it goes).
+main() {
 usage() { echo "usage: scripts/fuzz.sh --replay | --long N [target ...]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 mode=$1; shift
@@ -125,3 +128,6 @@ mkdir -p bench/results
   printf '%s\n' "${rows[@]}"
 } >"$report"
 echo "fuzz: wrote $report"
+}
+
+main "$@"
