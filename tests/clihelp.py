@@ -51,3 +51,16 @@ def tiny_run(tmp_path_factory):
             "--set", f"train.out_dir={d / 'run'}", *TINY_MODEL]
     run("train", "--set", "train.steps=6", "--set", "train.ckpt_every=3", *args)
     return d / "run", corpus, d / "data", args
+
+
+def ckpt_content(run_dir):
+    """A checkpoint's tensors index, metadata, config (less the run directory it names) and data bytes."""
+    import json
+    import struct
+    raw = (run_dir / "checkpoint.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__")
+    cfg = json.loads(meta.pop("config"))
+    del cfg["train"]["out_dir"]
+    return header, meta, cfg, raw[8 + n:]

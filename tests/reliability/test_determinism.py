@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from clihelp import TINY_MODEL, run, small_corpus
+from clihelp import ckpt_content, TINY_MODEL, run, small_corpus
 
 EXACT = ("step", "loss", "lr", "grad_norm", "val_loss")
 
@@ -29,16 +29,6 @@ def prepared(tmp_path_factory):
 def metrics(run_dir):
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: r[k] for k in EXACT if k in r} for r in rows]
-
-
-def ckpt_content(run_dir):
-    raw = (run_dir / "checkpoint.safetensors").read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    meta = header.pop("__metadata__")
-    cfg = json.loads(meta.pop("config"))
-    del cfg["train"]["out_dir"]
-    return header, meta, cfg, raw[8 + n:]
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from clihelp import BIN, TINY_MODEL, run, small_corpus
+from clihelp import ckpt_content, BIN, TINY_MODEL, run, small_corpus
 
 # ~19.5M parameters but only 16 tokens a step: a step takes ~0.1 s, a checkpoint (235 MB) several
 # tenths, and an evaluation batch ~20 ms, so signals can be aimed at each phase.
@@ -44,17 +44,6 @@ def ckpt_step(run_dir):
     raw = (run_dir / "checkpoint.safetensors").read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
     return int(json.loads(raw[8:8 + n])["__metadata__"]["step"])
-
-
-def ckpt_content(run_dir):
-    """Tensors and metadata, less the run directory named in the config."""
-    raw = (run_dir / "checkpoint.safetensors").read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    meta = header.pop("__metadata__")
-    cfg = json.loads(meta.pop("config"))
-    del cfg["train"]["out_dir"]
-    return header, meta, cfg, raw[8 + n:]
 
 
 def start(args, out, err_path):
