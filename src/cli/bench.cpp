@@ -673,6 +673,8 @@ void run_bench_train(const BenchTrainOptions& o) {
     openblas_set_num_threads(o.threads);
 
     const ModelConfig cfg = bench_model_config(o.seq);
+    check_memory(cfg.memory_bytes(o.batch, o.seq, /*training=*/true), "bench train",
+                 "batch " + std::to_string(o.batch) + " x seq " + std::to_string(o.seq));
     const FlopCount fl = training_flops(cfg, o.batch, o.seq);
     const std::string date = now_string("%Y-%m-%d %H:%M:%S %Z");
     const std::string load_before = loadavg();

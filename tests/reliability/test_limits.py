@@ -518,3 +518,8 @@ def test_checkpoint_with_non_finite_weights_is_refused(tiny, tmp_path):
     bad.write_bytes(bytes(raw))
     fails("eval", "--ckpt", bad, mention=[str(bad), "model.final_norm", "non-finite"])
     fails("generate", "--ckpt", bad, "--prompt", "The", mention=[str(bad), "non-finite"])
+
+
+def test_bench_batch_beyond_memory_is_refused_before_any_work():
+    fails("bench", "train", "--no-peer", "--batch", "100000", "--seq", "256", mention=["bench train", "GiB"],
+          timeout=30)
