@@ -62,8 +62,18 @@ def sdpa_has_gqa():
         kv = torch.zeros(1, 1, 1, 4)
         F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
         return True
-    except TypeError:
+    except (TypeError, AttributeError):  # before 2.5 no enable_gqa; before 2.0 no fused attention at all
         return False
+
+
+def causal_attention(q, k, v):
+    """Fused attention where this PyTorch has it (2.0+); otherwise the plain masked-softmax form."""
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    T = q.shape[-2]
+    s = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return s.masked_fill(mask, float("-inf")).softmax(-1) @ v
 
 
 def rope_tables(seq, head_dim, theta):
@@ -101,7 +111,7 @@ class Attention(nn.Module):
             g = self.h // self.hk
             k = k.repeat_interleave(g, dim=1)
             v = v.repeat_interleave(g, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = causal_attention(q, k, v)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.h * self.d))
 
 
@@ -196,6 +206,7 @@ def main():
         "params": sum(p.numel() for p in model.parameters()),
         "gqa": "sdpa enable_gqa" if use_gqa else "repeat_interleave",
         "rmsnorm": "nn.RMSNorm" if hasattr(nn, "RMSNorm") else "manual",
+        "attention": "sdpa" if hasattr(F, "scaled_dot_product_attention") else "manual masked softmax",
         "warmup": a.warmup,
         "steps": a.steps,
         "step_ms_mean": mean * 1e3,

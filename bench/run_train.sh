@@ -10,6 +10,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+bash bench/wait_idle.sh --check  # a bad BENCH_IDLE_WAIT fails now, not after the setup
+
 if ! bash bench/setup.sh; then
     echo "run_train.sh: bench/setup.sh failed; the PyTorch peer will be skipped" >&2
 fi
@@ -25,14 +27,7 @@ js="bench/results/train-$day.json"
 # Timings on a 2-core machine are only meaningful when nothing else runs: wait (up to
 # BENCH_IDLE_WAIT seconds, default 300) for the 1-minute load average to fall below 0.5. The report
 # records the load average before and after and the CPU time other processes took during each part.
-wait_s="${BENCH_IDLE_WAIT:-300}"
-waited=0
-while awk '{exit !($1 >= 0.5)}' /proc/loadavg && [ "$waited" -lt "$wait_s" ]; do
-    [ "$waited" = 0 ] && echo "run_train.sh: load average $(cut -d' ' -f1-3 /proc/loadavg); waiting up to ${wait_s}s for an idle machine" >&2
-    sleep 10
-    waited=$((waited + 10))
-done
-echo "run_train.sh: load average $(cut -d' ' -f1-3 /proc/loadavg) at start" >&2
+bash bench/wait_idle.sh
 
 build/strata bench train --profile --json-out "$js" --markdown-out "$md" "$@"
 echo "run_train.sh: report written to $md (raw numbers: $js)" >&2

@@ -30,6 +30,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/fileio.h"
 #include "core/rng.h"
 #include "model/model.h"
 #include "ops/ops.h"
@@ -646,18 +647,23 @@ void run_bench_train(const BenchTrainOptions& o) {
     if (o.threads > ncpu)
         std::fprintf(stderr, "warning: --threads %d exceeds the %ld online CPUs; timings will be oversubscribed\n",
                      o.threads, ncpu);
-    // Open the outputs first, so a bad path fails before minutes of measuring.
+    // Open the outputs first, so a bad path fails before minutes of measuring. Each is written to a
+    // temporary file beside it and renamed at the end: a failed or interrupted run keeps the old report.
     auto open_out = [](const std::string& path, const char* flag) {
+        if (path.find('\0') != std::string::npos) throw Error(std::string(flag) + ": the path contains a NUL byte");
         fs::path p(path);
-        if (p.has_parent_path() && !fs::exists(p.parent_path())) {
-            std::error_code ec;
-            fs::create_directories(p.parent_path(), ec);
+        std::error_code ec;
+        if (p.has_parent_path() && !fs::exists(p.parent_path(), ec)) fs::create_directories(p.parent_path(), ec);
+        if (fs::is_directory(p, ec)) throw Error(std::string(flag) + " " + path + ": is a directory");
+        auto w = std::make_unique<AtomicFileWriter>();
+        try {
+            w->open(path);
+        } catch (const Error& e) {
+            throw Error(std::string(flag) + " " + path + ": cannot open for writing (" + e.what() + ")");
         }
-        auto f = std::make_unique<std::ofstream>(path);
-        if (!*f) throw Error(std::string(flag) + " " + path + ": cannot open for writing");
-        return f;
+        return w;
     };
-    std::unique_ptr<std::ofstream> md_file, json_file;
+    std::unique_ptr<AtomicFileWriter> md_file, json_file;
     if (!o.markdown_out.empty()) md_file = open_out(o.markdown_out, "--markdown-out");
     if (!o.json_out.empty()) json_file = open_out(o.json_out, "--json-out");
 
@@ -815,8 +821,8 @@ void run_bench_train(const BenchTrainOptions& o) {
     const std::string report = md.str();
     std::cout << report << std::flush;
     if (md_file) {
-        *md_file << report;
-        if (!*md_file) throw Error("--markdown-out " + o.markdown_out + ": write failed");
+        md_file->write(report);
+        md_file->commit();
     }
     if (json_file) {
         json j;
@@ -858,8 +864,8 @@ void run_bench_train(const BenchTrainOptions& o) {
             for (int f = 0; f < kNumFamilies; f++) pj[kFamilyNames[f]] = prof.ms[f];
             j["profile_ms_per_step"] = pj;
         }
-        *json_file << j.dump(2) << "\n";
-        if (!*json_file) throw Error("--json-out " + o.json_out + ": write failed");
+        json_file->write(j.dump(2) + "\n");
+        json_file->commit();
     }
 }
 

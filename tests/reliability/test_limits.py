@@ -289,6 +289,20 @@ def test_damaged_tokenizer_record_and_shard_metadata_are_rebuilt(tiny, tmp_path)
     assert (data / "train.bin").read_bytes() == (d / "data" / "train.bin").read_bytes()
 
 
+def test_run_dir_config_and_tokenizer_copies_are_never_read(tiny, tmp_path):
+    _, args, run_dir = tiny
+    r = tmp_path / "run"
+    shutil.copytree(run_dir, r)
+    (r / "config.json").write_text("{not json")
+    (r / "tokenizer.model").write_bytes(b"\0garbage")
+    before = run("eval", "--ckpt", run_dir, "--batches", "1", "--threads", "1").stdout
+    assert run("eval", "--ckpt", r, "--batches", "1", "--threads", "1").stdout == before
+    run("generate", "--ckpt", r, "--prompt", "The", "-n", "3", "--threads", "1")
+    p = run("train", *args, "--set", f"train.out_dir={r}", "--set", "train.steps=4")
+    assert "at step 3" in p.stderr
+    assert json.loads((r / "config.json").read_text())["train"]["steps"] == 4  # rewritten whole
+
+
 def test_shard_from_a_larger_vocabulary(tiny, tmp_path):
     _, _, run_dir = tiny
     data = tmp_path / "data"

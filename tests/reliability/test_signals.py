@@ -177,3 +177,50 @@ def test_double_sigint_during_a_checkpoint_write_keeps_the_previous_checkpoint(b
     p2 = run("train", *args[:-2], "--set", f"train.steps={step + 1}", "--set", f"train.out_dir={a}")
     assert "removed 1 temporary file" in p2.stderr and f"at step {step}" in p2.stderr, p2.stderr
     assert not [f for f in os.listdir(a) if ".tmp." in f]
+
+
+def syllable_corpus(path, n_bytes, seed=5):
+    """Made-up prose with a large vocabulary, so tokenizer training and sharding take a while."""
+    import random
+    r = random.Random(seed)
+    syl = ["ka", "to", "ri", "men", "sha", "lo", "pe", "dru", "qua", "vin", "el", "or", "ta", "su", "bex", "nim"]
+    words = ["".join(r.choice(syl) for _ in range(r.randint(1, 4))) for _ in range(5000)]
+    lines, n = [], 0
+    while n < n_bytes:
+        line = " ".join(r.choice(words) for _ in range(r.randint(5, 15))) + "."
+        lines.append(line)
+        n += len(line) + 1
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.mark.parametrize("stage", ["training a 2048-token SentencePiece tokenizer", "tokenizing the corpus"])
+def test_sigint_while_preparing_the_corpus_ends_at_once_and_leaves_only_whole_files(tmp_path, stage):
+    # Before training starts, SIGINT keeps its default action. A rerun then finds whole files or none,
+    # removes the killed writer's temporary file, and ends where an uninterrupted run ends.
+    corpus = syllable_corpus(tmp_path / "corpus.txt", 4_000_000)
+    args = lambda d: ["--set", f"train.corpus={corpus}", "--set", f"train.data_dir={d / 'data'}", *TINY_MODEL,
+                      "--set", "model.vocab_size=2048", "--set", "train.threads=1", "--set", "train.steps=2"]
+    ref = tmp_path / "ref"
+    run("train", *args(ref), "--set", f"train.out_dir={ref / 'run'}")
+
+    a = tmp_path / "a"
+    p = start(args(a), a / "run", tmp_path / "a.err")
+    wait_until(p, lambda: stage in open(tmp_path / "a.err").read(), what=stage)
+    time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    rc, out, err = finish(p)
+    assert rc == -signal.SIGINT, f"not killed while preparing (rc {rc}): the stage ended too soon\n{err}"
+    assert "corpus:" not in err, err  # the preparation had not finished
+    assert not (a / "run" / "checkpoint.safetensors").exists()
+    whole = {f.name for f in (a / "data").iterdir() if ".tmp." not in f.name}
+    if stage.startswith("training"):
+        assert not whole, whole  # the tokenizer is written only once trained
+
+    p2 = run("train", *args(a), "--set", f"train.out_dir={a / 'run'}")
+    assert not [f for f in (a / "data").iterdir() if ".tmp." in f.name]
+    for name in ("tokenizer.model", "train.bin", "val.bin"):
+        assert (a / "data" / name).read_bytes() == (ref / "data" / name).read_bytes(), name
+    strip = lambda c: (c[0], c[1], {k: {kk: vv for kk, vv in v.items() if kk != "data_dir"} for k, v in c[2].items()}, c[3])
+    assert strip(ckpt_content(a / "run")) == strip(ckpt_content(ref / "run"))
+    assert "prepared now" in p2.stderr
