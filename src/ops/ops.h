@@ -76,4 +76,20 @@ template <typename T>
 void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, long N, long V,
                            T scale);
 
+// ---- AttnRes: softmax attention over depth with a static pseudo-query (docs/attn_res.md) ------------
+// srcs[0..n) are (N, D) row-major sources (earlier sublayer outputs, block sums, the embedding). For
+// each row r, with u = w ⊙ γ (γ = all ones when gamma is null):
+//   rstd_i = (mean(v_i²) + eps)^-½,  s_i = rstd_i · (u · v_i),  α = softmax_i(s),  out = Σ_i α_i v_i.
+// The values enter raw; the RMSNorm only shapes the logits. Saves logit and rstd, each (n, N), and
+// lse (N) for the backward. n must be at least 1.
+template <typename T>
+void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
+                     long N, long D, double eps);
+// dsrcs[i] (N, D) accumulate (a null entry skips that source); dw (D) and dgamma (D, may be null)
+// accumulate. out is the forward's output. The sum over rows runs column by column, so it does not
+// depend on the thread count.
+template <typename T>
+void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
+                      const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D);
+
 }  // namespace strata

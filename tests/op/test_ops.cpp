@@ -337,6 +337,76 @@ OpCase embedding_case(long N, long V, long C, std::mt19937_64& g) {
     return c;
 }
 
+// AttnRes over n sources of (N, D); inputs are the n sources, then w, then γ (when with_gamma).
+OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g) {
+    OpCase c;
+    c.name = "attnres N=" + std::to_string(N) + " D=" + std::to_string(D) + " n=" + std::to_string(n) +
+             (with_gamma ? " gamma" : "");
+    for (int i = 0; i < n; i++) c.inputs.push_back(randn(N * D, g, 1.0 + 0.25 * i));  // sources of different scales
+    c.inputs.push_back(randn(D, g, 0.15));  // logits of order 1: far from uniform, but smooth enough for FD
+    if (with_gamma) {
+        Vec gm = randn(D, g, 0.3);
+        for (auto& x : gm) x += 1.0;
+        c.inputs.push_back(gm);
+    }
+    c.differentiable.assign(c.inputs.size(), true);
+    const double eps = 1e-5;
+    auto f = [=](auto zero, const std::vector<Vec>& in) {
+        using T = decltype(zero);
+        std::vector<std::vector<T>> src;
+        std::vector<const T*> ptr;
+        for (int i = 0; i < n; i++) src.push_back(cast<T>(in[i]));
+        for (auto& s : src) ptr.push_back(s.data());
+        auto w = cast<T>(in[n]);
+        std::vector<T> gm = with_gamma ? cast<T>(in[n + 1]) : std::vector<T>();
+        std::vector<T> y(N * D), lg(n * N), rs(n * N), lse(N);
+        attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, w.data(),
+                        with_gamma ? gm.data() : nullptr, N, D, eps);
+        return Vec(y.begin(), y.end());
+    };
+    c.fwd32 = [=](auto& in) { return f(0.f, in); };
+    c.fwd64 = [=](auto& in) { return f(0.0, in); };
+    c.ref = [=](auto& in) {
+        Vec y(N * D, 0.0);
+        for (long r = 0; r < N; r++) {
+            std::vector<double> s(n);
+            double m = -INFINITY;
+            for (int i = 0; i < n; i++) {
+                double ms = 0, dot = 0;
+                for (long k = 0; k < D; k++) ms += in[i][r * D + k] * in[i][r * D + k] / D;
+                for (long k = 0; k < D; k++) {
+                    double key = in[i][r * D + k] / std::sqrt(ms + eps) * (with_gamma ? in[n + 1][k] : 1.0);
+                    dot += in[n][k] * key;
+                }
+                s[i] = dot;
+                m = std::max(m, dot);
+            }
+            double z = 0;
+            for (int i = 0; i < n; i++) z += std::exp(s[i] - m);
+            for (int i = 0; i < n; i++)
+                for (long k = 0; k < D; k++) y[r * D + k] += std::exp(s[i] - m) / z * in[i][r * D + k];
+        }
+        return y;
+    };
+    c.bwd64 = [=](auto& in, const Vec& dy) {
+        std::vector<const double*> ptr;
+        for (int i = 0; i < n; i++) ptr.push_back(in[i].data());
+        const double* gm = with_gamma ? in[n + 1].data() : nullptr;
+        Vec y(N * D), lg(n * N), rs(n * N), lse(N);
+        attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, in[n].data(), gm, N, D, eps);
+        std::vector<Vec> grads(n, Vec(N * D, 0.0));
+        std::vector<double*> dptr;
+        for (auto& d : grads) dptr.push_back(d.data());
+        Vec dw(D, 0.0), dg(D, 0.0);
+        attnres_backward(dptr.data(), dw.data(), with_gamma ? dg.data() : nullptr, dy.data(), y.data(), lg.data(),
+                         rs.data(), lse.data(), ptr.data(), n, in[n].data(), gm, N, D);
+        grads.push_back(dw);
+        if (with_gamma) grads.push_back(dg);
+        return grads;
+    };
+    return c;
+}
+
 std::vector<OpCase> table() {
     std::mt19937_64 g(42);
     std::vector<OpCase> t;
@@ -352,6 +422,11 @@ std::vector<OpCase> table() {
         t.push_back(attention_case(2, T, 4, 1, 8, g));   // G = 4
     }
     t.push_back(attention_case(1, 200, 2, 1, 64, g));  // several key and query tiles, d = 64
+    for (long T : {1, 3, 65}) {
+        t.push_back(attnres_case(T, 24, 1, true, g));   // one source: out = v exactly, zero logit gradient
+        t.push_back(attnres_case(T, 24, 3, false, g));  // parameter-free key norm
+        t.push_back(attnres_case(T, 40, 7, true, g));
+    }
     return t;
 }
 
@@ -364,7 +439,7 @@ TEST_P(OpTable, ForwardAndGradient) {
     run_case(cases[GetParam()]);
 }
 
-INSTANTIATE_TEST_SUITE_P(Ops, OpTable, ::testing::Range<size_t>(0, 46), [](const auto& info) {
+INSTANTIATE_TEST_SUITE_P(Ops, OpTable, ::testing::Range<size_t>(0, table().size()), [](const auto& info) {
     static const std::vector<OpCase> cases = table();
     std::string n = cases[info.param].name;
     for (auto& ch : n)

@@ -7,21 +7,11 @@
 #endif
 
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/threads.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
 
 namespace strata {
-
-// This thread's share [lo, hi) of n columns inside a parallel region: a fixed split, so each
-// column's sum is accumulated in row order by one thread whatever the schedule.
-static std::pair<long, long> thread_slice(long n) {
-    int nt = 1, id = 0;
-#ifdef _OPENMP
-    nt = omp_get_num_threads();
-    id = omp_get_thread_num();
-#endif
-    return {n * id / nt, n * (id + 1) / nt};
-}
 
 // ---- matmul ---------------------------------------------------------------------------------------
 template <typename T>

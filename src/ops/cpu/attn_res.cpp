@@ -1,0 +1,128 @@
+// AttnRes: each sublayer's input is a softmax over earlier sources along depth, per token, with a
+// learned input-independent query w and an RMSNorm (weight γ) applied to the keys only.
+//
+// Backward, per row (g = dout, h = out, u = w ⊙ γ, k_i = γ ⊙ v_i · rstd_i):
+//   g_s_i = α_i · (g·v_i − g·h)
+//   dv_i += α_i g + g_s_i · (rstd_i u − s_i rstd_i² / D · v_i)        (∂rstd/∂v = −rstd³ v / D)
+//   du   += Σ_rows Σ_i g_s_i rstd_i v_i,   dw = du ⊙ γ,   dγ = du ⊙ w
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/cpu/threads.h"
+#include "ops/ops.h"
+
+namespace strata {
+
+namespace {
+// The query folded with the key-norm weight: u = w ⊙ γ. Grown once, reused.
+template <typename T>
+const T* fold_query(const T* w, const T* gamma, long D) {
+    if (!gamma) return w;
+    thread_local std::vector<T> u;
+    if (u.size() < size_t(D)) u.resize(size_t(D));
+    for (long c = 0; c < D; c++) u[c] = w[c] * gamma[c];
+    return u.data();
+}
+}  // namespace
+
+template <typename T>
+void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
+                     long N, long D, double eps) {
+    STRATA_CHECK(n >= 1, "attnres_forward needs at least one source");
+    const T* u = fold_query(w, gamma, D);
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < N; r++) {
+        T m = -INFINITY;
+        for (int i = 0; i < n; i++) {
+            const T* v = srcs[i] + r * D;
+            T ss = 0, uv = 0;
+#pragma omp simd reduction(+ : ss, uv)
+            for (long c = 0; c < D; c++) ss += v[c] * v[c], uv += u[c] * v[c];
+            const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
+            rstd[i * N + r] = rs;
+            logit[i * N + r] = rs * uv;
+            m = std::max(m, rs * uv);
+        }
+        T denom = 0;
+        for (int i = 0; i < n; i++) denom += std::exp(logit[i * N + r] - m);
+        const T l = m + std::log(denom);
+        lse[r] = l;
+        T* o = out + r * D;
+        const T a0 = std::exp(logit[r] - l);
+        const T* v0 = srcs[0] + r * D;
+#pragma omp simd
+        for (long c = 0; c < D; c++) o[c] = a0 * v0[c];
+        for (int i = 1; i < n; i++) {
+            const T a = std::exp(logit[i * N + r] - l);
+            const T* v = srcs[i] + r * D;
+#pragma omp simd
+            for (long c = 0; c < D; c++) o[c] += a * v[c];
+        }
+    }
+}
+
+template <typename T>
+void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
+                      const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D) {
+    STRATA_CHECK(n >= 1, "attnres_backward needs at least one source");
+    const T* u = fold_query(w, gamma, D);
+    // g_s for every (source, row), then the per-row value gradients.
+    thread_local std::vector<T> gs_buf;
+    if (gs_buf.size() < size_t(n) * size_t(N)) gs_buf.resize(size_t(n) * size_t(N));
+    T* gs = gs_buf.data();
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < N; r++) {
+        const T* g = dout + r * D;
+        const T* h = out + r * D;
+        T gh = 0;
+#pragma omp simd reduction(+ : gh)
+        for (long c = 0; c < D; c++) gh += g[c] * h[c];
+        for (int i = 0; i < n; i++) {
+            const T* v = srcs[i] + r * D;
+            T gv = 0;
+#pragma omp simd reduction(+ : gv)
+            for (long c = 0; c < D; c++) gv += g[c] * v[c];
+            const T a = std::exp(logit[i * N + r] - lse[r]);
+            const T g_s = a * (gv - gh);
+            gs[i * N + r] = g_s;
+            if (!dsrcs[i]) continue;
+            const T rs = rstd[i * N + r];
+            const T cu = g_s * rs, cv = g_s * logit[i * N + r] * rs * rs / T(D);
+            T* dv = dsrcs[i] + r * D;
+#pragma omp simd
+            for (long c = 0; c < D; c++) dv[c] += a * g[c] + cu * u[c] - cv * v[c];
+        }
+    }
+    // du: each thread owns a fixed slice of the columns and sums them over (row, source) in order.
+#pragma omp parallel
+    {
+        auto [c0, c1] = thread_slice(D);
+        thread_local std::vector<T> du_buf;
+        if (du_buf.size() < size_t(D)) du_buf.resize(size_t(D));
+        T* du = du_buf.data();
+        std::fill(du, du + (c1 - c0), T(0));
+        for (long r = 0; r < N; r++)
+            for (int i = 0; i < n; i++) {
+                const T coef = gs[i * N + r] * rstd[i * N + r];
+                const T* v = srcs[i] + r * D;
+#pragma omp simd
+                for (long c = c0; c < c1; c++) du[c - c0] += coef * v[c];
+            }
+        for (long c = c0; c < c1; c++) {
+            dw[c] += gamma ? du[c - c0] * gamma[c] : du[c - c0];
+            if (dgamma) dgamma[c] += du[c - c0] * w[c];
+        }
+    }
+}
+
+#define STRATA_INSTANTIATE(T)                                                                                   \
+    template void attnres_forward<T>(T*, T*, T*, T*, const T* const*, int, const T*, const T*, long, long,      \
+                                     double);                                                                   \
+    template void attnres_backward<T>(T* const*, T*, T*, const T*, const T*, const T*, const T*, const T*,      \
+                                      const T* const*, int, const T*, const T*, long, long);
+STRATA_INSTANTIATE(float)
+STRATA_INSTANTIATE(double)
+
+}  // namespace strata
