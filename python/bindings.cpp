@@ -225,4 +225,48 @@ PYBIND11_MODULE(strata, mod) {
         crossentropy_backward(dz.mutable_data(), logits.data(), lse.data(), targets.data(), N, V, scale);
         return dz;
     });
+    // AttnRes: sources is a list of n arrays of one shape (..., D); w and gamma are (D).
+    auto sources_of = [](const py::list& srcs, long D, long& N) {
+        if (srcs.empty()) throw Error("attnres: at least one source");
+        std::vector<F32> arrays;
+        for (auto h : srcs) arrays.push_back(h.cast<F32>());
+        N = arrays[0].size() / D;
+        for (auto& a : arrays)
+            if (a.size() != N * D) throw Error("attnres: every source must have the same shape (..., D)");
+        return arrays;
+    };
+    ops.def("attnres_forward", [=](const py::list& srcs, F32 w, F32 gamma, double eps) {
+        long D = w.size(), N = 0;
+        auto arrays = sources_of(srcs, D, N);
+        if (gamma.size() != D) throw Error("attnres: gamma must have the size of w");
+        std::vector<const float*> ptr;
+        for (auto& a : arrays) ptr.push_back(a.data());
+        const long n = long(ptr.size());
+        F32 out = make(std::vector<long>(arrays[0].shape(), arrays[0].shape() + arrays[0].ndim()));
+        F32 logit = make({n, N}), rstd = make({n, N}), lse = make({N});
+        attnres_forward(out.mutable_data(), logit.mutable_data(), rstd.mutable_data(), lse.mutable_data(), ptr.data(),
+                        int(n), w.data(), gamma.data(), N, D, eps);
+        return py::make_tuple(out, logit, rstd, lse);
+    });
+    ops.def("attnres_backward", [=](F32 dout, F32 out, F32 logit, F32 rstd, F32 lse, const py::list& srcs, F32 w,
+                                    F32 gamma) {
+        long D = w.size(), N = 0;
+        auto arrays = sources_of(srcs, D, N);
+        std::vector<const float*> ptr;
+        py::list dsrcs;
+        std::vector<float*> dptr;
+        for (auto& a : arrays) {
+            ptr.push_back(a.data());
+            F32 d = make(std::vector<long>(a.shape(), a.shape() + a.ndim()));
+            std::fill_n(d.mutable_data(), d.size(), 0.f);
+            dptr.push_back(d.mutable_data());
+            dsrcs.append(d);
+        }
+        F32 dw = make({D}), dgamma = make({D});
+        std::fill_n(dw.mutable_data(), D, 0.f);
+        std::fill_n(dgamma.mutable_data(), D, 0.f);
+        attnres_backward(dptr.data(), dw.mutable_data(), dgamma.mutable_data(), dout.data(), out.data(), logit.data(),
+                         rstd.data(), lse.data(), ptr.data(), int(ptr.size()), w.data(), gamma.data(), N, D);
+        return py::make_tuple(dsrcs, dw, dgamma);
+    });
 }

@@ -1,10 +1,12 @@
-"""strata_ref: an independent, plain PyTorch reference of the strata baseline model (docs/model.md)."""
+"""strata_ref: an independent, plain PyTorch reference of the strata models (docs/model.md, docs/attn_res.md)."""
 
 from .model import (
     DEFAULT_CONFIG,
     NORM_PLACEMENTS,
+    RESIDUALS,
     RefAdamW,
     RefModel,
+    attn_res,
     cross_entropy,
     greedy_generate,
     param_shapes,
@@ -16,8 +18,10 @@ from .model import (
 __all__ = [
     "DEFAULT_CONFIG",
     "NORM_PLACEMENTS",
+    "RESIDUALS",
     "RefAdamW",
     "RefModel",
+    "attn_res",
     "cross_entropy",
     "greedy_generate",
     "param_shapes",

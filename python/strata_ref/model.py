@@ -33,9 +33,12 @@ DEFAULT_CONFIG = OrderedDict(
     tie_embeddings=True,
     init_std=0.02,
     seed=1337,
+    residual="standard",
+    attnres_block_size=4,
 )
 
 NORM_PLACEMENTS = ("pre", "post", "reordered")
+RESIDUALS = ("standard", "attnres_full", "attnres_block")
 
 
 def resolve_config(config: dict | None) -> dict:
@@ -59,6 +62,12 @@ def resolve_config(config: dict | None) -> dict:
         raise ValueError("head_dim must be even (rotate-half RoPE)")
     if cfg["norm_placement"] not in NORM_PLACEMENTS:
         raise ValueError(f"norm_placement must be one of {NORM_PLACEMENTS}")
+    if cfg["residual"] not in RESIDUALS:
+        raise ValueError(f"residual must be one of {RESIDUALS}")
+    if int(cfg["attnres_block_size"]) != cfg["attnres_block_size"] or cfg["attnres_block_size"] <= 0:
+        raise ValueError("attnres_block_size must be a positive integer")
+    if cfg["residual"] != "standard" and cfg["norm_placement"] != "pre":
+        raise ValueError("AttnRes needs norm_placement 'pre'")
     return cfg
 
 
@@ -82,6 +91,13 @@ def param_shapes(cfg: dict) -> "OrderedDict[str, tuple]":
         shapes[p + "w_gate"] = (F, D)
         shapes[p + "w_up"] = (F, D)
         shapes[p + "w_down"] = (D, F)
+        if cfg["residual"] != "standard":
+            for side in ("attn", "mlp"):
+                shapes[p + side + "_res_query"] = (D,)
+                shapes[p + side + "_res_norm"] = (D,)
+    if cfg["residual"] != "standard":
+        shapes["out_res_query"] = (D,)
+        shapes["out_res_norm"] = (D,)
     shapes["final_norm"] = (D,)
     if not cfg["tie_embeddings"]:
         shapes["lm_head"] = (V, D)
@@ -126,6 +142,19 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x @ w.t()
 
 
+def attn_res(sources: list[torch.Tensor], w: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+    """Softmax attention over depth, per token: sources are (B, T, D) tensors, w the pseudo-query.
+
+    The keys are RMSNorm(source) (weight gamma); the values are the sources themselves.
+    """
+    V = torch.stack(sources)            # (n, B, T, D)
+    K = rms_norm(V, gamma, eps)
+    s = (K * w).sum(dim=-1)             # (n, B, T) logits
+    e = torch.exp(s - s.max(dim=0, keepdim=True).values.detach())
+    alpha = e / e.sum(dim=0, keepdim=True)
+    return (alpha[..., None] * V).sum(dim=0)
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross entropy over positions whose target is >= 0 (negatives are ignored).
 
@@ -168,7 +197,9 @@ class RefModel(nn.Module):
         std = self.cfg["init_std"]
         out_std = std / math.sqrt(2 * self.cfg["n_layers"])
         for name, shape in self._shapes.items():
-            if len(shape) == 1:
+            if name.endswith("_res_query"):  # AttnRes pseudo-queries start at zero: a uniform mix
+                t = torch.zeros(shape, dtype=torch.float64)
+            elif len(shape) == 1:
                 t = torch.ones(shape, dtype=torch.float64)
             else:
                 s = out_std if name.endswith(".wo") or name.endswith(".w_down") else std
@@ -258,6 +289,26 @@ class RefModel(nn.Module):
             raise ValueError(placement)
         return h
 
+    def _attn_res_layers(self, emb: torch.Tensor) -> torch.Tensor:
+        """AttnRes: each sublayer's input mixes the embedding, the completed blocks and the current
+        block's partial sum; the sublayers (attention, MLP, counted separately) fill blocks of S."""
+        cfg, eps = self.cfg, self.cfg["norm_eps"]
+        S = 1 if cfg["residual"] == "attnres_full" else cfg["attnres_block_size"]
+        blocks, partial = [emb], None
+        for j in range(2 * cfg["n_layers"]):
+            l, side = j // 2, ("attn" if j % 2 == 0 else "mlp")
+            if j % S == 0 and j > 0:  # a block boundary: the partial sum becomes a block
+                blocks.append(partial)
+                partial = None
+            sources = blocks + ([partial] if partial is not None else [])
+            p = f"blocks.{l}."
+            h = attn_res(sources, self.param(p + side + "_res_query"), self.param(p + side + "_res_norm"), eps)
+            x = rms_norm(h, self.param(p + side + "_norm"), eps)
+            f = self._attention(x, l) if side == "attn" else self._mlp(x, l)
+            partial = f if partial is None else partial + f
+        blocks.append(partial)
+        return attn_res(blocks, self.param("out_res_query"), self.param("out_res_norm"), eps)
+
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
         """tokens (B, T) int64 -> (logits (B, T, V), mean CE loss or None)."""
         tokens = torch.as_tensor(tokens, dtype=torch.long)
@@ -265,8 +316,11 @@ class RefModel(nn.Module):
         if T > self.cfg["max_seq_len"]:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg['max_seq_len']}")
         h = self.param("tok_emb")[tokens]  # (B, T, D)
-        for l in range(self.cfg["n_layers"]):
-            h = self._block(h, l)
+        if self.cfg["residual"] == "standard":
+            for l in range(self.cfg["n_layers"]):
+                h = self._block(h, l)
+        else:
+            h = self._attn_res_layers(h)
         h = rms_norm(h, self.param("final_norm"), self.cfg["norm_eps"])
         w_out = self.param("tok_emb") if self.cfg["tie_embeddings"] else self.param("lm_head")
         logits = linear(h, w_out)

@@ -23,6 +23,31 @@ const char* to_string(NormPlacement p) {
     return "?";
 }
 
+const char* to_string(Residual r) {
+    switch (r) {
+        case Residual::standard: return "standard";
+        case Residual::attnres_full: return "attnres_full";
+        case Residual::attnres_block: return "attnres_block";
+    }
+    return "?";
+}
+
+int attnres_sublayers_per_block(const ModelConfig& c) {
+    switch (c.residual) {
+        case Residual::standard: return 0;
+        case Residual::attnres_full: return 1;
+        case Residual::attnres_block: return c.attnres_block_size;
+    }
+    return 0;
+}
+
+int attnres_max_sources(const ModelConfig& c) {
+    const int S = attnres_sublayers_per_block(c);
+    if (S == 0) return 0;
+    const int n_sub = 2 * c.n_layers;
+    return 1 + (n_sub + S - 1) / S;  // the embedding and every block; the output op sees the most
+}
+
 ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& origin) {
     ModelConfig c;
     JsonFields f(j, origin);
@@ -43,6 +68,15 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& o
     else if (np == "reordered") c.norm_placement = NormPlacement::reordered;
     else throw Error(origin + ": norm_placement must be \"pre\", \"post\" or \"reordered\", not \"" + np + "\"");
     f.get("qk_norm", c.qk_norm);
+    std::string res = to_string(c.residual);
+    f.get("residual", res);
+    if (res == "standard") c.residual = Residual::standard;
+    else if (res == "attnres_full") c.residual = Residual::attnres_full;
+    else if (res == "attnres_block") c.residual = Residual::attnres_block;
+    else
+        throw Error(origin + ": residual must be \"standard\", \"attnres_full\" or \"attnres_block\", not \"" + res +
+                    "\"");
+    f.get("attnres_block_size", c.attnres_block_size);
     f.get("tie_embeddings", c.tie_embeddings);
     f.get("init_std", c.init_std);
     f.get("seed", c.seed);
@@ -57,7 +91,8 @@ nlohmann::json ModelConfig::to_json() const {
             {"ffn_hidden", ffn_hidden},   {"max_seq_len", max_seq_len}, {"rope_theta", rope_theta},
             {"norm_eps", norm_eps},       {"norm_placement", to_string(norm_placement)},
             {"qk_norm", qk_norm},         {"tie_embeddings", tie_embeddings}, {"init_std", init_std},
-            {"seed", seed}};
+            {"seed", seed},               {"residual", to_string(residual)},
+            {"attnres_block_size", attnres_block_size}};
 }
 
 void ModelConfig::validate(const std::string& origin) const {
@@ -82,6 +117,10 @@ void ModelConfig::validate(const std::string& origin) const {
         throw Error(origin + ": n_heads (" + std::to_string(n_heads) + ") must be divisible by n_kv_heads (" +
                     std::to_string(n_kv_heads) + ")");
     if (head_dim % 2 != 0) throw Error(origin + ": head_dim must be even for RoPE");
+    positive("attnres_block_size", attnres_block_size, 2048);
+    if (residual != Residual::standard && norm_placement != NormPlacement::pre)
+        throw Error(origin + ": residual \"" + to_string(residual) +
+                    "\" needs norm_placement \"pre\" (each sublayer normalises its own input)");
     if (!(rope_theta > 0)) throw Error(origin + ": rope_theta must be positive");
     // The largest RoPE angle, position × theta^(-2i/head_dim), must be finite or the tables hold NaN.
     const double worst_freq = rope_theta >= 1 ? 1.0 : std::pow(rope_theta, -double(head_dim - 2) / double(head_dim));
@@ -97,8 +136,10 @@ void ModelConfig::validate(const std::string& origin) const {
 
 double ModelConfig::num_params() const {
     const double V = vocab_size, D = d_model, H = n_heads, Hk = n_kv_heads, d = head_dim, F = ffn_hidden;
-    const double per_layer = 2 * D + (H + 2 * Hk) * d * D + (qk_norm ? 2 * d : 0) + D * H * d + 3 * F * D;
-    return V * D * (tie_embeddings ? 1 : 2) + double(n_layers) * per_layer + D;
+    const bool attnres = residual != Residual::standard;  // a query and a key-norm weight per sublayer
+    const double per_layer = 2 * D + (H + 2 * Hk) * d * D + (qk_norm ? 2 * d : 0) + D * H * d + 3 * F * D +
+                             (attnres ? 4 * D : 0);
+    return V * D * (tie_embeddings ? 1 : 2) + double(n_layers) * per_layer + D + (attnres ? 2 * D : 0);
 }
 
 double ModelConfig::memory_bytes(long B, long T, bool training) const {
@@ -110,6 +151,12 @@ double ModelConfig::memory_bytes(long B, long T, bool training) const {
     double arena = N * D + L * (2 * sub + N * QKV + 3 * N * H * d + 4 * N * Hk * d + N * (H + Hk) + N * H + 3 * N * F) +
                    N * D + N + N * V + 2 * N;
     if (training) arena += 4 * N * D + N * QKV + 3 * N * H * d + 4 * N * Hk * d + 3 * N * F + N * D + N * V;
+    if (const int S = attnres_sublayers_per_block(*this); S > 0) {
+        // Per sublayer and for the output: the mix, its logits and key rstd per source, its lse.
+        const double n_max = attnres_max_sources(*this);
+        arena += (2 * L + 1) * (N * D + 2 * n_max * N + N);
+        if (training) arena += (2 * L + 2) * N * D;  // the gradient of every partial sum, the embedding's, the mix's
+    }
     const double elems = 2 * P + rope + arena + (training ? 2 * P : 0);
     return 4.0 * elems;  // float32
 }

@@ -9,6 +9,13 @@ namespace strata {
 
 enum class NormPlacement { pre, post, reordered };
 
+// How each sublayer's input is formed from what came before (docs/attn_res.md):
+//   standard       the residual stream h + f(h), shaped by norm_placement;
+//   attnres_full   a softmax over depth of the embedding and every earlier sublayer output;
+//   attnres_block  the same over the embedding, completed block sums and the current partial sum,
+//                  with attnres_block_size sublayers (attention and MLP each count) per block.
+enum class Residual { standard, attnres_full, attnres_block };
+
 struct ModelConfig {
     int vocab_size = 4096;
     int d_model = 384;
@@ -22,6 +29,8 @@ struct ModelConfig {
     double norm_eps = 1e-5;
     NormPlacement norm_placement = NormPlacement::pre;
     bool qk_norm = false;
+    Residual residual = Residual::standard;
+    int attnres_block_size = 4;  // sublayers per block (attnres_block); 1 is the same as attnres_full
     bool tie_embeddings = true;
     double init_std = 0.02;
     uint64_t seed = 1337;
@@ -49,5 +58,12 @@ double usable_memory_bytes();
 void check_memory(double bytes, const std::string& origin, const std::string& what);
 
 const char* to_string(NormPlacement p);
+const char* to_string(Residual r);
+
+// AttnRes's block size in sublayers: 1 for attnres_full, attnres_block_size for attnres_block, 0 for
+// the standard residual.
+int attnres_sublayers_per_block(const ModelConfig& c);
+// The most sources any AttnRes op of the model mixes (the output op's count), 0 without AttnRes.
+int attnres_max_sources(const ModelConfig& c);
 
 }  // namespace strata

@@ -40,6 +40,16 @@ std::vector<ParamSpec> param_specs(const ModelConfig& c) {
         add(p + "w_gate", {F, D});  // w_gate, w_up adjacent: the fused wgu view relies on it
         add(p + "w_up", {F, D});
         add(p + "w_down", {D, F});
+        if (c.residual != Residual::standard) {
+            add(p + "attn_res_query", {D});
+            add(p + "attn_res_norm", {D});
+            add(p + "mlp_res_query", {D});
+            add(p + "mlp_res_norm", {D});
+        }
+    }
+    if (c.residual != Residual::standard) {
+        add("out_res_query", {D});
+        add("out_res_norm", {D});
     }
     add("final_norm", {D});
     if (!c.tie_embeddings) add("lm_head", {V, D});
@@ -67,7 +77,20 @@ Model<T>::Model(const ModelConfig& c) : cfg(c), specs(param_specs(c)) {
         lp.mlp_norm = param(p + "mlp_norm");
         lp.wgu = param(p + "w_gate");
         lp.wdown = param(p + "w_down");
+        if (c.residual != Residual::standard) {
+            lp.attn_res_query = param(p + "attn_res_query");
+            lp.attn_res_norm = param(p + "attn_res_norm");
+            lp.mlp_res_query = param(p + "mlp_res_query");
+            lp.mlp_res_norm = param(p + "mlp_res_norm");
+        }
         layers_.push_back(lp);
+    }
+    if (c.residual != Residual::standard) {
+        out_res_query_ = param("out_res_query");
+        out_res_norm_ = param("out_res_norm");
+        const int n_max = attnres_max_sources(c);
+        mix_src_.resize(size_t(n_max));
+        mix_dsrc_.resize(size_t(n_max));
     }
     rope_cos_.resize(size_t(c.max_seq_len) * d / 2);
     rope_sin_.resize(size_t(c.max_seq_len) * d / 2);
@@ -89,7 +112,9 @@ void Model<T>::init_weights(uint64_t seed) {
     for (const auto& s : specs) {
         T* p = params.data() + s.offset;
         if (s.shape.size() == 1) {
-            for (size_t i = 0; i < s.numel; i++) p[i] = T(1);
+            // Norm weights start at 1; AttnRes pseudo-queries at 0, so every mix starts as a plain mean.
+            const T v = s.name.ends_with("_res_query") ? T(0) : T(1);
+            for (size_t i = 0; i < s.numel; i++) p[i] = v;
             continue;
         }
         bool resid = s.name.ends_with(".wo") || s.name.ends_with(".w_down");
@@ -123,16 +148,31 @@ void Model<T>::layout(long N, bool training) {
     }
     count(N * D + N + N * V + 2 * N);
     if (training) count(2 * N * D + 2 * N * D + N * QKV + 2 * N * H * d + 4 * N * Hk * d + N * H * d + 3 * N * F + N * D + N * V);
+    const bool attnres = cfg.residual != Residual::standard;
+    const long n_max = attnres_max_sources(cfg);
+    auto mix_size = [&] { count(N * D + 2 * n_max * N + N); };
+    if (attnres) {
+        for (long j = 0; j < 2 * L + 1; j++) mix_size();
+        if (training) count((2 * L + 2) * N * D);
+    }
     if (arena_.size() < need) arena_.assign(need, T(0));
 
     T* p = arena_.data();
     auto take = [&](long n) { T* r = p; p += n; return r; };
+    auto mix = [&](MixActs& m) {
+        m.out = take(N * D);
+        m.logit = take(n_max * N);
+        m.rstd = take(n_max * N);
+        m.lse = take(N);
+    };
     auto sub = [&](SubActs& s) {
         s.f_out = take(N * D);
         s.n_out = take(N * D);
         s.rstd = take(N);
         s.sum = post ? take(N * D) : nullptr;
         s.out = post ? s.n_out : take(N * D);
+        s.mix = {};
+        if (attnres) mix(s.mix);
     };
     a_.x0 = take(N * D);
     a_.layers.resize(L);  // no-op after the first call
@@ -159,6 +199,8 @@ void Model<T>::layout(long N, bool training) {
     a_.logits = take(N * V);
     a_.losses = take(N);
     a_.lse = take(N);
+    a_.out_mix = {};
+    if (attnres) mix(a_.out_mix);
     if (training) {
         a_.dres_a = take(N * D);
         a_.dres_b = take(N * D);
@@ -176,6 +218,12 @@ void Model<T>::layout(long N, bool training) {
         a_.dact = take(N * F);
         a_.dlnf = take(N * D);
         a_.dlogits = take(N * V);
+        if (attnres) {
+            a_.dsub.resize(size_t(2 * L));
+            for (auto& ds : a_.dsub) ds = take(N * D);
+            a_.demb = take(N * D);
+            a_.dmix = take(N * D);
+        }
     }
     STRATA_CHECK(size_t(p - arena_.data()) <= arena_.size(), "activation arena overflow");
 }
@@ -349,7 +397,11 @@ template <typename T>
 void Model<T>::run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
     const long per_layer = cache ? cache->B * cache->max_T * cfg.n_kv_heads * cfg.head_dim : 0;
     const T* h = a_.x0;
-    for (long l = 0; l < cfg.n_layers; l++) {
+    if (cfg.residual != Residual::standard) {
+        attnres_run_layers(N, ad, cache);
+        h = a_.out_mix.out;
+    }
+    for (long l = 0; l < cfg.n_layers && cfg.residual == Residual::standard; l++) {
         LayerActs& la = a_.layers[l];
         T* kc = cache ? cache->k.data() + l * per_layer : nullptr;
         T* vc = cache ? cache->v.data() + l * per_layer : nullptr;
@@ -403,11 +455,17 @@ void Model<T>::backward() {
         crossentropy_backward(a_.dlogits, a_.logits, a_.lse, targets_.data(), N, V, T(1) / T(n_counted_));
     std::memset(a_.dlnf, 0, size_t(N * D) * sizeof(T));
     matmul_backward(a_.dlnf, g(lm_head_), a_.dlogits, a_.lnf, lm_head_, N, D, V);
-    const T* h_last = cfg.n_layers > 0 ? a_.layers[cfg.n_layers - 1].mlp.out : a_.x0;
+    const bool attnres = cfg.residual != Residual::standard;
+    const T* h_last = attnres ? a_.out_mix.out : a_.layers[cfg.n_layers - 1].mlp.out;
     T* dcur = a_.dres_a;  // gradient w.r.t. the current residual stream
     T* dprev = a_.dres_b;
     std::memset(dcur, 0, size_t(N * D) * sizeof(T));
     rmsnorm_backward(dcur, g(final_norm_), a_.dlnf, h_last, final_norm_, a_.lnf_rstd, N, D);
+    if (attnres) {
+        attnres_layers_backward(N, ad, dcur);
+        embedding_backward(g(tok_emb_), a_.demb, tokens_.data(), N, D);
+        return;
+    }
     for (long l = cfg.n_layers - 1; l >= 0; l--) {
         LayerActs& la = a_.layers[l];
         const T* h_in = l > 0 ? a_.layers[l - 1].mlp.out : a_.x0;

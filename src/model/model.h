@@ -36,6 +36,8 @@ struct LayerParams {
     T* mlp_norm;   // (D)
     T* wgu;        // (2F, D): w_gate then w_up, one GEMM
     T* wdown;      // (D, F)
+    // AttnRes only (null otherwise): each sublayer's pseudo-query and key-norm weight
+    T *attn_res_query, *attn_res_norm, *mlp_res_query, *mlp_res_norm;  // (D) each
 };
 
 // Per-layer key/value cache for generation: (B, max_T, Hk, d) per layer for K and V.
@@ -79,13 +81,21 @@ public:
 
     size_t num_params() const { return params.size(); }
 
+    size_t arena_elements() const { return arena_.size(); }
+
 private:
+    struct MixActs {  // one AttnRes op (src/model/attn_res.cpp)
+        T* out;       // (N, D) the mix: the sublayer's input h
+        T *logit, *rstd;  // (n_max, N)
+        T* lse;       // (N)
+    };
     struct SubActs {  // one sublayer (attention or MLP) under the residual rule
         T* f_out;     // (N, D) the sublayer's own output f(·)
         T* n_out;     // (N, D) the RMSNorm's output
         T* rstd;      // (N)
         T* sum;       // (N, D) post only: h + f(h), the norm's input
-        T* out;       // (N, D) the residual stream after this sublayer
+        T* out;       // (N, D) the residual stream after this sublayer; AttnRes: the block's partial sum
+        MixActs mix;  // AttnRes only: the sublayer's input
     };
     struct LayerActs {
         SubActs attn, mlp;
@@ -96,12 +106,16 @@ private:
         T* x0;  // (N, D) embeddings
         std::vector<LayerActs> layers;
         T *lnf, *lnf_rstd, *logits, *losses, *lse;
+        MixActs out_mix;       // AttnRes: the output op, over every block, before the final norm
+        std::vector<T*> dsub;  // AttnRes backward: (N, D) gradient of each sublayer's partial sum
+        T *demb, *dmix;        // AttnRes backward: (N, D) each
         // backward scratch
         T *dres_a, *dres_b, *dn, *dy, *dqkv, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dgu, *dact, *dlnf, *dlogits;
     };
 
     T* tok_emb_;
     T* final_norm_;
+    T *out_res_query_ = nullptr, *out_res_norm_ = nullptr;  // AttnRes output op
     T* lm_head_;  // == tok_emb_ when tied
     std::vector<LayerParams<T>> layers_;
     std::vector<T> rope_cos_, rope_sin_;
@@ -124,6 +138,12 @@ private:
     void mlp_forward(long l, const T* in, T* out, long N);
     void mlp_backward(long l, const T* in, T* din, const T* dout, long N);
     void run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
+    // AttnRes (src/model/attn_res.cpp): the layers' forward and backward under the depth-softmax rule.
+    std::vector<const T*> mix_src_;  // source pointers of one op, sized once
+    std::vector<T*> mix_dsrc_;
+    int mix_sources(long j, bool grads);  // fills mix_src_ (and mix_dsrc_) for sublayer j (2L: output)
+    void attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
+    void attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal);
 };
 
 extern template class Model<float>;

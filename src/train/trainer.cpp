@@ -322,9 +322,14 @@ TrainResult train(const RunConfig& rc) {
     check_shard_vocab(val_shard, *model);
     const NonfiniteFault fault = nonfinite_fault(*model);
     sampler.set_position(st.sampler_position);
-    std::fprintf(stderr, "model: %zu parameters, %d layers, d_model %d, norm %s; batch %d x %d x %d accum, %d threads\n",
+    std::string residual = to_string(rc.model.residual);
+    if (rc.model.residual == Residual::attnres_block)
+        residual += " (" + std::to_string(rc.model.attnres_block_size) + " sublayers per block)";
+    std::fprintf(stderr,
+                 "model: %zu parameters, %d layers, d_model %d, norm %s, residual %s; batch %d x %d x %d accum, %d "
+                 "threads\n",
                  model->num_params(), rc.model.n_layers, rc.model.d_model, to_string(rc.model.norm_placement),
-                 t.batch_size, t.seq_len, t.grad_accum, t.threads);
+                 residual.c_str(), t.batch_size, t.seq_len, t.grad_accum, t.threads);
 
     std::error_code ec;
     std::filesystem::create_directories(t.out_dir, ec);

@@ -1,17 +1,19 @@
 // Generation with the KV cache must agree with full forwards: identical greedy token ids over 64
-// steps and logits within 1e-5, for every norm placement and GQA group size.
+// steps and logits within 1e-5, for every norm placement and GQA group size, and for AttnRes (Full
+// and Block), whose depth mixing is per token and so needs no cache of its own.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "infer/generate.h"
+#include "core/rng.h"
 #include "model/model.h"
 
 using namespace strata;
 
 namespace {
-ModelConfig tiny(NormPlacement np, int kv_heads, bool qk_norm) {
+ModelConfig tiny(NormPlacement np, int kv_heads, bool qk_norm, Residual res = Residual::standard) {
     ModelConfig c;
     c.vocab_size = 61;
     c.d_model = 32;
@@ -23,6 +25,8 @@ ModelConfig tiny(NormPlacement np, int kv_heads, bool qk_norm) {
     c.max_seq_len = 96;
     c.norm_placement = np;
     c.qk_norm = qk_norm;
+    c.residual = res;
+    c.attnres_block_size = 3;
     c.init_std = 0.3;  // peaked logits, so the greedy choice is never a near-tie
     c.seed = 5;
     return c;
@@ -35,11 +39,15 @@ double max_rel(const float* a, const float* b, long n) {
 }
 }  // namespace
 
-class KVCache_ : public ::testing::TestWithParam<std::tuple<NormPlacement, int, bool>> {};
+class KVCache_ : public ::testing::TestWithParam<std::tuple<NormPlacement, int, bool, Residual>> {};
 
 TEST_P(KVCache_, GreedyMatchesFullForward) {
-    auto [np, kv, qk] = GetParam();
-    Model<float> m(tiny(np, kv, qk));
+    auto [np, kv, qk, res] = GetParam();
+    Model<float> m(tiny(np, kv, qk, res));
+    Rng rng(11);  // AttnRes queries start at 0 (a uniform mix); give them values so the mix matters
+    for (const auto& s : m.specs)
+        if (s.name.ends_with("_res_query"))
+            for (size_t i = 0; i < s.numel; i++) m.params[s.offset + i] = float(0.5 * rng.normal());
     const int V = m.cfg.vocab_size;
     std::vector<int32_t> prompt = {3, 14, 15, 9, 26, 53, 5, 8};
     const long steps = 64;
@@ -69,10 +77,12 @@ TEST_P(KVCache_, GreedyMatchesFullForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Placements, KVCache_,
-                         ::testing::Values(std::make_tuple(NormPlacement::pre, 4, false),
-                                           std::make_tuple(NormPlacement::pre, 2, true),
-                                           std::make_tuple(NormPlacement::post, 1, false),
-                                           std::make_tuple(NormPlacement::reordered, 2, false)));
+                         ::testing::Values(std::make_tuple(NormPlacement::pre, 4, false, Residual::standard),
+                                           std::make_tuple(NormPlacement::pre, 2, true, Residual::standard),
+                                           std::make_tuple(NormPlacement::post, 1, false, Residual::standard),
+                                           std::make_tuple(NormPlacement::reordered, 2, false, Residual::standard),
+                                           std::make_tuple(NormPlacement::pre, 2, false, Residual::attnres_full),
+                                           std::make_tuple(NormPlacement::pre, 1, true, Residual::attnres_block)));
 
 TEST(Generate, RejectsPromptLongerThanMaxSeqLen) {
     Model<float> m(tiny(NormPlacement::pre, 2, false));

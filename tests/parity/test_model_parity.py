@@ -33,11 +33,21 @@ CASES = [
     dict(norm_placement="pre", n_kv_heads=2, qk_norm=True, ignore=True),
     dict(norm_placement="post", n_kv_heads=1, tie_embeddings=False, ignore=True),
     dict(norm_placement="reordered", n_kv_heads=2, qk_norm=True, tie_embeddings=False, ignore=False),
+] + [  # AttnRes (pre-norm only): Full, and Block with blocks that divide the 6 sublayers or not
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_full", ignore=False),
+    dict(norm_placement="pre", n_kv_heads=1, n_layers=3, residual="attnres_block", attnres_block_size=2,
+         qk_norm=True, ignore=True),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=4,
+         tie_embeddings=False, ignore=False),
+    dict(norm_placement="pre", n_kv_heads=4, n_layers=3, residual="attnres_block", attnres_block_size=6,
+         ignore=False),
 ]
 
 
 def case_id(case):
     parts = [case["norm_placement"], f"G{4 // case['n_kv_heads']}"]
+    if case.get("residual", "standard") != "standard":
+        parts.append(case["residual"] + (f"{case['attnres_block_size']}" if "attnres_block_size" in case else ""))
     if case.get("qk_norm"):
         parts.append("qknorm")
     if case.get("tie_embeddings") is False:
@@ -79,11 +89,14 @@ def engine_and_reference(cfg):
     ref = RefModel(cfg, dtype=torch.float64)
     names = list(m.param_names())
     assert names == ref.strata_param_names()
-    # Norm weights start at 1; perturb them (through set_param) so that the multiply by w is exercised.
+    # Norm weights start at 1 and AttnRes queries at 0; perturb them (through set_param) so that the
+    # multiply by each is exercised and the depth softmax is not uniform.
     rng = np.random.default_rng(7)
     for n in names:
         p = m.get_param(n)
-        if p.ndim == 1:
+        if n.endswith("_res_query"):
+            m.set_param(n, (0.3 * rng.standard_normal(p.shape)).astype(np.float32))
+        elif p.ndim == 1:
             m.set_param(n, (1.0 + 0.2 * rng.standard_normal(p.shape)).astype(np.float32))
     arrays = {}
     for n, p in ref.named_strata_params():

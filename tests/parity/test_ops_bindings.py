@@ -95,3 +95,22 @@ def test_rope_swiglu_matmul_embedding_crossentropy():
     assert rel(loss, lt.detach()) < 1e-6
     lt.sum().div(4).backward()
     assert rel(strata.ops.crossentropy_backward(z, lse, tg, 0.25), zt.grad) < 1e-6
+
+
+@pytest.mark.parametrize("T,n", [(1, 1), (5, 3), (65, 9)])
+def test_attnres(T, n):
+    from strata_ref import attn_res
+    D = 24
+    srcs = [(s + 1) * rng.standard_normal((2, T, D)).astype(np.float32) for s in range(n)]
+    w = (0.3 * rng.standard_normal(D)).astype(np.float32)
+    g = (1 + 0.3 * rng.standard_normal(D)).astype(np.float32)
+    out, logit, rstd, lse = strata.ops.attnres_forward(srcs, w, g, 1e-5)
+    st, wt, gt = [t64(s) for s in srcs], t64(w), t64(g)
+    ref = attn_res(st, wt, gt, 1e-5)
+    assert out.shape == srcs[0].shape and rel(out, ref.detach()) < 1e-6
+    dy = rng.standard_normal(out.shape).astype(np.float32)
+    ref.backward(torch.tensor(dy, dtype=torch.float64))
+    dsrcs, dw, dg = strata.ops.attnres_backward(dy, out, logit, rstd, lse, srcs, w, g)
+    for i in range(n):
+        assert rel(dsrcs[i], st[i].grad) < 1e-5, i
+    assert rel(dw, wt.grad) < 1e-5 and rel(dg, gt.grad) < 1e-5

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <new>
+#include <utility>
 
 #include "model/model.h"
 #include "train/optimizer.h"
@@ -29,7 +30,11 @@ void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 using namespace strata;
 
 TEST(Training, NoHeapAllocationsAfterTheFirstStep) {
-    for (auto np : {NormPlacement::pre, NormPlacement::post, NormPlacement::reordered}) {
+    const std::pair<NormPlacement, Residual> variants[] = {
+        {NormPlacement::pre, Residual::standard},     {NormPlacement::post, Residual::standard},
+        {NormPlacement::reordered, Residual::standard}, {NormPlacement::pre, Residual::attnres_full},
+        {NormPlacement::pre, Residual::attnres_block}};
+    for (auto [np, res] : variants) {
         ModelConfig c;
         c.vocab_size = 97;
         c.d_model = 64;
@@ -41,6 +46,8 @@ TEST(Training, NoHeapAllocationsAfterTheFirstStep) {
         c.max_seq_len = 80;
         c.qk_norm = true;
         c.norm_placement = np;
+        c.residual = res;
+        c.attnres_block_size = 3;
         Model<float> m(c);
         AdamW<float> opt(m.params.size(), AdamWConfig{});
         const long B = 3, T = 70;  // two attention tiles
@@ -56,7 +63,8 @@ TEST(Training, NoHeapAllocationsAfterTheFirstStep) {
             if (gn > 1.0) scale_grads(m.grads, 1.0 / gn);
             opt.update(m.params, m.grads, m.specs, 1e-3);
         }
-        EXPECT_EQ(g_allocs.load() - before, 0) << "allocations in steps 2-10 with norm " << to_string(np);
+        EXPECT_EQ(g_allocs.load() - before, 0)
+            << "allocations in steps 2-10 with norm " << to_string(np) << ", residual " << to_string(res);
         EXPECT_GT(before, 0) << "the counting allocator saw nothing: it is not installed";
     }
 }

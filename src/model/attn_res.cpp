@@ -1,0 +1,112 @@
+// The AttnRes residual rule (docs/attn_res.md): sublayer j's input is a softmax over depth of the
+// embedding, the completed block sums and the current block's partial sum, with a learned,
+// zero-initialised pseudo-query per sublayer and an RMSNorm on the keys. attnres_full is one
+// sublayer per block, so every sublayer output is its own source.
+//
+// Sublayers are numbered j = 0 .. 2L−1 (attention of layer l is 2l, its MLP 2l+1); j = 2L is the
+// output op, whose mix feeds the final norm. With S sublayers per block, sublayer j's partial sum
+// p_j = p_{j−1} + f_j, or f_j when j starts a block (j % S == 0); block k's sum is p_{(k+1)S−1}.
+#include <cstring>
+
+#include "model/model.h"
+
+namespace strata {
+
+// Fills mix_src_ (and mix_dsrc_ with the matching gradient buffers) with sublayer j's sources:
+// the embedding, every block completed before j, and the partial sum of j's block when j does not
+// start it. Returns their count.
+template <typename T>
+int Model<T>::mix_sources(long j, bool grads) {
+    const int S = attnres_sublayers_per_block(cfg);
+    auto sub_out = [&](long i) { return i % 2 == 0 ? a_.layers[i / 2].attn.out : a_.layers[i / 2].mlp.out; };
+    int n = 0;
+    auto push = [&](const T* src, T* dsrc) {
+        mix_src_[n] = src;
+        mix_dsrc_[n] = grads ? dsrc : nullptr;
+        n++;
+    };
+    push(a_.x0, grads ? a_.demb : nullptr);
+    for (long e = S - 1; e < j; e += S) push(sub_out(e), grads ? a_.dsub[e] : nullptr);
+    if (j % S != 0) push(sub_out(j - 1), grads ? a_.dsub[j - 1] : nullptr);
+    return n;
+}
+
+template <typename T>
+void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
+    const long D = cfg.d_model, L = cfg.n_layers;
+    const int S = attnres_sublayers_per_block(cfg);
+    const long per_layer = cache ? cache->B * cache->max_T * cfg.n_kv_heads * cfg.head_dim : 0;
+    for (long j = 0; j < 2 * L; j++) {
+        const long l = j / 2;
+        const bool is_attn = j % 2 == 0;
+        const LayerParams<T>& p = layers_[l];
+        SubActs& s = is_attn ? a_.layers[l].attn : a_.layers[l].mlp;
+        const int n = mix_sources(j, false);
+        attnres_forward(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, mix_src_.data(), n,
+                        is_attn ? p.attn_res_query : p.mlp_res_query, is_attn ? p.attn_res_norm : p.mlp_res_norm, N,
+                        D, cfg.norm_eps);
+        rmsnorm_forward(s.n_out, s.rstd, s.mix.out, is_attn ? p.attn_norm : p.mlp_norm, N, D, cfg.norm_eps);
+        if (is_attn) {
+            T* kc = cache ? cache->k.data() + l * per_layer : nullptr;
+            T* vc = cache ? cache->v.data() + l * per_layer : nullptr;
+            attn_forward(l, s.n_out, s.f_out, N, ad, kc, vc);
+        } else {
+            mlp_forward(l, s.n_out, s.f_out, N);
+        }
+        if (j % S == 0) {
+            std::memcpy(s.out, s.f_out, size_t(N * D) * sizeof(T));
+        } else {
+            const T* prev = (j - 1) % 2 == 0 ? a_.layers[(j - 1) / 2].attn.out : a_.layers[(j - 1) / 2].mlp.out;
+#pragma omp parallel for schedule(static)
+            for (long i = 0; i < N * D; i++) s.out[i] = prev[i] + s.f_out[i];
+        }
+    }
+    const int n = mix_sources(2 * L, false);
+    attnres_forward(a_.out_mix.out, a_.out_mix.logit, a_.out_mix.rstd, a_.out_mix.lse, mix_src_.data(), n,
+                    out_res_query_, out_res_norm_, N, D, cfg.norm_eps);
+}
+
+// dfinal: the gradient w.r.t. the output op's mix. Leaves the embedding's gradient in a_.demb.
+template <typename T>
+void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal) {
+    const long D = cfg.d_model, L = cfg.n_layers;
+    const int S = attnres_sublayers_per_block(cfg);
+    const size_t bytes = size_t(N * D) * sizeof(T);
+    for (T* ds : a_.dsub) std::memset(ds, 0, bytes);
+    std::memset(a_.demb, 0, bytes);
+    int n = mix_sources(2 * L, true);
+    attnres_backward(mix_dsrc_.data(), g(out_res_query_), g(out_res_norm_), dfinal, a_.out_mix.out, a_.out_mix.logit,
+                     a_.out_mix.rstd, a_.out_mix.lse, mix_src_.data(), n, out_res_query_, out_res_norm_, N, D);
+    for (long j = 2 * L - 1; j >= 0; j--) {
+        const long l = j / 2;
+        const bool is_attn = j % 2 == 0;
+        const LayerParams<T>& p = layers_[l];
+        SubActs& s = is_attn ? a_.layers[l].attn : a_.layers[l].mlp;
+        const T* dp = a_.dsub[j];  // complete: every later op and p_{j+1} have contributed
+        if (j % S != 0) {
+            T* dprev = a_.dsub[j - 1];
+#pragma omp parallel for schedule(static)
+            for (long i = 0; i < N * D; i++) dprev[i] += dp[i];
+        }
+        std::memset(a_.dn, 0, bytes);
+        if (is_attn) attn_backward(l, s.n_out, a_.dn, dp, N, ad);
+        else mlp_backward(l, s.n_out, a_.dn, dp, N);
+        const T* nw = is_attn ? p.attn_norm : p.mlp_norm;
+        std::memset(a_.dmix, 0, bytes);
+        rmsnorm_backward(a_.dmix, g(nw), a_.dn, s.mix.out, nw, s.rstd, N, D);
+        const T* q = is_attn ? p.attn_res_query : p.mlp_res_query;
+        const T* kn = is_attn ? p.attn_res_norm : p.mlp_res_norm;
+        n = mix_sources(j, true);
+        attnres_backward(mix_dsrc_.data(), g(q), g(kn), a_.dmix, s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse,
+                         mix_src_.data(), n, q, kn, N, D);
+    }
+}
+
+template int Model<float>::mix_sources(long, bool);
+template int Model<double>::mix_sources(long, bool);
+template void Model<float>::attnres_run_layers(long, const AttnDims&, KVCache<float>*);
+template void Model<double>::attnres_run_layers(long, const AttnDims&, KVCache<double>*);
+template void Model<float>::attnres_layers_backward(long, const AttnDims&, const float*);
+template void Model<double>::attnres_layers_backward(long, const AttnDims&, const double*);
+
+}  // namespace strata

@@ -1,0 +1,52 @@
+// ModelConfig::memory_bytes is what strata checks against the machine's memory before building a
+// model (docs/limits.md). It must describe what a Model really allocates: the parameter and gradient
+// buffers, the RoPE tables and the activation arena after a training step (the AdamW moments, which
+// the optimizer allocates, are the remaining 2·P).
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "model/model.h"
+
+using namespace strata;
+
+TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
+    struct Variant {
+        NormPlacement np;
+        Residual res;
+        int block, layers;
+    };
+    const Variant variants[] = {{NormPlacement::pre, Residual::standard, 4, 2},
+                                {NormPlacement::post, Residual::standard, 4, 3},
+                                {NormPlacement::pre, Residual::attnres_full, 1, 3},
+                                {NormPlacement::pre, Residual::attnres_block, 4, 3},
+                                {NormPlacement::pre, Residual::attnres_block, 5, 2}};
+    for (const auto& v : variants) {
+        ModelConfig c;
+        c.vocab_size = 97;
+        c.d_model = 32;
+        c.n_layers = v.layers;
+        c.n_heads = 4;
+        c.n_kv_heads = 2;
+        c.head_dim = 8;
+        c.ffn_hidden = 40;
+        c.max_seq_len = 40;
+        c.norm_placement = v.np;
+        c.residual = v.res;
+        c.attnres_block_size = v.block;
+        SCOPED_TRACE(std::string(to_string(v.np)) + " " + to_string(v.res) + " S=" + std::to_string(v.block));
+        Model<float> m(c);
+        EXPECT_EQ(double(m.params.size()), c.num_params());
+        for (bool training : {false, true}) {
+            const long B = 2, T = 17;
+            std::vector<int32_t> x(B * T, 3), y(B * T, 5);
+            m.forward(x.data(), training ? y.data() : nullptr, B, T);
+            if (training) m.backward();
+            const double allocated =
+                4.0 * (double(m.params.size() + m.grads.size()) + double(c.max_seq_len) * c.head_dim +
+                       double(m.arena_elements()));
+            const double adamw = training ? 4.0 * 2 * c.num_params() : 0.0;
+            EXPECT_EQ(allocated, c.memory_bytes(B, T, training) - adamw) << (training ? "training" : "inference");
+        }
+    }
+}
