@@ -6,6 +6,7 @@
 // Sublayers are numbered j = 0 .. 2L−1 (attention of layer l is 2l, its MLP 2l+1); j = 2L is the
 // output op, whose mix feeds the final norm. With S sublayers per block, sublayer j's partial sum
 // p_j = p_{j−1} + f_j, or f_j when j starts a block (j % S == 0); block k's sum is p_{(k+1)S−1}.
+#include <algorithm>
 #include <cstring>
 
 #include "model/model.h"
@@ -31,6 +32,27 @@ int Model<T>::mix_sources(long j, bool grads) {
     return n;
 }
 
+// Phase 1 of two-phase Block AttnRes for the block starting at sublayer j0: its n sources (the
+// embedding and the completed blocks) mixed with the queries of all its sublayers at once. Sublayer
+// j0 + i's mix then holds the normalised phase-1 result, which phase 2 completes with the partial sum.
+template <typename T>
+void Model<T>::phase1(long j0, int n, long N) {
+    const long end = std::min<long>(j0 + attnres_sublayers_per_block(cfg), 2 * cfg.n_layers);
+    int S = 0;
+    for (long j = j0; j < end; j++, S++) {
+        const LayerParams<T>& p = layers_[j / 2];
+        MixActs& m = j % 2 == 0 ? a_.layers[j / 2].attn.mix : a_.layers[j / 2].mlp.mix;
+        ph1_.out[S] = m.out;
+        ph1_.logit[S] = m.logit;
+        ph1_.rstd[S] = m.rstd;
+        ph1_.lse[S] = m.lse;
+        ph1_.w[S] = j % 2 == 0 ? p.attn_res_query : p.mlp_res_query;
+        ph1_.gamma[S] = j % 2 == 0 ? p.attn_res_norm : p.mlp_res_norm;
+    }
+    attnres_phase1(ph1_.out.data(), ph1_.logit.data(), ph1_.rstd.data(), ph1_.lse.data(), mix_src_.data(), n,
+                   ph1_.w.data(), ph1_.gamma.data(), S, N, cfg.d_model, cfg.norm_eps);
+}
+
 template <typename T>
 void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
     const long D = cfg.d_model, L = cfg.n_layers;
@@ -41,10 +63,17 @@ void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache)
         const bool is_attn = j % 2 == 0;
         const LayerParams<T>& p = layers_[l];
         SubActs& s = is_attn ? a_.layers[l].attn : a_.layers[l].mlp;
+        const T* q = is_attn ? p.attn_res_query : p.mlp_res_query;
+        const T* kn = is_attn ? p.attn_res_norm : p.mlp_res_norm;
         const int n = mix_sources(j, false);
-        attnres_forward(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, mix_src_.data(), n,
-                        is_attn ? p.attn_res_query : p.mlp_res_query, is_attn ? p.attn_res_norm : p.mlp_res_norm, N,
-                        D, cfg.norm_eps);
+        if (S == 1) {  // Full: every op has its own sources
+            attnres_forward(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, mix_src_.data(), n, q, kn, N, D,
+                            cfg.norm_eps);
+        } else {  // Block, two-phase: the block's completed sources once for all its sublayers, then the partial
+            if (j % S == 0) phase1(j, n, N);
+            else attnres_phase2(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, mix_src_[n - 1], n - 1, q, kn, N, D,
+                                cfg.norm_eps);
+        }
         rmsnorm_forward(s.n_out, s.rstd, s.mix.out, is_attn ? p.attn_norm : p.mlp_norm, N, D, cfg.norm_eps);
         if (is_attn) {
             T* kc = cache ? cache->k.data() + l * per_layer : nullptr;
@@ -57,7 +86,7 @@ void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache)
             std::memcpy(s.out, s.f_out, size_t(N * D) * sizeof(T));
         } else {
             const T* prev = (j - 1) % 2 == 0 ? a_.layers[(j - 1) / 2].attn.out : a_.layers[(j - 1) / 2].mlp.out;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= 32768)
             for (long i = 0; i < N * D; i++) s.out[i] = prev[i] + s.f_out[i];
         }
     }
@@ -85,7 +114,7 @@ void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfin
         const T* dp = a_.dsub[j];  // complete: every later op and p_{j+1} have contributed
         if (j % S != 0) {
             T* dprev = a_.dsub[j - 1];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * D >= 32768)
             for (long i = 0; i < N * D; i++) dprev[i] += dp[i];
         }
         std::memset(a_.dn, 0, bytes);
@@ -102,6 +131,8 @@ void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfin
     }
 }
 
+template void Model<float>::phase1(long, int, long);
+template void Model<double>::phase1(long, int, long);
 template int Model<float>::mix_sources(long, bool);
 template int Model<double>::mix_sources(long, bool);
 template void Model<float>::attnres_run_layers(long, const AttnDims&, KVCache<float>*);

@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -91,6 +92,10 @@ Model<T>::Model(const ModelConfig& c) : cfg(c), specs(param_specs(c)) {
         const int n_max = attnres_max_sources(c);
         mix_src_.resize(size_t(n_max));
         mix_dsrc_.resize(size_t(n_max));
+        const size_t S = size_t(std::min(attnres_sublayers_per_block(c), 2 * c.n_layers));
+        for (auto* v : {&ph1_.out, &ph1_.logit, &ph1_.rstd, &ph1_.lse}) v->resize(S);
+        ph1_.w.resize(S);
+        ph1_.gamma.resize(S);
     }
     rope_cos_.resize(size_t(c.max_seq_len) * d / 2);
     rope_sin_.resize(size_t(c.max_seq_len) * d / 2);

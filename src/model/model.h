@@ -141,7 +141,12 @@ private:
     // AttnRes (src/model/attn_res.cpp): the layers' forward and backward under the depth-softmax rule.
     std::vector<const T*> mix_src_;  // source pointers of one op, sized once
     std::vector<T*> mix_dsrc_;
+    struct Phase1Args {  // pointers for attnres_phase1 over one block's sublayers, sized once
+        std::vector<T*> out, logit, rstd, lse;
+        std::vector<const T*> w, gamma;
+    } ph1_;
     int mix_sources(long j, bool grads);  // fills mix_src_ (and mix_dsrc_) for sublayer j (2L: output)
+    void phase1(long j0, int n, long N);
     void attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
     void attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal);
 };

@@ -92,4 +92,20 @@ template <typename T>
 void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
                       const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D);
 
+// ---- AttnRes, two-phase (Block AttnRes; the paper's Algorithm 1) -----------------------------------
+// The S sublayers of a block mix the same completed sources (plus each one's partial sum), and their
+// queries do not depend on the input, so phase 1 serves all S at once: it reads each source row once,
+// computes its rstd once, and for every query q writes the normalised mix outs[q] (N, D), its logits
+// logits[q] (n, N), the sources' rstd rstds[q] (n, N) and lse lses[q] (N). gammas may be null.
+template <typename T>
+void attnres_phase1(T* const* outs, T* const* logits, T* const* rstds, T* const* lses, const T* const* srcs, int n,
+                    const T* const* ws, const T* const* gammas, int S, long N, long D, double eps);
+// Phase 2 folds one more source, the partial sum p, into a phase-1 result in place: with
+// s = w·RMSNorm_γ(p) and σ = exp(s − logaddexp(lse, s)), out ← (1−σ)·out + σ·p. The logits, rstd and
+// lse then describe the (n+1)-source op exactly (logit and rstd of p at index n), so
+// attnres_backward applies unchanged.
+template <typename T>
+void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const T* w, const T* gamma, long N, long D,
+                    double eps);
+
 }  // namespace strata

@@ -473,3 +473,50 @@ TEST(Attention, CachedRowsMatchFullAttention) {
             for (long i = 0; i < H * d; i++)
                 EXPECT_NEAR(on[(b * (T - p0) + t - p0) * H * d + i], o[(b * T + t) * H * d + i], 1e-12);
 }
+
+// Two-phase Block AttnRes is the same op, reordered: phase 1 over the completed sources for S
+// queries at once, then phase 2 folding in each query's partial sum, must give what the one-phase
+// op gives over all n+1 sources — the output and the logits, rstd and lse its backward reads.
+template <typename T>
+void check_two_phase(double tol) {
+    std::mt19937_64 g(99);
+    const long N = 37, D = 48;
+    const int n = 4, S = 3;
+    std::vector<std::vector<T>> src(n), part(S), w(S), gm(S);
+    for (auto& s : src) s = cast<T>(randn(N * D, g, 2.0));
+    for (int q = 0; q < S; q++) {
+        part[q] = cast<T>(randn(N * D, g));
+        w[q] = cast<T>(randn(D, g, 0.3));
+        Vec x = randn(D, g, 0.2);
+        for (auto& v : x) v += 1;
+        gm[q] = cast<T>(x);
+    }
+    const int n1 = n + 1;
+    std::vector<std::vector<T>> out(S, std::vector<T>(N * D)), lg(S, std::vector<T>(n1 * N)),
+        rs(S, std::vector<T>(n1 * N)), lse(S, std::vector<T>(N));
+    std::vector<T*> po, pl, pr, pe;
+    std::vector<const T*> ps, pw, pg;
+    for (auto& s : src) ps.push_back(s.data());
+    for (int q = 0; q < S; q++) {
+        po.push_back(out[q].data()), pl.push_back(lg[q].data()), pr.push_back(rs[q].data()), pe.push_back(lse[q].data());
+        pw.push_back(w[q].data()), pg.push_back(gm[q].data());
+    }
+    attnres_phase1(po.data(), pl.data(), pr.data(), pe.data(), ps.data(), n, pw.data(), pg.data(), S, N, D, 1e-5);
+    for (int q = 0; q < S; q++) {
+        attnres_phase2(out[q].data(), lg[q].data(), rs[q].data(), lse[q].data(), part[q].data(), n, w[q].data(),
+                       gm[q].data(), N, D, 1e-5);
+        std::vector<const T*> all = ps;
+        all.push_back(part[q].data());
+        std::vector<T> o1(N * D), l1(n1 * N), r1(n1 * N), e1(N);
+        attnres_forward(o1.data(), l1.data(), r1.data(), e1.data(), all.data(), n1, w[q].data(), gm[q].data(), N, D,
+                        1e-5);
+        auto vec = [](const std::vector<T>& v) { return Vec(v.begin(), v.end()); };
+        EXPECT_LE(rel_l2(vec(out[q]), vec(o1)), tol) << "query " << q;
+        EXPECT_LE(rel_l2(vec(lg[q]), vec(l1)), tol) << "query " << q;
+        EXPECT_LE(rel_l2(vec(rs[q]), vec(r1)), tol) << "query " << q;
+        EXPECT_LE(rel_l2(vec(lse[q]), vec(e1)), tol) << "query " << q;
+    }
+}
+
+TEST(AttnRes, TwoPhaseEqualsOnePhaseFloat) { check_two_phase<float>(2e-6); }
+TEST(AttnRes, TwoPhaseEqualsOnePhaseDouble) { check_two_phase<double>(1e-13); }

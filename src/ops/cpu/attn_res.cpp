@@ -32,7 +32,7 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
                      long N, long D, double eps) {
     STRATA_CHECK(n >= 1, "attnres_forward needs at least one source");
     const T* u = fold_query(w, gamma, D);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * n * D >= 32768)
     for (long r = 0; r < N; r++) {
         T m = -INFINITY;
         for (int i = 0; i < n; i++) {
@@ -72,7 +72,7 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
     thread_local std::vector<T> gs_buf;
     if (gs_buf.size() < size_t(n) * size_t(N)) gs_buf.resize(size_t(n) * size_t(N));
     T* gs = gs_buf.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * n * D >= 32768)
     for (long r = 0; r < N; r++) {
         const T* g = dout + r * D;
         const T* h = out + r * D;
@@ -96,7 +96,7 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
         }
     }
     // du: each thread owns a fixed slice of the columns and sums them over (row, source) in order.
-#pragma omp parallel
+#pragma omp parallel if (N * n * D >= 32768)
     {
         auto [c0, c1] = thread_slice(D);
         thread_local std::vector<T> du_buf;
@@ -117,11 +117,86 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
     }
 }
 
+template <typename T>
+void attnres_phase1(T* const* outs, T* const* logits, T* const* rstds, T* const* lses, const T* const* srcs, int n,
+                    const T* const* ws, const T* const* gammas, int S, long N, long D, double eps) {
+    STRATA_CHECK(n >= 1 && S >= 1, "attnres_phase1 needs at least one source and one query");
+    // The S folded queries u_q = w_q ⊙ γ_q, one row each. Grown once, reused.
+    thread_local std::vector<T> u_buf;
+    if (u_buf.size() < size_t(S) * size_t(D)) u_buf.resize(size_t(S) * size_t(D));
+    T* u = u_buf.data();
+    for (int q = 0; q < S; q++)
+        for (long c = 0; c < D; c++) u[q * D + c] = gammas && gammas[q] ? ws[q][c] * gammas[q][c] : ws[q][c];
+#pragma omp parallel for schedule(static) if (N * n * D * S >= 32768)
+    for (long r = 0; r < N; r++) {
+        // Scores: each source row is read once for all S queries.
+        for (int i = 0; i < n; i++) {
+            const T* v = srcs[i] + r * D;
+            T ss = 0;
+#pragma omp simd reduction(+ : ss)
+            for (long c = 0; c < D; c++) ss += v[c] * v[c];
+            const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
+            for (int q = 0; q < S; q++) {
+                const T* uq = u + q * D;
+                T uv = 0;
+#pragma omp simd reduction(+ : uv)
+                for (long c = 0; c < D; c++) uv += uq[c] * v[c];
+                logits[q][i * N + r] = rs * uv;
+                rstds[q][i * N + r] = rs;
+            }
+        }
+        for (int q = 0; q < S; q++) {
+            T m = -INFINITY;
+            for (int i = 0; i < n; i++) m = std::max(m, logits[q][i * N + r]);
+            T denom = 0;
+            for (int i = 0; i < n; i++) denom += std::exp(logits[q][i * N + r] - m);
+            lses[q][r] = m + std::log(denom);
+            std::fill(outs[q] + r * D, outs[q] + (r + 1) * D, T(0));
+        }
+        // Values: again one read of each source row for all S outputs.
+        for (int i = 0; i < n; i++) {
+            const T* v = srcs[i] + r * D;
+            for (int q = 0; q < S; q++) {
+                const T a = std::exp(logits[q][i * N + r] - lses[q][r]);
+                T* o = outs[q] + r * D;
+#pragma omp simd
+                for (long c = 0; c < D; c++) o[c] += a * v[c];
+            }
+        }
+    }
+}
+
+template <typename T>
+void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const T* w, const T* gamma, long N, long D,
+                    double eps) {
+    const T* u = fold_query(w, gamma, D);
+#pragma omp parallel for schedule(static) if (N * D >= 32768)
+    for (long r = 0; r < N; r++) {
+        const T* v = p + r * D;
+        T ss = 0, uv = 0;
+#pragma omp simd reduction(+ : ss, uv)
+        for (long c = 0; c < D; c++) ss += v[c] * v[c], uv += u[c] * v[c];
+        const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
+        const T s = rs * uv, l1 = lse[r];
+        const T l = std::max(l1, s) + std::log1p(std::exp(-std::abs(l1 - s)));
+        const T sig = std::exp(s - l);
+        logit[n * N + r] = s;
+        rstd[n * N + r] = rs;
+        lse[r] = l;
+        T* o = out + r * D;
+#pragma omp simd
+        for (long c = 0; c < D; c++) o[c] = (T(1) - sig) * o[c] + sig * v[c];
+    }
+}
+
 #define STRATA_INSTANTIATE(T)                                                                                   \
     template void attnres_forward<T>(T*, T*, T*, T*, const T* const*, int, const T*, const T*, long, long,      \
                                      double);                                                                   \
     template void attnres_backward<T>(T* const*, T*, T*, const T*, const T*, const T*, const T*, const T*,      \
-                                      const T* const*, int, const T*, const T*, long, long);
+                                      const T* const*, int, const T*, const T*, long, long);                    \
+    template void attnres_phase1<T>(T* const*, T* const*, T* const*, T* const*, const T* const*, int,          \
+                                    const T* const*, const T* const*, int, long, long, double);               \
+    template void attnres_phase2<T>(T*, T*, T*, T*, const T*, int, const T*, const T*, long, long, double);
 STRATA_INSTANTIATE(float)
 STRATA_INSTANTIATE(double)
 
