@@ -35,6 +35,8 @@ def parse_args():
     p.add_argument("--norm-eps", type=float, default=1e-5)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--residual", choices=("standard", "attnres_full", "attnres_block"), default="standard")
+    p.add_argument("--block-size", type=int, default=4, help="sublayers per block for attnres_block")
     return p.parse_args()
 
 
@@ -139,11 +141,29 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+class DepthMix(nn.Module):
+    """AttnRes: a softmax over depth with a zero-initialised pseudo-query and RMS-normed keys."""
+
+    def __init__(self, d, eps):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(d))
+        self.key_norm = make_norm(d, eps)
+
+    def forward(self, sources):
+        v = torch.stack(sources)                 # (n, B, T, D)
+        logits = self.key_norm(v) @ self.query   # (n, B, T)
+        return torch.einsum("nbt,nbtd->btd", logits.softmax(0), v)
+
+
 class Model(nn.Module):
     def __init__(self, a, use_gqa):
         super().__init__()
+        self.residual = a.residual
+        self.block_size = 1 if a.residual == "attnres_full" else a.block_size
         self.tok_emb = nn.Embedding(a.vocab, a.d_model)
         self.blocks = nn.ModuleList(Block(a, use_gqa) for _ in range(a.layers))
+        if a.residual != "standard":  # one mix per sublayer, one for the output
+            self.mixes = nn.ModuleList(DepthMix(a.d_model, a.norm_eps) for _ in range(2 * a.layers + 1))
         self.final_norm = make_norm(a.d_model, a.norm_eps)
         cos, sin = rope_tables(a.seq, a.head_dim, a.rope_theta)
         self.register_buffer("cos", cos, persistent=False)
@@ -154,12 +174,27 @@ class Model(nn.Module):
                 s = std / math.sqrt(2 * a.layers) if name.endswith(("wo.weight", "w_down.weight")) else std
                 nn.init.normal_(p, 0.0, s)
 
+    def attn_res(self, emb, cos, sin):
+        done, partial = [emb], None  # completed blocks, and the running sum of the current one
+        for j in range(2 * len(self.blocks)):
+            blk = self.blocks[j // 2]
+            if j % self.block_size == 0 and partial is not None:
+                done.append(partial)
+                partial = None
+            h = self.mixes[j](done + ([partial] if partial is not None else []))
+            f = blk.attn(blk.attn_norm(h), cos, sin) if j % 2 == 0 else blk.mlp(blk.mlp_norm(h))
+            partial = f if partial is None else partial + f
+        return self.mixes[-1](done + [partial])
+
     def forward(self, tokens, targets):
         T = tokens.shape[1]
         cos, sin = self.cos[:T], self.sin[:T]
         x = self.tok_emb(tokens)
-        for blk in self.blocks:
-            x = blk(x, cos, sin)
+        if self.residual == "standard":
+            for blk in self.blocks:
+                x = blk(x, cos, sin)
+        else:
+            x = self.attn_res(x, cos, sin)
         logits = F.linear(self.final_norm(x), self.tok_emb.weight)  # tied embeddings
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
@@ -204,6 +239,7 @@ def main():
         "batch": a.batch,
         "seq": a.seq,
         "params": sum(p.numel() for p in model.parameters()),
+        "residual": a.residual + (f" (block size {a.block_size})" if a.residual == "attnres_block" else ""),
         "gqa": "sdpa enable_gqa" if use_gqa else "repeat_interleave",
         "rmsnorm": "nn.RMSNorm" if hasattr(nn, "RMSNorm") else "manual",
         "attention": "sdpa" if hasattr(F, "scaled_dot_product_attention") else "manual masked softmax",

@@ -56,10 +56,12 @@ struct BenchTrainOptions {
     bool no_peer = false;
     bool profile = false;
     std::string json_out, markdown_out;
+    std::string residual = "standard";  // the bench model's residual rule (docs/attn_res.md)
+    int attnres_block_size = 4;
 };
 
 // The bench model: fixed, so results stay comparable across runs and with the peer's defaults.
-ModelConfig bench_model_config(long seq) {
+ModelConfig bench_model_config(long seq, const BenchTrainOptions& o) {
     ModelConfig c;
     c.vocab_size = 4096;
     c.d_model = 384;
@@ -73,6 +75,11 @@ ModelConfig bench_model_config(long seq) {
     c.qk_norm = false;
     c.tie_embeddings = true;
     c.seed = 1337;
+    if (o.residual == "standard") c.residual = Residual::standard;
+    else if (o.residual == "attnres_full") c.residual = Residual::attnres_full;
+    else if (o.residual == "attnres_block") c.residual = Residual::attnres_block;
+    else throw Error("--residual must be standard, attnres_full or attnres_block, not \"" + o.residual + "\"");
+    c.attnres_block_size = o.attnres_block_size;
     c.validate("bench model");
     return c;
 }
@@ -614,7 +621,8 @@ PeerResult run_peer(const fs::path& python, const fs::path& script, const BenchT
     std::string cmd = shell_quote(python.string()) + " " + shell_quote(script.string()) +
                       " --threads " + std::to_string(o.threads) + " --warmup " + std::to_string(o.warmup) +
                       " --steps " + std::to_string(o.steps) + " --batch " + std::to_string(o.batch) +
-                      " --seq " + std::to_string(o.seq);
+                      " --seq " + std::to_string(o.seq) + " --residual " + o.residual + " --block-size " +
+                      std::to_string(o.attnres_block_size);
     std::fprintf(stderr, "running the PyTorch peer: %s\n", cmd.c_str());
     int status = 0;
     std::string out = run_capture(cmd, &status);
@@ -678,7 +686,9 @@ void run_bench_train(const BenchTrainOptions& o) {
 #endif
     openblas_set_num_threads(o.threads);
 
-    const ModelConfig cfg = bench_model_config(o.seq);
+    const ModelConfig cfg = bench_model_config(o.seq, o);
+    if (o.profile && cfg.residual != Residual::standard)
+        throw Error("--profile replays the standard residual's ops only; leave it out with --residual " + o.residual);
     check_memory(cfg.memory_bytes(o.batch, o.seq, /*training=*/true), "bench train",
                  "batch " + std::to_string(o.batch) + " x seq " + std::to_string(o.seq));
     const FlopCount fl = training_flops(cfg, o.batch, o.seq);
@@ -750,13 +760,18 @@ void run_bench_train(const BenchTrainOptions& o) {
 
     md << "Bench model: vocab " << cfg.vocab_size << ", d_model " << cfg.d_model << ", " << cfg.n_layers << " blocks, "
        << cfg.n_heads << " query / " << cfg.n_kv_heads << " kv heads × " << cfg.head_dim << ", SwiGLU hidden "
-       << cfg.ffn_hidden << ", pre-norm, tied embeddings, fp32; batch " << o.batch << " × seq " << o.seq << " = "
+       << cfg.ffn_hidden << ", pre-norm, residual " << to_string(cfg.residual)
+       << (cfg.residual == Residual::attnres_block ? " (" + std::to_string(cfg.attnres_block_size) + " sublayers per block)"
+                                                   : std::string())
+       << ", tied embeddings, fp32; batch " << o.batch << " × seq " << o.seq << " = "
        << long(tokens) << " tokens/step; " << sr.params << " parameters. Step: zero_grad, forward with targets, "
        << "backward, grad-norm clip to 1.0, AdamW. " << o.warmup << " warm-up + " << o.steps << " timed steps.\n\n";
     md << "Training FLOPs per step (2 per MAC, backward = 2× forward, causal attention half of T²): "
        << "6·P_mm·B·T + 6·L·B·H·T²·d = " << fmt("%.2f", fl.matmul / 1e9) << " (matmuls, P_mm = "
        << long(fl.matmul_params) << ") + " << fmt("%.2f", fl.attention / 1e9) << " (attention) = "
-       << fmt("%.2f", fl.total / 1e9) << " GFLOP.\n\n";
+       << fmt("%.2f", fl.total / 1e9) << " GFLOP"
+       << (cfg.residual != Residual::standard ? " (the AttnRes mixes, O(sources·D) per token, are not counted)" : "")
+       << ".\n\n";
 
     md << "## Results\n\n| measurement | value |\n|---|---|\n";
     md << "| strata step time | " << fmt("%.1f", st.mean * 1e3) << " ± " << fmt("%.1f", st.std * 1e3) << " ms (min "
@@ -883,6 +898,10 @@ void add_bench_command(CLI::App& app) {
     train->add_option("--steps", o->steps, "Timed steps")->capture_default_str();
     train->add_option("--batch", o->batch, "Batch size")->capture_default_str();
     train->add_option("--seq", o->seq, "Sequence length")->capture_default_str();
+    train->add_option("--residual", o->residual, "Residual rule of the bench model: standard, attnres_full, attnres_block")
+        ->capture_default_str();
+    train->add_option("--attnres-block-size", o->attnres_block_size, "Sublayers per block for attnres_block")
+        ->capture_default_str();
     train->add_option("--repo", o->repo, "strata source tree (default: found from the build)");
     train->add_option("--peer-python", o->peer_python,
                       "Python with PyTorch for the peer (default: <repo>/bench/.venv/bin/python)");
