@@ -106,6 +106,13 @@ PYBIND11_MODULE(strata, mod) {
         .def("backward", &PyModel::backward)
         .def("adamw_step", &PyModel::adamw_step, py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.95,
              py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.1)
+        .def_property(
+            "skip_sublayer", [](const PyModel& p) { return p.m->skip_sublayer; },
+            [](PyModel& p, int j) {
+                if (j < -1 || j >= 2 * p.m->cfg.n_layers) throw Error("skip_sublayer must be -1 or a sublayer index");
+                p.m->skip_sublayer = j;
+            },
+            "diagnostics: the sublayer whose output is zeroed (-1: none); forward only")
         .def_property_readonly("num_params", [](const PyModel& p) { return p.m->num_params(); });
 
     auto ops = mod.def_submodule("ops", "each op's forward and backward on float32 arrays");

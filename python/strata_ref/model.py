@@ -271,46 +271,58 @@ class RefModel(nn.Module):
         up = linear(x, self.param(p + "w_up"))
         return linear(silu(gate) * up, self.param(p + "w_down"))
 
-    def _block(self, h: torch.Tensor, l: int) -> torch.Tensor:
+    def _block(self, h: torch.Tensor, l: int, skip=None) -> torch.Tensor:
+        """One layer; skip = 2l or 2l+1 replaces that sublayer's output by zero (a diagnostic)."""
         eps = self.cfg["norm_eps"]
         p = f"blocks.{l}."
         wa, wm = self.param(p + "attn_norm"), self.param(p + "mlp_norm")
+        attn = (lambda x: 0 * self._attention(x, l)) if skip == 2 * l else (lambda x: self._attention(x, l))
+        mlp = (lambda x: 0 * self._mlp(x, l)) if skip == 2 * l + 1 else (lambda x: self._mlp(x, l))
         placement = self.cfg["norm_placement"]
         if placement == "pre":
-            h = h + self._attention(rms_norm(h, wa, eps), l)
-            h = h + self._mlp(rms_norm(h, wm, eps), l)
+            h = h + attn(rms_norm(h, wa, eps))
+            h = h + mlp(rms_norm(h, wm, eps))
         elif placement == "post":
-            h = rms_norm(h + self._attention(h, l), wa, eps)
-            h = rms_norm(h + self._mlp(h, l), wm, eps)
+            h = rms_norm(h + attn(h), wa, eps)
+            h = rms_norm(h + mlp(h), wm, eps)
         elif placement == "reordered":
-            h = h + rms_norm(self._attention(h, l), wa, eps)
-            h = h + rms_norm(self._mlp(h, l), wm, eps)
+            h = h + rms_norm(attn(h), wa, eps)
+            h = h + rms_norm(mlp(h), wm, eps)
         else:  # unreachable: validated in resolve_config
             raise ValueError(placement)
         return h
 
-    def _attn_res_layers(self, emb: torch.Tensor) -> torch.Tensor:
+    def _attn_res_layers(self, emb: torch.Tensor, skip=None) -> torch.Tensor:
         """AttnRes: each sublayer's input mixes the embedding, the completed blocks and the current
-        block's partial sum; the sublayers (attention, MLP, counted separately) fill blocks of S."""
+        block's partial sum; the sublayers (attention, MLP, counted separately) fill blocks of S.
+
+        skip = j (a diagnostic) leaves sublayer j's output out of its block's sum; a block or partial
+        sum that is left with nothing in it is not a source at all."""
         cfg, eps = self.cfg, self.cfg["norm_eps"]
         S = 1 if cfg["residual"] == "attnres_full" else cfg["attnres_block_size"]
         blocks, partial = [emb], None
         for j in range(2 * cfg["n_layers"]):
             l, side = j // 2, ("attn" if j % 2 == 0 else "mlp")
             if j % S == 0 and j > 0:  # a block boundary: the partial sum becomes a block
-                blocks.append(partial)
+                if partial is not None:
+                    blocks.append(partial)
                 partial = None
             sources = blocks + ([partial] if partial is not None else [])
             p = f"blocks.{l}."
             h = attn_res(sources, self.param(p + side + "_res_query"), self.param(p + side + "_res_norm"), eps)
             x = rms_norm(h, self.param(p + side + "_norm"), eps)
             f = self._attention(x, l) if side == "attn" else self._mlp(x, l)
-            partial = f if partial is None else partial + f
-        blocks.append(partial)
+            if j != skip:
+                partial = f if partial is None else partial + f
+        if partial is not None:
+            blocks.append(partial)
         return attn_res(blocks, self.param("out_res_query"), self.param("out_res_norm"), eps)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
-        """tokens (B, T) int64 -> (logits (B, T, V), mean CE loss or None)."""
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, skip_sublayer=None):
+        """tokens (B, T) int64 -> (logits (B, T, V), mean CE loss or None).
+
+        skip_sublayer = j replaces sublayer j's output by zero (attention of layer l is 2l, its MLP
+        2l+1); under AttnRes a source left empty is dropped. A diagnostic (strata diagnose)."""
         tokens = torch.as_tensor(tokens, dtype=torch.long)
         B, T = tokens.shape
         if T > self.cfg["max_seq_len"]:
@@ -318,9 +330,9 @@ class RefModel(nn.Module):
         h = self.param("tok_emb")[tokens]  # (B, T, D)
         if self.cfg["residual"] == "standard":
             for l in range(self.cfg["n_layers"]):
-                h = self._block(h, l)
+                h = self._block(h, l, skip_sublayer)
         else:
-            h = self._attn_res_layers(h)
+            h = self._attn_res_layers(h, skip_sublayer)
         h = rms_norm(h, self.param("final_norm"), self.cfg["norm_eps"])
         w_out = self.param("tok_emb") if self.cfg["tie_embeddings"] else self.param("lm_head")
         logits = linear(h, w_out)

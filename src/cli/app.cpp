@@ -1,6 +1,7 @@
 // The strata command line: builds the CLI11 app with every subcommand and parses argv. With dry_run
 // set, the subcommands parse and check their options but do no work (the fuzzer drives this path).
 #include <cstdio>
+#include <filesystem>
 #include <ostream>
 #include <streambuf>
 
@@ -23,6 +24,21 @@ struct NullBuffer : std::streambuf {
 
 bool dry_run() { return g_dry_run; }
 
+std::unique_ptr<AtomicFileWriter> open_output(const std::string& path, const std::string& flag) {
+    if (path.find('\0') != std::string::npos) throw Error(flag + ": the path contains a NUL byte");
+    std::filesystem::path p(path);
+    std::error_code ec;
+    if (p.has_parent_path() && !std::filesystem::exists(p.parent_path(), ec))
+        std::filesystem::create_directories(p.parent_path(), ec);
+    auto w = std::make_unique<AtomicFileWriter>();
+    try {
+        w->open(path);
+    } catch (const Error& e) {
+        throw Error(flag + " " + path + ": cannot open for writing (" + e.what() + ")");
+    }
+    return w;
+}
+
 int run_main(int argc, char** argv, bool dry) {
     g_dry_run = dry;
     NullBuffer null_buffer;
@@ -33,6 +49,7 @@ int run_main(int argc, char** argv, bool dry) {
     add_generate_command(app);
     add_eval_command(app);
     add_bench_command(app);
+    add_diagnose_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

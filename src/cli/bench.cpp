@@ -657,23 +657,9 @@ void run_bench_train(const BenchTrainOptions& o) {
                      o.threads, ncpu);
     // Open the outputs first, so a bad path fails before minutes of measuring. Each is written to a
     // temporary file beside it and renamed at the end: a failed or interrupted run keeps the old report.
-    auto open_out = [](const std::string& path, const char* flag) {
-        if (path.find('\0') != std::string::npos) throw Error(std::string(flag) + ": the path contains a NUL byte");
-        fs::path p(path);
-        std::error_code ec;
-        if (p.has_parent_path() && !fs::exists(p.parent_path(), ec)) fs::create_directories(p.parent_path(), ec);
-        if (fs::is_directory(p, ec)) throw Error(std::string(flag) + " " + path + ": is a directory");
-        auto w = std::make_unique<AtomicFileWriter>();
-        try {
-            w->open(path);
-        } catch (const Error& e) {
-            throw Error(std::string(flag) + " " + path + ": cannot open for writing (" + e.what() + ")");
-        }
-        return w;
-    };
     std::unique_ptr<AtomicFileWriter> md_file, json_file;
-    if (!o.markdown_out.empty()) md_file = open_out(o.markdown_out, "--markdown-out");
-    if (!o.json_out.empty()) json_file = open_out(o.json_out, "--json-out");
+    if (!o.markdown_out.empty()) md_file = open_output(o.markdown_out, "--markdown-out");
+    if (!o.json_out.empty()) json_file = open_output(o.json_out, "--json-out");
 
     fs::path repo = find_repo(o.repo);
     fs::path python = !o.peer_python.empty() ? fs::path(o.peer_python)

@@ -1,6 +1,10 @@
 // One subcommand per file: each adds itself to the CLI11 app.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "core/fileio.h"
 
 namespace strata::cli {
 
@@ -8,6 +12,7 @@ void add_train_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_diagnose_command(CLI::App& app);
 
 // Builds the app and parses argv; returns the process exit status. Errors (bad flags, strata::Error
 // from a subcommand) are reported on stderr and give a non-zero status. With dry_run, the
@@ -15,5 +20,9 @@ void add_bench_command(CLI::App& app);
 int run_main(int argc, char** argv, bool dry_run);
 // True inside run_main(..., dry_run = true): each subcommand's callback returns before doing work.
 bool dry_run();
+
+// Opens a report file named by `flag` (e.g. --json-out) up front, so a bad path fails before any work;
+// missing parent folders are created. The caller writes and commits it at the end (atomically).
+std::unique_ptr<AtomicFileWriter> open_output(const std::string& path, const std::string& flag);
 
 }  // namespace strata::cli

@@ -65,6 +65,9 @@ void AtomicFileWriter::open(const std::string& path) {
     buffer_.reserve(kBufferSize);
     logical_size_ = physical_size_ = 0;
     fault_limit_ = fault_limit_from_env();
+    // A directory under the final name would only fail the rename, after all the writing.
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) throw Error("cannot write " + path_ + ": " + errno_text(EISDIR));
     int fd = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         int err = errno;

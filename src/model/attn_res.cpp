@@ -17,6 +17,11 @@ namespace strata {
 // the embedding, every block completed before j, and the partial sum of j's block when j does not
 // start it. Returns their count.
 template <typename T>
+bool Model<T>::skipped_empty(long e) const {
+    return e == skip_sublayer && e % attnres_sublayers_per_block(cfg) == 0;
+}
+
+template <typename T>
 int Model<T>::mix_sources(long j, bool grads) {
     const int S = attnres_sublayers_per_block(cfg);
     auto sub_out = [&](long i) { return i % 2 == 0 ? a_.layers[i / 2].attn.out : a_.layers[i / 2].mlp.out; };
@@ -27,8 +32,10 @@ int Model<T>::mix_sources(long j, bool grads) {
         n++;
     };
     push(a_.x0, grads ? a_.demb : nullptr);
-    for (long e = S - 1; e < j; e += S) push(sub_out(e), grads ? a_.dsub[e] : nullptr);
-    if (j % S != 0) push(sub_out(j - 1), grads ? a_.dsub[j - 1] : nullptr);
+    for (long e = S - 1; e < j; e += S)
+        if (!skipped_empty(e)) push(sub_out(e), grads ? a_.dsub[e] : nullptr);
+    mix_has_partial_ = j % S != 0 && !skipped_empty(j - 1);
+    if (mix_has_partial_) push(sub_out(j - 1), grads ? a_.dsub[j - 1] : nullptr);
     return n;
 }
 
@@ -71,7 +78,7 @@ void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache)
                             cfg.norm_eps);
         } else {  // Block, two-phase: the block's completed sources once for all its sublayers, then the partial
             if (j % S == 0) phase1(j, n, N);
-            else attnres_phase2(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, mix_src_[n - 1], n - 1, q, kn, N, D,
+            else if (mix_has_partial_) attnres_phase2(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, mix_src_[n - 1], n - 1, q, kn, N, D,
                                 cfg.norm_eps);
         }
         rmsnorm_forward(s.n_out, s.rstd, s.mix.out, is_attn ? p.attn_norm : p.mlp_norm, N, D, cfg.norm_eps);
@@ -82,6 +89,7 @@ void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache)
         } else {
             mlp_forward(l, s.n_out, s.f_out, N);
         }
+        if (j == skip_sublayer) std::memset(s.f_out, 0, size_t(N * D) * sizeof(T));
         if (j % S == 0) {
             std::memcpy(s.out, s.f_out, size_t(N * D) * sizeof(T));
         } else {
@@ -131,6 +139,8 @@ void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfin
     }
 }
 
+template bool Model<float>::skipped_empty(long) const;
+template bool Model<double>::skipped_empty(long) const;
 template void Model<float>::phase1(long, int, long);
 template void Model<double>::phase1(long, int, long);
 template int Model<float>::mix_sources(long, bool);

@@ -340,6 +340,7 @@ void Model<T>::sublayer_forward(SubActs& s, const T* h, const T* nw, long N, boo
     auto f = [&](const T* in, T* out) {
         if (is_attn) attn_forward(l, in, out, N, ad, kc, vc);
         else mlp_forward(l, in, out, N);
+        if (2 * l + (is_attn ? 0 : 1) == skip_sublayer) std::memset(out, 0, size_t(N * D) * sizeof(T));
     };
     switch (cfg.norm_placement) {
         case NormPlacement::pre:
@@ -453,6 +454,7 @@ double Model<T>::forward(const int32_t* tokens, const int32_t* targets, long B, 
 template <typename T>
 void Model<T>::backward() {
     if (!have_targets_) throw Error("backward() needs a forward() with targets first");
+    if (skip_sublayer >= 0) throw Error("backward() is not defined with skip_sublayer set (a diagnostic)");
     const long N = B_ * T_, D = cfg.d_model, V = cfg.vocab_size;
     AttnDims ad{B_, T_, T_, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, T_ * cfg.n_kv_heads * cfg.head_dim};
     std::memset(a_.dlogits, 0, size_t(N * V) * sizeof(T));

@@ -47,6 +47,20 @@ struct KVCache {
     std::vector<T> k, v;  // (L, B, max_T, Hk, d)
 };
 
+// Depth statistics summed over the rows (tokens) of one or more forwards (strata diagnose, docs/
+// diagnostics.md); divide by `rows` to report. Sublayers are j = 0..2L−1 (attention 2l, MLP 2l+1).
+struct DepthStats {
+    long rows = 0;
+    std::vector<double> input_ms;   // (2L) mean square of each sublayer's input (AttnRes: its mix)
+    std::vector<double> output_ms;  // (2L) of each sublayer's output f_j
+    std::vector<double> state_ms;   // (2L) standard: the residual stream after j; AttnRes: j's block partial sum
+    double final_ms = 0;            // of the final norm's input
+    // AttnRes: (2L+1 ops) × (columns) summed softmax weights. Column 0 is the embedding, column 1+k
+    // block k (for attnres_full, sublayer k's output), and for attnres_block the last column is the
+    // op's own block partial sum.
+    std::vector<std::vector<double>> alpha;
+};
+
 template <typename T>
 class Model {
 public:
@@ -80,6 +94,13 @@ public:
     void forward_cached(const int32_t* tokens, long B, long n, KVCache<T>& cache);
 
     size_t num_params() const { return params.size(); }
+
+    // Diagnostics, forward only: when ≥ 0, sublayer j = skip_sublayer's output is replaced by zero.
+    // Under AttnRes a source that this leaves empty is dropped from every mix (it is neither a key nor
+    // counted in the softmax). backward() refuses to run while it is set.
+    int skip_sublayer = -1;
+    // Adds the last forward's statistics to `s` (src/model/diagnostics.cpp).
+    void accumulate_depth_stats(DepthStats& s) const;
 
     size_t arena_elements() const { return arena_.size(); }
 
@@ -146,6 +167,8 @@ private:
         std::vector<const T*> w, gamma;
     } ph1_;
     int mix_sources(long j, bool grads);  // fills mix_src_ (and mix_dsrc_) for sublayer j (2L: output)
+    bool mix_has_partial_ = false;        // whether the last mix_sources() ended with a partial sum
+    bool skipped_empty(long e) const;     // sublayer e's partial sum is empty under skip_sublayer
     void phase1(long j0, int n, long N);
     void attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
     void attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal);

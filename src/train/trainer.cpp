@@ -106,7 +106,7 @@ static void check_shard_vocab(const TokenShard& shard, const Model<float>& model
 
 // Mean loss over the batches into `out`; stops early, returning false, once *stop is non-zero.
 static bool eval_loop(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches,
-                      const std::atomic<int>* stop, double& out) {
+                      const std::atomic<int>* stop, double& out, const std::function<void()>& after_batch = {}) {
     EvalBatches it(shard, B, T);
     std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
     double sum = 0;
@@ -115,6 +115,7 @@ static bool eval_loop(Model<float>& model, const TokenShard& shard, int B, int T
         if (stop && stop->load() > 0) return false;
         if (it.next(x.data(), y.data()) == 0) break;
         double loss = model.forward(x.data(), y.data(), B, T);
+        if (after_batch) after_batch();
         sum += loss * double(model.last_count());
         count += model.last_count();
         batches++;
@@ -123,13 +124,14 @@ static bool eval_loop(Model<float>& model, const TokenShard& shard, int B, int T
     return true;
 }
 
-double evaluate(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches) {
+double evaluate(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches,
+                const std::function<void()>& after_batch) {
     check_memory(model.cfg.memory_bytes(B, T, false),
                  "evaluation with batch " + std::to_string(B) + " x " + std::to_string(T),
                  "the model and its activations");
     check_shard_vocab(shard, model);
     double loss = 0;
-    eval_loop(model, shard, B, T, max_batches, nullptr, loss);
+    eval_loop(model, shard, B, T, max_batches, nullptr, loss, after_batch);
     return loss;
 }
 

@@ -1,6 +1,7 @@
 // The training loop: prepare the tokenizer and token shards once, then step (forward, backward,
 // clip, AdamW) with periodic evaluation and atomic checkpoints; resumable bit for bit.
 #pragma once
+#include <functional>
 #include <string>
 
 #include "model/model.h"
@@ -20,8 +21,9 @@ struct PreparedCorpus {
 PreparedCorpus prepare_corpus(const RunConfig& rc, bool verbose);
 
 // Mean cross-entropy over the first `max_batches` batches of the shard (all if max_batches ≤ 0),
-// weighted by the number of targets.
-double evaluate(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches);
+// weighted by the number of targets. after_batch, when set, runs after each batch's forward.
+double evaluate(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches,
+                const std::function<void()>& after_batch = {});
 
 struct TrainResult {
     long step = 0;

@@ -250,3 +250,36 @@ def test_bad_config_raises(cfg):
 def test_good_config_accepted():
     m = strata.Model(dict(BASE, n_kv_heads=2))
     assert m.param_names()[0] == "tok_emb"
+
+
+SKIP_CASES = [
+    dict(norm_placement="pre", n_kv_heads=2),
+    dict(norm_placement="post", n_kv_heads=2),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_full"),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=2),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=4),
+]
+
+
+@pytest.mark.parametrize("case", SKIP_CASES, ids=lambda c: c.get("residual", "standard") + "-" + c["norm_placement"]
+                         + str(c.get("attnres_block_size", "")))
+def test_skip_sublayer_matches_the_reference(case):
+    # strata diagnose's ablation: sublayer j's output zeroed, and under AttnRes an emptied source dropped.
+    cfg = dict(BASE, **case)
+    m, ref = engine_and_reference(cfg)
+    (tokens, targets), = make_batches(cfg, 1, False, seed=4)
+    full, _ = m.forward(tokens, targets)
+    for j in range(2 * cfg["n_layers"]):
+        m.skip_sublayer = j
+        logits, loss = m.forward(tokens, targets)
+        with torch.no_grad():
+            ref_logits, ref_loss = ref(torch.from_numpy(tokens.astype(np.int64)),
+                                       torch.from_numpy(targets.astype(np.int64)), skip_sublayer=j)
+        assert rel_l2(logits, ref_logits.numpy()) <= LOGIT_TOL, f"skip {j}"
+        assert rel_l2(logits, full) > 1e-4, f"skipping sublayer {j} changed nothing"
+        with pytest.raises(strata.Error, match="skip_sublayer"):
+            m.backward()
+    m.skip_sublayer = -1
+    np.testing.assert_array_equal(np.asarray(m.forward(tokens, targets)[0]), np.asarray(full))
+    with pytest.raises(strata.Error):
+        m.skip_sublayer = 2 * cfg["n_layers"]

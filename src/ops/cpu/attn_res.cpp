@@ -98,7 +98,8 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
     // du: each thread owns a fixed slice of the columns and sums them over (row, source) in order.
 #pragma omp parallel if (N * n * D >= 32768)
     {
-        auto [c0, c1] = thread_slice(D);
+        const std::pair<long, long> slice = thread_slice(D);  // not a structured binding: the simd loop
+        const long c0 = slice.first, c1 = slice.second;        // below may not capture one (clang)
         thread_local std::vector<T> du_buf;
         if (du_buf.size() < size_t(D)) du_buf.resize(size_t(D));
         T* du = du_buf.data();

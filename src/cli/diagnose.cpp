@@ -1,0 +1,147 @@
+// strata diagnose: which sublayers matter and how the depth behaves (docs/diagnostics.md). On a
+// checkpoint's validation batches it reports, per sublayer, the RMS of its input, output and running
+// state, the loss increase when the sublayer is skipped (its output set to zero; under AttnRes an
+// emptied source is also dropped from the mixes), and under AttnRes the mean depth-attention weights.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/fileio.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace strata::cli {
+
+namespace {
+
+std::string sublayer_name(long j) { return (j % 2 == 0 ? "attn " : "mlp ") + std::to_string(j / 2); }
+
+// Column labels of DepthStats::alpha.
+std::vector<std::string> alpha_columns(const ModelConfig& c) {
+    const int S = attnres_sublayers_per_block(c);
+    const long n_sub = 2L * c.n_layers, blocks = (n_sub + S - 1) / S;
+    std::vector<std::string> cols = {"emb"};
+    for (long k = 0; k < blocks; k++) cols.push_back(S == 1 ? sublayer_name(k) : "block " + std::to_string(k));
+    if (S > 1) cols.push_back("partial");
+    return cols;
+}
+
+}  // namespace
+
+void add_diagnose_command(CLI::App& app) {
+    auto* cmd = app.add_subcommand(
+        "diagnose", "depth diagnostics of a checkpoint: per-sublayer norms, skip ablation, AttnRes weights");
+    struct Opts {
+        std::string ckpt = "runs/default", data_dir, json_out;
+        long batches = 4;
+        int batch_size = 0, threads = 2;
+        bool no_skip = false;
+    };
+    auto o = std::make_shared<Opts>();
+    cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory")->capture_default_str();
+    cmd->add_option("--data-dir", o->data_dir, "read val.bin from this folder instead of the run's data_dir");
+    cmd->add_option("--batches", o->batches, "validation batches per measurement")
+        ->capture_default_str()
+        ->check(CLI::Range(1L, 1000000L));
+    cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(CLI::NonNegativeNumber);
+    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::Range(1, 4096));
+    cmd->add_flag("--no-skip", o->no_skip, "leave out the skip ablation (one evaluation per sublayer)");
+    cmd->add_option("--json-out", o->json_out, "also write the results as JSON to this file");
+    cmd->callback([o] {
+        if (dry_run()) return;
+        std::unique_ptr<AtomicFileWriter> json_file;
+        if (!o->json_out.empty()) json_file = open_output(o->json_out, "--json-out");
+        set_threads(o->threads);
+        LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
+        Model<float>& m = *lc.model;
+        const ModelConfig& c = m.cfg;
+        const TrainConfig& t = lc.rc.train;
+        const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
+        const TokenShard shard = TokenShard::open((o->data_dir.empty() ? t.data_dir : o->data_dir) + "/val.bin");
+        const long n_sub = 2L * c.n_layers;
+
+        DepthStats st;
+        const double loss = evaluate(m, shard, B, t.seq_len, o->batches, [&] { m.accumulate_depth_stats(st); });
+        std::vector<double> skip_loss;
+        if (!o->no_skip) {
+            const bool tty = ::isatty(2);
+            for (long j = 0; j < n_sub; j++) {
+                if (tty) std::fprintf(stderr, "\rskipping %s (%ld/%ld) ...", sublayer_name(j).c_str(), j + 1, n_sub);
+                m.skip_sublayer = int(j);
+                skip_loss.push_back(evaluate(m, shard, B, t.seq_len, o->batches));
+            }
+            m.skip_sublayer = -1;
+            if (tty) std::fprintf(stderr, "\r%*s\r", 40, "");
+        }
+
+        const double rows = double(st.rows);
+        auto rms = [&](double ms) { return std::sqrt(ms / rows); };
+        std::string residual = to_string(c.residual);
+        if (c.residual == Residual::attnres_block) residual += " (" + std::to_string(c.attnres_block_size) + " sublayers per block)";
+        std::printf("depth diagnostics of %s: %d layers, norm %s, residual %s\n", o->ckpt.c_str(), c.n_layers,
+                    to_string(c.norm_placement), residual.c_str());
+        std::printf("validation: %ld batches of %d x %d tokens, loss %.4f\n\n", o->batches, B, t.seq_len, loss);
+        std::printf("%-9s %10s %10s %10s %12s\n", "sublayer", "input RMS", "output RMS", "state RMS",
+                    o->no_skip ? "" : "skip: Δloss");
+        nlohmann::json js = {{"checkpoint", o->ckpt}, {"residual", to_string(c.residual)},
+                             {"attnres_block_size", c.attnres_block_size}, {"norm_placement", to_string(c.norm_placement)},
+                             {"batches", o->batches}, {"batch_size", B}, {"seq_len", t.seq_len}, {"loss", loss},
+                             {"tokens", st.rows}};
+        nlohmann::json subs = nlohmann::json::array();
+        for (long j = 0; j < n_sub; j++) {
+            nlohmann::json row = {{"sublayer", sublayer_name(j)}, {"input_rms", rms(st.input_ms[j])},
+                                  {"output_rms", rms(st.output_ms[j])}, {"state_rms", rms(st.state_ms[j])}};
+            std::string d;
+            if (!skip_loss.empty()) {
+                row["skip_loss"] = skip_loss[j];
+                row["skip_delta_loss"] = skip_loss[j] - loss;
+                char buf[32];
+                std::snprintf(buf, sizeof buf, "%+12.4f", skip_loss[j] - loss);
+                d = buf;
+            }
+            std::printf("%-9s %10.4g %10.4g %10.4g %s\n", sublayer_name(j).c_str(), rms(st.input_ms[j]),
+                        rms(st.output_ms[j]), rms(st.state_ms[j]), d.c_str());
+            subs.push_back(row);
+        }
+        std::printf("%-9s %10.4g\n", "final", rms(st.final_ms));
+        js["sublayers"] = subs;
+        js["final_input_rms"] = rms(st.final_ms);
+        std::printf("\n(input: what the sublayer normalises and reads; state: the residual stream after it%s)\n",
+                    c.residual == Residual::standard ? "" : ", or under AttnRes its block's partial sum");
+
+        if (!st.alpha.empty()) {
+            const auto cols = alpha_columns(c);
+            std::printf("\nAttnRes mean weights (rows: each sublayer's mix and the output's; columns: sources)\n%-9s",
+                        "");
+            for (const auto& col : cols) std::printf(" %8s", col.c_str());
+            std::printf("\n");
+            nlohmann::json rows_j = nlohmann::json::array();
+            for (long j = 0; j <= n_sub; j++) {
+                std::printf("%-9s", j < n_sub ? sublayer_name(j).c_str() : "output");
+                std::vector<double> a;
+                for (size_t k = 0; k < cols.size(); k++) {
+                    a.push_back(st.alpha[j][k] / rows);
+                    if (st.alpha[j][k] == 0) std::printf(" %8s", ".");
+                    else std::printf(" %8.3f", a.back());
+                }
+                std::printf("\n");
+                rows_j.push_back({{"mix", j < n_sub ? sublayer_name(j) : "output"}, {"weights", a}});
+            }
+            js["alpha_columns"] = cols;
+            js["alpha"] = rows_j;
+        }
+        if (json_file) {
+            json_file->write(js.dump(2) + "\n");
+            json_file->commit();
+        }
+    });
+}
+
+}  // namespace strata::cli
