@@ -403,17 +403,18 @@ template <typename T>
 void Model<T>::run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
     const long per_layer = cache ? cache->B * cache->max_T * cfg.n_kv_heads * cfg.head_dim : 0;
     const T* h = a_.x0;
-    if (cfg.residual != Residual::standard) {
+    if (cfg.residual != Residual::standard) {  // src/model/attn_res.cpp
         attnres_run_layers(N, ad, cache);
         h = a_.out_mix.out;
-    }
-    for (long l = 0; l < cfg.n_layers && cfg.residual == Residual::standard; l++) {
-        LayerActs& la = a_.layers[l];
-        T* kc = cache ? cache->k.data() + l * per_layer : nullptr;
-        T* vc = cache ? cache->v.data() + l * per_layer : nullptr;
-        sublayer_forward(la.attn, h, layers_[l].attn_norm, N, true, l, ad, kc, vc);
-        sublayer_forward(la.mlp, la.attn.out, layers_[l].mlp_norm, N, false, l, ad, nullptr, nullptr);
-        h = la.mlp.out;
+    } else {
+        for (long l = 0; l < cfg.n_layers; l++) {
+            LayerActs& la = a_.layers[l];
+            T* kc = cache ? cache->k.data() + l * per_layer : nullptr;
+            T* vc = cache ? cache->v.data() + l * per_layer : nullptr;
+            sublayer_forward(la.attn, h, layers_[l].attn_norm, N, true, l, ad, kc, vc);
+            sublayer_forward(la.mlp, la.attn.out, layers_[l].mlp_norm, N, false, l, ad, nullptr, nullptr);
+            h = la.mlp.out;
+        }
     }
     rmsnorm_forward(a_.lnf, a_.lnf_rstd, h, final_norm_, N, cfg.d_model, cfg.norm_eps);
     matmul_forward(a_.logits, a_.lnf, lm_head_, N, cfg.d_model, cfg.vocab_size);

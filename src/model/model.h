@@ -1,9 +1,11 @@
 // The strata model: parameters in one contiguous buffer with named views, activations in one arena
 // sized per (B, T), and an explicit forward/backward that calls the ops in order and in reverse.
 //
-// Two independent axes shape a block: the residual rule (here the norm placement: pre, post,
-// reordered) and the attention kind (here causal GQA). A sublayer is "f" (attention or MLP) wrapped
-// by the residual rule in sublayer_forward/backward; the attention kind lives in attn_forward/backward.
+// Two independent axes shape a block: the residual rule and the attention kind (here causal GQA).
+// The residual rule is either the standard stream, shaped by the norm placement (pre, post,
+// reordered) in sublayer_forward/backward, or AttnRes (Full or Block), where every sublayer's input
+// is a softmax over depth (src/model/attn_res.cpp). A sublayer is "f" (attention or MLP); the
+// attention kind lives in attn_forward/backward.
 #pragma once
 #include <cstdint>
 #include <string>
