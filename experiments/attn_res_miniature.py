@@ -24,7 +24,6 @@ import pathlib
 import platform
 import subprocess
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = ROOT / "build" / "strata"
@@ -53,11 +52,9 @@ def main():
     results = {}
     for name, extra in variants.items():
         run_dir = ROOT / a.out / name
-        t0 = time.time()
         p = sh(BIN, "train", "-c", "configs/default.json", "--set", f"model.residual={name}", *extra,
                "--set", f"train.steps={a.steps}", "--set", f"train.threads={a.threads}",
                "--set", f"train.out_dir={run_dir}")
-        wall = time.time() - t0
         metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
         train = [m for m in metrics if "loss" in m]
         tps = [m["tokens_per_s"] for m in train[len(train) // 2:]]  # the second half, past warm-up effects
@@ -67,7 +64,7 @@ def main():
         sh(BIN, "diagnose", "--ckpt", run_dir, "--batches", "8", "--threads", a.threads, "--json-out", dj)
         results[name] = {
             "val_loss": val, "train_loss_last50": sum(m["loss"] for m in train[-50:]) / len(train[-50:]),
-            "tokens_per_s": sorted(tps)[len(tps) // 2], "wall_s": wall, "resumed": "resuming from" in p.stderr,
+            "tokens_per_s": sorted(tps)[len(tps) // 2], "train_s": sum(m.get("step_ms", 0) for m in train) / 1e3,
             "params": int(p.stderr.split("model: ")[1].split(" parameters")[0]),
             "diagnose": json.loads(dj.read_text()),
         }
@@ -89,13 +86,12 @@ def main():
              "corpus; only `model.residual` changes. One seed per variant, so differences of a few "
              "hundredths are within run-to-run noise at this scale.\n")
     L.append("## 1. Validation loss at equal steps\n")
-    L.append(f"| residual | parameters | validation loss ({a.eval_batches} batches) | Δ vs standard | train loss (last 50 steps) | tokens/s | wall |")
+    L.append(f"| residual | parameters | validation loss ({a.eval_batches} batches) | Δ vs standard | train loss (last 50 steps) | tokens/s (median) | training time |")
     L.append("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         label = name + (f" (S = {a.block_size})" if name == "attnres_block" else "")
         L.append(f"| {label} | {r['params']:,} | {r['val_loss']:.4f} | {r['val_loss'] - base:+.4f} | "
-                 f"{r['train_loss_last50']:.4f} | {r['tokens_per_s']:.0f} | {r['wall_s'] / 60:.1f} min"
-                 + (" (resumed)" if r["resumed"] else "") + " |")
+                 f"{r['train_loss_last50']:.4f} | {r['tokens_per_s']:.0f} | {r['train_s'] / 60:.1f} min |")
     L.append("\nPaper anchor (Table 2, 194M–528M parameters): Block (N = 8) is 0.020–0.026 below the baseline, "
              "and Full is 0.020–0.032 below it.\n")
     L.append("## 2. Magnitude through depth (RMS per sublayer, from `strata diagnose`)\n")
@@ -111,12 +107,17 @@ def main():
             cells += [f"{s['input_rms']:.3g}", f"{s['state_rms']:.3g}"]
         L.append(f"| {sub} | " + " | ".join(cells) + " |")
     L.append("| final-norm input | " + " | ".join(f"{results[n]['diagnose']['final_input_rms']:.3g} | " for n in names) + "\n")
-    L.append("## 3. Which sublayers matter: validation loss increase when one sublayer is skipped\n")
-    L.append("| sublayer | " + " | ".join(names) + " |")
-    L.append("|---|" + "---|" * len(names))
+    L.append("## 3. Which sublayers matter, and where the gradient goes\n")
+    L.append("Δloss is the validation loss increase when one sublayer's output is skipped. The gradient norm "
+             "is that of the sublayer's parameters, RMS over 8 batches.\n")
+    L.append("| sublayer | " + " | ".join(f"{n} Δloss | {n} grad norm" for n in names) + " |")
+    L.append("|---|" + "---|---|" * len(names))
     for i, sub in enumerate(subs):
-        L.append(f"| {sub} | " + " | ".join(f"{results[n]['diagnose']['sublayers'][i]['skip_delta_loss']:+.3f}"
-                                           for n in names) + " |")
+        cells = []
+        for n in names:
+            s = results[n]["diagnose"]["sublayers"][i]
+            cells += [f"{s['skip_delta_loss']:+.3f}", f"{s['grad_norm']:.3g}" if "grad_norm" in s else "–"]
+        L.append(f"| {sub} | " + " | ".join(cells) + " |")
     for n in ("attnres_full", "attnres_block"):
         d = results[n]["diagnose"]
         L.append(f"\n## 4. Mean depth-attention weights, {n}\n")

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/fileio.h"
 #include "train/checkpoint.h"
+#include "train/data.h"
 #include "train/trainer.h"
 
 namespace strata::cli {
@@ -22,6 +23,42 @@ namespace strata::cli {
 namespace {
 
 std::string sublayer_name(long j) { return (j % 2 == 0 ? "attn " : "mlp ") + std::to_string(j / 2); }
+
+// The sublayer a parameter belongs to (attention 2l, MLP 2l+1), or -1 (embedding, final norm, output mix).
+long sublayer_of(const std::string& name) {
+    if (name.rfind("blocks.", 0) != 0) return -1;
+    const size_t dot = name.find('.', 7);
+    const long l = std::stol(name.substr(7, dot - 7));
+    const std::string p = name.substr(dot + 1);
+    const bool attn = p == "attn_norm" || p == "wq" || p == "wk" || p == "wv" || p == "q_norm" || p == "k_norm" ||
+                      p == "wo" || p.rfind("attn_res_", 0) == 0;
+    return 2 * l + (attn ? 0 : 1);
+}
+
+// Per sublayer, the RMS over batches of the gradient norm of its parameters (the loss's mean over
+// each batch's targets, as in training, without clipping).
+std::vector<double> gradient_norms(Model<float>& m, const TokenShard& shard, int B, int T, long batches) {
+    check_memory(m.cfg.memory_bytes(B, T, true), "diagnose: gradients with batch " + std::to_string(B) + " x " +
+                 std::to_string(T), "the model, its gradients and the activations");
+    std::vector<double> sq(size_t(2 * m.cfg.n_layers), 0.0);
+    EvalBatches it(shard, B, T);
+    std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+    long n = 0;
+    for (; n < batches && it.next(x.data(), y.data()) > 0; n++) {
+        m.zero_grad();
+        m.forward(x.data(), y.data(), B, T);
+        m.backward();
+        for (const auto& sp : m.specs) {
+            const long j = sublayer_of(sp.name);
+            if (j < 0) continue;
+            double ss = 0;
+            for (size_t i = 0; i < sp.numel; i++) ss += double(m.grads[sp.offset + i]) * m.grads[sp.offset + i];
+            sq[j] += ss;
+        }
+    }
+    for (auto& v : sq) v = n > 0 ? std::sqrt(v / double(n)) : 0.0;
+    return sq;
+}
 
 // Column labels of DepthStats::alpha.
 std::vector<std::string> alpha_columns(const ModelConfig& c) {
@@ -69,6 +106,7 @@ void add_diagnose_command(CLI::App& app) {
 
         DepthStats st;
         const double loss = evaluate(m, shard, B, t.seq_len, o->batches, [&] { m.accumulate_depth_stats(st); });
+        const std::vector<double> grad = gradient_norms(m, shard, B, t.seq_len, o->batches);
         std::vector<double> skip_loss;
         if (!o->no_skip) {
             const bool tty = ::isatty(2);
@@ -88,8 +126,8 @@ void add_diagnose_command(CLI::App& app) {
         std::printf("depth diagnostics of %s: %d layers, norm %s, residual %s\n", o->ckpt.c_str(), c.n_layers,
                     to_string(c.norm_placement), residual.c_str());
         std::printf("validation: %ld batches of %d x %d tokens, loss %.4f\n\n", o->batches, B, t.seq_len, loss);
-        std::printf("%-9s %10s %10s %10s %12s\n", "sublayer", "input RMS", "output RMS", "state RMS",
-                    o->no_skip ? "" : "skip: Δloss");
+        std::printf("%-9s %10s %10s %10s %10s %12s\n", "sublayer", "input RMS", "output RMS", "state RMS",
+                    "grad norm", o->no_skip ? "" : "skip: Δloss");
         nlohmann::json js = {{"checkpoint", o->ckpt}, {"residual", to_string(c.residual)},
                              {"attnres_block_size", c.attnres_block_size}, {"norm_placement", to_string(c.norm_placement)},
                              {"batches", o->batches}, {"batch_size", B}, {"seq_len", t.seq_len}, {"loss", loss},
@@ -97,7 +135,8 @@ void add_diagnose_command(CLI::App& app) {
         nlohmann::json subs = nlohmann::json::array();
         for (long j = 0; j < n_sub; j++) {
             nlohmann::json row = {{"sublayer", sublayer_name(j)}, {"input_rms", rms(st.input_ms[j])},
-                                  {"output_rms", rms(st.output_ms[j])}, {"state_rms", rms(st.state_ms[j])}};
+                                  {"output_rms", rms(st.output_ms[j])}, {"state_rms", rms(st.state_ms[j])},
+                                  {"grad_norm", grad[j]}};
             std::string d;
             if (!skip_loss.empty()) {
                 row["skip_loss"] = skip_loss[j];
@@ -106,14 +145,15 @@ void add_diagnose_command(CLI::App& app) {
                 std::snprintf(buf, sizeof buf, "%+12.4f", skip_loss[j] - loss);
                 d = buf;
             }
-            std::printf("%-9s %10.4g %10.4g %10.4g %s\n", sublayer_name(j).c_str(), rms(st.input_ms[j]),
-                        rms(st.output_ms[j]), rms(st.state_ms[j]), d.c_str());
+            std::printf("%-9s %10.4g %10.4g %10.4g %10.4g %s\n", sublayer_name(j).c_str(), rms(st.input_ms[j]),
+                        rms(st.output_ms[j]), rms(st.state_ms[j]), grad[j], d.c_str());
             subs.push_back(row);
         }
         std::printf("%-9s %10.4g\n", "final", rms(st.final_ms));
         js["sublayers"] = subs;
         js["final_input_rms"] = rms(st.final_ms);
-        std::printf("\n(input: what the sublayer normalises and reads; state: the residual stream after it%s)\n",
+        std::printf("\n(input: what the sublayer normalises and reads; state: the residual stream after it%s;\n"
+                    " grad norm: of the sublayer's parameters, RMS over the batches)\n",
                     c.residual == Residual::standard ? "" : ", or under AttnRes its block's partial sum");
 
         if (!st.alpha.empty()) {

@@ -39,6 +39,7 @@ def test_standard_residual_stream_and_skip_ablation(runs, tmp_path):
         assert b["input_rms"] == pytest.approx(a["state_rms"], rel=1e-9)
     assert j["final_input_rms"] == pytest.approx(subs[-1]["state_rms"], rel=1e-9)
     assert all(math.isfinite(s["skip_delta_loss"]) and s["skip_loss"] > 0 for s in subs)
+    assert all(s["grad_norm"] > 0 and math.isfinite(s["grad_norm"]) for s in subs)
     assert any(abs(s["skip_delta_loss"]) > 1e-4 for s in subs)
     assert "alpha" not in j and "AttnRes mean weights" not in out
 
