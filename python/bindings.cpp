@@ -161,6 +161,33 @@ PYBIND11_MODULE(strata, mod) {
                            lse.data(), q.data(), k.data(), v.data(), a);
         return py::make_tuple(dq, dk, dv);
     });
+    // MoDA: q (B,T,H,d), k/v (B,T,Hk,d), kd/vd (B,T,L,Hk,d): every depth slot used.
+    auto moda_dims = [](F32 q, F32 k, F32 kd) {
+        if (q.ndim() != 4 || k.ndim() != 4 || kd.ndim() != 5) throw Error("moda: q, k must be 4-D and kd 5-D");
+        AttnDims a{q.shape(0), q.shape(1), k.shape(1), q.shape(2), k.shape(2), q.shape(3), 0,
+                   k.shape(1) * k.shape(2) * k.shape(3)};
+        if (a.H % a.Hk) throw Error("moda: H must be a multiple of Hk");
+        if (kd.shape(0) != a.B || kd.shape(1) != a.Tq || kd.shape(3) != a.Hk || kd.shape(4) != a.d)
+            throw Error("moda: kd must be (B, T, L, Hk, d)");
+        return a;
+    };
+    ops.def("moda_forward", [=](F32 q, F32 k, F32 v, F32 kd, F32 vd) {
+        AttnDims a = moda_dims(q, k, kd);
+        const long L = kd.shape(2);
+        F32 o = make({a.B, a.Tq, a.H, a.d}), lse = make({a.B, a.H, a.Tq});
+        moda_forward(o.mutable_data(), lse.mutable_data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L, a);
+        return py::make_tuple(o, lse);
+    });
+    ops.def("moda_backward", [=](F32 dout, F32 out, F32 lse, F32 q, F32 k, F32 v, F32 kd, F32 vd) {
+        AttnDims a = moda_dims(q, k, kd);
+        const long L = kd.shape(2);
+        F32 dq = make({a.B, a.Tq, a.H, a.d}), dk = make({a.B, a.Tk, a.Hk, a.d}), dv = make({a.B, a.Tk, a.Hk, a.d});
+        F32 dkd = make({a.B, a.Tq, L, a.Hk, a.d}), dvd = make({a.B, a.Tq, L, a.Hk, a.d});
+        for (F32* t : {&dq, &dk, &dv, &dkd, &dvd}) std::fill_n(t->mutable_data(), t->size(), 0.f);
+        moda_backward(dq.mutable_data(), dk.mutable_data(), dv.mutable_data(), dkd.mutable_data(), dvd.mutable_data(),
+                      dout.data(), out.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L, a);
+        return py::make_tuple(dq, dk, dv, dkd, dvd);
+    });
     ops.def("matmul_forward", [](F32 x, F32 w) {
         long IC = w.shape(1), OC = w.shape(0), N = x.size() / IC;
         F32 y = make({N, OC});

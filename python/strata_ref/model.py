@@ -155,6 +155,27 @@ def attn_res(sources: list[torch.Tensor], w: torch.Tensor, gamma: torch.Tensor, 
     return (alpha[..., None] * V).sum(dim=0)
 
 
+def moda_attention(q, k, v, kd, vd):
+    """Mixture-of-Depths Attention: causal GQA attention whose one softmax also covers each query
+    token's own depth keys/values. q (B, T, H, d); k, v (B, T, Hk, d); kd, vd (B, T, L, Hk, d).
+    Query head h reads kv head h // (H / Hk), in the sequence and in the depth. Returns (B, T, H, d)."""
+    B, T, H, d = q.shape
+    Hk, L = k.shape[2], kd.shape[2]
+    idx = torch.arange(H) // (H // Hk)
+    qh = q.transpose(1, 2)                                   # (B, H, T, d)
+    kh, vh = k[:, :, idx].transpose(1, 2), v[:, :, idx].transpose(1, 2)
+    s_seq = qh @ kh.transpose(-1, -2) / math.sqrt(d)         # (B, H, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    s_seq = s_seq.masked_fill(~causal, float("-inf"))
+    kdh, vdh = kd[:, :, :, idx].permute(0, 3, 1, 2, 4), vd[:, :, :, idx].permute(0, 3, 1, 2, 4)  # (B, H, T, L, d)
+    s_dep = (qh[..., None, :] * kdh).sum(-1) / math.sqrt(d)  # (B, H, T, L)
+    s = torch.cat([s_seq, s_dep], dim=-1)                    # one softmax over T + L keys
+    e = torch.exp(s - s.max(dim=-1, keepdim=True).values.detach())
+    p = e / e.sum(dim=-1, keepdim=True)
+    out = p[..., :T] @ vh + (p[..., T:, None] * vdh).sum(-2)
+    return out.transpose(1, 2)
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross entropy over positions whose target is >= 0 (negatives are ignored).
 

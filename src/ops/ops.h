@@ -66,6 +66,18 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
                         const T* v, const AttnDims& a);
 
+// ---- MoDA: attention over the sequence and the token's own depth keys, in one softmax ----------------
+// As attention_forward, plus for every query token t (row t of q, its absolute position q_pos0 + t)
+// its own L depth keys/values from earlier layers: kd, vd (B, Tq, L_max, Hk, d), slots 0..L−1. Query
+// head h reads kv head h / (H/Hk) in the sequence and in the depth. L = 0 is plain attention.
+template <typename T>
+void moda_forward(T* out, T* lse, const T* q, const T* k, const T* v, const T* kd, const T* vd, long L, long L_max,
+                  const AttnDims& a);
+// dq, dk, dv, dkd, dvd accumulate (dkd/dvd shaped like kd/vd).
+template <typename T>
+void moda_backward(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T* dout, const T* out, const T* lse, const T* q,
+                   const T* k, const T* v, const T* kd, const T* vd, long L, long L_max, const AttnDims& a);
+
 // ---- cross-entropy over rows of logits (N, V) --------------------------------------------------------
 // losses[r] = lse_r − logits[r, target_r]; rows with target < 0 get loss 0 and are not counted.
 // Returns the number of counted rows.

@@ -268,6 +268,69 @@ OpCase attention_case(long B, long T, long H, long Hk, long d, std::mt19937_64& 
     return c;
 }
 
+// MoDA: the attention above plus, for every query token, its own L depth keys/values (slots of a
+// (B, T, L_max, Hk, d) buffer) inside the same softmax.
+OpCase moda_case(long B, long T, long H, long Hk, long d, long L, long L_max, std::mt19937_64& g) {
+    OpCase c;
+    c.name = "moda B=" + std::to_string(B) + " T=" + std::to_string(T) + " H=" + std::to_string(H) + " Hk=" +
+             std::to_string(Hk) + " d=" + std::to_string(d) + " L=" + std::to_string(L) + "/" + std::to_string(L_max);
+    const long nd = B * T * L_max * Hk * d;
+    c.inputs = {randn(B * T * H * d, g), randn(B * T * Hk * d, g), randn(B * T * Hk * d, g), randn(nd, g),
+                randn(nd, g)};
+    c.differentiable = {true, true, true, true, true};
+    AttnDims a{B, T, T, H, Hk, d, 0, T * Hk * d};
+    auto f = [=](auto zero, const std::vector<Vec>& in) {
+        using T_ = decltype(zero);
+        auto q = cast<T_>(in[0]), k = cast<T_>(in[1]), v = cast<T_>(in[2]), kd = cast<T_>(in[3]), vd = cast<T_>(in[4]);
+        std::vector<T_> o(B * T * H * d), lse(B * H * T);
+        moda_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
+        return Vec(o.begin(), o.end());
+    };
+    c.fwd32 = [=](auto& in) { return f(0.f, in); };
+    c.fwd64 = [=](auto& in) { return f(0.0, in); };
+    c.ref = [=](auto& in) {  // one explicit softmax over the t+1 sequence keys and the L depth keys
+        Vec o(B * T * H * d, 0.0);
+        auto dot = [&](const double* x, const double* y) {
+            double acc = 0;
+            for (long i = 0; i < d; i++) acc += x[i] * y[i];
+            return acc / std::sqrt(double(d));
+        };
+        for (long b = 0; b < B; b++)
+            for (long h = 0; h < H; h++) {
+                const long kh = h / (H / Hk);
+                for (long t = 0; t < T; t++) {
+                    const double* q = &in[0][((b * T + t) * H + h) * d];
+                    std::vector<const double*> keys, vals;
+                    for (long u = 0; u <= t; u++) {
+                        keys.push_back(&in[1][((b * T + u) * Hk + kh) * d]);
+                        vals.push_back(&in[2][((b * T + u) * Hk + kh) * d]);
+                    }
+                    for (long i = 0; i < L; i++) {
+                        keys.push_back(&in[3][(((b * T + t) * L_max + i) * Hk + kh) * d]);
+                        vals.push_back(&in[4][(((b * T + t) * L_max + i) * Hk + kh) * d]);
+                    }
+                    Vec s(keys.size());
+                    double mx = -1e300, z = 0;
+                    for (size_t j = 0; j < keys.size(); j++) mx = std::max(mx, s[j] = dot(q, keys[j]));
+                    for (auto& x : s) z += (x = std::exp(x - mx));
+                    for (size_t j = 0; j < keys.size(); j++)
+                        for (long i = 0; i < d; i++) o[((b * T + t) * H + h) * d + i] += s[j] / z * vals[j][i];
+                }
+            }
+        return o;
+    };
+    c.bwd64 = [=](auto& in, const Vec& dy) {
+        Vec o(B * T * H * d), lse(B * H * T), dq(in[0].size(), 0.0), dk(in[1].size(), 0.0), dv(in[2].size(), 0.0),
+            dkd(nd, 0.0), dvd(nd, 0.0);
+        moda_forward(o.data(), lse.data(), in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(), L,
+                     L_max, a);
+        moda_backward(dq.data(), dk.data(), dv.data(), dkd.data(), dvd.data(), dy.data(), o.data(), lse.data(),
+                      in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(), L, L_max, a);
+        return std::vector<Vec>{dq, dk, dv, dkd, dvd};
+    };
+    return c;
+}
+
 OpCase crossentropy_case(long N, long V, std::mt19937_64& g) {
     OpCase c;
     c.name = "crossentropy N=" + std::to_string(N) + " V=" + std::to_string(V);
@@ -423,6 +486,12 @@ std::vector<OpCase> table() {
     }
     t.push_back(attention_case(1, 200, 2, 1, 64, g));  // several key and query tiles, d = 64
     for (long T : {1, 3, 65}) {
+        t.push_back(moda_case(2, T, 4, 2, 8, 3, 4, g));   // G = 2, 3 of 4 depth slots used
+        t.push_back(moda_case(1, T, 4, 1, 16, 6, 6, g));  // G = 4
+        t.push_back(moda_case(1, T, 2, 2, 8, 0, 2, g));   // no depth: plain attention
+    }
+    t.push_back(moda_case(1, 130, 2, 1, 16, 5, 5, g));  // several key and query tiles
+    for (long T : {1, 3, 65}) {
         t.push_back(attnres_case(T, 24, 1, true, g));   // one source: out = v exactly, zero logit gradient
         t.push_back(attnres_case(T, 24, 3, false, g));  // parameter-free key norm
         t.push_back(attnres_case(T, 40, 7, true, g));
@@ -520,3 +589,45 @@ void check_two_phase(double tol) {
 
 TEST(AttnRes, TwoPhaseEqualsOnePhaseFloat) { check_two_phase<float>(2e-6); }
 TEST(AttnRes, TwoPhaseEqualsOnePhaseDouble) { check_two_phase<double>(1e-13); }
+
+// MoDA's decode path: query rows at positions p0.. over a longer KV cache, each with its own depth
+// slots, must equal the corresponding rows of the full causal MoDA; with no slots it is attention.
+TEST(MoDA, CachedRowsMatchFullAndNoDepthIsAttention) {
+    std::mt19937_64 g(8);
+    const long B = 2, T = 70, H = 4, Hk = 2, d = 16, max_T = 96, p0 = 66, L = 3, Lm = 4;
+    Vec q = randn(B * T * H * d, g), k = randn(B * T * Hk * d, g), v = randn(B * T * Hk * d, g);
+    Vec kd = randn(B * T * Lm * Hk * d, g), vd = randn(B * T * Lm * Hk * d, g);
+    Vec o(B * T * H * d), lse(B * H * T);
+    moda_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, Lm,
+                 AttnDims{B, T, T, H, Hk, d, 0, T * Hk * d});
+    const long n = T - p0, slot = Lm * Hk * d;
+    Vec kc(B * max_T * Hk * d, 0.0), vc(B * max_T * Hk * d, 0.0), qn(B * n * H * d), kdn(B * n * slot), vdn(B * n * slot);
+    for (long b = 0; b < B; b++) {
+        for (long t = 0; t < T; t++)
+            for (long i = 0; i < Hk * d; i++) {
+                kc[(b * max_T + t) * Hk * d + i] = k[(b * T + t) * Hk * d + i];
+                vc[(b * max_T + t) * Hk * d + i] = v[(b * T + t) * Hk * d + i];
+            }
+        for (long t = p0; t < T; t++) {
+            for (long i = 0; i < H * d; i++) qn[(b * n + t - p0) * H * d + i] = q[(b * T + t) * H * d + i];
+            for (long i = 0; i < slot; i++) {
+                kdn[(b * n + t - p0) * slot + i] = kd[(b * T + t) * slot + i];
+                vdn[(b * n + t - p0) * slot + i] = vd[(b * T + t) * slot + i];
+            }
+        }
+    }
+    Vec on(qn.size()), lsen(B * H * n);
+    moda_forward(on.data(), lsen.data(), qn.data(), kc.data(), vc.data(), kdn.data(), vdn.data(), L, Lm,
+                 AttnDims{B, n, T, H, Hk, d, p0, max_T * Hk * d});
+    for (long b = 0; b < B; b++)
+        for (long t = p0; t < T; t++)
+            for (long i = 0; i < H * d; i++)
+                EXPECT_NEAR(on[(b * n + t - p0) * H * d + i], o[(b * T + t) * H * d + i], 1e-12);
+
+    Vec o0(o.size()), l0(lse.size()), oa(o.size()), la(lse.size());
+    const AttnDims a{B, T, T, H, Hk, d, 0, T * Hk * d};
+    moda_forward(o0.data(), l0.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), 0, Lm, a);
+    attention_forward(oa.data(), la.data(), q.data(), k.data(), v.data(), a);
+    EXPECT_EQ(o0, oa);
+    EXPECT_EQ(l0, la);
+}

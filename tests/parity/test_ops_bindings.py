@@ -114,3 +114,21 @@ def test_attnres(T, n):
     for i in range(n):
         assert rel(dsrcs[i], st[i].grad) < 1e-5, i
     assert rel(dw, wt.grad) < 1e-5 and rel(dg, gt.grad) < 1e-5
+
+
+@pytest.mark.parametrize("T,H,Hk,L", [(1, 4, 2, 3), (37, 4, 1, 5), (65, 2, 2, 0)])
+def test_moda(T, H, Hk, L):
+    from strata_ref import moda_attention
+    d = 16
+    q = rng.standard_normal((2, T, H, d)).astype(np.float32)
+    k, v = (rng.standard_normal((2, T, Hk, d)).astype(np.float32) for _ in range(2))
+    kd, vd = (rng.standard_normal((2, T, L, Hk, d)).astype(np.float32) for _ in range(2))
+    o, lse = strata.ops.moda_forward(q, k, v, kd, vd)
+    ts = [t64(x) for x in (q, k, v, kd, vd)]
+    ref = moda_attention(*ts)
+    assert rel(o, ref.detach()) < 1e-6
+    do = rng.standard_normal(o.shape).astype(np.float32)
+    ref.backward(torch.tensor(do, dtype=torch.float64))
+    grads = strata.ops.moda_backward(do, o, lse, q, k, v, kd, vd)
+    for name, g, t in zip(("dq", "dk", "dv", "dkd", "dvd"), grads, ts):
+        assert rel(g, t.grad) < 1e-5, name

@@ -114,6 +114,8 @@ af = strata.ops.attention_forward(q, k, v)
 out, lse = af if isinstance(af, tuple) else (af, None)
 srcs, qw, kg = [f(512, 64) for _ in range(5)], 0.3 * f(64), 1 + 0.2 * f(64)
 ar = strata.ops.attnres_forward(srcs, qw, kg, 1e-5)
+kd, vd = f(2, 70, 3, 2, 16), f(2, 70, 3, 2, 16)
+mf = strata.ops.moda_forward(q, k, v, kd, vd)
 res = {
     "sgemm (matmul_forward)": strata.ops.matmul_forward(x, w),
     "sgemm (matmul_backward)": strata.ops.matmul_backward(f(256, 320), x, w),
@@ -125,6 +127,8 @@ res = {
     "crossentropy_forward": strata.ops.crossentropy_forward(f(64, 320), rng.integers(0, 320, 64).astype(np.int32)),
     "attnres_forward": ar,
     "attnres_backward": strata.ops.attnres_backward(f(512, 64), ar[0], ar[1], ar[2], ar[3], srcs, qw, kg),
+    "moda_forward": mf,
+    "moda_backward": strata.ops.moda_backward(f(2, 70, 4, 16), mf[0], mf[1], q, k, v, kd, vd),
 }
 flat = lambda v: [b for a in v for b in flat(a)] if isinstance(v, (tuple, list)) else [v]
 for name, val in res.items():
@@ -134,7 +138,7 @@ for name, val in res.items():
 
 
 def test_own_kernels_do_not_depend_on_the_thread_count(tmp_path):
-    """strata's kernels (embedding, RMSNorm, attention, cross-entropy, AttnRes) split work so that every sum is
+    """strata's kernels (embedding, RMSNorm, attention, cross-entropy, AttnRes, MoDA) split work so that every sum is
     taken in the same order whatever the thread count; the bits agree at 1 and 2 threads. OpenBLAS's
     sgemm is printed too: on the recorded machine it differs between 1 and 2 threads."""
     pytest.importorskip("numpy")

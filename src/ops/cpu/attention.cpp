@@ -10,10 +10,16 @@
 // head of the group and every visible (key tile, query tile) pair it recomputes P from the lse and
 // runs the five GEMMs of the FlashAttention-2 backward: S, dV += Pᵀ·dO, dP = dO·Vᵀ,
 // dS = P⊙(dP − D), dQ += s·dS·K, dK += s·dSᵀ·Q.
+//
+// MoDA (Mixture-of-Depths Attention, docs/moda.md) is the same kernel with one more set of keys per
+// query token: its own L depth keys/values from earlier layers, inside the same softmax. In the
+// forward they are folded into each row's online softmax after the sequence tiles; in the backward
+// the task of kv head kh owns the depth gradients of kh, so they too are written without atomics.
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "core/error.h"
 #include "ops/cpu/gemm.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
@@ -42,8 +48,22 @@ size_t reserve_scratch(long Tq, long d) {
 }
 }  // namespace
 
+// Depth keys/values of MoDA: (B, Tq, L_max, Hk, d), slots 0..L−1 of each query token used.
 template <typename T>
-void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a) {
+struct Depth {
+    const T *kd = nullptr, *vd = nullptr;
+    long L = 0, L_max = 0;
+    const T* key(const AttnDims& a, long b, long t, long i, long kh) const {
+        return kd + (((b * a.Tq + t) * L_max + i) * a.Hk + kh) * a.d;
+    }
+    const T* value(const AttnDims& a, long b, long t, long i, long kh) const {
+        return vd + (((b * a.Tq + t) * L_max + i) * a.Hk + kh) * a.d;
+    }
+};
+
+template <typename T>
+static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a,
+                                   const Depth<T>& dep) {
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
     const long n_qt = (a.Tq + BQ - 1) / BQ;
     const T scale = T(1) / std::sqrt(T(d));
@@ -89,6 +109,35 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
                     }
                     gemm(false, false, tq, d, tk, T(1), S, tk, V0 + s0 * ks, ks, T(1), O, d);
                 }
+                // MoDA: each row's own depth slots join its softmax (every row already saw its own key,
+                // so m[r] is finite here).
+                for (long r = 0; r < tq && dep.L > 0; r++) {
+                    const T* qr = Q + r * qs;
+                    T* sd = S;  // the score tile is free again: L ≤ BQ·BK scores for this row
+                    T mx = m[r];
+                    for (long i = 0; i < dep.L; i++) {
+                        const T* kd = dep.key(a, b, t0 + r, i, kh);
+                        T s = 0;
+#pragma omp simd reduction(+ : s)
+                        for (long c = 0; c < d; c++) s += qr[c] * kd[c];
+                        sd[i] = s * scale;
+                        mx = sd[i] > mx ? sd[i] : mx;
+                    }
+                    const T corr = std::exp(m[r] - mx);
+                    T* o = O + r * d;
+                    if (corr != T(1))
+                        for (long c = 0; c < d; c++) o[c] *= corr;
+                    T sum = 0;
+                    for (long i = 0; i < dep.L; i++) {
+                        const T p = std::exp(sd[i] - mx);
+                        const T* vd = dep.value(a, b, t0 + r, i, kh);
+#pragma omp simd
+                        for (long c = 0; c < d; c++) o[c] += p * vd[c];
+                        sum += p;
+                    }
+                    l[r] = l[r] * corr + sum;
+                    m[r] = mx;
+                }
                 for (long r = 0; r < tq; r++) {
                     T* o = out + ((b * a.Tq + t0 + r) * a.H + h) * d;
                     const T inv = T(1) / l[r];
@@ -99,8 +148,20 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const
 }
 
 template <typename T>
-void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
-                        const T* v, const AttnDims& a) {
+void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a) {
+    attention_forward_impl(out, lse, q, k, v, a, Depth<T>{});
+}
+
+template <typename T>
+void moda_forward(T* out, T* lse, const T* q, const T* k, const T* v, const T* kd, const T* vd, long L, long L_max,
+                  const AttnDims& a) {
+    STRATA_CHECK(L >= 0 && L <= L_max && L <= BQ * BK, "moda_forward: bad depth slot count");
+    attention_forward_impl(out, lse, q, k, v, a, Depth<T>{kd, vd, L, L_max});
+}
+
+template <typename T>
+static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T* dout, const T* out, const T* lse,
+                                    const T* q, const T* k, const T* v, const AttnDims& a, const Depth<T>& dep) {
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
     const T scale = T(1) / std::sqrt(T(d));
     const size_t scratch_n = reserve_scratch<T>(a.Tq, d);
@@ -150,8 +211,42 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                         gemm(true, false, tk, d, tq, scale, dP, tk, q + off, qs, T(1), dK, ks);
                     }
                 }
+                // MoDA: the depth slots of every query token t (seen by this head's row t only).
+                for (long t = 0; t < a.Tq && dep.L > 0; t++) {
+                    const long off = ((b * a.Tq + t) * a.H + h) * d;
+                    const T *qr = q + off, *go = dout + off;
+                    T* gq = dq + off;
+                    for (long i = 0; i < dep.L; i++) {
+                        const T* kd = dep.key(a, b, t, i, kh);
+                        const T* vd = dep.value(a, b, t, i, kh);
+                        T s = 0, dp = 0;
+                        for (long c = 0; c < d; c++) s += qr[c] * kd[c], dp += go[c] * vd[c];
+                        const T p = std::exp(s * scale - L[t]);
+                        const T ds = p * (dp - D[t]) * scale;
+                        const long slot = (((b * a.Tq + t) * dep.L_max + i) * a.Hk + kh) * d;
+                        for (long c = 0; c < d; c++) {
+                            gq[c] += ds * kd[c];
+                            dkd[slot + c] += ds * qr[c];
+                            dvd[slot + c] += p * go[c];
+                        }
+                    }
+                }
             }
         }
+}
+
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
+                        const T* v, const AttnDims& a) {
+    attention_backward_impl(dq, dk, dv, static_cast<T*>(nullptr), static_cast<T*>(nullptr), dout, out, lse, q, k, v, a,
+                            Depth<T>{});
+}
+
+template <typename T>
+void moda_backward(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T* dout, const T* out, const T* lse, const T* q,
+                   const T* k, const T* v, const T* kd, const T* vd, long L, long L_max, const AttnDims& a) {
+    STRATA_CHECK(L >= 0 && L <= L_max, "moda_backward: bad depth slot count");
+    attention_backward_impl(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, a, Depth<T>{kd, vd, L, L_max});
 }
 
 template void attention_forward<float>(float*, float*, const float*, const float*, const float*, const AttnDims&);
@@ -161,5 +256,12 @@ template void attention_backward<float>(float*, float*, float*, const float*, co
                                         const float*, const float*, const float*, const AttnDims&);
 template void attention_backward<double>(double*, double*, double*, const double*, const double*, const double*,
                                          const double*, const double*, const double*, const AttnDims&);
+#define STRATA_INSTANTIATE_MODA(T)                                                                            \
+    template void moda_forward<T>(T*, T*, const T*, const T*, const T*, const T*, const T*, long, long,       \
+                                  const AttnDims&);                                                           \
+    template void moda_backward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, const T*, const T*,      \
+                                   const T*, const T*, const T*, long, long, const AttnDims&);
+STRATA_INSTANTIATE_MODA(float)
+STRATA_INSTANTIATE_MODA(double)
 
 }  // namespace strata
