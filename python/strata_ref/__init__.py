@@ -2,6 +2,7 @@
 
 from .model import (
     DEFAULT_CONFIG,
+    ATTENTIONS,
     NORM_PLACEMENTS,
     RESIDUALS,
     RefAdamW,
@@ -18,6 +19,7 @@ from .model import (
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "ATTENTIONS",
     "NORM_PLACEMENTS",
     "RESIDUALS",
     "RefAdamW",

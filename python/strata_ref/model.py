@@ -35,10 +35,13 @@ DEFAULT_CONFIG = OrderedDict(
     seed=1337,
     residual="standard",
     attnres_block_size=4,
+    attention="causal",
+    moda_ffn_kv=True,
 )
 
 NORM_PLACEMENTS = ("pre", "post", "reordered")
 RESIDUALS = ("standard", "attnres_full", "attnres_block")
+ATTENTIONS = ("causal", "moda")
 
 
 def resolve_config(config: dict | None) -> dict:
@@ -66,6 +69,8 @@ def resolve_config(config: dict | None) -> dict:
         raise ValueError(f"residual must be one of {RESIDUALS}")
     if int(cfg["attnres_block_size"]) != cfg["attnres_block_size"] or cfg["attnres_block_size"] <= 0:
         raise ValueError("attnres_block_size must be a positive integer")
+    if cfg["attention"] not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}")
     if cfg["residual"] != "standard" and cfg["norm_placement"] != "pre":
         raise ValueError("AttnRes needs norm_placement 'pre'")
     return cfg
@@ -91,6 +96,9 @@ def param_shapes(cfg: dict) -> "OrderedDict[str, tuple]":
         shapes[p + "w_gate"] = (F, D)
         shapes[p + "w_up"] = (F, D)
         shapes[p + "w_down"] = (D, F)
+        if cfg["attention"] == "moda" and cfg["moda_ffn_kv"] and l + 1 < L:
+            shapes[p + "w_ffn_k"] = (Hk * d, D)
+            shapes[p + "w_ffn_v"] = (Hk * d, D)
         if cfg["residual"] != "standard":
             for side in ("attn", "mlp"):
                 shapes[p + side + "_res_query"] = (D,)
@@ -271,6 +279,8 @@ class RefModel(nn.Module):
         cos, sin = rope_cos_sin(T, d, cfg["rope_theta"], x.dtype)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
+        if cfg["attention"] == "moda":
+            return self._moda(q, k, v, l)
         # query head h reads kv head h // G
         kv_index = torch.arange(H) // G
         k = k[:, kv_index]  # (B, H, T, d)
@@ -286,10 +296,40 @@ class RefModel(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, H * d)
         return linear(y, self.param(p + "wo"))
 
+    def _moda(self, q, k, v, l):
+        """MoDA (docs/moda.md): one softmax over the causal keys and each token's depth slots, i.e. the
+        K/V of the earlier layers' attention (and FFN projections), kept in self._depth in layer order.
+        q (B, H, T, d), k and v (B, Hk, T, d), after QK-norm and RoPE."""
+        cfg = self.cfg
+        B, H, T, d = q.shape
+        Hk = k.shape[1]
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, T, heads, d)
+        if self._depth:
+            kd = torch.stack([dk for dk, _ in self._depth], dim=2)  # (B, T, L, Hk, d)
+            vd = torch.stack([dv for _, dv in self._depth], dim=2)
+        else:
+            kd = vd = qt.new_zeros(B, T, 0, Hk, d)
+        y = moda_attention(qt, kt, vt, kd, vd)
+        if l + 1 < cfg["n_layers"]:
+            self._depth.append((kt, vt))
+        return linear(y.reshape(B, T, H * d), self.param(f"blocks.{l}.wo"))
+
     def _mlp(self, x: torch.Tensor, l: int) -> torch.Tensor:
+        cfg = self.cfg
         p = f"blocks.{l}."
         gate = linear(x, self.param(p + "w_gate"))
         up = linear(x, self.param(p + "w_up"))
+        if cfg["attention"] == "moda" and cfg["moda_ffn_kv"] and l + 1 < cfg["n_layers"]:
+            # the FFN's input, projected to one more depth slot; K normed and rotated like attention's K
+            B, T, _ = x.shape
+            Hk, d = cfg["n_kv_heads"], cfg["head_dim"]
+            kf = linear(x, self.param(p + "w_ffn_k")).view(B, T, Hk, d)
+            vf = linear(x, self.param(p + "w_ffn_v")).view(B, T, Hk, d)
+            if cfg["qk_norm"]:
+                kf = rms_norm(kf, self.param(p + "k_norm"), cfg["norm_eps"])
+            cos, sin = rope_cos_sin(T, d, cfg["rope_theta"], x.dtype)
+            kf = apply_rope(kf.transpose(1, 2), cos, sin).transpose(1, 2)
+            self._depth.append((kf, vf))
         return linear(silu(gate) * up, self.param(p + "w_down"))
 
     def _block(self, h: torch.Tensor, l: int, skip=None) -> torch.Tensor:
@@ -349,6 +389,7 @@ class RefModel(nn.Module):
         if T > self.cfg["max_seq_len"]:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg['max_seq_len']}")
         h = self.param("tok_emb")[tokens]  # (B, T, D)
+        self._depth = []  # MoDA's depth stream, filled layer by layer
         if self.cfg["residual"] == "standard":
             for l in range(self.cfg["n_layers"]):
                 h = self._block(h, l, skip_sublayer)

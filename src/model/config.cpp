@@ -41,6 +41,13 @@ int attnres_sublayers_per_block(const ModelConfig& c) {
     return 0;
 }
 
+const char* to_string(AttentionKind a) { return a == AttentionKind::moda ? "moda" : "causal"; }
+
+long moda_slots_read(const ModelConfig& c, long layer) {
+    if (c.attention != AttentionKind::moda) return 0;
+    return (c.moda_ffn_kv ? 2 : 1) * layer;  // attention K/V (and FFN K/V) of each earlier layer
+}
+
 int attnres_max_sources(const ModelConfig& c) {
     const int S = attnres_sublayers_per_block(c);
     if (S == 0) return 0;
@@ -77,6 +84,12 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& o
         throw Error(origin + ": residual must be \"standard\", \"attnres_full\" or \"attnres_block\", not \"" + res +
                     "\"");
     f.get("attnres_block_size", c.attnres_block_size);
+    std::string att = to_string(c.attention);
+    f.get("attention", att);
+    if (att == "causal") c.attention = AttentionKind::causal;
+    else if (att == "moda") c.attention = AttentionKind::moda;
+    else throw Error(origin + ": attention must be \"causal\" or \"moda\", not \"" + att + "\"");
+    f.get("moda_ffn_kv", c.moda_ffn_kv);
     f.get("tie_embeddings", c.tie_embeddings);
     f.get("init_std", c.init_std);
     f.get("seed", c.seed);
@@ -92,7 +105,8 @@ nlohmann::json ModelConfig::to_json() const {
             {"norm_eps", norm_eps},       {"norm_placement", to_string(norm_placement)},
             {"qk_norm", qk_norm},         {"tie_embeddings", tie_embeddings}, {"init_std", init_std},
             {"seed", seed},               {"residual", to_string(residual)},
-            {"attnres_block_size", attnres_block_size}};
+            {"attnres_block_size", attnres_block_size}, {"attention", to_string(attention)},
+            {"moda_ffn_kv", moda_ffn_kv}};
 }
 
 void ModelConfig::validate(const std::string& origin) const {
@@ -139,7 +153,8 @@ double ModelConfig::num_params() const {
     const bool attnres = residual != Residual::standard;  // a query and a key-norm weight per sublayer
     const double per_layer = 2 * D + (H + 2 * Hk) * d * D + (qk_norm ? 2 * d : 0) + D * H * d + 3 * F * D +
                              (attnres ? 4 * D : 0);
-    return V * D * (tie_embeddings ? 1 : 2) + double(n_layers) * per_layer + D + (attnres ? 2 * D : 0);
+    const double ffn_kv = attention == AttentionKind::moda && moda_ffn_kv ? double(n_layers - 1) * 2 * Hk * d * D : 0;
+    return V * D * (tie_embeddings ? 1 : 2) + double(n_layers) * per_layer + D + (attnres ? 2 * D : 0) + ffn_kv;
 }
 
 double ModelConfig::memory_bytes(long B, long T, bool training) const {
@@ -151,6 +166,14 @@ double ModelConfig::memory_bytes(long B, long T, bool training) const {
     double arena = N * D + L * (2 * sub + N * QKV + 3 * N * H * d + 4 * N * Hk * d + N * (H + Hk) + N * H + 3 * N * F) +
                    N * D + N + N * V + 2 * N;
     if (training) arena += 4 * N * D + N * QKV + 3 * N * H * d + 4 * N * Hk * d + 3 * N * F + N * D + N * V;
+    if (attention == AttentionKind::moda) {
+        // The depth K and V buffers (B·T, slots, Hk·d); per layer that writes FFN K/V: its projection
+        // (N, 2·Hk·d), the raw and final K (N, Hk·d each) and the K-norm rstd (N·Hk).
+        const double slots = double(moda_slots(*this)), kvd = Hk * d;
+        arena += 2 * N * slots * kvd;
+        if (moda_ffn_kv) arena += (L - 1) * (N * 2 * kvd + 2 * N * kvd + N * Hk);
+        if (training) arena += 2 * N * slots * kvd;
+    }
     if (const int S = attnres_sublayers_per_block(*this); S > 0) {
         // Per sublayer and for the output: the mix, its logits and key rstd per source, its lse.
         const double n_max = attnres_max_sources(*this);

@@ -16,6 +16,10 @@ enum class NormPlacement { pre, post, reordered };
 //                  with attnres_block_size sublayers (attention and MLP each count) per block.
 enum class Residual { standard, attnres_full, attnres_block };
 
+// The attention kind (docs/moda.md): "causal" is causal GQA over the sequence; "moda" adds, inside the
+// same softmax, each token's own keys/values from earlier layers (Mixture-of-Depths Attention).
+enum class AttentionKind { causal, moda };
+
 struct ModelConfig {
     int vocab_size = 4096;
     int d_model = 384;
@@ -31,6 +35,8 @@ struct ModelConfig {
     bool qk_norm = false;
     Residual residual = Residual::standard;
     int attnres_block_size = 4;  // sublayers per block (attnres_block); 1 is the same as attnres_full
+    AttentionKind attention = AttentionKind::causal;
+    bool moda_ffn_kv = true;  // MoDA: each FFN also writes a depth slot through its own K/V projection
     bool tie_embeddings = true;
     double init_std = 0.02;
     uint64_t seed = 1337;
@@ -59,6 +65,12 @@ void check_memory(double bytes, const std::string& origin, const std::string& wh
 
 const char* to_string(NormPlacement p);
 const char* to_string(Residual r);
+const char* to_string(AttentionKind a);
+
+// MoDA's depth slots per token: layer b reads the first moda_slots_read(c, b) of them; the whole
+// buffer holds moda_slots(c) = moda_slots_read(c, n_layers − 1) (the last layer writes none).
+long moda_slots_read(const ModelConfig& c, long layer);
+inline long moda_slots(const ModelConfig& c) { return moda_slots_read(c, c.n_layers - 1); }
 
 // AttnRes's block size in sublayers: 1 for attnres_full, attnres_block_size for attnres_block, 0 for
 // the standard residual.

@@ -41,6 +41,10 @@ std::vector<ParamSpec> param_specs(const ModelConfig& c) {
         add(p + "w_gate", {F, D});  // w_gate, w_up adjacent: the fused wgu view relies on it
         add(p + "w_up", {F, D});
         add(p + "w_down", {D, F});
+        if (c.attention == AttentionKind::moda && c.moda_ffn_kv && l + 1 < c.n_layers) {
+            add(p + "w_ffn_k", {Hk * d, D});  // adjacent: the fused wffn view relies on it
+            add(p + "w_ffn_v", {Hk * d, D});
+        }
         if (c.residual != Residual::standard) {
             add(p + "attn_res_query", {D});
             add(p + "attn_res_norm", {D});
@@ -78,6 +82,8 @@ Model<T>::Model(const ModelConfig& c) : cfg(c), specs(param_specs(c)) {
         lp.mlp_norm = param(p + "mlp_norm");
         lp.wgu = param(p + "w_gate");
         lp.wdown = param(p + "w_down");
+        lp.wffn = c.attention == AttentionKind::moda && c.moda_ffn_kv && l + 1 < c.n_layers ? param(p + "w_ffn_k")
+                                                                                             : nullptr;
         if (c.residual != Residual::standard) {
             lp.attn_res_query = param(p + "attn_res_query");
             lp.attn_res_norm = param(p + "attn_res_norm");
@@ -153,6 +159,13 @@ void Model<T>::layout(long N, bool training) {
     }
     count(N * D + N + N * V + 2 * N);
     if (training) count(2 * N * D + 2 * N * D + N * QKV + 2 * N * H * d + 4 * N * Hk * d + N * H * d + 3 * N * F + N * D + N * V);
+    const bool moda = cfg.attention == AttentionKind::moda;
+    const long slots = moda_slots(cfg), kvd = Hk * d;
+    if (moda) {
+        count(2 * N * slots * kvd);
+        if (cfg.moda_ffn_kv) count((L - 1) * (N * 2 * kvd + 2 * N * kvd + N * Hk));
+        if (training) count(2 * N * slots * kvd);
+    }
     const bool attnres = cfg.residual != Residual::standard;
     const long n_max = attnres_max_sources(cfg);
     auto mix_size = [&] { count(N * D + 2 * n_max * N + N); };
@@ -198,7 +211,16 @@ void Model<T>::layout(long N, bool training) {
         la.lse = take(N * H);
         la.gu = take(N * 2 * F);
         la.act = take(N * F);
+        la.ffn_kv = la.fk_raw = la.fk = la.fk_rstd = nullptr;
+        if (moda && cfg.moda_ffn_kv && l + 1 < L) {
+            la.ffn_kv = take(N * 2 * kvd);
+            la.fk_raw = take(N * kvd);
+            la.fk = take(N * kvd);
+            la.fk_rstd = take(N * Hk);
+        }
     }
+    a_.depth_k = moda ? take(N * slots * kvd) : nullptr;
+    a_.depth_v = moda ? take(N * slots * kvd) : nullptr;
     a_.lnf = take(N * D);
     a_.lnf_rstd = take(N);
     a_.logits = take(N * V);
@@ -223,6 +245,8 @@ void Model<T>::layout(long N, bool training) {
         a_.dact = take(N * F);
         a_.dlnf = take(N * D);
         a_.dlogits = take(N * V);
+        a_.ddepth_k = moda ? take(N * slots * kvd) : nullptr;
+        a_.ddepth_v = moda ? take(N * slots * kvd) : nullptr;
         if (attnres) {
             a_.dsub.resize(size_t(2 * L));
             for (auto& ds : a_.dsub) ds = take(N * D);
@@ -231,6 +255,18 @@ void Model<T>::layout(long N, bool training) {
         }
     }
     STRATA_CHECK(size_t(p - arena_.data()) <= arena_.size(), "activation arena overflow");
+}
+
+// ---- MoDA's depth stream: slot `slot` of each row of the (N, slots, Hk·d) K and V buffers ----------
+// put: the slot ← rows of (N, Hk·d); take: rows += the slot (the slot's gradient flows back).
+template <typename T>
+static void depth_put(T* depth, long slots, long slot, const T* rows, long N, long kvd) {
+    for (long r = 0; r < N; r++) std::memcpy(depth + (r * slots + slot) * kvd, rows + r * kvd, kvd * sizeof(T));
+}
+template <typename T>
+static void depth_take(T* rows, const T* depth, long slots, long slot, long N, long kvd) {
+    for (long r = 0; r < N; r++)
+        for (long i = 0; i < kvd; i++) rows[r * kvd + i] += depth[(r * slots + slot) * kvd + i];
 }
 
 // ---- attention sublayer f(in) ------------------------------------------------------------------
@@ -269,7 +305,16 @@ void Model<T>::attn_forward(long l, const T* in, T* out, long N, const AttnDims&
         K = kc;
         Vv = vc;
     }
-    attention_forward(la.att, la.lse, la.q, K, Vv, ad);
+    if (cfg.attention == AttentionKind::moda) {  // the softmax also covers each token's earlier-layer K/V
+        const long slots = moda_slots(cfg);
+        moda_forward(la.att, la.lse, la.q, K, Vv, a_.depth_k, a_.depth_v, moda_slots_read(cfg, l), slots, ad);
+        if (l + 1 < cfg.n_layers) {  // this layer's K/V become a depth slot for the layers after it
+            depth_put(a_.depth_k, slots, moda_slots_read(cfg, l), la.k, N, Hk * d);
+            depth_put(a_.depth_v, slots, moda_slots_read(cfg, l), la.v, N, Hk * d);
+        }
+    } else {
+        attention_forward(la.att, la.lse, la.q, K, Vv, ad);
+    }
     matmul_forward(out, la.att, p.wo, N, H * d, D);
 }
 
@@ -283,7 +328,17 @@ void Model<T>::attn_backward(long l, const T* in, T* din, const T* dout, long N,
     std::memset(a_.dq, 0, N * H * d * sizeof(T));
     std::memset(a_.dk, 0, N * Hk * d * sizeof(T));
     std::memset(a_.dv, 0, N * Hk * d * sizeof(T));
-    attention_backward(a_.dq, a_.dk, a_.dv, a_.datt, la.att, la.lse, la.q, la.k, la.v, ad);
+    if (cfg.attention == AttentionKind::moda) {
+        const long slots = moda_slots(cfg);
+        moda_backward(a_.dq, a_.dk, a_.dv, a_.ddepth_k, a_.ddepth_v, a_.datt, la.att, la.lse, la.q, la.k, la.v,
+                      a_.depth_k, a_.depth_v, moda_slots_read(cfg, l), slots, ad);
+        if (l + 1 < cfg.n_layers) {  // what the later layers sent back through this layer's depth slot
+            depth_take(a_.dk, a_.ddepth_k, slots, moda_slots_read(cfg, l), N, Hk * d);
+            depth_take(a_.dv, a_.ddepth_v, slots, moda_slots_read(cfg, l), N, Hk * d);
+        }
+    } else {
+        attention_backward(a_.dq, a_.dk, a_.dv, a_.datt, la.att, la.lse, la.q, la.k, la.v, ad);
+    }
     rope_backward(a_.dq, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, H, d);
     rope_backward(a_.dk, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, Hk, d);
     const T* dq_raw = a_.dq;
@@ -315,6 +370,18 @@ void Model<T>::mlp_forward(long l, const T* in, T* out, long N) {
     matmul_forward(la.gu, in, p.wgu, N, D, 2 * F);
     swiglu_forward(la.act, la.gu, N, F);
     matmul_forward(out, la.act, p.wdown, N, F, D);
+    if (p.wffn) {  // MoDA: the FFN's input, projected to one more depth K/V slot (K normed and rotated like K)
+        const long Hk = cfg.n_kv_heads, d = cfg.head_dim, kvd = Hk * d, slots = moda_slots(cfg);
+        matmul_forward(la.ffn_kv, in, p.wffn, N, D, 2 * kvd);
+        for (long r = 0; r < N; r++) std::memcpy(la.fk_raw + r * kvd, la.ffn_kv + r * 2 * kvd, kvd * sizeof(T));
+        if (cfg.qk_norm) rmsnorm_forward(la.fk, la.fk_rstd, la.fk_raw, layers_[l].k_norm, N * Hk, d, cfg.norm_eps);
+        else std::memcpy(la.fk, la.fk_raw, size_t(N * kvd) * sizeof(T));
+        rope_forward(la.fk, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, Hk, d);
+        const long slot = moda_slots_read(cfg, l) + 1;
+        depth_put(a_.depth_k, slots, slot, la.fk, N, kvd);
+        for (long r = 0; r < N; r++)
+            std::memcpy(a_.depth_v + (r * slots + slot) * kvd, la.ffn_kv + r * 2 * kvd + kvd, kvd * sizeof(T));
+    }
 }
 
 template <typename T>
@@ -327,6 +394,26 @@ void Model<T>::mlp_backward(long l, const T* in, T* din, const T* dout, long N) 
     std::memset(a_.dgu, 0, N * 2 * F * sizeof(T));
     swiglu_backward(a_.dgu, a_.dact, la.gu, N, F);
     matmul_backward(din, g(p.wgu), a_.dgu, in, p.wgu, N, D, 2 * F);
+    if (p.wffn) {  // MoDA: the gradient the later layers sent back through this FFN's depth slot
+        const long Hk = cfg.n_kv_heads, d = cfg.head_dim, kvd = Hk * d, slots = moda_slots(cfg);
+        const long slot = moda_slots_read(cfg, l) + 1;
+        T* dfk = a_.dk;  // free scratch here (N, Hk·d)
+        std::memset(dfk, 0, size_t(N * kvd) * sizeof(T));
+        depth_take(dfk, a_.ddepth_k, slots, slot, N, kvd);
+        rope_backward(dfk, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, Hk, d);
+        const T* dk_raw = dfk;
+        if (cfg.qk_norm) {
+            std::memset(a_.dk_raw, 0, size_t(N * kvd) * sizeof(T));
+            rmsnorm_backward(a_.dk_raw, g(layers_[l].k_norm), dfk, la.fk_raw, layers_[l].k_norm, la.fk_rstd, N * Hk, d);
+            dk_raw = a_.dk_raw;
+        }
+        T* dkv = a_.dqkv;  // (N, 2·Hk·d) fits in the (N, QKV) scratch
+        for (long r = 0; r < N; r++) {
+            std::memcpy(dkv + r * 2 * kvd, dk_raw + r * kvd, kvd * sizeof(T));
+            std::memcpy(dkv + r * 2 * kvd + kvd, a_.ddepth_v + (r * slots + slot) * kvd, kvd * sizeof(T));
+        }
+        matmul_backward(din, g(p.wffn), dkv, in, p.wffn, N, D, 2 * kvd);
+    }
 }
 
 // ---- the residual rule around a sublayer -----------------------------------------------------
@@ -459,6 +546,11 @@ void Model<T>::backward() {
     const long N = B_ * T_, D = cfg.d_model, V = cfg.vocab_size;
     AttnDims ad{B_, T_, T_, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, T_ * cfg.n_kv_heads * cfg.head_dim};
     std::memset(a_.dlogits, 0, size_t(N * V) * sizeof(T));
+    if (cfg.attention == AttentionKind::moda) {
+        const size_t n = size_t(N) * moda_slots(cfg) * cfg.n_kv_heads * cfg.head_dim;
+        std::memset(a_.ddepth_k, 0, n * sizeof(T));
+        std::memset(a_.ddepth_v, 0, n * sizeof(T));
+    }
     if (n_counted_ > 0)
         crossentropy_backward(a_.dlogits, a_.logits, a_.lse, targets_.data(), N, V, T(1) / T(n_counted_));
     std::memset(a_.dlnf, 0, size_t(N * D) * sizeof(T));

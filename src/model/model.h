@@ -38,6 +38,7 @@ struct LayerParams {
     T* mlp_norm;   // (D)
     T* wgu;        // (2F, D): w_gate then w_up, one GEMM
     T* wdown;      // (D, F)
+    T* wffn;       // MoDA with FFN K/V, layers before the last: (2·Hk·d, D), w_ffn_k then w_ffn_v; else null
     // AttnRes only (null otherwise): each sublayer's pseudo-query and key-norm weight
     T *attn_res_query, *attn_res_norm, *mlp_res_query, *mlp_res_norm;  // (D) each
 };
@@ -124,12 +125,15 @@ private:
         SubActs attn, mlp;
         T *qkv, *q_raw, *k_raw, *q, *k, *v, *q_rstd, *k_rstd, *att, *lse;  // attention
         T *gu, *act;                                                    // MLP
+        T *ffn_kv, *fk_raw, *fk, *fk_rstd;  // MoDA FFN K/V: projection (N, 2·Hk·d), K raw/final (N, Hk·d), rstd
     };
     struct Acts {
         T* x0;  // (N, D) embeddings
         std::vector<LayerActs> layers;
         T *lnf, *lnf_rstd, *logits, *losses, *lse;
         MixActs out_mix;       // AttnRes: the output op, over every block, before the final norm
+        T *depth_k, *depth_v;  // MoDA: (B·T, slots, Hk·d) each; slot moda_slots_read(b) on hold layer b's K/V
+        T *ddepth_k, *ddepth_v;  // MoDA backward: their gradients
         std::vector<T*> dsub;  // AttnRes backward: (N, D) gradient of each sublayer's partial sum
         T *demb, *dmix;        // AttnRes backward: (N, D) each
         // backward scratch

@@ -327,11 +327,13 @@ TrainResult train(const RunConfig& rc) {
     std::string residual = to_string(rc.model.residual);
     if (rc.model.residual == Residual::attnres_block)
         residual += " (" + std::to_string(rc.model.attnres_block_size) + " sublayers per block)";
+    std::string attention = to_string(rc.model.attention);
+    if (rc.model.attention == AttentionKind::moda) attention += rc.model.moda_ffn_kv ? " (attention and FFN K/V)" : " (attention K/V)";
     std::fprintf(stderr,
-                 "model: %zu parameters, %d layers, d_model %d, norm %s, residual %s; batch %d x %d x %d accum, %d "
-                 "threads\n",
+                 "model: %zu parameters, %d layers, d_model %d, norm %s, residual %s, attention %s; batch %d x %d x %d "
+                 "accum, %d threads\n",
                  model->num_params(), rc.model.n_layers, rc.model.d_model, to_string(rc.model.norm_placement),
-                 residual.c_str(), t.batch_size, t.seq_len, t.grad_accum, t.threads);
+                 residual.c_str(), attention.c_str(), t.batch_size, t.seq_len, t.grad_accum, t.threads);
 
     std::error_code ec;
     std::filesystem::create_directories(t.out_dir, ec);

@@ -1,6 +1,7 @@
 // Generation with the KV cache must agree with full forwards: identical greedy token ids over 64
 // steps and logits within 1e-5, for every norm placement and GQA group size, and for AttnRes (Full
-// and Block), whose depth mixing is per token and so needs no cache of its own.
+// and Block), whose depth mixing is per token and so needs no cache of its own, and MoDA, whose depth
+// keys/values are per token too.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,7 +14,8 @@
 using namespace strata;
 
 namespace {
-ModelConfig tiny(NormPlacement np, int kv_heads, bool qk_norm, Residual res = Residual::standard) {
+ModelConfig tiny(NormPlacement np, int kv_heads, bool qk_norm, Residual res = Residual::standard,
+                 AttentionKind att = AttentionKind::causal) {
     ModelConfig c;
     c.vocab_size = 61;
     c.d_model = 32;
@@ -26,6 +28,7 @@ ModelConfig tiny(NormPlacement np, int kv_heads, bool qk_norm, Residual res = Re
     c.norm_placement = np;
     c.qk_norm = qk_norm;
     c.residual = res;
+    c.attention = att;
     c.attnres_block_size = 3;
     c.init_std = 0.3;  // peaked logits, so the greedy choice is never a near-tie
     c.seed = 5;
@@ -39,11 +42,11 @@ double max_rel(const float* a, const float* b, long n) {
 }
 }  // namespace
 
-class KVCache_ : public ::testing::TestWithParam<std::tuple<NormPlacement, int, bool, Residual>> {};
+class KVCache_ : public ::testing::TestWithParam<std::tuple<NormPlacement, int, bool, Residual, AttentionKind>> {};
 
 TEST_P(KVCache_, GreedyMatchesFullForward) {
-    auto [np, kv, qk, res] = GetParam();
-    Model<float> m(tiny(np, kv, qk, res));
+    auto [np, kv, qk, res, att] = GetParam();
+    Model<float> m(tiny(np, kv, qk, res, att));
     Rng rng(11);  // AttnRes queries start at 0 (a uniform mix); give them values so the mix matters
     for (const auto& s : m.specs)
         if (s.name.ends_with("_res_query"))
@@ -77,12 +80,15 @@ TEST_P(KVCache_, GreedyMatchesFullForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Placements, KVCache_,
-                         ::testing::Values(std::make_tuple(NormPlacement::pre, 4, false, Residual::standard),
-                                           std::make_tuple(NormPlacement::pre, 2, true, Residual::standard),
-                                           std::make_tuple(NormPlacement::post, 1, false, Residual::standard),
-                                           std::make_tuple(NormPlacement::reordered, 2, false, Residual::standard),
-                                           std::make_tuple(NormPlacement::pre, 2, false, Residual::attnres_full),
-                                           std::make_tuple(NormPlacement::pre, 1, true, Residual::attnres_block)));
+                         ::testing::Values(std::make_tuple(NormPlacement::pre, 4, false, Residual::standard, AttentionKind::causal),
+                                           std::make_tuple(NormPlacement::pre, 2, true, Residual::standard, AttentionKind::causal),
+                                           std::make_tuple(NormPlacement::post, 1, false, Residual::standard, AttentionKind::causal),
+                                           std::make_tuple(NormPlacement::reordered, 2, false, Residual::standard, AttentionKind::causal),
+                                           std::make_tuple(NormPlacement::pre, 2, false, Residual::attnres_full, AttentionKind::causal),
+                                           std::make_tuple(NormPlacement::pre, 1, true, Residual::attnres_block, AttentionKind::causal),
+                                           std::make_tuple(NormPlacement::pre, 2, true, Residual::standard, AttentionKind::moda),
+                                           std::make_tuple(NormPlacement::post, 1, false, Residual::standard, AttentionKind::moda),
+                                           std::make_tuple(NormPlacement::pre, 2, false, Residual::attnres_full, AttentionKind::moda)));
 
 TEST(Generate, RejectsPromptLongerThanMaxSeqLen) {
     Model<float> m(tiny(NormPlacement::pre, 2, false));

@@ -41,11 +41,20 @@ CASES = [
          tie_embeddings=False, ignore=False),
     dict(norm_placement="pre", n_kv_heads=4, n_layers=3, residual="attnres_block", attnres_block_size=6,
          ignore=False),
+] + [  # MoDA: depth KV of the attention (and FFN) of earlier layers, with each norm placement, and with AttnRes
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, attention="moda", ignore=False),
+    dict(norm_placement="post", n_kv_heads=1, n_layers=3, attention="moda", qk_norm=True, ignore=True),
+    dict(norm_placement="reordered", n_kv_heads=4, n_layers=3, attention="moda", moda_ffn_kv=False,
+         tie_embeddings=False, ignore=False),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, attention="moda", qk_norm=True, residual="attnres_block",
+         attnres_block_size=2, ignore=False),
 ]
 
 
 def case_id(case):
     parts = [case["norm_placement"], f"G{4 // case['n_kv_heads']}"]
+    if case.get("attention") == "moda":
+        parts.append("moda" + ("" if case.get("moda_ffn_kv", True) else "-attnkv"))
     if case.get("residual", "standard") != "standard":
         parts.append(case["residual"] + (f"{case['attnres_block_size']}" if "attnres_block_size" in case else ""))
     if case.get("qk_norm"):

@@ -15,12 +15,17 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
         NormPlacement np;
         Residual res;
         int block, layers;
+        AttentionKind att = AttentionKind::causal;
+        bool ffn_kv = true;
     };
     const Variant variants[] = {{NormPlacement::pre, Residual::standard, 4, 2},
                                 {NormPlacement::post, Residual::standard, 4, 3},
                                 {NormPlacement::pre, Residual::attnres_full, 1, 3},
                                 {NormPlacement::pre, Residual::attnres_block, 4, 3},
-                                {NormPlacement::pre, Residual::attnres_block, 5, 2}};
+                                {NormPlacement::pre, Residual::attnres_block, 5, 2},
+                                {NormPlacement::pre, Residual::standard, 4, 3, AttentionKind::moda},
+                                {NormPlacement::post, Residual::standard, 4, 3, AttentionKind::moda, false},
+                                {NormPlacement::pre, Residual::attnres_block, 2, 3, AttentionKind::moda}};
     for (const auto& v : variants) {
         ModelConfig c;
         c.vocab_size = 97;
@@ -34,7 +39,11 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
         c.norm_placement = v.np;
         c.residual = v.res;
         c.attnres_block_size = v.block;
-        SCOPED_TRACE(std::string(to_string(v.np)) + " " + to_string(v.res) + " S=" + std::to_string(v.block));
+        c.attention = v.att;
+        c.moda_ffn_kv = v.ffn_kv;
+        c.qk_norm = v.att == AttentionKind::moda;
+        SCOPED_TRACE(std::string(to_string(v.np)) + " " + to_string(v.res) + " S=" + std::to_string(v.block) + " " +
+                     to_string(v.att) + (v.ffn_kv ? "" : " (no FFN K/V)"));
         Model<float> m(c);
         EXPECT_EQ(double(m.params.size()), c.num_params());
         for (bool training : {false, true}) {

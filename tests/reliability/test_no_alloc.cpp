@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <new>
+#include <tuple>
 #include <utility>
 
 #include "model/model.h"
@@ -30,11 +31,15 @@ void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 using namespace strata;
 
 TEST(Training, NoHeapAllocationsAfterTheFirstStep) {
-    const std::pair<NormPlacement, Residual> variants[] = {
-        {NormPlacement::pre, Residual::standard},     {NormPlacement::post, Residual::standard},
-        {NormPlacement::reordered, Residual::standard}, {NormPlacement::pre, Residual::attnres_full},
-        {NormPlacement::pre, Residual::attnres_block}};
-    for (auto [np, res] : variants) {
+    const std::tuple<NormPlacement, Residual, AttentionKind> variants[] = {
+        {NormPlacement::pre, Residual::standard, AttentionKind::causal},
+        {NormPlacement::post, Residual::standard, AttentionKind::causal},
+        {NormPlacement::reordered, Residual::standard, AttentionKind::causal},
+        {NormPlacement::pre, Residual::attnres_full, AttentionKind::causal},
+        {NormPlacement::pre, Residual::attnres_block, AttentionKind::causal},
+        {NormPlacement::pre, Residual::standard, AttentionKind::moda},
+        {NormPlacement::pre, Residual::attnres_block, AttentionKind::moda}};
+    for (auto [np, res, att] : variants) {
         ModelConfig c;
         c.vocab_size = 97;
         c.d_model = 64;
@@ -48,6 +53,7 @@ TEST(Training, NoHeapAllocationsAfterTheFirstStep) {
         c.norm_placement = np;
         c.residual = res;
         c.attnres_block_size = 3;
+        c.attention = att;
         Model<float> m(c);
         AdamW<float> opt(m.params.size(), AdamWConfig{});
         const long B = 3, T = 70;  // two attention tiles
@@ -64,7 +70,8 @@ TEST(Training, NoHeapAllocationsAfterTheFirstStep) {
             opt.update(m.params, m.grads, m.specs, 1e-3);
         }
         EXPECT_EQ(g_allocs.load() - before, 0)
-            << "allocations in steps 2-10 with norm " << to_string(np) << ", residual " << to_string(res);
+            << "allocations in steps 2-10 with norm " << to_string(np) << ", residual " << to_string(res)
+            << ", attention " << to_string(att);
         EXPECT_GT(before, 0) << "the counting allocator saw nothing: it is not installed";
     }
 }
