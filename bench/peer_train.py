@@ -37,6 +37,7 @@ def parse_args():
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--residual", choices=("standard", "attnres_full", "attnres_block"), default="standard")
     p.add_argument("--block-size", type=int, default=4, help="sublayers per block for attnres_block")
+    p.add_argument("--attention", choices=("causal", "moda"), default="causal")
     return p.parse_args()
 
 
@@ -91,6 +92,24 @@ def apply_rope(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def moda_attention(q, k, v, depth):
+    """One softmax over the causal keys and each token's depth keys. q (B, H, T, d); k, v and each
+    depth entry's K, V (B, Hk, T, d)."""
+    B, H, T, d = q.shape
+    g = H // k.shape[1]
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    scale = d ** -0.5
+    s_seq = (q @ k.transpose(-1, -2)) * scale
+    s_seq = s_seq.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    if not depth:
+        return s_seq.softmax(-1) @ v
+    kd = torch.stack([dk for dk, _ in depth], dim=3).repeat_interleave(g, dim=1)  # (B, H, T, L, d)
+    vd = torch.stack([dv for _, dv in depth], dim=3).repeat_interleave(g, dim=1)
+    s_dep = torch.einsum("bhtd,bhtld->bhtl", q, kd) * scale
+    p = torch.cat([s_seq, s_dep], dim=-1).softmax(-1)
+    return p[..., :T] @ v + torch.einsum("bhtl,bhtld->bhtd", p[..., T:], vd)
+
+
 class Attention(nn.Module):
     def __init__(self, a, use_gqa):
         super().__init__()
@@ -101,12 +120,16 @@ class Attention(nn.Module):
         self.wv = nn.Linear(a.d_model, a.kv_heads * a.head_dim, bias=False)
         self.wo = nn.Linear(a.heads * a.head_dim, a.d_model, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, depth=None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.h, self.d).transpose(1, 2)
         k = self.wk(x).view(B, T, self.hk, self.d).transpose(1, 2)
         v = self.wv(x).view(B, T, self.hk, self.d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if depth is not None:  # MoDA: also attend to this token's K/V from the earlier layers
+            y = moda_attention(q, k, v, depth)
+            depth_kv = (k, v)
+            return self.wo(y.transpose(1, 2).reshape(B, T, self.h * self.d)), depth_kv
         if self.use_gqa:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -129,16 +152,30 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, a, use_gqa):
+    def __init__(self, a, use_gqa, ffn_kv=False):
         super().__init__()
         self.attn_norm = make_norm(a.d_model, a.norm_eps)
         self.attn = Attention(a, use_gqa)
         self.mlp_norm = make_norm(a.d_model, a.norm_eps)
         self.mlp = MLP(a)
+        self.hk, self.d = a.kv_heads, a.head_dim
+        # MoDA: the FFN's input projected to one more depth K/V (not for the last block: never read)
+        self.ffn_kv = nn.Linear(a.d_model, 2 * a.kv_heads * a.head_dim, bias=False) if ffn_kv else None
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x, cos, sin, depth=None):
+        if depth is None:
+            x = x + self.attn(self.attn_norm(x), cos, sin)
+            return x + self.mlp(self.mlp_norm(x))
+        y, kv = self.attn(self.attn_norm(x), cos, sin, depth)
+        x = x + y
+        h = self.mlp_norm(x)
+        out = x + self.mlp(h)
+        depth.append(kv)
+        if self.ffn_kv is not None:
+            B, T, _ = h.shape
+            kf, vf = self.ffn_kv(h).view(B, T, 2, self.hk, self.d).transpose(1, 3).unbind(2)  # (B, Hk, T, d) each
+            depth.append((apply_rope(kf, cos, sin), vf))
+        return out
 
 
 class DepthMix(nn.Module):
@@ -161,7 +198,10 @@ class Model(nn.Module):
         self.residual = a.residual
         self.block_size = 1 if a.residual == "attnres_full" else a.block_size
         self.tok_emb = nn.Embedding(a.vocab, a.d_model)
-        self.blocks = nn.ModuleList(Block(a, use_gqa) for _ in range(a.layers))
+        self.moda = a.attention == "moda"
+        if self.moda and a.residual != "standard":
+            raise SystemExit("peer_train.py: MoDA with AttnRes is not written for the peer")
+        self.blocks = nn.ModuleList(Block(a, use_gqa, ffn_kv=self.moda and i + 1 < a.layers) for i in range(a.layers))
         if a.residual != "standard":  # one mix per sublayer, one for the output
             self.mixes = nn.ModuleList(DepthMix(a.d_model, a.norm_eps) for _ in range(2 * a.layers + 1))
         self.final_norm = make_norm(a.d_model, a.norm_eps)
@@ -191,8 +231,9 @@ class Model(nn.Module):
         cos, sin = self.cos[:T], self.sin[:T]
         x = self.tok_emb(tokens)
         if self.residual == "standard":
+            depth = [] if self.moda else None
             for blk in self.blocks:
-                x = blk(x, cos, sin)
+                x = blk(x, cos, sin, depth)
         else:
             x = self.attn_res(x, cos, sin)
         logits = F.linear(self.final_norm(x), self.tok_emb.weight)  # tied embeddings
@@ -240,6 +281,7 @@ def main():
         "seq": a.seq,
         "params": sum(p.numel() for p in model.parameters()),
         "residual": a.residual + (f" (block size {a.block_size})" if a.residual == "attnres_block" else ""),
+        "attention_kind": a.attention,
         "gqa": "sdpa enable_gqa" if use_gqa else "repeat_interleave",
         "rmsnorm": "nn.RMSNorm" if hasattr(nn, "RMSNorm") else "manual",
         "attention": "sdpa" if hasattr(F, "scaled_dot_product_attention") else "manual masked softmax",

@@ -58,6 +58,7 @@ struct BenchTrainOptions {
     std::string json_out, markdown_out;
     std::string residual = "standard";  // the bench model's residual rule (docs/attn_res.md)
     int attnres_block_size = 4;
+    std::string attention = "causal";  // causal or moda (docs/moda.md)
 };
 
 // The bench model: fixed, so results stay comparable across runs and with the peer's defaults.
@@ -80,6 +81,9 @@ ModelConfig bench_model_config(long seq, const BenchTrainOptions& o) {
     else if (o.residual == "attnres_block") c.residual = Residual::attnres_block;
     else throw Error("--residual must be standard, attnres_full or attnres_block, not \"" + o.residual + "\"");
     c.attnres_block_size = o.attnres_block_size;
+    if (o.attention == "causal") c.attention = AttentionKind::causal;
+    else if (o.attention == "moda") c.attention = AttentionKind::moda;
+    else throw Error("--attention must be causal or moda, not \"" + o.attention + "\"");
     c.validate("bench model");
     return c;
 }
@@ -622,7 +626,7 @@ PeerResult run_peer(const fs::path& python, const fs::path& script, const BenchT
                       " --threads " + std::to_string(o.threads) + " --warmup " + std::to_string(o.warmup) +
                       " --steps " + std::to_string(o.steps) + " --batch " + std::to_string(o.batch) +
                       " --seq " + std::to_string(o.seq) + " --residual " + o.residual + " --block-size " +
-                      std::to_string(o.attnres_block_size);
+                      std::to_string(o.attnres_block_size) + " --attention " + o.attention;
     std::fprintf(stderr, "running the PyTorch peer: %s\n", cmd.c_str());
     int status = 0;
     std::string out = run_capture(cmd, &status);
@@ -673,8 +677,9 @@ void run_bench_train(const BenchTrainOptions& o) {
     openblas_set_num_threads(o.threads);
 
     const ModelConfig cfg = bench_model_config(o.seq, o);
-    if (o.profile && cfg.residual != Residual::standard)
-        throw Error("--profile replays the standard residual's ops only; leave it out with --residual " + o.residual);
+    if (o.profile && (cfg.residual != Residual::standard || cfg.attention != AttentionKind::causal))
+        throw Error("--profile replays the standard residual's and causal attention's ops only; leave it out with "
+                    "--residual " + o.residual + " --attention " + o.attention);
     check_memory(cfg.memory_bytes(o.batch, o.seq, /*training=*/true), "bench train",
                  "batch " + std::to_string(o.batch) + " x seq " + std::to_string(o.seq));
     const FlopCount fl = training_flops(cfg, o.batch, o.seq);
@@ -749,6 +754,8 @@ void run_bench_train(const BenchTrainOptions& o) {
        << cfg.ffn_hidden << ", pre-norm, residual " << to_string(cfg.residual)
        << (cfg.residual == Residual::attnres_block ? " (" + std::to_string(cfg.attnres_block_size) + " sublayers per block)"
                                                    : std::string())
+       << ", attention " << to_string(cfg.attention)
+       << (cfg.attention == AttentionKind::moda ? " (depth K/V of every earlier attention and FFN)" : "")
        << ", tied embeddings, fp32; batch " << o.batch << " × seq " << o.seq << " = "
        << long(tokens) << " tokens/step; " << sr.params << " parameters. Step: zero_grad, forward with targets, "
        << "backward, grad-norm clip to 1.0, AdamW. " << o.warmup << " warm-up + " << o.steps << " timed steps.\n\n";
@@ -757,6 +764,7 @@ void run_bench_train(const BenchTrainOptions& o) {
        << long(fl.matmul_params) << ") + " << fmt("%.2f", fl.attention / 1e9) << " (attention) = "
        << fmt("%.2f", fl.total / 1e9) << " GFLOP"
        << (cfg.residual != Residual::standard ? " (the AttnRes mixes, O(sources·D) per token, are not counted)" : "")
+       << (cfg.attention == AttentionKind::moda ? " (MoDA's FFN K/V projections and depth scores are not counted)" : "")
        << ".\n\n";
 
     md << "## Results\n\n| measurement | value |\n|---|---|\n";
@@ -887,6 +895,8 @@ void add_bench_command(CLI::App& app) {
     train->add_option("--residual", o->residual, "Residual rule of the bench model: standard, attnres_full, attnres_block")
         ->capture_default_str();
     train->add_option("--attnres-block-size", o->attnres_block_size, "Sublayers per block for attnres_block")
+        ->capture_default_str();
+    train->add_option("--attention", o->attention, "Attention kind of the bench model: causal, moda")
         ->capture_default_str();
     train->add_option("--repo", o->repo, "strata source tree (default: found from the build)");
     train->add_option("--peer-python", o->peer_python,
