@@ -220,14 +220,18 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
                         const T* kd = dep.key(a, b, t, i, kh);
                         const T* vd = dep.value(a, b, t, i, kh);
                         T s = 0, dp = 0;
+#pragma omp simd reduction(+ : s, dp)
                         for (long c = 0; c < d; c++) s += qr[c] * kd[c], dp += go[c] * vd[c];
                         const T p = std::exp(s * scale - L[t]);
                         const T ds = p * (dp - D[t]) * scale;
                         const long slot = (((b * a.Tq + t) * dep.L_max + i) * a.Hk + kh) * d;
+                        T* gkd = dkd + slot;
+                        T* gvd = dvd + slot;
+#pragma omp simd
                         for (long c = 0; c < d; c++) {
                             gq[c] += ds * kd[c];
-                            dkd[slot + c] += ds * qr[c];
-                            dvd[slot + c] += p * go[c];
+                            gkd[c] += ds * qr[c];
+                            gvd[c] += p * go[c];
                         }
                     }
                 }
