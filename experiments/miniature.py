@@ -100,7 +100,7 @@ def main():
              "corpus; only `model.residual` or `model.attention` changes. One seed per variant, so differences of a few "
              "hundredths are within run-to-run noise at this scale.\n")
     L.append("## 1. Validation loss at equal steps\n")
-    L.append(f"| residual | parameters | validation loss ({a.eval_batches} batches) | Δ vs standard | train loss (last 50 steps) | tokens/s (median) | training time |")
+    L.append(f"| variant | parameters | validation loss ({a.eval_batches} batches) | Δ vs standard | train loss (last 50 steps) | tokens/s (median) | training time |")
     L.append("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         label = name + (f" (S = {a.block_size})" if name == "attnres_block" else "")
