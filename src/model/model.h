@@ -132,7 +132,7 @@ private:
         std::vector<LayerActs> layers;
         T *lnf, *lnf_rstd, *logits, *losses, *lse;
         MixActs out_mix;       // AttnRes: the output op, over every block, before the final norm
-        T *depth_k, *depth_v;  // MoDA: (B·T, slots, Hk·d) each; slot moda_slots_read(b) on hold layer b's K/V
+        T *depth_k, *depth_v;  // MoDA: (B·T, slots, Hk·d) each; layer b's K/V go to slot moda_slots_read(b)
         T *ddepth_k, *ddepth_v;  // MoDA backward: their gradients
         std::vector<T*> dsub;  // AttnRes backward: (N, D) gradient of each sublayer's partial sum
         T *demb, *dmix;        // AttnRes backward: (N, D) each
