@@ -64,3 +64,26 @@ def ckpt_content(run_dir):
     cfg = json.loads(meta.pop("config"))
     del cfg["train"]["out_dir"]
     return header, meta, cfg, raw[8 + n:]
+
+
+def feature_args(d):
+    """Train arguments for the feature tests (AttnRes, MoDA): a small corpus in folder d, the tiny
+    model, a learning rate at which 16 steps visibly learn, no evaluation during training."""
+    corpus = small_corpus(d / "corpus.txt")
+    return ["--set", f"train.corpus={corpus}", "--set", f"train.data_dir={d / 'data'}", *TINY_MODEL,
+            "--set", "train.threads=2", "--set", "train.lr=0.01", "--set", "train.eval_every=1000"]
+
+
+def losses(run_dir):
+    """The training losses of a run, in step order."""
+    import json
+    return [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+
+
+def tensor_names(run_dir):
+    """The names of the tensors in a run's checkpoint."""
+    import json
+    import struct
+    raw = (run_dir / "checkpoint.safetensors").read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return set(json.loads(raw[8:8 + n])) - {"__metadata__"}

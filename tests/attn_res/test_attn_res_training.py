@@ -1,12 +1,9 @@
 """AttnRes through the CLI: Full and Block models train, checkpoint, resume bit for bit, evaluate and
 generate; the config keys are validated. (The op and the model are checked against the PyTorch
 reference in op/test_ops.cpp and parity/test_model_parity.py.)"""
-import json
-import struct
-
 import pytest
 
-from clihelp import TINY_MODEL, ckpt_content, run, small_corpus
+from clihelp import ckpt_content, feature_args, losses, run, tensor_names
 
 VARIANTS = {
     "full": ["--set", "model.residual=attnres_full"],
@@ -17,20 +14,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    d = tmp_path_factory.mktemp("attnres")
-    corpus = small_corpus(d / "corpus.txt")
-    return ["--set", f"train.corpus={corpus}", "--set", f"train.data_dir={d / 'data'}", *TINY_MODEL,
-            "--set", "train.threads=2", "--set", "train.lr=0.01", "--set", "train.eval_every=1000"]
-
-
-def losses(run_dir):
-    return [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
-
-
-def tensor_names(run_dir):
-    raw = (run_dir / "checkpoint.safetensors").read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    return set(json.loads(raw[8:8 + n])) - {"__metadata__"}
+    return feature_args(tmp_path_factory.mktemp("attnres"))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -2,11 +2,10 @@
 with AttnRes; the config keys are validated. (The op is checked in op/test_ops.cpp and the model
 against the PyTorch reference in parity/test_model_parity.py.)"""
 import json
-import struct
 
 import pytest
 
-from clihelp import TINY_MODEL, ckpt_content, run, small_corpus
+from clihelp import ckpt_content, feature_args, losses, run, tensor_names
 
 VARIANTS = {
     "moda": ["--set", "model.attention=moda", "--set", "model.n_layers=3"],
@@ -19,20 +18,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    d = tmp_path_factory.mktemp("moda")
-    corpus = small_corpus(d / "corpus.txt")
-    return ["--set", f"train.corpus={corpus}", "--set", f"train.data_dir={d / 'data'}", *TINY_MODEL,
-            "--set", "train.threads=2", "--set", "train.lr=0.01", "--set", "train.eval_every=1000"]
-
-
-def losses(run_dir):
-    return [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
-
-
-def tensor_names(run_dir):
-    raw = (run_dir / "checkpoint.safetensors").read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    return set(json.loads(raw[8:8 + n])) - {"__metadata__"}
+    return feature_args(tmp_path_factory.mktemp("moda"))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
