@@ -65,16 +65,16 @@ def main():
     variants = {n: all_variants[n] for n in chosen[a.tag]}
     results = {}
     for name, extra in variants.items():
-        run_dir = ROOT / a.out / name
+        run_dir = pathlib.Path(a.out) / name  # relative to the repository (the commands run there)
         p = sh(BIN, "train", "-c", "configs/default.json", *extra,
                "--set", f"train.steps={a.steps}", "--set", f"train.threads={a.threads}",
                "--set", f"train.out_dir={run_dir}")
-        metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics = [json.loads(l) for l in (ROOT / run_dir / "metrics.jsonl").read_text().splitlines()]
         train = [m for m in metrics if "loss" in m]
         tps = [m["tokens_per_s"] for m in train[len(train) // 2:]]  # the second half, past warm-up effects
         ev = sh(BIN, "eval", "--ckpt", run_dir, "--batches", a.eval_batches, "--threads", a.threads).stdout
         val = float(ev.split("loss ")[1].split(",")[0])
-        dj = run_dir / "diagnose.json"
+        dj = ROOT / run_dir / "diagnose.json"
         sh(BIN, "diagnose", "--ckpt", run_dir, "--batches", "8", "--threads", a.threads, "--json-out", dj)
         results[name] = {
             "val_loss": val, "train_loss_last50": sum(m["loss"] for m in train[-50:]) / len(train[-50:]),
