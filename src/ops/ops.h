@@ -120,4 +120,74 @@ template <typename T>
 void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const T* w, const T* gamma, long N, long D,
                     double eps);
 
+
+// ---- glue: the copies, adds and reductions between the ops above (src/ops/cpu/glue.cpp) -----------
+// Each is an op like the rest, so the model never touches memory itself and another backend only has
+// to provide these too.
+
+// zero fill: x[0..n) = 0
+template <typename T>
+void fill_zero(T* x, size_t n);
+
+// residual add: out = a + b (out may alias a or b). Backward: da += dout, db += dout (either may be null).
+template <typename T>
+void residual_forward(T* out, const T* a, const T* b, long n);
+template <typename T>
+void residual_backward(T* da, T* db, const T* dout, long n);
+
+// qkv split: the fused projection qkv (N, Wq + Wk + Wv) into contiguous q (N, Wq), k (N, Wk), v (N, Wv).
+// Its backward is the merge: dqkv = [dq | dk | dv]. Every element of dqkv is written once, so the
+// backward OVERWRITES dqkv (callers need not zero it), the one exception to the accumulate rule.
+template <typename T>
+void qkv_split_forward(T* q, T* k, T* v, const T* qkv, long N, long Wq, long Wk, long Wv);
+template <typename T>
+void qkv_split_backward(T* dqkv, const T* dq, const T* dk, const T* dv, long N, long Wq, long Wk, long Wv);
+
+// depth slot write: slot `slot` of a depth stream (N, slots, W) ← rows of src (N, W), row stride
+// src_stride (≥ W; a wider fused row can be read in place). Backward: dsrc rows += the slot's
+// gradient, read from ddepth; dsrc has row stride dsrc_stride.
+template <typename T>
+void depth_slot_forward(T* depth, long slots, long slot, const T* src, long src_stride, long N, long W);
+template <typename T>
+void depth_slot_backward(T* dsrc, long dsrc_stride, const T* ddepth, long slots, long slot, long N, long W);
+
+// KV-cache append: rows t = 0..n−1 of batch b of k and v, (B, n, W) contiguous, go to positions
+// pos0 + t of the caches, whose batches are bstride elements apart (row width W). Inference only.
+template <typename T>
+void kv_append_forward(T* kc, T* vc, const T* k, const T* v, long B, long n, long pos0, long bstride, long W);
+
+// x *= s, element-wise (gradient averaging and clipping)
+template <typename T>
+void scale_forward(T* x, long n, double s);
+
+// Σ x², summed in double over a fixed split of [0, n) by thread, the partials added in thread order:
+// the same bits for a given thread count. The global gradient norm is sqrt of the sum of these
+// partials over all gradient buffers (and, later, over ranks).
+template <typename T>
+double sum_squares(const T* x, long n);
+
+// Σ x in double, serially in index order (a loss over its rows).
+template <typename T>
+double sum_ordered(const T* x, long n);
+
+// Number of NaN and ±Inf elements among x[0..n).
+template <typename T>
+long nonfinite_count(const T* x, long n);
+
+// Σ_r mean_c(x[r, c]²) over the N rows of x (N, C), in double (depth diagnostics).
+template <typename T>
+double row_mean_square_sum(const T* x, long N, long C);
+// Σ_r exp(logit[r] − lse[r]) over N rows, in double: the summed softmax weight of one source.
+template <typename T>
+double softmax_weight_sum(const T* logit, const T* lse, long N);
+
+// AdamW (decoupled weight decay, torch.optim.AdamW) on one tensor of n elements, at the 1-based step
+// `step`: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g², p ← p·(1 − lr·wd·decay) − lr/bc1 · m / (√v/√bc2 + ε).
+struct AdamWArgs {
+    double lr, beta1, beta2, eps, weight_decay;
+    long step;
+};
+template <typename T>
+void adamw_update(T* p, const T* g, T* m, T* v, long n, const AdamWArgs& a, bool decay);
+
 }  // namespace strata
