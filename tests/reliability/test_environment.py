@@ -28,12 +28,17 @@ def blas_core(tmp_path, env):
 
 
 # ---- OPENBLAS_CORETYPE -------------------------------------------------------------------------
-def test_openblas_coretype_selects_the_kernels_and_an_unknown_name_falls_back_to_detection(tmp_path):
+def test_openblas_coretype_selects_the_kernels_and_an_unknown_name_still_runs(tmp_path):
     detected = blas_core(tmp_path, without("OPENBLAS_CORETYPE"))
+    assert detected
     # Prescott (SSE3) and Core2 run on every x86-64 CPU OpenBLAS supports.
     assert blas_core(tmp_path, {**without(), "OPENBLAS_CORETYPE": "Prescott"}) == "Prescott"
     assert blas_core(tmp_path, {**without(), "OPENBLAS_CORETYPE": "Core2"}) == "Core2"
-    assert blas_core(tmp_path, {**without(), "OPENBLAS_CORETYPE": "NoSuchCore"}) == detected
+    # An unknown name is not an error: OpenBLAS picks a kernel set itself. Which one is its business:
+    # 0.3.21 on an Intel Xeon it cannot name reports Prescott with the variable unset but Cooperlake
+    # (from the CPU's feature flags) with an unknown name, so only "some real kernel" is asserted.
+    fallback = blas_core(tmp_path, {**without(), "OPENBLAS_CORETYPE": "NoSuchCore"})
+    assert fallback and fallback != "NoSuchCore"
 
 
 def test_openblas_coretype_changes_rounding_not_results(tmp_path):
