@@ -25,16 +25,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!expect_ok_or_error([&] { lc = load_checkpoint(path, /*weights_only=*/false); })) return 0;
     FUZZ_CHECK(lc.model && lc.tok && lc.opt, "a loaded checkpoint lacks its model, tokenizer or optimizer");
     FUZZ_CHECK(lc.tok->vocab_size() == lc.rc.model.vocab_size, "tokenizer and model vocabularies differ");
-    FUZZ_CHECK(lc.opt->m.size() == lc.model->params.size() && lc.opt->v.size() == lc.model->params.size(),
+    FUZZ_CHECK(lc.opt->m.numel() == lc.model->num_params() && lc.opt->v.numel() == lc.model->num_params(),
                "optimizer moments do not match the parameters");
 
     LoadedCheckpoint weights;
     std::string err;
     FUZZ_CHECK(expect_ok_or_error([&] { weights = load_checkpoint(path, /*weights_only=*/true); }, &err),
                "a checkpoint that loads in full does not load weights-only: " + err);
-    FUZZ_CHECK(weights.model->params.size() == lc.model->params.size() &&
-                   std::memcmp(weights.model->params.data(), lc.model->params.data(),
-                               lc.model->params.size() * sizeof(float)) == 0,
+    FUZZ_CHECK(weights.model->num_params() == lc.model->num_params() &&
+                   weights.model->params().host<float>() == lc.model->params().host<float>(),
                "weights-only load gives different weights");
     FUZZ_CHECK(!weights.opt, "weights-only load built an optimizer");
     return 0;

@@ -48,18 +48,22 @@ struct PyModel {
         for (auto& s : m->specs) r.push_back(s.name);
         return r;
     }
-    F32 copy_out(const float* base, const std::string& name) const {
+    F32 get_param(const std::string& name) const {
         const ParamSpec& s = m->spec(name);
         F32 a = make(s.shape);
-        std::memcpy(a.mutable_data(), base + s.offset, s.numel * sizeof(float));
+        m->param_to_host(s, a.mutable_data());
         return a;
     }
-    F32 get_param(const std::string& name) const { return copy_out(m->params.data(), name); }
-    F32 get_grad(const std::string& name) const { return copy_out(m->grads.data(), name); }
+    F32 get_grad(const std::string& name) const {
+        const ParamSpec& s = m->spec(name);
+        F32 a = make(s.shape);
+        m->grad_to_host(s, a.mutable_data());
+        return a;
+    }
     void set_param(const std::string& name, F32 a) {
         const ParamSpec& s = m->spec(name);
         if (size_t(a.size()) != s.numel) throw Error("set_param(" + name + "): wrong number of elements");
-        std::memcpy(m->params.data() + s.offset, a.data(), s.numel * sizeof(float));
+        m->param_from_host(s, a.data());
     }
     py::tuple forward(I32 tokens, std::optional<I32> targets) {
         if (tokens.ndim() != 2) throw Error("tokens must be (B, T)");
@@ -68,7 +72,7 @@ struct PyModel {
             throw Error("targets must have the shape of tokens");
         double loss = m->forward(tokens.data(), targets ? targets->data() : nullptr, B, T);
         F32 logits = make({B, T, (long)m->cfg.vocab_size});
-        std::memcpy(logits.mutable_data(), m->logits(), size_t(B * T) * m->cfg.vocab_size * sizeof(float));
+        m->logits_to_host(logits.mutable_data(), 0, B * T);
         return py::make_tuple(logits, targets ? py::object(py::float_(loss)) : py::object(py::none()));
     }
     void backward() {
@@ -77,9 +81,9 @@ struct PyModel {
     }
     void adamw_step(double lr, double beta1, double beta2, double eps, double wd) {
         AdamWConfig c{beta1, beta2, eps, wd};
-        if (!opt) opt = std::make_unique<AdamW<float>>(m->params.size(), c);
+        if (!opt) opt = std::make_unique<AdamW<float>>(*m, c);
         opt->cfg = c;
-        opt->update(m->params, m->grads, m->specs, lr);
+        opt->update(*m, lr);
     }
 };
 

@@ -22,7 +22,7 @@ Device parse_device(const std::string& s, const std::string& origin);
 const std::vector<std::string>& device_names();
 
 // Element types a buffer can hold. Storage is chosen per role (core/precision.h).
-enum class DType { f32, f64, bf16, i32 };
+enum class DType { f32, f64, bf16, i32, u8 };  // u8: raw bytes (an arena of mixed tensors)
 size_t dtype_size(DType t);
 const char* to_string(DType t);
 template <typename T>
@@ -33,6 +33,8 @@ template <>
 constexpr DType dtype_of<double>() { return DType::f64; }
 template <>
 constexpr DType dtype_of<int32_t>() { return DType::i32; }
+template <>
+constexpr DType dtype_of<unsigned char>() { return DType::u8; }
 
 class Backend {
 public:

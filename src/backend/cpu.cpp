@@ -32,6 +32,7 @@ size_t dtype_size(DType t) {
         case DType::f64: return 8;
         case DType::bf16: return 2;
         case DType::i32: return 4;
+        case DType::u8: return 1;
     }
     return 0;
 }
@@ -42,6 +43,7 @@ const char* to_string(DType t) {
         case DType::f64: return "f64";
         case DType::bf16: return "bf16";
         case DType::i32: return "i32";
+        case DType::u8: return "u8";
     }
     return "?";
 }

@@ -35,6 +35,7 @@
 #include "model/model.h"
 #include "ops/ops.h"
 #include "train/optimizer.h"
+#include "train/step.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -390,36 +391,28 @@ void make_batch(long B, long T, long V, std::vector<int32_t>& x, std::vector<int
 
 StrataResult bench_strata(const ModelConfig& cfg, const BenchTrainOptions& o) {
     Model<float> model(cfg);
-    AdamW<float> opt(model.num_params(), AdamWConfig{});
+    AdamW<float> opt(model, AdamWConfig{});
     std::vector<int32_t> x, y;
     make_batch(o.batch, o.seq, cfg.vocab_size, x, y);
     StrataResult r;
     r.params = model.num_params();
     std::array<std::vector<double>, 5> ph;
-    const double lr = 3e-4, max_norm = 1.0;
+    const double lr = 3e-4;
+    // The training step of `strata train` (src/train/step.h), on one fixed batch.
+    const StepConfig sc{o.batch, o.seq, 1, 1.0, x.data(), y.data()};
     for (int i = 0; i < o.warmup + o.steps; i++) {
-        std::array<Clock::time_point, 6> t;
-        t[0] = Clock::now();
-        model.zero_grad();
-        t[1] = Clock::now();
-        const double loss = model.forward(x.data(), y.data(), o.batch, o.seq);
-        t[2] = Clock::now();
-        model.backward();
-        t[3] = Clock::now();
-        // torch.nn.utils.clip_grad_norm_ semantics: scale by min(1, max_norm / (norm + 1e-6)).
-        const double norm = grad_norm(model.grads);
-        scale_grads(model.grads, std::min(1.0, max_norm / (norm + 1e-6)));
-        t[4] = Clock::now();
-        opt.update(model.params, model.grads, model.specs, lr);
-        t[5] = Clock::now();
-        const double dt = std::chrono::duration<double>(t[5] - t[0]).count();
-        if (!std::isfinite(loss)) throw Error("bench: strata's loss is not finite at step " + std::to_string(i));
+        StepTimes tm;
+        const StepStats ss = train_step(model, opt, sc, {}, lr, {}, &tm);
+        const double loss = ss.loss;
+        const double dt = tm.zero_grad + tm.forward + tm.backward + tm.clip + tm.update;
+        if (!ss.finite()) throw Error("bench: strata's loss is not finite at step " + std::to_string(i));
         if (i == 0) r.loss_first = loss;
         r.loss_last = loss;
         std::fprintf(stderr, "strata step %d: %.1f ms loss %.4f%s\n", i, dt * 1e3, loss, i < o.warmup ? " (warm-up)" : "");
         if (i < o.warmup) continue;
         r.step_s.push_back(dt);
-        for (int p = 0; p < 5; p++) ph[p].push_back(std::chrono::duration<double>(t[p + 1] - t[p]).count());
+        const double p[5] = {tm.zero_grad, tm.forward, tm.backward, tm.clip, tm.update};
+        for (int k = 0; k < 5; k++) ph[k].push_back(p[k]);
     }
     for (int p = 0; p < 5; p++) r.phase[p] = stats_of(ph[p]);
     return r;

@@ -24,17 +24,6 @@ namespace {
 
 std::string sublayer_name(long j) { return (j % 2 == 0 ? "attn " : "mlp ") + std::to_string(j / 2); }
 
-// The sublayer a parameter belongs to (attention 2l, MLP 2l+1), or -1 (embedding, final norm, output mix).
-long sublayer_of(const std::string& name) {
-    if (name.rfind("blocks.", 0) != 0) return -1;
-    const size_t dot = name.find('.', 7);
-    const long l = std::stol(name.substr(7, dot - 7));
-    const std::string p = name.substr(dot + 1);
-    const bool attn = p == "attn_norm" || p == "wq" || p == "wk" || p == "wv" || p == "q_norm" || p == "k_norm" ||
-                      p == "wo" || p.rfind("attn_res_", 0) == 0;
-    return 2 * l + (attn ? 0 : 1);
-}
-
 // Per sublayer, the RMS over batches of the gradient norm of its parameters (the loss's mean over
 // each batch's targets, as in training, without clipping).
 std::vector<double> gradient_norms(Model<float>& m, const TokenShard& shard, int B, int T, long batches) {
@@ -48,13 +37,8 @@ std::vector<double> gradient_norms(Model<float>& m, const TokenShard& shard, int
         m.zero_grad();
         m.forward(x.data(), y.data(), B, T);
         m.backward();
-        for (const auto& sp : m.specs) {
-            const long j = sublayer_of(sp.name);
-            if (j < 0) continue;
-            double ss = 0;
-            for (size_t i = 0; i < sp.numel; i++) ss += double(m.grads[sp.offset + i]) * m.grads[sp.offset + i];
-            sq[j] += ss;
-        }
+        for (const auto& sp : m.specs)
+            if (sp.sublayer >= 0) sq[size_t(sp.sublayer)] += sum_squares(m.grad_data() + sp.offset, long(sp.numel));
     }
     for (auto& v : sq) v = n > 0 ? std::sqrt(v / double(n)) : 0.0;
     return sq;

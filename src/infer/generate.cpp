@@ -68,14 +68,16 @@ std::vector<int32_t> generate(Model<float>& model, const std::vector<int32_t>& p
     std::vector<std::pair<float, int32_t>> scratch;
     std::vector<int32_t> out;
     model.forward_cached(prompt.data(), 1, long(prompt.size()), cache);
-    const float* last = model.logits() + (long(prompt.size()) - 1) * V;
+    std::vector<float> logits(static_cast<size_t>(V));  // the last position's logits, on the host
+    model.logits_to_host(logits.data(), long(prompt.size()) - 1, 1);
+    const float* last = logits.data();
     for (long i = 0; i < o.max_tokens; i++) {
         int32_t tok = sample_token(last, V, o, rng, scratch);
         out.push_back(tok);
         if (on_token) on_token(tok);
         if (tok == o.stop_token || i + 1 == o.max_tokens) break;
         model.forward_cached(&tok, 1, 1, cache);
-        last = model.logits();
+        model.logits_to_host(logits.data(), 0, 1);
     }
     return out;
 }

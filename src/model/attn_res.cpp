@@ -83,19 +83,18 @@ void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache)
         }
         rmsnorm_forward(s.n_out, s.rstd, s.mix.out, is_attn ? p.attn_norm : p.mlp_norm, N, D, cfg.norm_eps);
         if (is_attn) {
-            T* kc = cache ? cache->k.data() + l * per_layer : nullptr;
-            T* vc = cache ? cache->v.data() + l * per_layer : nullptr;
+            T* kc = cache ? cache->k.template data<T>() + l * per_layer : nullptr;
+            T* vc = cache ? cache->v.template data<T>() + l * per_layer : nullptr;
             attn_forward(l, s.n_out, s.f_out, N, ad, kc, vc);
         } else {
             mlp_forward(l, s.n_out, s.f_out, N);
         }
-        if (j == skip_sublayer) std::memset(s.f_out, 0, size_t(N * D) * sizeof(T));
-        if (j % S == 0) {
-            std::memcpy(s.out, s.f_out, size_t(N * D) * sizeof(T));
+        if (j == skip_sublayer) fill_zero(s.f_out, size_t(N * D));
+        if (j % S == 0) {  // a block starts: its partial sum is f_j alone
+            copy_forward(s.out, s.f_out, size_t(N * D));
         } else {
             const T* prev = (j - 1) % 2 == 0 ? a_.layers[(j - 1) / 2].attn.out : a_.layers[(j - 1) / 2].mlp.out;
-#pragma omp parallel for schedule(static) if (N * D >= 32768)
-            for (long i = 0; i < N * D; i++) s.out[i] = prev[i] + s.f_out[i];
+            residual_forward(s.out, prev, s.f_out, N * D);
         }
     }
     const int n = mix_sources(2 * L, false);
@@ -105,12 +104,13 @@ void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache)
 
 // dfinal: the gradient w.r.t. the output op's mix. Leaves the embedding's gradient in a_.demb.
 template <typename T>
-void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal) {
+void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal,
+                                       const std::function<void(int)>& layer_done) {
     const long D = cfg.d_model, L = cfg.n_layers;
     const int S = attnres_sublayers_per_block(cfg);
-    const size_t bytes = size_t(N * D) * sizeof(T);
-    for (T* ds : a_.dsub) std::memset(ds, 0, bytes);
-    std::memset(a_.demb, 0, bytes);
+    const size_t ND = size_t(N * D);
+    for (T* ds : a_.dsub) fill_zero(ds, ND);
+    fill_zero(a_.demb, ND);
     int n = mix_sources(2 * L, true);
     attnres_backward(mix_dsrc_.data(), g(out_res_query_), g(out_res_norm_), dfinal, a_.out_mix.out, a_.out_mix.logit,
                      a_.out_mix.rstd, a_.out_mix.lse, mix_src_.data(), n, out_res_query_, out_res_norm_, N, D);
@@ -121,21 +121,20 @@ void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfin
         SubActs& s = is_attn ? a_.layers[l].attn : a_.layers[l].mlp;
         const T* dp = a_.dsub[j];  // complete: every later op and p_{j+1} have contributed
         if (j % S != 0) {
-            T* dprev = a_.dsub[j - 1];
-#pragma omp parallel for schedule(static) if (N * D >= 32768)
-            for (long i = 0; i < N * D; i++) dprev[i] += dp[i];
+            residual_backward(a_.dsub[j - 1], static_cast<T*>(nullptr), dp, N * D);
         }
-        std::memset(a_.dn, 0, bytes);
+        fill_zero(a_.dn, ND);
         if (is_attn) attn_backward(l, s.n_out, a_.dn, dp, N, ad);
         else mlp_backward(l, s.n_out, a_.dn, dp, N);
         const T* nw = is_attn ? p.attn_norm : p.mlp_norm;
-        std::memset(a_.dmix, 0, bytes);
+        fill_zero(a_.dmix, ND);
         rmsnorm_backward(a_.dmix, g(nw), a_.dn, s.mix.out, nw, s.rstd, N, D);
         const T* q = is_attn ? p.attn_res_query : p.mlp_res_query;
         const T* kn = is_attn ? p.attn_res_norm : p.mlp_res_norm;
         n = mix_sources(j, true);
         attnres_backward(mix_dsrc_.data(), g(q), g(kn), a_.dmix, s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse,
                          mix_src_.data(), n, q, kn, N, D);
+        if (is_attn && layer_done) layer_done(int(l));  // sublayer 2l is the layer's last to finish
     }
 }
 
@@ -147,7 +146,9 @@ template int Model<float>::mix_sources(long, bool);
 template int Model<double>::mix_sources(long, bool);
 template void Model<float>::attnres_run_layers(long, const AttnDims&, KVCache<float>*);
 template void Model<double>::attnres_run_layers(long, const AttnDims&, KVCache<double>*);
-template void Model<float>::attnres_layers_backward(long, const AttnDims&, const float*);
-template void Model<double>::attnres_layers_backward(long, const AttnDims&, const double*);
+template void Model<float>::attnres_layers_backward(long, const AttnDims&, const float*,
+                                                   const std::function<void(int)>&);
+template void Model<double>::attnres_layers_backward(long, const AttnDims&, const double*,
+                                                    const std::function<void(int)>&);
 
 }  // namespace strata

@@ -1,4 +1,5 @@
 #include "model/config.h"
+#include "model/model.h"
 
 #include <unistd.h>
 
@@ -158,30 +159,17 @@ double ModelConfig::num_params() const {
 }
 
 double ModelConfig::memory_bytes(long B, long T, bool training) const {
-    const double P = num_params(), D = d_model, H = n_heads, Hk = n_kv_heads, d = head_dim, F = ffn_hidden,
-                 V = vocab_size, L = n_layers, N = double(B) * double(T), QKV = (H + 2 * Hk) * d;
-    const double rope = double(max_seq_len) * d;  // cos and sin, d/2 each per position
-    // The activation arena as Model::layout carves it (in elements).
-    const double sub = N * D * (norm_placement == NormPlacement::post ? 4 : 3) + N;
-    double arena = N * D + L * (2 * sub + N * QKV + 3 * N * H * d + 4 * N * Hk * d + N * (H + Hk) + N * H + 3 * N * F) +
-                   N * D + N + N * V + 2 * N;
-    if (training) arena += 4 * N * D + N * QKV + 3 * N * H * d + 4 * N * Hk * d + 3 * N * F + N * D + N * V;
-    if (attention == AttentionKind::moda) {
-        // The depth K and V buffers (B·T, slots, Hk·d); per layer that writes FFN K/V: its projection
-        // (N, 2·Hk·d), the raw and final K (N, Hk·d each) and the K-norm rstd (N·Hk).
-        const double slots = double(moda_slots(*this)), kvd = Hk * d;
-        arena += 2 * N * slots * kvd;
-        if (moda_ffn_kv) arena += (L - 1) * (N * 2 * kvd + 2 * N * kvd + N * Hk);
-        if (training) arena += 2 * N * slots * kvd;
+    // Parameters and gradients, the RoPE tables (cos and sin, d/2 each per position), the activation
+    // arena exactly as the model plans it, and when training the two AdamW moments. fp32 throughout.
+    const double P = num_params(), rope = double(max_seq_len) * head_dim;
+    double arena = 0;
+    if (B > 0 && T > 0) {
+        TensorPlan plan;
+        Model<float>::Acts scratch{};
+        Model<float>::describe_activations(plan, *this, B * T, training, scratch);
+        arena = double(plan.bytes());
     }
-    if (const int S = attnres_sublayers_per_block(*this); S > 0) {
-        // Per sublayer and for the output: the mix, its logits and key rstd per source, its lse.
-        const double n_max = attnres_max_sources(*this);
-        arena += (2 * L + 1) * (N * D + 2 * n_max * N + N);
-        if (training) arena += (2 * L + 2) * N * D;  // the gradient of every partial sum, the embedding's, the mix's
-    }
-    const double elems = 2 * P + rope + arena + (training ? 2 * P : 0);
-    return 4.0 * elems;  // float32
+    return 4.0 * (2 * P + rope + (training ? 2 * P : 0)) + arena;
 }
 
 double usable_memory_bytes() {

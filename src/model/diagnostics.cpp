@@ -22,15 +22,7 @@ void Model<T>::accumulate_depth_stats(DepthStats& s) const {
         if (attnres) s.alpha.assign(2 * L + 1, std::vector<double>(size_t(n_cols), 0.0));
     }
     STRATA_CHECK(long(s.input_ms.size()) == 2 * L, "DepthStats from another model");
-    auto sum_ms = [&](const T* x) {  // Σ over rows of the row's mean square
-        double total = 0;
-        for (long r = 0; r < N; r++) {
-            double ss = 0;
-            for (long c = 0; c < D; c++) ss += double(x[r * D + c]) * double(x[r * D + c]);
-            total += ss / double(D);
-        }
-        return total;
-    };
+    auto sum_ms = [&](const T* x) { return row_mean_square_sum(x, N, D); };  // Σ over rows of the row's mean square
     auto sub = [&](long j) -> const SubActs& { return j % 2 == 0 ? a_.layers[j / 2].attn : a_.layers[j / 2].mlp; };
     for (long j = 0; j < 2 * L; j++) {
         const SubActs& sa = sub(j);
@@ -49,9 +41,7 @@ void Model<T>::accumulate_depth_stats(DepthStats& s) const {
             for (long i = 0; i < 1 + completed + (partial ? 1 : 0); i++) {
                 // the output op's trailing partial sum is the last (short) block
                 const long col = i <= completed || j == 2 * L ? i : n_cols - 1;
-                double a = 0;
-                for (long r = 0; r < N; r++) a += std::exp(double(m.logit[i * N + r]) - double(m.lse[r]));
-                s.alpha[j][col] += a;
+                s.alpha[j][col] += softmax_weight_sum(m.logit + i * N, m.lse, N);
             }
         }
     }

@@ -12,63 +12,73 @@ namespace strata {
 std::vector<ParamSpec> param_specs(const ModelConfig& c) {
     c.validate("model config");
     const long V = c.vocab_size, D = c.d_model, H = c.n_heads, Hk = c.n_kv_heads, d = c.head_dim, F = c.ffn_hidden;
+    // GPT-2's depth-scaled init for the projections that write into the residual stream.
+    const double resid_std = c.init_std / std::sqrt(2.0 * c.n_layers);
     std::vector<ParamSpec> specs;
     size_t off = 0;
-    auto add = [&](const std::string& name, std::vector<long> shape) {
+    using Init = ParamSpec::Init;
+    auto add = [&](const std::string& name, std::vector<long> shape, int sublayer, Init init, double std = 0) {
         ParamSpec s;
         s.name = name;
         s.shape = shape;
         s.numel = 1;
         for (long x : shape) s.numel *= size_t(x);
         s.offset = off;
-        s.decay = shape.size() > 1;
+        s.init = init;
+        s.init_std = std;
+        s.decay = shape.size() > 1;  // docs/model.md: every 1-D tensor is exempt
+        s.sublayer = sublayer;
         off += s.numel;
         specs.push_back(s);
     };
-    add("tok_emb", {V, D});
+    const double w = c.init_std;
+    add("tok_emb", {V, D}, -1, Init::normal, w);
     for (int l = 0; l < c.n_layers; l++) {
         std::string p = "blocks." + std::to_string(l) + ".";
-        add(p + "attn_norm", {D});
-        add(p + "wq", {H * d, D});  // wq, wk, wv adjacent: the fused wqkv view relies on it
-        add(p + "wk", {Hk * d, D});
-        add(p + "wv", {Hk * d, D});
+        const int ja = 2 * l, jm = 2 * l + 1;  // the attention and MLP sublayers
+        add(p + "attn_norm", {D}, ja, Init::ones);
+        add(p + "wq", {H * d, D}, ja, Init::normal, w);  // wq, wk, wv adjacent: the fused wqkv view relies on it
+        add(p + "wk", {Hk * d, D}, ja, Init::normal, w);
+        add(p + "wv", {Hk * d, D}, ja, Init::normal, w);
         if (c.qk_norm) {
-            add(p + "q_norm", {d});
-            add(p + "k_norm", {d});
+            add(p + "q_norm", {d}, ja, Init::ones);
+            add(p + "k_norm", {d}, ja, Init::ones);
         }
-        add(p + "wo", {D, H * d});
-        add(p + "mlp_norm", {D});
-        add(p + "w_gate", {F, D});  // w_gate, w_up adjacent: the fused wgu view relies on it
-        add(p + "w_up", {F, D});
-        add(p + "w_down", {D, F});
+        add(p + "wo", {D, H * d}, ja, Init::normal, resid_std);
+        add(p + "mlp_norm", {D}, jm, Init::ones);
+        add(p + "w_gate", {F, D}, jm, Init::normal, w);  // w_gate, w_up adjacent: the fused wgu view relies on it
+        add(p + "w_up", {F, D}, jm, Init::normal, w);
+        add(p + "w_down", {D, F}, jm, Init::normal, resid_std);
         if (c.attention == AttentionKind::moda && c.moda_ffn_kv && l + 1 < c.n_layers) {
-            add(p + "w_ffn_k", {Hk * d, D});  // adjacent: the fused wffn view relies on it
-            add(p + "w_ffn_v", {Hk * d, D});
+            add(p + "w_ffn_k", {Hk * d, D}, jm, Init::normal, w);  // adjacent: the fused wffn view relies on it
+            add(p + "w_ffn_v", {Hk * d, D}, jm, Init::normal, w);
         }
         if (c.residual != Residual::standard) {
-            add(p + "attn_res_query", {D});
-            add(p + "attn_res_norm", {D});
-            add(p + "mlp_res_query", {D});
-            add(p + "mlp_res_norm", {D});
+            // Pseudo-queries start at 0, so every mix starts as a plain mean; key norms at 1.
+            add(p + "attn_res_query", {D}, ja, Init::zeros);
+            add(p + "attn_res_norm", {D}, ja, Init::ones);
+            add(p + "mlp_res_query", {D}, jm, Init::zeros);
+            add(p + "mlp_res_norm", {D}, jm, Init::ones);
         }
     }
     if (c.residual != Residual::standard) {
-        add("out_res_query", {D});
-        add("out_res_norm", {D});
+        add("out_res_query", {D}, -1, Init::zeros);
+        add("out_res_norm", {D}, -1, Init::ones);
     }
-    add("final_norm", {D});
-    if (!c.tie_embeddings) add("lm_head", {V, D});
+    add("final_norm", {D}, -1, Init::ones);
+    if (!c.tie_embeddings) add("lm_head", {V, D}, -1, Init::normal, w);
     return specs;
 }
 
 template <typename T>
-Model<T>::Model(const ModelConfig& c) : cfg(c), specs(param_specs(c)) {
+Model<T>::Model(const ModelConfig& c, Device device) : cfg(c), specs(param_specs(c)), backend_(&backend_for(device)) {
     const long d = c.head_dim;
-    const size_t off = specs.back().offset + specs.back().numel;
-    params.assign(off, T(0));
-    grads.assign(off, T(0));
+    const size_t n = specs.back().offset + specs.back().numel;
+    params_ = Buffer(*backend_, dtype_of<param_t>(), n);
+    grads_ = Buffer(*backend_, dtype_of<grad_t>(), n);
 
-    tok_emb_ = param("tok_emb");
+    tok_emb_ = param_data() + spec("tok_emb").offset;
+    auto param = [&](const std::string& name) { return param_data() + spec(name).offset; };
     final_norm_ = param("final_norm");
     lm_head_ = c.tie_embeddings ? tok_emb_ : param("lm_head");
     for (int l = 0; l < c.n_layers; l++) {
@@ -103,9 +113,12 @@ Model<T>::Model(const ModelConfig& c) : cfg(c), specs(param_specs(c)) {
         ph1_.w.resize(S);
         ph1_.gamma.resize(S);
     }
-    rope_cos_.resize(size_t(c.max_seq_len) * d / 2);
-    rope_sin_.resize(size_t(c.max_seq_len) * d / 2);
-    rope_table(rope_cos_.data(), rope_sin_.data(), c.max_seq_len, d, c.rope_theta);
+    const size_t half = size_t(c.max_seq_len) * d / 2;
+    rope_ = Buffer(*backend_, dtype_of<act_t>(), 2 * half);
+    T* rc = rope_.data<T>();
+    rope_table(rc, rc + half, c.max_seq_len, d, c.rope_theta);
+    rope_cos_ = rc;
+    rope_sin_ = rc + half;
     init_weights(c.seed);
 }
 
@@ -116,157 +129,176 @@ const ParamSpec& Model<T>::spec(const std::string& name) const {
     throw Error("no parameter named \"" + name + "\"");
 }
 
+// Each tensor as its spec says: a normal draw (in buffer order, from one stream), ones or zeros.
 template <typename T>
 void Model<T>::init_weights(uint64_t seed) {
     Rng rng(seed);
-    const double resid_std = cfg.init_std / std::sqrt(2.0 * cfg.n_layers);
+    std::vector<T> host;
     for (const auto& s : specs) {
-        T* p = params.data() + s.offset;
-        if (s.shape.size() == 1) {
-            // Norm weights start at 1; AttnRes pseudo-queries at 0, so every mix starts as a plain mean.
-            const T v = s.name.ends_with("_res_query") ? T(0) : T(1);
-            for (size_t i = 0; i < s.numel; i++) p[i] = v;
-            continue;
+        host.assign(s.numel, T(0));
+        switch (s.init) {
+            case ParamSpec::Init::ones: std::fill(host.begin(), host.end(), T(1)); break;
+            case ParamSpec::Init::zeros: break;
+            case ParamSpec::Init::normal:
+                for (size_t i = 0; i < s.numel; i++) host[i] = T(rng.normal() * s.init_std);
+                break;
         }
-        bool resid = s.name.ends_with(".wo") || s.name.ends_with(".w_down");
-        double std = resid ? resid_std : cfg.init_std;
-        for (size_t i = 0; i < s.numel; i++) p[i] = T(rng.normal() * std);
+        param_from_host(s, host.data());
     }
 }
 
 template <typename T>
 void Model<T>::zero_grad() {
-    std::memset(grads.data(), 0, grads.size() * sizeof(T));
+    fill_zero(grad_data(), grads_.numel());
 }
 
-// Carves the activation arena for N = B·T rows. The arena only grows, so after the first step of a
-// given shape nothing is allocated.
+template <typename T>
+void Model<T>::logits_to_host(T* host, long first, long rows) const {
+    STRATA_CHECK(first >= 0 && rows >= 0 && first + rows <= B_ * T_, "logits_to_host: rows outside the last forward");
+    const long V = cfg.vocab_size;
+    backend_->copy_to_host(host, a_.logits + first * V, size_t(rows * V) * sizeof(T));
+}
+
+// The activations for N = B·T rows, in arena order. Buffers that only alias another (the post-norm
+// stream, unnormed q/k) are set after carving, in layout().
+template <typename T>
+void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N, bool training, Acts& a) {
+    const long D = c.d_model, H = c.n_heads, Hk = c.n_kv_heads, d = c.head_dim, F = c.ffn_hidden, V = c.vocab_size,
+               L = c.n_layers;
+    const long QKV = (H + 2 * Hk) * d, kvd = Hk * d;
+    const bool post = c.norm_placement == NormPlacement::post;
+    const bool moda = c.attention == AttentionKind::moda;
+    const bool attnres = c.residual != Residual::standard;
+    const long slots = moda ? moda_slots(c) : 0, n_max = attnres_max_sources(c);
+    P.clear();
+    auto t = [&](auto** where, const char* name, long n, int layer = -1) { P.add(name, layer, size_t(n), where); };
+    auto mix = [&](MixActs& m, int layer) {
+        t(&m.out, "mix.out", N * D, layer);
+        t(&m.logit, "mix.logit", n_max * N, layer);
+        t(&m.rstd, "mix.rstd", n_max * N, layer);
+        t(&m.lse, "mix.lse", N, layer);
+    };
+    auto sub = [&](SubActs& s, int l) {
+        t(&s.f_out, "f_out", N * D, l);
+        t(&s.n_out, "n_out", N * D, l);
+        t(&s.rstd, "rstd", N, l);
+        s.sum = s.out = nullptr;
+        if (post) t(&s.sum, "sum", N * D, l);
+        else t(&s.out, "out", N * D, l);
+        s.mix = {};
+        if (attnres) mix(s.mix, l);
+    };
+    t(&a.tokens, "tokens", N);
+    t(&a.pos, "pos", N);
+    a.targets = nullptr;
+    if (training) t(&a.targets, "targets", N);
+    t(&a.x0, "x0", N * D);
+    a.layers.resize(size_t(L));  // no-op after the first call
+    for (int l = 0; l < L; l++) {
+        LayerActs& la = a.layers[size_t(l)];
+        sub(la.attn, l);
+        sub(la.mlp, l);
+        t(&la.qkv, "qkv", N * QKV, l);
+        t(&la.q_raw, "q_raw", N * H * d, l);
+        t(&la.k_raw, "k_raw", N * kvd, l);
+        t(&la.v, "v", N * kvd, l);
+        la.q = la.k = la.q_rstd = la.k_rstd = nullptr;
+        if (c.qk_norm) {
+            t(&la.q, "q", N * H * d, l);
+            t(&la.k, "k", N * kvd, l);
+            t(&la.q_rstd, "q_rstd", N * H, l);
+            t(&la.k_rstd, "k_rstd", N * Hk, l);
+        }
+        t(&la.att, "att", N * H * d, l);
+        t(&la.lse, "lse", N * H, l);
+        t(&la.gu, "gu", N * 2 * F, l);
+        t(&la.act, "act", N * F, l);
+        la.ffn_kv = la.fk_raw = la.fk = la.fk_rstd = nullptr;
+        if (moda && c.moda_ffn_kv && l + 1 < L) {
+            t(&la.ffn_kv, "ffn_kv", N * 2 * kvd, l);
+            t(&la.fk_raw, "fk_raw", N * kvd, l);
+            if (c.qk_norm) {
+                t(&la.fk, "fk", N * kvd, l);
+                t(&la.fk_rstd, "fk_rstd", N * Hk, l);
+            }
+        }
+    }
+    a.depth_k = a.depth_v = a.ddepth_k = a.ddepth_v = nullptr;
+    if (moda) {
+        t(&a.depth_k, "depth_k", N * slots * kvd);
+        t(&a.depth_v, "depth_v", N * slots * kvd);
+    }
+    t(&a.lnf, "lnf", N * D);
+    t(&a.lnf_rstd, "lnf_rstd", N);
+    t(&a.logits, "logits", N * V);
+    t(&a.losses, "losses", N);
+    t(&a.lse, "lse", N);
+    a.out_mix = {};
+    if (attnres) mix(a.out_mix, -1);
+    if (!training) return;
+    t(&a.dres_a, "dres_a", N * D);
+    t(&a.dres_b, "dres_b", N * D);
+    t(&a.dn, "dn", N * D);
+    t(&a.dy, "dy", N * D);
+    t(&a.dqkv, "dqkv", N * QKV);
+    t(&a.dq, "dq", N * H * d);
+    t(&a.dk, "dk", N * kvd);
+    t(&a.dv, "dv", N * kvd);
+    a.dq_raw = a.dk_raw = nullptr;
+    if (c.qk_norm) {
+        t(&a.dq_raw, "dq_raw", N * H * d);
+        t(&a.dk_raw, "dk_raw", N * kvd);
+    }
+    t(&a.datt, "datt", N * H * d);
+    t(&a.dgu, "dgu", N * 2 * F);
+    t(&a.dact, "dact", N * F);
+    t(&a.dlnf, "dlnf", N * D);
+    t(&a.dlogits, "dlogits", N * V);
+    if (moda) {
+        t(&a.ddepth_k, "ddepth_k", N * slots * kvd);
+        t(&a.ddepth_v, "ddepth_v", N * slots * kvd);
+    }
+    a.dsub.clear();
+    a.demb = a.dmix = nullptr;
+    if (attnres) {
+        a.dsub.resize(size_t(2 * L));  // capacity kept: no allocation after the first call
+        for (long j = 0; j < 2 * L; j++) t(&a.dsub[size_t(j)], "dsub", N * D, int(j / 2));
+        t(&a.demb, "demb", N * D);
+        t(&a.dmix, "dmix", N * D);
+    }
+}
+
+// Plans and carves the arena for N = B·T rows. The arena only grows and the plan keeps its capacity,
+// so after the first step of a given shape nothing is allocated.
 template <typename T>
 void Model<T>::layout(long N, bool training) {
-    const long D = cfg.d_model, H = cfg.n_heads, Hk = cfg.n_kv_heads, d = cfg.head_dim, F = cfg.ffn_hidden,
-               V = cfg.vocab_size, L = cfg.n_layers;
-    const long QKV = (H + 2 * Hk) * d;
-    const bool post = cfg.norm_placement == NormPlacement::post;
-    size_t need = 0;
-    auto count = [&](long n) { need += size_t(n); };
-    auto sub_size = [&] { count(N * D * (post ? 4 : 3) + N); };
-    count(N * D);
-    for (long l = 0; l < L; l++) {
-        sub_size();
-        sub_size();
-        count(N * QKV + N * H * d * 3 + N * Hk * d * 4 + N * (H + Hk) + N * H);  // qkv q_raw q att k_raw k v rstd lse
-        count(N * 3 * F);
+    if (N == plan_N_ && training == plan_training_) return;
+    describe_activations(plan_, cfg, N, training, a_);
+    if (arena_.bytes() < plan_.bytes()) {
+        arena_ = Buffer();  // free the old arena before taking the larger one
+        arena_ = Buffer(*backend_, DType::u8, plan_.bytes());
     }
-    count(N * D + N + N * V + 2 * N);
-    if (training) count(2 * N * D + 2 * N * D + N * QKV + 2 * N * H * d + 4 * N * Hk * d + N * H * d + 3 * N * F + N * D + N * V);
-    const bool moda = cfg.attention == AttentionKind::moda;
-    const long slots = moda_slots(cfg), kvd = Hk * d;
-    if (moda) {
-        count(2 * N * slots * kvd);
-        if (cfg.moda_ffn_kv) count((L - 1) * (N * 2 * kvd + 2 * N * kvd + N * Hk));
-        if (training) count(2 * N * slots * kvd);
+    plan_.carve(arena_.raw());
+    for (LayerActs& la : a_.layers) {  // the aliases
+        for (SubActs* s : {&la.attn, &la.mlp})
+            if (!s->out) s->out = s->n_out;  // post-norm: the stream is the norm's output
+        if (!la.q) la.q = la.q_raw, la.k = la.k_raw;  // no QK-norm: RoPE rotates the split q/k in place
+        if (la.fk_raw && !la.fk) la.fk = la.fk_raw;
     }
-    const bool attnres = cfg.residual != Residual::standard;
-    const long n_max = attnres_max_sources(cfg);
-    auto mix_size = [&] { count(N * D + 2 * n_max * N + N); };
-    if (attnres) {
-        for (long j = 0; j < 2 * L + 1; j++) mix_size();
-        if (training) count((2 * L + 2) * N * D);
-    }
-    if (arena_.size() < need) arena_.assign(need, T(0));
-
-    T* p = arena_.data();
-    auto take = [&](long n) { T* r = p; p += n; return r; };
-    auto mix = [&](MixActs& m) {
-        m.out = take(N * D);
-        m.logit = take(n_max * N);
-        m.rstd = take(n_max * N);
-        m.lse = take(N);
-    };
-    auto sub = [&](SubActs& s) {
-        s.f_out = take(N * D);
-        s.n_out = take(N * D);
-        s.rstd = take(N);
-        s.sum = post ? take(N * D) : nullptr;
-        s.out = post ? s.n_out : take(N * D);
-        s.mix = {};
-        if (attnres) mix(s.mix);
-    };
-    a_.x0 = take(N * D);
-    a_.layers.resize(L);  // no-op after the first call
-    for (long l = 0; l < L; l++) {
-        LayerActs& la = a_.layers[l];
-        sub(la.attn);
-        sub(la.mlp);
-        la.qkv = take(N * QKV);
-        la.q_raw = take(N * H * d);
-        la.q = take(N * H * d);
-        la.att = take(N * H * d);
-        la.k_raw = take(N * Hk * d);
-        la.k = take(N * Hk * d);
-        la.v = take(N * Hk * d);
-        take(N * Hk * d);  // spare, keeps the count above honest
-        la.q_rstd = take(N * H);
-        la.k_rstd = take(N * Hk);
-        la.lse = take(N * H);
-        la.gu = take(N * 2 * F);
-        la.act = take(N * F);
-        la.ffn_kv = la.fk_raw = la.fk = la.fk_rstd = nullptr;
-        if (moda && cfg.moda_ffn_kv && l + 1 < L) {
-            la.ffn_kv = take(N * 2 * kvd);
-            la.fk_raw = take(N * kvd);
-            la.fk = take(N * kvd);
-            la.fk_rstd = take(N * Hk);
-        }
-    }
-    a_.depth_k = moda ? take(N * slots * kvd) : nullptr;
-    a_.depth_v = moda ? take(N * slots * kvd) : nullptr;
-    a_.lnf = take(N * D);
-    a_.lnf_rstd = take(N);
-    a_.logits = take(N * V);
-    a_.losses = take(N);
-    a_.lse = take(N);
-    a_.out_mix = {};
-    if (attnres) mix(a_.out_mix);
-    if (training) {
-        a_.dres_a = take(N * D);
-        a_.dres_b = take(N * D);
-        a_.dn = take(N * D);
-        a_.dy = take(N * D);
-        a_.dqkv = take(N * QKV);
-        a_.dq = take(N * H * d);
-        a_.dq_raw = take(N * H * d);
-        a_.dk = take(N * Hk * d);
-        a_.dv = take(N * Hk * d);
-        a_.dk_raw = take(N * Hk * d);
-        take(N * Hk * d);
-        a_.datt = take(N * H * d);
-        a_.dgu = take(N * 2 * F);
-        a_.dact = take(N * F);
-        a_.dlnf = take(N * D);
-        a_.dlogits = take(N * V);
-        a_.ddepth_k = moda ? take(N * slots * kvd) : nullptr;
-        a_.ddepth_v = moda ? take(N * slots * kvd) : nullptr;
-        if (attnres) {
-            a_.dsub.resize(size_t(2 * L));
-            for (auto& ds : a_.dsub) ds = take(N * D);
-            a_.demb = take(N * D);
-            a_.dmix = take(N * D);
-        }
-    }
-    STRATA_CHECK(size_t(p - arena_.data()) <= arena_.size(), "activation arena overflow");
+    if (training && !a_.dq_raw) a_.dq_raw = a_.dq, a_.dk_raw = a_.dk;
+    plan_N_ = N;
+    plan_training_ = training;
 }
 
-// ---- MoDA's depth stream: slot `slot` of each row of the (N, slots, Hk·d) K and V buffers ----------
-// put: the slot ← rows of (N, Hk·d); take: rows += the slot (the slot's gradient flows back).
+// Copies a forward's host inputs into the arena: token ids, their positions (pos0 + i % seq) and the
+// targets when there are any.
 template <typename T>
-static void depth_put(T* depth, long slots, long slot, const T* rows, long N, long kvd) {
-    for (long r = 0; r < N; r++) std::memcpy(depth + (r * slots + slot) * kvd, rows + r * kvd, kvd * sizeof(T));
-}
-template <typename T>
-static void depth_take(T* rows, const T* depth, long slots, long slot, long N, long kvd) {
-    for (long r = 0; r < N; r++)
-        for (long i = 0; i < kvd; i++) rows[r * kvd + i] += depth[(r * slots + slot) * kvd + i];
+void Model<T>::stage_inputs(const int32_t* tokens, const int32_t* targets, long N, long pos0, long seq) {
+    backend_->copy_from_host(a_.tokens, tokens, size_t(N) * sizeof(int32_t));
+    if (targets) backend_->copy_from_host(a_.targets, targets, size_t(N) * sizeof(int32_t));
+    pos_host_.resize(size_t(N));
+    for (long i = 0; i < N; i++) pos_host_[size_t(i)] = int32_t(pos0 + i % seq);
+    backend_->copy_from_host(a_.pos, pos_host_.data(), size_t(N) * sizeof(int32_t));
 }
 
 // ---- attention sublayer f(in) ------------------------------------------------------------------
@@ -276,32 +308,17 @@ void Model<T>::attn_forward(long l, const T* in, T* out, long N, const AttnDims&
     LayerActs& la = a_.layers[l];
     const long D = cfg.d_model, H = cfg.n_heads, Hk = cfg.n_kv_heads, d = cfg.head_dim, QKV = (H + 2 * Hk) * d;
     matmul_forward(la.qkv, in, p.wqkv, N, D, QKV);
-#pragma omp parallel for schedule(static)
-    for (long r = 0; r < N; r++) {  // split the fused row into contiguous q, k, v
-        const T* row = la.qkv + r * QKV;
-        std::memcpy(la.q_raw + r * H * d, row, H * d * sizeof(T));
-        std::memcpy(la.k_raw + r * Hk * d, row + H * d, Hk * d * sizeof(T));
-        std::memcpy(la.v + r * Hk * d, row + (H + Hk) * d, Hk * d * sizeof(T));
-    }
-    if (cfg.qk_norm) {
+    qkv_split_forward(la.q_raw, la.k_raw, la.v, la.qkv, N, H * d, Hk * d, Hk * d);
+    if (cfg.qk_norm) {  // else q, k are q_raw, k_raw (layout)
         rmsnorm_forward(la.q, la.q_rstd, la.q_raw, p.q_norm, N * H, d, cfg.norm_eps);
         rmsnorm_forward(la.k, la.k_rstd, la.k_raw, p.k_norm, N * Hk, d, cfg.norm_eps);
-    } else {
-        std::memcpy(la.q, la.q_raw, N * H * d * sizeof(T));
-        std::memcpy(la.k, la.k_raw, N * Hk * d * sizeof(T));
     }
-    rope_forward(la.q, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, H, d);
-    rope_forward(la.k, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, Hk, d);
+    rope_forward(la.q, a_.pos, rope_cos_, rope_sin_, N, H, d);
+    rope_forward(la.k, a_.pos, rope_cos_, rope_sin_, N, Hk, d);
     const T* K = la.k;
     const T* Vv = la.v;
     if (kc) {  // decoding: append this step's keys/values to the cache and attend over all of it
-        const long n = ad.Tq;
-        for (long b = 0; b < ad.B; b++)
-            for (long t = 0; t < n; t++) {
-                long dst = b * ad.kv_bstride + (ad.q_pos0 + t) * Hk * d;
-                std::memcpy(kc + dst, la.k + (b * n + t) * Hk * d, Hk * d * sizeof(T));
-                std::memcpy(vc + dst, la.v + (b * n + t) * Hk * d, Hk * d * sizeof(T));
-            }
+        kv_append_forward(kc, vc, la.k, la.v, ad.B, ad.Tq, ad.q_pos0, ad.kv_bstride, Hk * d);
         K = kc;
         Vv = vc;
     }
@@ -309,8 +326,8 @@ void Model<T>::attn_forward(long l, const T* in, T* out, long N, const AttnDims&
         const long slots = moda_slots(cfg);
         moda_forward(la.att, la.lse, la.q, K, Vv, a_.depth_k, a_.depth_v, moda_slots_read(cfg, l), slots, ad);
         if (l + 1 < cfg.n_layers) {  // this layer's K/V become a depth slot for the layers after it
-            depth_put(a_.depth_k, slots, moda_slots_read(cfg, l), la.k, N, Hk * d);
-            depth_put(a_.depth_v, slots, moda_slots_read(cfg, l), la.v, N, Hk * d);
+            depth_slot_forward(a_.depth_k, slots, moda_slots_read(cfg, l), la.k, Hk * d, N, Hk * d);
+            depth_slot_forward(a_.depth_v, slots, moda_slots_read(cfg, l), la.v, Hk * d, N, Hk * d);
         }
     } else {
         attention_forward(la.att, la.lse, la.q, K, Vv, ad);
@@ -323,41 +340,31 @@ void Model<T>::attn_backward(long l, const T* in, T* din, const T* dout, long N,
     const LayerParams<T>& p = layers_[l];
     LayerActs& la = a_.layers[l];
     const long D = cfg.d_model, H = cfg.n_heads, Hk = cfg.n_kv_heads, d = cfg.head_dim, QKV = (H + 2 * Hk) * d;
-    std::memset(a_.datt, 0, N * H * d * sizeof(T));
+    fill_zero(a_.datt, size_t(N * H * d));
     matmul_backward(a_.datt, g(p.wo), dout, la.att, p.wo, N, H * d, D);
-    std::memset(a_.dq, 0, N * H * d * sizeof(T));
-    std::memset(a_.dk, 0, N * Hk * d * sizeof(T));
-    std::memset(a_.dv, 0, N * Hk * d * sizeof(T));
+    fill_zero(a_.dq, size_t(N * H * d));
+    fill_zero(a_.dk, size_t(N * Hk * d));
+    fill_zero(a_.dv, size_t(N * Hk * d));
     if (cfg.attention == AttentionKind::moda) {
         const long slots = moda_slots(cfg);
         moda_backward(a_.dq, a_.dk, a_.dv, a_.ddepth_k, a_.ddepth_v, a_.datt, la.att, la.lse, la.q, la.k, la.v,
                       a_.depth_k, a_.depth_v, moda_slots_read(cfg, l), slots, ad);
         if (l + 1 < cfg.n_layers) {  // what the later layers sent back through this layer's depth slot
-            depth_take(a_.dk, a_.ddepth_k, slots, moda_slots_read(cfg, l), N, Hk * d);
-            depth_take(a_.dv, a_.ddepth_v, slots, moda_slots_read(cfg, l), N, Hk * d);
+            depth_slot_backward(a_.dk, Hk * d, a_.ddepth_k, slots, moda_slots_read(cfg, l), N, Hk * d);
+            depth_slot_backward(a_.dv, Hk * d, a_.ddepth_v, slots, moda_slots_read(cfg, l), N, Hk * d);
         }
     } else {
         attention_backward(a_.dq, a_.dk, a_.dv, a_.datt, la.att, la.lse, la.q, la.k, la.v, ad);
     }
-    rope_backward(a_.dq, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, H, d);
-    rope_backward(a_.dk, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, Hk, d);
-    const T* dq_raw = a_.dq;
-    const T* dk_raw = a_.dk;
-    if (cfg.qk_norm) {
-        std::memset(a_.dq_raw, 0, N * H * d * sizeof(T));
-        std::memset(a_.dk_raw, 0, N * Hk * d * sizeof(T));
+    rope_backward(a_.dq, a_.pos, rope_cos_, rope_sin_, N, H, d);
+    rope_backward(a_.dk, a_.pos, rope_cos_, rope_sin_, N, Hk, d);
+    if (cfg.qk_norm) {  // else dq_raw, dk_raw are dq, dk (layout)
+        fill_zero(a_.dq_raw, size_t(N * H * d));
+        fill_zero(a_.dk_raw, size_t(N * Hk * d));
         rmsnorm_backward(a_.dq_raw, g(p.q_norm), a_.dq, la.q_raw, p.q_norm, la.q_rstd, N * H, d);
         rmsnorm_backward(a_.dk_raw, g(p.k_norm), a_.dk, la.k_raw, p.k_norm, la.k_rstd, N * Hk, d);
-        dq_raw = a_.dq_raw;
-        dk_raw = a_.dk_raw;
     }
-#pragma omp parallel for schedule(static)
-    for (long r = 0; r < N; r++) {
-        T* row = a_.dqkv + r * QKV;
-        std::memcpy(row, dq_raw + r * H * d, H * d * sizeof(T));
-        std::memcpy(row + H * d, dk_raw + r * Hk * d, Hk * d * sizeof(T));
-        std::memcpy(row + (H + Hk) * d, a_.dv + r * Hk * d, Hk * d * sizeof(T));
-    }
+    qkv_split_backward(a_.dqkv, a_.dq_raw, a_.dk_raw, a_.dv, N, H * d, Hk * d, Hk * d);
     matmul_backward(din, g(p.wqkv), a_.dqkv, in, p.wqkv, N, D, QKV);
 }
 
@@ -373,14 +380,12 @@ void Model<T>::mlp_forward(long l, const T* in, T* out, long N) {
     if (p.wffn) {  // MoDA: the FFN's input, projected to one more depth K/V slot (K normed and rotated like K)
         const long Hk = cfg.n_kv_heads, d = cfg.head_dim, kvd = Hk * d, slots = moda_slots(cfg);
         matmul_forward(la.ffn_kv, in, p.wffn, N, D, 2 * kvd);
-        for (long r = 0; r < N; r++) std::memcpy(la.fk_raw + r * kvd, la.ffn_kv + r * 2 * kvd, kvd * sizeof(T));
+        depth_slot_forward(la.fk_raw, 1, 0, la.ffn_kv, 2 * kvd, N, kvd);  // the K half, contiguous
         if (cfg.qk_norm) rmsnorm_forward(la.fk, la.fk_rstd, la.fk_raw, layers_[l].k_norm, N * Hk, d, cfg.norm_eps);
-        else std::memcpy(la.fk, la.fk_raw, size_t(N * kvd) * sizeof(T));
-        rope_forward(la.fk, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, Hk, d);
+        rope_forward(la.fk, a_.pos, rope_cos_, rope_sin_, N, Hk, d);
         const long slot = moda_slots_read(cfg, l) + 1;
-        depth_put(a_.depth_k, slots, slot, la.fk, N, kvd);
-        for (long r = 0; r < N; r++)
-            std::memcpy(a_.depth_v + (r * slots + slot) * kvd, la.ffn_kv + r * 2 * kvd + kvd, kvd * sizeof(T));
+        depth_slot_forward(a_.depth_k, slots, slot, la.fk, kvd, N, kvd);
+        depth_slot_forward(a_.depth_v, slots, slot, la.ffn_kv + kvd, 2 * kvd, N, kvd);  // the V half, in place
     }
 }
 
@@ -389,29 +394,28 @@ void Model<T>::mlp_backward(long l, const T* in, T* din, const T* dout, long N) 
     const LayerParams<T>& p = layers_[l];
     LayerActs& la = a_.layers[l];
     const long D = cfg.d_model, F = cfg.ffn_hidden;
-    std::memset(a_.dact, 0, N * F * sizeof(T));
+    fill_zero(a_.dact, size_t(N * F));
     matmul_backward(a_.dact, g(p.wdown), dout, la.act, p.wdown, N, F, D);
-    std::memset(a_.dgu, 0, N * 2 * F * sizeof(T));
+    fill_zero(a_.dgu, size_t(N * 2 * F));
     swiglu_backward(a_.dgu, a_.dact, la.gu, N, F);
     matmul_backward(din, g(p.wgu), a_.dgu, in, p.wgu, N, D, 2 * F);
     if (p.wffn) {  // MoDA: the gradient the later layers sent back through this FFN's depth slot
         const long Hk = cfg.n_kv_heads, d = cfg.head_dim, kvd = Hk * d, slots = moda_slots(cfg);
         const long slot = moda_slots_read(cfg, l) + 1;
         T* dfk = a_.dk;  // free scratch here (N, Hk·d)
-        std::memset(dfk, 0, size_t(N * kvd) * sizeof(T));
-        depth_take(dfk, a_.ddepth_k, slots, slot, N, kvd);
-        rope_backward(dfk, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, Hk, d);
+        fill_zero(dfk, size_t(N * kvd));
+        depth_slot_backward(dfk, kvd, a_.ddepth_k, slots, slot, N, kvd);
+        rope_backward(dfk, a_.pos, rope_cos_, rope_sin_, N, Hk, d);
         const T* dk_raw = dfk;
         if (cfg.qk_norm) {
-            std::memset(a_.dk_raw, 0, size_t(N * kvd) * sizeof(T));
+            fill_zero(a_.dk_raw, size_t(N * kvd));
             rmsnorm_backward(a_.dk_raw, g(layers_[l].k_norm), dfk, la.fk_raw, layers_[l].k_norm, la.fk_rstd, N * Hk, d);
             dk_raw = a_.dk_raw;
         }
-        T* dkv = a_.dqkv;  // (N, 2·Hk·d) fits in the (N, QKV) scratch
-        for (long r = 0; r < N; r++) {
-            std::memcpy(dkv + r * 2 * kvd, dk_raw + r * kvd, kvd * sizeof(T));
-            std::memcpy(dkv + r * 2 * kvd + kvd, a_.ddepth_v + (r * slots + slot) * kvd, kvd * sizeof(T));
-        }
+        T* dkv = a_.dqkv;  // (N, 2·Hk·d) fits in the (N, QKV) scratch: [dK | dV]
+        fill_zero(dkv, size_t(N * 2 * kvd));
+        depth_slot_backward(dkv, 2 * kvd, dk_raw, 1, 0, N, kvd);
+        depth_slot_backward(dkv + kvd, 2 * kvd, a_.ddepth_v, slots, slot, N, kvd);
         matmul_backward(din, g(p.wffn), dkv, in, p.wffn, N, D, 2 * kvd);
     }
 }
@@ -427,26 +431,23 @@ void Model<T>::sublayer_forward(SubActs& s, const T* h, const T* nw, long N, boo
     auto f = [&](const T* in, T* out) {
         if (is_attn) attn_forward(l, in, out, N, ad, kc, vc);
         else mlp_forward(l, in, out, N);
-        if (2 * l + (is_attn ? 0 : 1) == skip_sublayer) std::memset(out, 0, size_t(N * D) * sizeof(T));
+        if (2 * l + (is_attn ? 0 : 1) == skip_sublayer) fill_zero(out, size_t(N * D));
     };
     switch (cfg.norm_placement) {
         case NormPlacement::pre:
             rmsnorm_forward(s.n_out, s.rstd, h, nw, N, D, cfg.norm_eps);
             f(s.n_out, s.f_out);
-#pragma omp parallel for schedule(static)
-            for (long i = 0; i < N * D; i++) s.out[i] = h[i] + s.f_out[i];
+            residual_forward(s.out, h, s.f_out, N * D);
             break;
         case NormPlacement::post:
             f(h, s.f_out);
-#pragma omp parallel for schedule(static)
-            for (long i = 0; i < N * D; i++) s.sum[i] = h[i] + s.f_out[i];
+            residual_forward(s.sum, h, s.f_out, N * D);
             rmsnorm_forward(s.n_out, s.rstd, s.sum, nw, N, D, cfg.norm_eps);  // s.out aliases s.n_out
             break;
         case NormPlacement::reordered:
             f(h, s.f_out);
             rmsnorm_forward(s.n_out, s.rstd, s.f_out, nw, N, D, cfg.norm_eps);
-#pragma omp parallel for schedule(static)
-            for (long i = 0; i < N * D; i++) s.out[i] = h[i] + s.n_out[i];
+            residual_forward(s.out, h, s.n_out, N * D);
             break;
     }
 }
@@ -463,23 +464,23 @@ void Model<T>::sublayer_backward(SubActs& s, const T* h, T* dh, const T* dout, l
         if (is_attn) attn_backward(l, in, din, dy, N, ad);
         else mlp_backward(l, in, din, dy, N);
     };
-    const size_t bytes = size_t(N * D) * sizeof(T);
+    const size_t ND = size_t(N * D);
     switch (cfg.norm_placement) {
         case NormPlacement::pre:
-            for (long i = 0; i < N * D; i++) dh[i] += dout[i];
-            std::memset(a_.dn, 0, bytes);
+            residual_backward(dh, static_cast<T*>(nullptr), dout, N * D);
+            fill_zero(a_.dn, ND);
             fb(s.n_out, a_.dn, dout);
             rmsnorm_backward(dh, dnw, a_.dn, h, nw, s.rstd, N, D);
             break;
         case NormPlacement::post:
-            std::memset(a_.dy, 0, bytes);
+            fill_zero(a_.dy, ND);
             rmsnorm_backward(a_.dy, dnw, dout, s.sum, nw, s.rstd, N, D);
-            for (long i = 0; i < N * D; i++) dh[i] += a_.dy[i];
+            residual_backward(dh, static_cast<T*>(nullptr), a_.dy, N * D);
             fb(h, dh, a_.dy);
             break;
         case NormPlacement::reordered:
-            for (long i = 0; i < N * D; i++) dh[i] += dout[i];
-            std::memset(a_.dy, 0, bytes);
+            residual_backward(dh, static_cast<T*>(nullptr), dout, N * D);
+            fill_zero(a_.dy, ND);
             rmsnorm_backward(a_.dy, dnw, dout, s.f_out, nw, s.rstd, N, D);
             fb(h, dh, a_.dy);
             break;
@@ -496,8 +497,8 @@ void Model<T>::run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
     } else {
         for (long l = 0; l < cfg.n_layers; l++) {
             LayerActs& la = a_.layers[l];
-            T* kc = cache ? cache->k.data() + l * per_layer : nullptr;
-            T* vc = cache ? cache->v.data() + l * per_layer : nullptr;
+            T* kc = cache ? cache->k.template data<T>() + l * per_layer : nullptr;
+            T* vc = cache ? cache->v.template data<T>() + l * per_layer : nullptr;
             sublayer_forward(la.attn, h, layers_[l].attn_norm, N, true, l, ad, kc, vc);
             sublayer_forward(la.mlp, la.attn.out, layers_[l].mlp_norm, N, false, l, ad, nullptr, nullptr);
             h = la.mlp.out;
@@ -520,63 +521,61 @@ double Model<T>::forward(const int32_t* tokens, const int32_t* targets, long B, 
                         std::to_string(cfg.vocab_size) + ")");
     B_ = B;
     T_ = seq;
+    if (targets)
+        for (long i = 0; i < N; i++)
+            if (targets[i] >= cfg.vocab_size)
+                throw Error("target id " + std::to_string(targets[i]) + " is outside the vocabulary");
     layout(N, targets != nullptr);
-    tokens_.assign(tokens, tokens + N);
-    pos_.resize(N);
-    for (long i = 0; i < N; i++) pos_[i] = int32_t(i % seq);
-    embedding_forward(a_.x0, tokens, tok_emb_, N, cfg.d_model);
+    stage_inputs(tokens, targets, N, 0, seq);
+    embedding_forward(a_.x0, a_.tokens, tok_emb_, N, cfg.d_model);
     AttnDims ad{B, T_, T_, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, seq * cfg.n_kv_heads * cfg.head_dim};
     run_layers(N, ad, nullptr);
     have_targets_ = targets != nullptr;
     if (!have_targets_) return 0.0;
-    for (long i = 0; i < N; i++)
-        if (targets[i] >= cfg.vocab_size)
-            throw Error("target id " + std::to_string(targets[i]) + " is outside the vocabulary");
-    targets_.assign(targets, targets + N);
-    n_counted_ = crossentropy_forward(a_.losses, a_.lse, a_.logits, targets, N, (long)cfg.vocab_size);
-    double sum = 0;
-    for (long i = 0; i < N; i++) sum += double(a_.losses[i]);
+    n_counted_ = crossentropy_forward(a_.losses, a_.lse, a_.logits, a_.targets, N, (long)cfg.vocab_size);
+    const double sum = sum_ordered(a_.losses, N);
     return n_counted_ > 0 ? sum / double(n_counted_) : 0.0;
 }
 
 template <typename T>
-void Model<T>::backward() {
+void Model<T>::backward(const std::function<void(int)>& layer_done) {
     if (!have_targets_) throw Error("backward() needs a forward() with targets first");
     if (skip_sublayer >= 0) throw Error("backward() is not defined with skip_sublayer set (a diagnostic)");
     const long N = B_ * T_, D = cfg.d_model, V = cfg.vocab_size;
     AttnDims ad{B_, T_, T_, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, T_ * cfg.n_kv_heads * cfg.head_dim};
-    std::memset(a_.dlogits, 0, size_t(N * V) * sizeof(T));
+    fill_zero(a_.dlogits, size_t(N * V));
     if (cfg.attention == AttentionKind::moda) {
         const size_t n = size_t(N) * moda_slots(cfg) * cfg.n_kv_heads * cfg.head_dim;
-        std::memset(a_.ddepth_k, 0, n * sizeof(T));
-        std::memset(a_.ddepth_v, 0, n * sizeof(T));
+        fill_zero(a_.ddepth_k, n);
+        fill_zero(a_.ddepth_v, n);
     }
     if (n_counted_ > 0)
-        crossentropy_backward(a_.dlogits, a_.logits, a_.lse, targets_.data(), N, V, T(1) / T(n_counted_));
-    std::memset(a_.dlnf, 0, size_t(N * D) * sizeof(T));
+        crossentropy_backward(a_.dlogits, a_.logits, a_.lse, a_.targets, N, V, T(1) / T(n_counted_));
+    fill_zero(a_.dlnf, size_t(N * D));
     matmul_backward(a_.dlnf, g(lm_head_), a_.dlogits, a_.lnf, lm_head_, N, D, V);
     const bool attnres = cfg.residual != Residual::standard;
     const T* h_last = attnres ? a_.out_mix.out : a_.layers[cfg.n_layers - 1].mlp.out;
     T* dcur = a_.dres_a;  // gradient w.r.t. the current residual stream
     T* dprev = a_.dres_b;
-    std::memset(dcur, 0, size_t(N * D) * sizeof(T));
+    fill_zero(dcur, size_t(N * D));
     rmsnorm_backward(dcur, g(final_norm_), a_.dlnf, h_last, final_norm_, a_.lnf_rstd, N, D);
     if (attnres) {
-        attnres_layers_backward(N, ad, dcur);
-        embedding_backward(g(tok_emb_), a_.demb, tokens_.data(), N, D);
+        attnres_layers_backward(N, ad, dcur, layer_done);
+        embedding_backward(g(tok_emb_), a_.demb, a_.tokens, N, D);
         return;
     }
     for (long l = cfg.n_layers - 1; l >= 0; l--) {
         LayerActs& la = a_.layers[l];
         const T* h_in = l > 0 ? a_.layers[l - 1].mlp.out : a_.x0;
-        std::memset(dprev, 0, size_t(N * D) * sizeof(T));
+        fill_zero(dprev, size_t(N * D));
         sublayer_backward(la.mlp, la.attn.out, dprev, dcur, N, false, l, ad);
         std::swap(dcur, dprev);
-        std::memset(dprev, 0, size_t(N * D) * sizeof(T));
+        fill_zero(dprev, size_t(N * D));
         sublayer_backward(la.attn, h_in, dprev, dcur, N, true, l, ad);
         std::swap(dcur, dprev);
+        if (layer_done) layer_done(int(l));
     }
-    embedding_backward(g(tok_emb_), dcur, tokens_.data(), N, D);
+    embedding_backward(g(tok_emb_), dcur, a_.tokens, N, D);
 }
 
 template <typename T>
@@ -588,8 +587,8 @@ void Model<T>::init_cache(KVCache<T>& cache, long B, long max_T) const {
     cache.max_T = max_T;
     cache.len = 0;
     size_t n = size_t(cfg.n_layers) * B * max_T * cfg.n_kv_heads * cfg.head_dim;
-    cache.k.assign(n, T(0));
-    cache.v.assign(n, T(0));
+    cache.k = Buffer(*backend_, dtype_of<act_t>(), n);
+    cache.v = Buffer(*backend_, dtype_of<act_t>(), n);
 }
 
 template <typename T>
@@ -606,9 +605,8 @@ void Model<T>::forward_cached(const int32_t* tokens, long B, long n, KVCache<T>&
     T_ = n;
     have_targets_ = false;
     layout(N, false);
-    pos_.resize(N);
-    for (long i = 0; i < N; i++) pos_[i] = int32_t(cache.len + i % n);
-    embedding_forward(a_.x0, tokens, tok_emb_, N, cfg.d_model);
+    stage_inputs(tokens, nullptr, N, cache.len, n);
+    embedding_forward(a_.x0, a_.tokens, tok_emb_, N, cfg.d_model);
     AttnDims ad{B, n, cache.len + n, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cache.len,
                 cache.max_T * cfg.n_kv_heads * cfg.head_dim};
     run_layers(N, ad, &cache);

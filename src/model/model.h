@@ -8,20 +8,29 @@
 // attention kind lives in attn_forward/backward.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "model/config.h"
+#include "model/plan.h"
 #include "ops/ops.h"
 
 namespace strata {
 
+// Everything the engine needs to know about one parameter tensor, so that nothing (the init, the
+// optimizer, diagnose) has to read meaning into its name.
 struct ParamSpec {
+    enum class Init { normal, ones, zeros };
     std::string name;
     std::vector<long> shape;
     size_t offset = 0;  // in elements, into the parameter buffer
     size_t numel = 0;
-    bool decay = true;  // AdamW weight decay applies (false for 1-D tensors by default)
+    Init init = Init::normal;
+    double init_std = 0;  // Init::normal only
+    bool decay = true;    // AdamW weight decay applies: the 2-D weights (docs/model.md); train.no_decay adds exemptions
+    int sublayer = -1;    // 2l (attention of layer l), 2l+1 (its MLP), −1: none (embedding, final norm, output mix, head)
 };
 
 // The parameters a config implies, in buffer order, without allocating them (a checkpoint's tensors
@@ -43,11 +52,12 @@ struct LayerParams {
     T *attn_res_query, *attn_res_norm, *mlp_res_query, *mlp_res_norm;  // (D) each
 };
 
-// Per-layer key/value cache for generation: (B, max_T, Hk, d) per layer for K and V.
+// Per-layer key/value cache for generation: (B, max_T, Hk, d) per layer for K and V, on the model's
+// backend.
 template <typename T>
 struct KVCache {
     long B = 0, max_T = 0, len = 0;
-    std::vector<T> k, v;  // (L, B, max_T, Hk, d)
+    Buffer k, v;  // (L, B, max_T, Hk, d)
 };
 
 // Depth statistics summed over the rows (tokens) of one or more forwards (strata diagnose, docs/
@@ -67,36 +77,60 @@ struct DepthStats {
 template <typename T>
 class Model {
 public:
-    explicit Model(const ModelConfig& cfg);
+    // The precision seam: the storage type of each role. Ops take the activation and parameter types
+    // separately where both meet; only one type for all roles is instantiated (fp32, and fp64 for the
+    // finite-difference tests).
+    using param_t = T;   // weights (the fp32 master copy)
+    using act_t = T;     // activations and GEMM inputs
+    using grad_t = T;    // parameter gradients
+    using optim_t = T;   // AdamW moments
+    using accum_t = double;  // reductions: losses, norms, statistics
+
+    explicit Model(const ModelConfig& cfg, Device device = Device::cpu);
     Model(const Model&) = delete;
     Model& operator=(const Model&) = delete;
 
     const ModelConfig cfg;
     std::vector<ParamSpec> specs;  // buffer order
-    std::vector<T> params, grads;  // one buffer each, same layout
 
     void init_weights(uint64_t seed);
     const ParamSpec& spec(const std::string& name) const;  // throws Error for an unknown name
-    T* param(const std::string& name) { return params.data() + spec(name).offset; }
-    T* grad(const std::string& name) { return grads.data() + spec(name).offset; }
+    Backend& backend() const { return *backend_; }
 
-    // tokens, targets: (B, T). targets may be null (no loss); entries < 0 are ignored. Returns the
-    // mean loss over counted targets (0 if none). Logits stay readable via logits().
+    // The parameter and gradient buffers (backend memory, one layout): for ops only.
+    T* param_data() { return params_.data<T>(); }
+    const T* param_data() const { return params_.data<T>(); }
+    T* grad_data() { return grads_.data<T>(); }
+    const T* grad_data() const { return grads_.data<T>(); }
+    const Buffer& params() const { return params_; }
+    Buffer& params() { return params_; }
+    const Buffer& grads() const { return grads_; }
+    Buffer& grads() { return grads_; }
+    // One tensor to or from the host (s.numel elements).
+    void param_to_host(const ParamSpec& s, T* host) const { params_.to_host(host, s.offset, s.numel); }
+    void param_from_host(const ParamSpec& s, const T* host) { params_.from_host(host, s.offset, s.numel); }
+    void grad_to_host(const ParamSpec& s, T* host) const { grads_.to_host(host, s.offset, s.numel); }
+
+    // tokens, targets: (B, T) host arrays. targets may be null (no loss); entries < 0 are ignored.
+    // Returns the mean loss over counted targets (0 if none).
     double forward(const int32_t* tokens, const int32_t* targets, long B, long seq);
-    // Gradients of the last forward's loss, accumulated into grads. Call zero_grad() first.
-    void backward();
+    // Gradients of the last forward's loss, accumulated into the gradient buffer. Call zero_grad()
+    // first. layer_done(l), when set, runs once per layer l = L−1 .. 0 as soon as every gradient of
+    // layer l's parameters is complete.
+    void backward(const std::function<void(int)>& layer_done = {});
     void zero_grad();
-    const T* logits() const { return a_.logits; }
+    // Rows [first, first + rows) of the last forward's logits (V each) to the host.
+    void logits_to_host(T* host, long first, long rows) const;
     long last_count() const { return n_counted_; }  // targets counted by the last forward
     long last_B() const { return B_; }
     long last_T() const { return T_; }
 
     // Generation: run `n` new tokens per batch row at positions cache.len.., appending their K/V to
-    // the cache. Logits of the new tokens are in logits(), shaped (B, n, V).
+    // the cache. Logits of the new tokens are the (B·n) rows of logits_to_host.
     void init_cache(KVCache<T>& cache, long B, long max_T) const;
     void forward_cached(const int32_t* tokens, long B, long n, KVCache<T>& cache);
 
-    size_t num_params() const { return params.size(); }
+    size_t num_params() const { return params_.numel(); }
 
     // Diagnostics, forward only: when ≥ 0, sublayer j = skip_sublayer's output is replaced by zero.
     // Under AttnRes a source that this leaves empty is dropped from every mix (it is neither a key nor
@@ -105,9 +139,13 @@ public:
     // Adds the last forward's statistics to `s` (src/model/diagnostics.cpp).
     void accumulate_depth_stats(DepthStats& s) const;
 
-    size_t arena_elements() const { return arena_.size(); }
+    // The activation plan of the last forward, the arena's size, and every byte this model holds on
+    // its backend (parameters, gradients, RoPE tables, arena; not the optimizer's moments or caches).
+    const TensorPlan& activation_plan() const { return plan_; }
+    size_t arena_bytes() const { return arena_.bytes(); }
+    size_t memory_bytes() const { return params_.bytes() + grads_.bytes() + rope_.bytes() + arena_.bytes(); }
 
-private:
+    // ---- activations: pointers into the arena, set by describe_activations + TensorPlan::carve ----
     struct MixActs {  // one AttnRes op (src/model/attn_res.cpp)
         T* out;       // (N, D) the mix: the sublayer's input h
         T *logit, *rstd;  // (n_max, N)
@@ -123,11 +161,14 @@ private:
     };
     struct LayerActs {
         SubActs attn, mlp;
-        T *qkv, *q_raw, *k_raw, *q, *k, *v, *q_rstd, *k_rstd, *att, *lse;  // attention
-        T *gu, *act;                                                    // MLP
+        // attention: q_raw/k_raw are the split projection; q/k the normed (QK-norm) and rotated ones,
+        // the same buffers as q_raw/k_raw without QK-norm
+        T *qkv, *q_raw, *k_raw, *q, *k, *v, *q_rstd, *k_rstd, *att, *lse;
+        T *gu, *act;                        // MLP
         T *ffn_kv, *fk_raw, *fk, *fk_rstd;  // MoDA FFN K/V: projection (N, 2·Hk·d), K raw/final (N, Hk·d), rstd
     };
     struct Acts {
+        int32_t *tokens, *targets, *pos;  // (N) each; targets only when training
         T* x0;  // (N, D) embeddings
         std::vector<LayerActs> layers;
         T *lnf, *lnf_rstd, *logits, *losses, *lse;
@@ -139,23 +180,35 @@ private:
         // backward scratch
         T *dres_a, *dres_b, *dn, *dy, *dqkv, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dgu, *dact, *dlnf, *dlogits;
     };
+    // The one description of the activations for N rows (the backward's too when training): adds each
+    // tensor to `plan`, bound to its pointer in `a`. ModelConfig::memory_bytes calls it on a scratch Acts.
+    static void describe_activations(TensorPlan& plan, const ModelConfig& c, long N, bool training, Acts& a);
+
+private:
+    Backend* backend_;
+    Buffer params_, grads_;  // one buffer each, same layout
+    Buffer rope_;            // cos then sin, (max_seq_len, d/2) each
+    Buffer arena_;           // the activations; grows only
+    TensorPlan plan_;
+    long plan_N_ = -1;
+    bool plan_training_ = false;
 
     T* tok_emb_;
     T* final_norm_;
     T *out_res_query_ = nullptr, *out_res_norm_ = nullptr;  // AttnRes output op
     T* lm_head_;  // == tok_emb_ when tied
     std::vector<LayerParams<T>> layers_;
-    std::vector<T> rope_cos_, rope_sin_;
+    const T *rope_cos_, *rope_sin_;
 
-    std::vector<T> arena_;
     Acts a_{};
     long B_ = 0, T_ = 0;
-    std::vector<int32_t> tokens_, targets_, pos_;
     long n_counted_ = 0;
     bool have_targets_ = false;
+    std::vector<int32_t> pos_host_;  // staging for the positions
 
-    T* g(const T* p) { return grads.data() + (p - params.data()); }
+    T* g(const T* p) { return grad_data() + (p - param_data()); }
     void layout(long N, bool training);
+    void stage_inputs(const int32_t* tokens, const int32_t* targets, long N, long pos0, long seq);
     void sublayer_forward(SubActs& s, const T* h, const T* norm_w, long N, bool is_attn, long l, const AttnDims& ad,
                           T* kc, T* vc);
     void sublayer_backward(SubActs& s, const T* h, T* dh, const T* dout, long N, bool is_attn, long l,
@@ -177,7 +230,7 @@ private:
     bool skipped_empty(long e) const;     // sublayer e's partial sum is empty under skip_sublayer
     void phase1(long j0, int n, long N);
     void attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
-    void attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal);
+    void attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal, const std::function<void(int)>& layer_done);
 };
 
 extern template class Model<float>;

@@ -129,6 +129,10 @@ void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const 
 template <typename T>
 void fill_zero(T* x, size_t n);
 
+// copy: dst[0..n) = src[0..n) (no backward: callers add the gradient back with residual_backward)
+template <typename T>
+void copy_forward(T* dst, const T* src, size_t n);
+
 // residual add: out = a + b (out may alias a or b). Backward: da += dout, db += dout (either may be null).
 template <typename T>
 void residual_forward(T* out, const T* a, const T* b, long n);

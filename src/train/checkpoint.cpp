@@ -31,14 +31,16 @@ void save_checkpoint(const std::string& out_dir, const RunConfig& rc, const Mode
     std::filesystem::create_directories(out_dir, ec);
     if (ec) throw Error("cannot create output directory " + out_dir + ": " + ec.message());
     std::vector<TensorRef> ts;
+    // Host copies of the three buffers (the backend's memory is not the host's in general).
+    const std::vector<float> params = model.params().host<float>(), m = opt.m.host<float>(), v = opt.v.host<float>();
     auto add = [&](const std::string& prefix, const std::vector<float>& buf) {
         for (const ParamSpec& s : model.specs)
             ts.push_back({prefix + s.name, "F32", std::vector<int64_t>(s.shape.begin(), s.shape.end()),
                           buf.data() + s.offset, s.numel * sizeof(float)});
     };
-    add("model.", model.params);
-    add("adamw.m.", opt.m);
-    add("adamw.v.", opt.v);
+    add("model.", params);
+    add("adamw.m.", m);
+    add("adamw.v.", v);
     const std::string tok_bytes = tok.to_bytes();
     ts.push_back({"tokenizer", "U8", {int64_t(tok_bytes.size())}, tok_bytes.data(), tok_bytes.size()});
     std::map<std::string, std::string> meta = {
@@ -69,7 +71,7 @@ static uint64_t meta_u64(const SafetensorsFile& f, const std::string& key) {
     }
 }
 
-LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only) {
+LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only, Device device) {
     std::string path = path_in;
     struct stat sb;
     if (::stat(path.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) path = checkpoint_path(path);
@@ -103,18 +105,16 @@ LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only) 
         check("adamw.m.");
         check("adamw.v.");
     }
-    lc.model = std::make_unique<Model<float>>(lc.rc.model);
-    auto load = [&](const std::string& prefix, std::vector<float>& buf) {
-        for (const ParamSpec& s : lc.model->specs)
-            std::memcpy(buf.data() + s.offset, f.get(prefix + s.name).data, s.numel * sizeof(float));
+    lc.model = std::make_unique<Model<float>>(lc.rc.model, device);
+    auto load = [&](const std::string& prefix, Buffer& buf) {
+        for (const ParamSpec& s : lc.model->specs) buf.from_host(f.get(prefix + s.name).data, s.offset, s.numel);
     };
-    load("model.", lc.model->params);
+    load("model.", lc.model->params());
     // Weights that are not finite make every later loss and sample meaningless: refuse them here,
     // for eval and generate as for training.
     for (const ParamSpec& s : lc.model->specs)
-        for (size_t i = 0; i < s.numel; i++)
-            if (!std::isfinite(lc.model->params[s.offset + i]))
-                throw Error("checkpoint " + path + ": tensor model." + s.name + " holds a non-finite value");
+        if (nonfinite_count(lc.model->param_data() + s.offset, long(s.numel)) > 0)
+            throw Error("checkpoint " + path + ": tensor model." + s.name + " holds a non-finite value");
     const TensorRef& tk = f.get("tokenizer");
     if (tk.dtype != "U8") throw Error("checkpoint " + path + ": tensor tokenizer must be U8");
     lc.tok = std::make_unique<Tokenizer>(
@@ -132,7 +132,7 @@ LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only) 
     }
     if (!weights_only) {
         AdamWConfig ac{lc.rc.train.beta1, lc.rc.train.beta2, lc.rc.train.eps, lc.rc.train.weight_decay};
-        lc.opt = std::make_unique<AdamW<float>>(lc.model->params.size(), ac);
+        lc.opt = std::make_unique<AdamW<float>>(*lc.model, ac);
         load("adamw.m.", lc.opt->m);
         load("adamw.v.", lc.opt->v);
         lc.opt->step = long(meta_u64(f, "adamw_step"));

@@ -36,6 +36,7 @@ struct LoadedCheckpoint {
 // `path` is a checkpoint file or a run directory holding checkpoint.safetensors. Every problem (a
 // missing or corrupt file, a tensor missing or of the wrong shape, bad metadata) is an Error that
 // names the file.
-LoadedCheckpoint load_checkpoint(const std::string& path, bool weights_only = false);
+// The model is built on `device`'s backend.
+LoadedCheckpoint load_checkpoint(const std::string& path, bool weights_only = false, Device device = Device::cpu);
 
 }  // namespace strata

@@ -1,5 +1,7 @@
 #include "train/run_config.h"
 
+#include "backend/backend.h"
+
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -47,6 +49,7 @@ void TrainConfig::validate(const std::string& o) const {
     if (!(lr * weight_decay < 1))
         throw Error(o + ": train.lr * train.weight_decay must be below 1 (the weights are scaled by 1 - lr * "
                         "weight_decay every step), got " + std::to_string(lr * weight_decay));
+    parse_device(device, o);
     if (on_nonfinite != "stop" && on_nonfinite != "skip")
         throw Error(o + ": train.on_nonfinite must be \"stop\" or \"skip\"");
     if (corpus.empty()) throw Error(o + ": train.corpus must name a file or folder");
@@ -115,6 +118,7 @@ RunConfig RunConfig::from_json(const nlohmann::json& j, const std::string& origi
         }
         f.get("resume", c.resume);
         f.get("on_nonfinite", c.on_nonfinite);
+        f.get("device", c.device);
         f.finish();
     }
     rc.model.validate(origin + " [model]");
@@ -136,7 +140,7 @@ nlohmann::json RunConfig::to_json() const {
                         {"seed", c.seed},           {"threads", c.threads},           {"eval_every", c.eval_every},
                         {"eval_batches", c.eval_batches}, {"ckpt_every", c.ckpt_every}, {"log_every", c.log_every},
                         {"val_fraction", c.val_fraction}, {"no_decay", c.no_decay},   {"resume", c.resume},
-                        {"on_nonfinite", c.on_nonfinite}};
+                        {"on_nonfinite", c.on_nonfinite}, {"device", c.device}};
     return {{"model", model.to_json()}, {"train", t}};
 }
 

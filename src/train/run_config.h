@@ -28,9 +28,11 @@ struct TrainConfig {
     int threads = 2;
     long eval_every = 100, eval_batches = 20, ckpt_every = 100, log_every = 10;
     double val_fraction = 0.05;
-    std::vector<std::string> no_decay = {"norm"};  // parameters whose name contains one of these
+    // Weight decay applies to the 2-D weights (docs/model.md); these name patterns exempt more.
+    std::vector<std::string> no_decay = {};
     bool resume = true;                             // continue from out_dir's checkpoint if present
     std::string on_nonfinite = "stop";              // "stop" or "skip" the step
+    std::string device = "cpu";                     // the backend (backend/backend.h): "cpu"
 
     void validate(const std::string& origin) const;
 };

@@ -22,6 +22,7 @@
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/progress.h"
+#include "train/step.h"
 
 namespace strata {
 
@@ -204,14 +205,10 @@ static bool truncate_metrics(const std::string& path, long step, Progress& progr
 
 // ---- numerical faults -------------------------------------------------------------------------------
 
-// The first tensor holding a NaN or an infinity, or "" when all are finite.
-static std::string first_nonfinite(const Model<float>& m, const std::vector<float>& buf) {
-    for (const ParamSpec& s : m.specs) {
-        const float* p = buf.data() + s.offset;
-        bool bad = false;
-        for (size_t i = 0; i < s.numel; i++) bad |= !std::isfinite(p[i]);
-        if (bad) return s.name;
-    }
+// The first tensor of a parameter-shaped buffer holding a NaN or an infinity, or "" when all are finite.
+static std::string first_nonfinite(const Model<float>& m, const Buffer& buf) {
+    for (const ParamSpec& s : m.specs)
+        if (nonfinite_count(buf.data<float>() + s.offset, long(s.numel)) > 0) return s.name;
     return "";
 }
 
@@ -254,15 +251,16 @@ static NonfiniteFault nonfinite_fault(const Model<float>& model) {
     return f;
 }
 
-static void fill_nan(std::vector<float>& buf, const ParamSpec& s) {
-    std::fill(buf.begin() + long(s.offset), buf.begin() + long(s.offset + s.numel),
-              std::numeric_limits<float>::quiet_NaN());
+static void fill_nan(Buffer& buf, const ParamSpec& s) {
+    const std::vector<float> nan(s.numel, std::numeric_limits<float>::quiet_NaN());
+    buf.from_host(nan.data(), s.offset, s.numel);
 }
 
 // ---- training -----------------------------------------------------------------------------------
 
 TrainResult train(const RunConfig& rc) {
     const TrainConfig& t = rc.train;
+    const Device device = parse_device(t.device, "train.device");
     set_threads(t.threads);
     // Everything a training run holds at once, checked before anything big is allocated.
     check_memory(rc.model.memory_bytes(t.batch_size, t.seq_len, true), "training with batch " +
@@ -285,7 +283,7 @@ TrainResult train(const RunConfig& rc) {
     long saved_step = -1;  // the step of the checkpoint on disk, -1 when there is none yet
     const std::string ckpt = checkpoint_path(t.out_dir);
     if (t.resume && std::filesystem::exists(ckpt)) {
-        LoadedCheckpoint lc = load_checkpoint(ckpt);
+        LoadedCheckpoint lc = load_checkpoint(ckpt, false, device);
         if (lc.rc.model.to_json() != rc.model.to_json())
             throw Error("checkpoint " + ckpt +
                         " was made with a different model config; choose another train.out_dir or set "
@@ -294,6 +292,7 @@ TrainResult train(const RunConfig& rc) {
             throw Error("checkpoint " + ckpt + " was trained with a different tokenizer than " + t.data_dir +
                         "/tokenizer.model");
         model = std::move(lc.model);
+        STRATA_CHECK(&model->backend() == &backend_for(device), "the checkpoint's model is on another backend");
         opt = std::move(lc.opt);
         opt->cfg = AdamWConfig{t.beta1, t.beta2, t.eps, t.weight_decay};
         st = lc.st;
@@ -301,25 +300,23 @@ TrainResult train(const RunConfig& rc) {
         if (st.step < 0 || opt->step < 0 || opt->step > st.step)
             throw Error("checkpoint " + ckpt + " has inconsistent step counters (step " + std::to_string(st.step) +
                         ", adamw_step " + std::to_string(opt->step) + ")");
-        for (const auto* buf : {&model->params, &opt->m, &opt->v}) {
+        for (const Buffer* buf : {&model->params(), &opt->m, &opt->v}) {
             std::string bad = first_nonfinite(*model, *buf);
             if (!bad.empty())
                 throw Error("checkpoint " + ckpt + " holds non-finite values in the " +
-                            (buf == &model->params ? "weights" : "AdamW moments") + " of " + bad +
+                            (buf == &model->params() ? "weights" : "AdamW moments") + " of " + bad +
                             "; it cannot be trained from");
         }
         saved_step = st.step;
         std::fprintf(stderr, "resuming from %s at step %ld\n", ckpt.c_str(), st.step);
     } else {
-        model = std::make_unique<Model<float>>(rc.model);
-        opt = std::make_unique<AdamW<float>>(model->params.size(),
-                                             AdamWConfig{t.beta1, t.beta2, t.eps, t.weight_decay});
+        model = std::make_unique<Model<float>>(rc.model, device);
+        opt = std::make_unique<AdamW<float>>(*model, AdamWConfig{t.beta1, t.beta2, t.eps, t.weight_decay});
     }
-    for (ParamSpec& s : model->specs) {
-        s.decay = true;
+    // The spec's rule (no decay for 1-D tensors) stands; train.no_decay exempts more by name.
+    for (ParamSpec& s : model->specs)
         for (const auto& pat : t.no_decay)
             if (s.name.find(pat) != std::string::npos) s.decay = false;
-    }
     check_shard_vocab(train_shard, *model);
     check_shard_vocab(val_shard, *model);
     const NonfiniteFault fault = nonfinite_fault(*model);
@@ -353,14 +350,15 @@ TrainResult train(const RunConfig& rc) {
     TrainResult res;
     res.train_loss = st.last_loss;
     std::vector<int32_t> x(size_t(t.batch_size) * t.seq_len), y(x.size());
+    const StepConfig sc{t.batch_size, t.seq_len, t.grad_accum, t.grad_clip, x.data(), y.data()};
     const double tokens_per_step = double(t.batch_size) * t.seq_len * t.grad_accum;
     auto save = [&] {
         // Never persist a poisoned state: a NaN that reached the weights or the moments stops the run.
-        for (const auto* buf : {&model->params, &opt->m, &opt->v}) {
+        for (const Buffer* buf : {&model->params(), &opt->m, &opt->v}) {
             std::string bad = first_nonfinite(*model, *buf);
             if (!bad.empty())
                 throw Error(std::string("non-finite value in the ") +
-                            (buf == &model->params ? "weights" : "AdamW moments") + " of " + bad + " after step " +
+                            (buf == &model->params() ? "weights" : "AdamW moments") + " of " + bad + " after step " +
                             std::to_string(st.step) + "; not writing a checkpoint from this state" +
                             (saved_step >= 0 ? " (the checkpoint of step " + std::to_string(saved_step) + " is kept)"
                                              : ""));
@@ -390,22 +388,15 @@ TrainResult train(const RunConfig& rc) {
         for (long step = st.step; step < t.steps && g_sigint == 0; step++) {
             auto t0 = std::chrono::steady_clock::now();
             const double lr = lr_at(step, t.warmup, t.lr_decay_steps > 0 ? t.lr_decay_steps : t.steps, t.lr, t.min_lr);
-            model->zero_grad();
-            double loss = 0;
-            for (int micro = 0; micro < t.grad_accum; micro++) {
-                sampler.next(x.data(), y.data());
-                loss += model->forward(x.data(), y.data(), t.batch_size, t.seq_len);
-                model->backward();
-            }
-            if (fault.step == step + 1 && !fault.weights) fill_nan(model->grads, *fault.spec);
-            loss /= t.grad_accum;
-            if (t.grad_accum > 1) scale_grads(model->grads, 1.0 / t.grad_accum);
-            double gn = grad_norm(model->grads);
+            StepHooks hooks;
+            if (fault.step == step + 1 && !fault.weights) hooks.after_backward = [&] { fill_nan(model->grads(), *fault.spec); };
+            const StepStats ss = compute_gradients(*model, sc, [&](int32_t* xb, int32_t* yb) { sampler.next(xb, yb); }, hooks);
+            const double loss = ss.loss, gn = ss.grad_norm;
             st.step = step + 1;
             st.sampler_position = sampler.position();
             if (!std::isfinite(loss) || !std::isfinite(gn)) {
-                const std::string bad_w = first_nonfinite(*model, model->params);
-                const std::string bad_g = first_nonfinite(*model, model->grads);
+                const std::string bad_w = first_nonfinite(*model, model->params());
+                const std::string bad_g = first_nonfinite(*model, model->grads());
                 std::string where = !bad_w.empty()                ? "the weights of " + bad_w
                                     : !std::isfinite(loss)        ? std::string("the loss")
                                                                   : "the gradient of " + bad_g;
@@ -425,9 +416,8 @@ TrainResult train(const RunConfig& rc) {
                              where.c_str());
                 std::fflush(metrics);
             } else {
-                if (t.grad_clip > 0 && gn > t.grad_clip) scale_grads(model->grads, t.grad_clip / gn);
-                opt->update(model->params, model->grads, model->specs, lr);
-                if (fault.step == st.step && fault.weights) fill_nan(model->params, *fault.spec);
+                apply_update(*model, *opt, sc, gn, lr);
+                if (fault.step == st.step && fault.weights) fill_nan(model->params(), *fault.spec);
                 st.last_loss = loss;
                 res.train_loss = loss;
                 const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

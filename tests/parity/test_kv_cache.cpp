@@ -49,8 +49,11 @@ TEST_P(KVCache_, GreedyMatchesFullForward) {
     Model<float> m(tiny(np, kv, qk, res, att));
     Rng rng(11);  // AttnRes queries start at 0 (a uniform mix); give them values so the mix matters
     for (const auto& s : m.specs)
-        if (s.name.ends_with("_res_query"))
-            for (size_t i = 0; i < s.numel; i++) m.params[s.offset + i] = float(0.5 * rng.normal());
+        if (s.name.ends_with("_res_query")) {
+            std::vector<float> q(s.numel);
+            for (float& x : q) x = float(0.5 * rng.normal());
+            m.param_from_host(s, q.data());
+        }
     const int V = m.cfg.vocab_size;
     std::vector<int32_t> prompt = {3, 14, 15, 9, 26, 53, 5, 8};
     const long steps = 64;
@@ -66,16 +69,18 @@ TEST_P(KVCache_, GreedyMatchesFullForward) {
     m.init_cache(cache, 1, long(prompt.size()) + steps);
     std::vector<int32_t> seq = prompt;
     m.forward_cached(prompt.data(), 1, long(prompt.size()), cache);
-    std::vector<float> cached(m.logits() + (prompt.size() - 1) * V, m.logits() + prompt.size() * V);
+    std::vector<float> cached(static_cast<size_t>(V)), full_row(static_cast<size_t>(V));
+    m.logits_to_host(cached.data(), long(prompt.size()) - 1, 1);
     for (long s = 0; s < steps; s++) {
         m.forward(seq.data(), nullptr, 1, long(seq.size()));
-        const float* full = m.logits() + (seq.size() - 1) * V;
+        m.logits_to_host(full_row.data(), long(seq.size()) - 1, 1);
+        const float* full = full_row.data();
         EXPECT_LE(max_rel(cached.data(), full, V), 1e-5) << "step " << s;
         int32_t arg = int32_t(std::max_element(full, full + V) - full);
         ASSERT_EQ(arg, gen[s]) << "greedy token differs at step " << s;
         seq.push_back(arg);
         m.forward_cached(&arg, 1, 1, cache);
-        cached.assign(m.logits(), m.logits() + V);
+        m.logits_to_host(cached.data(), 0, 1);
     }
 }
 

@@ -45,17 +45,27 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
         SCOPED_TRACE(std::string(to_string(v.np)) + " " + to_string(v.res) + " S=" + std::to_string(v.block) + " " +
                      to_string(v.att) + (v.ffn_kv ? "" : " (no FFN K/V)"));
         Model<float> m(c);
-        EXPECT_EQ(double(m.params.size()), c.num_params());
+        EXPECT_EQ(double(m.num_params()), c.num_params());
         for (bool training : {false, true}) {
             const long B = 2, T = 17;
             std::vector<int32_t> x(B * T, 3), y(B * T, 5);
-            m.forward(x.data(), training ? y.data() : nullptr, B, T);
-            if (training) m.backward();
-            const double allocated =
-                4.0 * (double(m.params.size() + m.grads.size()) + double(c.max_seq_len) * c.head_dim +
-                       double(m.arena_elements()));
+            Model<float> fresh(c);  // a model that has seen only this shape: its arena is exactly this plan
+            fresh.forward(x.data(), training ? y.data() : nullptr, B, T);
+            if (training) fresh.backward();
+            // The arena is the plan's total, and the plan is the sum of its tensors (each aligned).
+            EXPECT_EQ(fresh.arena_bytes(), fresh.activation_plan().bytes());
+            size_t sum = 0;
+            for (const auto& e : fresh.activation_plan().entries())
+                sum += (e.numel * dtype_size(e.dtype) + Backend::kAlign - 1) / Backend::kAlign * Backend::kAlign;
+            EXPECT_EQ(sum, fresh.activation_plan().bytes());
+            // memory_bytes() is every byte the model allocated: parameters, gradients, RoPE, arena.
+            const double allocated = 4.0 * (2.0 * double(fresh.num_params()) + double(c.max_seq_len) * c.head_dim) +
+                                     double(fresh.arena_bytes());
+            EXPECT_EQ(double(fresh.memory_bytes()), allocated);
+            // The config's estimate, made without a model, adds only the AdamW moments when training.
             const double adamw = training ? 4.0 * 2 * c.num_params() : 0.0;
-            EXPECT_EQ(allocated, c.memory_bytes(B, T, training) - adamw) << (training ? "training" : "inference");
+            EXPECT_EQ(double(fresh.memory_bytes()), c.memory_bytes(B, T, training) - adamw)
+                << (training ? "training" : "inference");
         }
     }
 }

@@ -10,6 +10,7 @@
 
 #include "model/model.h"
 #include "train/optimizer.h"
+#include "train/step.h"
 
 static std::atomic<long> g_allocs{0};
 
@@ -55,19 +56,15 @@ TEST(Training, NoHeapAllocationsAfterTheFirstStep) {
         c.attnres_block_size = 3;
         c.attention = att;
         Model<float> m(c);
-        AdamW<float> opt(m.params.size(), AdamWConfig{});
+        AdamW<float> opt(m, AdamWConfig{});
         const long B = 3, T = 70;  // two attention tiles
         std::vector<int32_t> x(B * T), y(B * T);
         for (long i = 0; i < B * T; i++) x[i] = int32_t((i * 7) % 97), y[i] = int32_t((i * 11 + 3) % 97);
+        const StepConfig sc{B, T, 1, 1.0, x.data(), y.data()};  // the training step of strata train
         long before = 0;
         for (int step = 1; step <= 10; step++) {
             if (step == 2) before = g_allocs.load();
-            m.zero_grad();
-            m.forward(x.data(), y.data(), B, T);
-            m.backward();
-            double gn = grad_norm(m.grads);
-            if (gn > 1.0) scale_grads(m.grads, 1.0 / gn);
-            opt.update(m.params, m.grads, m.specs, 1e-3);
+            train_step(m, opt, sc, {}, 1e-3);
         }
         EXPECT_EQ(g_allocs.load() - before, 0)
             << "allocations in steps 2-10 with norm " << to_string(np) << ", residual " << to_string(res)

@@ -20,6 +20,11 @@ void fill_zero(T* x, size_t n) {
 }
 
 template <typename T>
+void copy_forward(T* dst, const T* src, size_t n) {
+    std::memcpy(dst, src, n * sizeof(T));
+}
+
+template <typename T>
 void residual_forward(T* out, const T* a, const T* b, long n) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
@@ -163,6 +168,7 @@ void adamw_update(T* p, const T* g, T* m, T* v, long n, const AdamWArgs& a, bool
 
 #define STRATA_GLUE(T)                                                                                      \
     template void fill_zero<T>(T*, size_t);                                                                 \
+    template void copy_forward<T>(T*, const T*, size_t);                                                    \
     template void residual_forward<T>(T*, const T*, const T*, long);                                        \
     template void residual_backward<T>(T*, T*, const T*, long);                                             \
     template void qkv_split_forward<T>(T*, T*, T*, const T*, long, long, long, long);                       \
