@@ -7,7 +7,6 @@
 // output op, whose mix feeds the final norm. With S sublayers per block, sublayer j's partial sum
 // p_j = p_{j−1} + f_j, or f_j when j starts a block (j % S == 0); block k's sum is p_{(k+1)S−1}.
 #include <algorithm>
-#include <cstring>
 
 #include "model/model.h"
 

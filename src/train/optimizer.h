@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -39,6 +40,14 @@ struct AdamW {
             adamw_update(p + s.offset, g + s.offset, mm + s.offset, vv + s.offset, long(s.numel), a, s.decay);
     }
 };
+
+// The decay rule: a parameter decays when its spec says so (every 2-D weight; docs/model.md) and its
+// name contains none of `no_decay` (train.no_decay), which can only exempt more.
+inline void apply_no_decay(std::vector<ParamSpec>& specs, const std::vector<std::string>& no_decay) {
+    for (ParamSpec& s : specs)
+        for (const auto& pat : no_decay)
+            if (s.name.find(pat) != std::string::npos) s.decay = false;
+}
 
 // The global L2 norm of the gradient: sqrt of the op's fixed-order partial sum of squares, so it is
 // identical run to run for a given thread count (and ranks can add their partials).

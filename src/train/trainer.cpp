@@ -313,10 +313,7 @@ TrainResult train(const RunConfig& rc) {
         model = std::make_unique<Model<float>>(rc.model, device);
         opt = std::make_unique<AdamW<float>>(*model, AdamWConfig{t.beta1, t.beta2, t.eps, t.weight_decay});
     }
-    // The spec's rule (no decay for 1-D tensors) stands; train.no_decay exempts more by name.
-    for (ParamSpec& s : model->specs)
-        for (const auto& pat : t.no_decay)
-            if (s.name.find(pat) != std::string::npos) s.decay = false;
+    apply_no_decay(model->specs, t.no_decay);
     check_shard_vocab(train_shard, *model);
     check_shard_vocab(val_shard, *model);
     const NonfiniteFault fault = nonfinite_fault(*model);
