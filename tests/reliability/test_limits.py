@@ -151,6 +151,8 @@ def test_malformed_memory_limit(tmp_path, value):
     ("train.no_decay=[\"\"]", "train.no_decay entries must be non-empty"),
     ("train.resume=1", "\"resume\" must be a boolean"),
     ("train.on_nonfinite=\"maybe\"", "train.on_nonfinite must be \"stop\" or \"skip\""),
+    ("train.device=\"cuda\"", "train.device must be one of \"cpu\", not \"cuda\""),
+    ("train.device=3", "\"device\" must be a string"),
     ("train.corpus=", "train.corpus must name a file or folder"),
     ("train.out_dir=", "train.out_dir and train.data_dir must be set"),
     ("train.data_dir=", "train.out_dir and train.data_dir must be set"),
