@@ -45,6 +45,8 @@ public:
     virtual void deallocate(void* p, size_t bytes) = 0;
     virtual void copy_to_host(void* host, const void* dev, size_t bytes) const = 0;
     virtual void copy_from_host(void* dev, const void* host, size_t bytes) const = 0;
+    // Bytes allocated and not yet freed, as requested (memory accounting and its tests).
+    virtual size_t live_bytes() const = 0;
     static constexpr size_t kAlign = 64;
 };
 

@@ -1,4 +1,5 @@
 // The CPU backend: aligned host memory; copies to and from the host are memcpy.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -58,15 +59,23 @@ public:
         void* p = std::aligned_alloc(kAlign, rounded);
         if (!p) throw std::bad_alloc();
         std::memset(p, 0, rounded);
+        live_ += bytes;
         return p;
     }
-    void deallocate(void* p, size_t) override { std::free(p); }
+    void deallocate(void* p, size_t bytes) override {
+        if (p) live_ -= bytes;
+        std::free(p);
+    }
+    size_t live_bytes() const override { return live_.load(); }
     void copy_to_host(void* host, const void* dev, size_t bytes) const override {
         if (bytes) std::memcpy(host, dev, bytes);
     }
     void copy_from_host(void* dev, const void* host, size_t bytes) const override {
         if (bytes) std::memcpy(dev, host, bytes);
     }
+
+private:
+    std::atomic<size_t> live_{0};
 };
 }  // namespace
 

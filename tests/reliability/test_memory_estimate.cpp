@@ -50,6 +50,7 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
             const long B = 2, T = 17;
             std::vector<int32_t> x(B * T, 3), y(B * T, 5);
             Model<float> fresh(c);  // a model that has seen only this shape: its arena is exactly this plan
+            ASSERT_EQ(fresh.backend().live_bytes(), m.memory_bytes() + fresh.memory_bytes());  // no arena yet
             fresh.forward(x.data(), training ? y.data() : nullptr, B, T);
             if (training) fresh.backward();
             // The arena is the plan's total, and the plan is the sum of its tensors (each aligned).
@@ -62,6 +63,8 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
             const double allocated = 4.0 * (2.0 * double(fresh.num_params()) + double(c.max_seq_len) * c.head_dim) +
                                      double(fresh.arena_bytes());
             EXPECT_EQ(double(fresh.memory_bytes()), allocated);
+            // ... as the backend counted them (m is the only other model alive).
+            EXPECT_EQ(fresh.backend().live_bytes() - m.memory_bytes(), fresh.memory_bytes());
             // The config's estimate, made without a model, adds only the AdamW moments when training.
             const double adamw = training ? 4.0 * 2 * c.num_params() : 0.0;
             EXPECT_EQ(double(fresh.memory_bytes()), c.memory_bytes(B, T, training) - adamw)
