@@ -1,15 +1,24 @@
-// The op table, in the spirit of ggml's test-backend-ops: every op × several shapes, checked in two
+// The op table, in the spirit of ggml's test-backend-ops: every op × several shapes, checked in three
 // modes:
-//   fwd  — the float32 op against a naive float64 reference written here (relative L2 ≤ 1e-6);
-//   grad — the float64 backward against float64 central finite differences of the float64 forward,
-//          along random directions (relative error ≤ 1e-6).
+//   fwd    — the float32 and float64 forwards against a naive float64 reference written here
+//            (relative L2 ≤ 1e-6 and ≤ 1e-12);
+//   grad   — the float64 backward against float64 central finite differences of the float64 forward,
+//            along random directions (relative error ≤ 1e-6);
+//   bwd32  — the float32 backward, on the inputs and dout rounded to float, against the float64
+//            backward: every input gradient within relative L2 bwd32_tol (1e-5; 1e-4 for attention
+//            and MoDA); a gradient that is zero in exact arithmetic, in norm against ‖dout‖.
+// The glue ops with a backward (residual add, qkv split, depth slot) are rows too; those without one
+// (zero fill, KV append, scaling, the reductions, AdamW) get TESTs below against naive loops.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <omp.h>
 
 #include "ops/ops.h"
 
@@ -22,11 +31,21 @@ template <typename T>
 std::vector<T> cast(const Vec& v) {
     return std::vector<T>(v.begin(), v.end());
 }
+template <typename T>
+Vec dbl(const std::vector<T>& v) {
+    return Vec(v.begin(), v.end());
+}
 
 double rel_l2(const Vec& a, const Vec& b) {
     double num = 0, den = 0;
     for (size_t i = 0; i < a.size(); i++) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
     return std::sqrt(num) / std::max(std::sqrt(den), 1e-300);
+}
+
+double dot(const Vec& a, const Vec& b) {
+    double s = 0;
+    for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
+    return s;
 }
 
 Vec randn(size_t n, std::mt19937_64& g, double scale = 1.0) {
@@ -36,15 +55,26 @@ Vec randn(size_t n, std::mt19937_64& g, double scale = 1.0) {
     return v;
 }
 
-// One row of the table. Inputs are float64; `fwd32`/`fwd64` run the op at that precision, `bwd64`
-// returns the gradient of <dout, out> w.r.t. every differentiable input, `ref` is the naive truth.
+// One row of the table. Inputs are float64; `fwd32`/`fwd64` run the op at that precision, `bwd32`/
+// `bwd64` return the gradient of <dout, out> w.r.t. every differentiable input, `ref` is the naive truth.
 struct OpCase {
     std::string name;
     std::vector<Vec> inputs;
     std::vector<bool> differentiable;
     std::function<Vec(const std::vector<Vec>&)> fwd32, fwd64, ref;
-    std::function<std::vector<Vec>(const std::vector<Vec>&, const Vec& dout)> bwd64;
+    std::function<std::vector<Vec>(const std::vector<Vec>&, const Vec& dout)> bwd32, bwd64;
+    double bwd32_tol = 1e-5;
 };
+
+// A builder writes its forward f(T(0), in) and backward b(T(0), in, dout) once, generic over the
+// scalar type T (inputs and dout rounded to T, results widened back); this instantiates both.
+template <typename F, typename B>
+void set_ops(OpCase& c, F f, B b) {
+    c.fwd32 = [=](const std::vector<Vec>& in) { return f(0.f, in); };
+    c.fwd64 = [=](const std::vector<Vec>& in) { return f(0.0, in); };
+    c.bwd32 = [=](const std::vector<Vec>& in, const Vec& dy) { return b(0.f, in, dy); };
+    c.bwd64 = [=](const std::vector<Vec>& in, const Vec& dy) { return b(0.0, in, dy); };
+}
 
 void run_case(const OpCase& c) {
     SCOPED_TRACE(c.name);
@@ -58,6 +88,17 @@ void run_case(const OpCase& c) {
     std::mt19937_64 g(1234);
     Vec dout = randn(want.size(), g);
     auto grads = c.bwd64(c.inputs, dout);
+    auto grads32 = c.bwd32(c.inputs, dout);
+    ASSERT_EQ(grads32.size(), grads.size());
+    const double dnorm = std::sqrt(dot(dout, dout));
+    for (size_t i = 0; i < grads.size(); i++) {
+        ASSERT_EQ(grads32[i].size(), grads[i].size());
+        // A gradient that is zero in exact arithmetic (dq and dk when every query sees one key) is
+        // fp64 roundoff, with no relative error to speak of: then hold the fp32 one against ‖dout‖.
+        const bool zero = std::sqrt(dot(grads[i], grads[i])) <= 1e-12 * dnorm;
+        const double e = zero ? std::sqrt(dot(grads32[i], grads32[i])) / dnorm : rel_l2(grads32[i], grads[i]);
+        EXPECT_LE(e, c.bwd32_tol) << "bwd fp32 vs fp64: " << c.name << ", gradient " << i << (zero ? " (zero)" : "");
+    }
     auto loss = [&](const std::vector<Vec>& in) {
         Vec y = c.fwd64(in);
         double s = 0;
@@ -95,8 +136,6 @@ OpCase matmul_case(long N, long IC, long OC, std::mt19937_64& g) {
         matmul_forward(y.data(), x.data(), w.data(), N, IC, OC);
         return Vec(y.begin(), y.end());
     };
-    c.fwd32 = [=](auto& in) { return f(0.f, in); };
-    c.fwd64 = [=](auto& in) { return f(0.0, in); };
     c.ref = [=](auto& in) {
         Vec y(N * OC, 0.0);
         for (long n = 0; n < N; n++)
@@ -104,11 +143,14 @@ OpCase matmul_case(long N, long IC, long OC, std::mt19937_64& g) {
                 for (long i = 0; i < IC; i++) y[n * OC + o] += in[0][n * IC + i] * in[1][o * IC + i];
         return y;
     };
-    c.bwd64 = [=](auto& in, const Vec& dy) {
-        Vec dx(N * IC, 0.0), dw(OC * IC, 0.0);
-        matmul_backward(dx.data(), dw.data(), dy.data(), in[0].data(), in[1].data(), N, IC, OC);
-        return std::vector<Vec>{dx, dw};
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T = decltype(zero);
+        auto x = cast<T>(in[0]), w = cast<T>(in[1]), dy = cast<T>(dout);
+        std::vector<T> dx(N * IC, T(0)), dw(OC * IC, T(0));
+        matmul_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), N, IC, OC);
+        return std::vector<Vec>{dbl(dx), dbl(dw)};
     };
+    set_ops(c, f, b);
     return c;
 }
 
@@ -127,8 +169,6 @@ OpCase rmsnorm_case(long N, long C, std::mt19937_64& g) {
         rmsnorm_forward(y.data(), r.data(), x.data(), wt.data(), N, C, eps);
         return Vec(y.begin(), y.end());
     };
-    c.fwd32 = [=](auto& in) { return f(0.f, in); };
-    c.fwd64 = [=](auto& in) { return f(0.0, in); };
     c.ref = [=](auto& in) {
         Vec y(N * C);
         for (long n = 0; n < N; n++) {
@@ -138,12 +178,15 @@ OpCase rmsnorm_case(long N, long C, std::mt19937_64& g) {
         }
         return y;
     };
-    c.bwd64 = [=](auto& in, const Vec& dy) {
-        Vec y(N * C), r(N), dx(N * C, 0.0), dw(C, 0.0);
-        rmsnorm_forward(y.data(), r.data(), in[0].data(), in[1].data(), N, C, eps);
-        rmsnorm_backward(dx.data(), dw.data(), dy.data(), in[0].data(), in[1].data(), r.data(), N, C);
-        return std::vector<Vec>{dx, dw};
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T = decltype(zero);
+        auto x = cast<T>(in[0]), wt = cast<T>(in[1]), dy = cast<T>(dout);
+        std::vector<T> y(N * C), r(N), dx(N * C, T(0)), dw(C, T(0));
+        rmsnorm_forward(y.data(), r.data(), x.data(), wt.data(), N, C, eps);
+        rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), wt.data(), r.data(), N, C);
+        return std::vector<Vec>{dbl(dx), dbl(dw)};
     };
+    set_ops(c, f, b);
     return c;
 }
 
@@ -164,8 +207,6 @@ OpCase rope_case(long B, long T, long H, long d, std::mt19937_64& g) {
         rope_forward(x.data(), pos.data(), cs.data(), sn.data(), B * T, H, d);
         return Vec(x.begin(), x.end());
     };
-    c.fwd32 = [=](auto& in) { return f(0.f, in); };
-    c.fwd64 = [=](auto& in) { return f(0.0, in); };
     c.ref = [=](auto& in) {
         Vec y = in[0];
         for (long r = 0; r < B * T; r++)
@@ -178,12 +219,15 @@ OpCase rope_case(long B, long T, long H, long d, std::mt19937_64& g) {
                 }
         return y;
     };
-    c.bwd64 = [=](auto& in, const Vec& dy) {
-        Vec cs(T * d / 2), sn(T * d / 2), dx = dy;
+    auto b = [=](auto zero, const std::vector<Vec>&, const Vec& dout) {
+        using T_ = decltype(zero);
+        std::vector<T_> cs(T * d / 2), sn(T * d / 2);
         rope_table(cs.data(), sn.data(), T, d, theta);
+        auto dx = cast<T_>(dout);
         rope_backward(dx.data(), pos.data(), cs.data(), sn.data(), B * T, H, d);
-        return std::vector<Vec>{dx};
+        return std::vector<Vec>{dbl(dx)};
     };
+    set_ops(c, f, b);
     return c;
 }
 
@@ -199,8 +243,6 @@ OpCase swiglu_case(long N, long F, std::mt19937_64& g) {
         swiglu_forward(y.data(), gu.data(), N, F);
         return Vec(y.begin(), y.end());
     };
-    c.fwd32 = [=](auto& in) { return f(0.f, in); };
-    c.fwd64 = [=](auto& in) { return f(0.0, in); };
     c.ref = [=](auto& in) {
         Vec y(N * F);
         for (long n = 0; n < N; n++)
@@ -210,11 +252,14 @@ OpCase swiglu_case(long N, long F, std::mt19937_64& g) {
             }
         return y;
     };
-    c.bwd64 = [=](auto& in, const Vec& dy) {
-        Vec dgu(N * 2 * F, 0.0);
-        swiglu_backward(dgu.data(), dy.data(), in[0].data(), N, F);
-        return std::vector<Vec>{dgu};
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T = decltype(zero);
+        auto gu = cast<T>(in[0]), dy = cast<T>(dout);
+        std::vector<T> dgu(N * 2 * F, T(0));
+        swiglu_backward(dgu.data(), dy.data(), gu.data(), N, F);
+        return std::vector<Vec>{dbl(dgu)};
     };
+    set_ops(c, f, b);
     return c;
 }
 
@@ -232,8 +277,6 @@ OpCase attention_case(long B, long T, long H, long Hk, long d, std::mt19937_64& 
         attention_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), a);
         return Vec(o.begin(), o.end());
     };
-    c.fwd32 = [=](auto& in) { return f(0.f, in); };
-    c.fwd64 = [=](auto& in) { return f(0.0, in); };
     c.ref = [=](auto& in) {  // materialise the masked T×T scores: this is the naive truth
         Vec o(B * T * H * d, 0.0);
         for (long b = 0; b < B; b++)
@@ -258,13 +301,18 @@ OpCase attention_case(long B, long T, long H, long Hk, long d, std::mt19937_64& 
             }
         return o;
     };
-    c.bwd64 = [=](auto& in, const Vec& dy) {
-        Vec o(B * T * H * d), lse(B * H * T), dq(in[0].size(), 0.0), dk(in[1].size(), 0.0), dv(in[2].size(), 0.0);
-        attention_forward(o.data(), lse.data(), in[0].data(), in[1].data(), in[2].data(), a);
-        attention_backward(dq.data(), dk.data(), dv.data(), dy.data(), o.data(), lse.data(), in[0].data(),
-                           in[1].data(), in[2].data(), a);
-        return std::vector<Vec>{dq, dk, dv};
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T_ = decltype(zero);
+        auto q = cast<T_>(in[0]), k = cast<T_>(in[1]), v = cast<T_>(in[2]), dy = cast<T_>(dout);
+        std::vector<T_> o(B * T * H * d), lse(B * H * T), dq(q.size(), T_(0)), dk(k.size(), T_(0)),
+            dv(v.size(), T_(0));
+        attention_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), a);
+        attention_backward(dq.data(), dk.data(), dv.data(), dy.data(), o.data(), lse.data(), q.data(), k.data(),
+                           v.data(), a);
+        return std::vector<Vec>{dbl(dq), dbl(dk), dbl(dv)};
     };
+    set_ops(c, f, b);
+    c.bwd32_tol = 1e-4;
     return c;
 }
 
@@ -286,8 +334,6 @@ OpCase moda_case(long B, long T, long H, long Hk, long d, long L, long L_max, st
         moda_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
         return Vec(o.begin(), o.end());
     };
-    c.fwd32 = [=](auto& in) { return f(0.f, in); };
-    c.fwd64 = [=](auto& in) { return f(0.0, in); };
     c.ref = [=](auto& in) {  // one explicit softmax over the t+1 sequence keys and the L depth keys
         Vec o(B * T * H * d, 0.0);
         auto dot = [&](const double* x, const double* y) {
@@ -319,15 +365,19 @@ OpCase moda_case(long B, long T, long H, long Hk, long d, long L, long L_max, st
             }
         return o;
     };
-    c.bwd64 = [=](auto& in, const Vec& dy) {
-        Vec o(B * T * H * d), lse(B * H * T), dq(in[0].size(), 0.0), dk(in[1].size(), 0.0), dv(in[2].size(), 0.0),
-            dkd(nd, 0.0), dvd(nd, 0.0);
-        moda_forward(o.data(), lse.data(), in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(), L,
-                     L_max, a);
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T_ = decltype(zero);
+        auto q = cast<T_>(in[0]), k = cast<T_>(in[1]), v = cast<T_>(in[2]), kd = cast<T_>(in[3]), vd = cast<T_>(in[4]),
+             dy = cast<T_>(dout);
+        std::vector<T_> o(B * T * H * d), lse(B * H * T), dq(q.size(), T_(0)), dk(k.size(), T_(0)),
+            dv(v.size(), T_(0)), dkd(nd, T_(0)), dvd(nd, T_(0));
+        moda_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
         moda_backward(dq.data(), dk.data(), dv.data(), dkd.data(), dvd.data(), dy.data(), o.data(), lse.data(),
-                      in[0].data(), in[1].data(), in[2].data(), in[3].data(), in[4].data(), L, L_max, a);
-        return std::vector<Vec>{dq, dk, dv, dkd, dvd};
+                      q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
+        return std::vector<Vec>{dbl(dq), dbl(dk), dbl(dv), dbl(dkd), dbl(dvd)};
     };
+    set_ops(c, f, b);
+    c.bwd32_tol = 1e-4;
     return c;
 }
 
@@ -345,8 +395,6 @@ OpCase crossentropy_case(long N, long V, std::mt19937_64& g) {
         crossentropy_forward(loss.data(), lse.data(), z.data(), tg.data(), N, V);
         return Vec(loss.begin(), loss.end());
     };
-    c.fwd32 = [=](auto& in) { return f(0.f, in); };
-    c.fwd64 = [=](auto& in) { return f(0.0, in); };
     c.ref = [=](auto& in) {
         Vec y(N, 0.0);
         for (long n = 0; n < N; n++) {
@@ -360,13 +408,16 @@ OpCase crossentropy_case(long N, long V, std::mt19937_64& g) {
     };
     // The backward takes one scale for all rows (the mean's 1/count); d<dout, losses> needs a per-row
     // weight, so apply it row by row.
-    c.bwd64 = [=](auto& in, const Vec& dy) {
-        Vec loss(N), lse(N), dz(N * V, 0.0);
-        crossentropy_forward(loss.data(), lse.data(), in[0].data(), tg.data(), N, V);
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T = decltype(zero);
+        auto z = cast<T>(in[0]), dy = cast<T>(dout);
+        std::vector<T> loss(N), lse(N), dz(N * V, T(0));
+        crossentropy_forward(loss.data(), lse.data(), z.data(), tg.data(), N, V);
         for (long n = 0; n < N; n++)
-            crossentropy_backward(dz.data() + n * V, in[0].data() + n * V, lse.data() + n, tg.data() + n, 1, V, dy[n]);
-        return std::vector<Vec>{dz};
+            crossentropy_backward(dz.data() + n * V, z.data() + n * V, lse.data() + n, tg.data() + n, 1, V, dy[n]);
+        return std::vector<Vec>{dbl(dz)};
     };
+    set_ops(c, f, b);
     return c;
 }
 
@@ -384,19 +435,20 @@ OpCase embedding_case(long N, long V, long C, std::mt19937_64& g) {
         embedding_forward(y.data(), tok.data(), tab.data(), N, C);
         return Vec(y.begin(), y.end());
     };
-    c.fwd32 = [=](auto& in) { return f(0.f, in); };
-    c.fwd64 = [=](auto& in) { return f(0.0, in); };
     c.ref = [=](auto& in) {
         Vec y(N * C);
         for (long n = 0; n < N; n++)
             for (long i = 0; i < C; i++) y[n * C + i] = in[0][tok[n] * C + i];
         return y;
     };
-    c.bwd64 = [=](auto& in, const Vec& dy) {
-        Vec dt(V * C, 0.0);
+    auto b = [=](auto zero, const std::vector<Vec>&, const Vec& dout) {
+        using T = decltype(zero);
+        auto dy = cast<T>(dout);
+        std::vector<T> dt(V * C, T(0));
         embedding_backward(dt.data(), dy.data(), tok.data(), N, C);
-        return std::vector<Vec>{dt};
+        return std::vector<Vec>{dbl(dt)};
     };
+    set_ops(c, f, b);
     return c;
 }
 
@@ -427,8 +479,6 @@ OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g) 
                         with_gamma ? gm.data() : nullptr, N, D, eps);
         return Vec(y.begin(), y.end());
     };
-    c.fwd32 = [=](auto& in) { return f(0.f, in); };
-    c.fwd64 = [=](auto& in) { return f(0.0, in); };
     c.ref = [=](auto& in) {
         Vec y(N * D, 0.0);
         for (long r = 0; r < N; r++) {
@@ -451,22 +501,126 @@ OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g) 
         }
         return y;
     };
-    c.bwd64 = [=](auto& in, const Vec& dy) {
-        std::vector<const double*> ptr;
-        for (int i = 0; i < n; i++) ptr.push_back(in[i].data());
-        const double* gm = with_gamma ? in[n + 1].data() : nullptr;
-        Vec y(N * D), lg(n * N), rs(n * N), lse(N);
-        attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, in[n].data(), gm, N, D, eps);
-        std::vector<Vec> grads(n, Vec(N * D, 0.0));
-        std::vector<double*> dptr;
-        for (auto& d : grads) dptr.push_back(d.data());
-        Vec dw(D, 0.0), dg(D, 0.0);
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T = decltype(zero);
+        std::vector<std::vector<T>> src, dsrc(n, std::vector<T>(N * D, T(0)));
+        std::vector<const T*> ptr;
+        std::vector<T*> dptr;
+        for (int i = 0; i < n; i++) src.push_back(cast<T>(in[i]));
+        for (auto& s : src) ptr.push_back(s.data());
+        for (auto& s : dsrc) dptr.push_back(s.data());
+        auto w = cast<T>(in[n]), dy = cast<T>(dout);
+        std::vector<T> gm = with_gamma ? cast<T>(in[n + 1]) : std::vector<T>();
+        const T* gp = with_gamma ? gm.data() : nullptr;
+        std::vector<T> y(N * D), lg(n * N), rs(n * N), lse(N), dw(D, T(0)), dg(D, T(0));
+        attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D, eps);
         attnres_backward(dptr.data(), dw.data(), with_gamma ? dg.data() : nullptr, dy.data(), y.data(), lg.data(),
-                         rs.data(), lse.data(), ptr.data(), n, in[n].data(), gm, N, D);
-        grads.push_back(dw);
-        if (with_gamma) grads.push_back(dg);
+                         rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D);
+        std::vector<Vec> grads;
+        for (auto& s : dsrc) grads.push_back(dbl(s));
+        grads.push_back(dbl(dw));
+        if (with_gamma) grads.push_back(dbl(dg));
         return grads;
     };
+    set_ops(c, f, b);
+    return c;
+}
+
+// ---- glue ----------------------------------------------------------------------------------------
+// Residual add, out = a + b; `alias` runs it in place as the model does: out = a (1) or out = b (2).
+OpCase residual_case(long n, int alias, std::mt19937_64& g) {
+    OpCase c;
+    c.name = "residual n=" + std::to_string(n) + (alias == 1 ? " out=a" : alias == 2 ? " out=b" : "");
+    c.inputs = {randn(n, g), randn(n, g)};
+    c.differentiable = {true, true};
+    auto f = [=](auto zero, const std::vector<Vec>& in) {
+        using T = decltype(zero);
+        auto a = cast<T>(in[0]), b = cast<T>(in[1]);
+        std::vector<T> y(n);
+        T* out = alias == 1 ? a.data() : alias == 2 ? b.data() : y.data();
+        residual_forward(out, a.data(), b.data(), n);
+        return Vec(out, out + n);
+    };
+    c.ref = [=](auto& in) {
+        Vec y(n);
+        for (long i = 0; i < n; i++) y[i] = in[0][i] + in[1][i];
+        return y;
+    };
+    auto b = [=](auto zero, const std::vector<Vec>&, const Vec& dout) {
+        using T = decltype(zero);
+        auto dy = cast<T>(dout);
+        std::vector<T> da(n, T(0)), db(n, T(0));
+        residual_backward(da.data(), db.data(), dy.data(), n);
+        return std::vector<Vec>{dbl(da), dbl(db)};
+    };
+    set_ops(c, f, b);
+    return c;
+}
+
+// qkv split of (N, Wq + Wk + Wv); the output is q (N, Wq), k (N, Wk), v (N, Wv) one after another.
+OpCase qkv_split_case(long N, long Wq, long Wk, long Wv, std::mt19937_64& g) {
+    OpCase c;
+    c.name = "qkv_split N=" + std::to_string(N) + " Wq=" + std::to_string(Wq) + " Wk=" + std::to_string(Wk) +
+             " Wv=" + std::to_string(Wv);
+    const long W = Wq + Wk + Wv;
+    c.inputs = {randn(N * W, g)};
+    c.differentiable = {true};
+    auto f = [=](auto zero, const std::vector<Vec>& in) {
+        using T = decltype(zero);
+        auto qkv = cast<T>(in[0]);
+        std::vector<T> y(N * W);
+        qkv_split_forward(y.data(), y.data() + N * Wq, y.data() + N * (Wq + Wk), qkv.data(), N, Wq, Wk, Wv);
+        return dbl(y);
+    };
+    c.ref = [=](auto& in) {
+        Vec y;
+        const long lo[3] = {0, Wq, Wq + Wk}, wd[3] = {Wq, Wk, Wv};
+        for (int p = 0; p < 3; p++)
+            for (long r = 0; r < N; r++)
+                for (long i = 0; i < wd[p]; i++) y.push_back(in[0][r * W + lo[p] + i]);
+        return y;
+    };
+    // The merge OVERWRITES dqkv: it starts as NaN, so an element skipped or accumulated into shows.
+    auto b = [=](auto zero, const std::vector<Vec>&, const Vec& dout) {
+        using T = decltype(zero);
+        auto dy = cast<T>(dout);
+        std::vector<T> dqkv(N * W, T(NAN));
+        qkv_split_backward(dqkv.data(), dy.data(), dy.data() + N * Wq, dy.data() + N * (Wq + Wk), N, Wq, Wk, Wv);
+        return std::vector<Vec>{dbl(dqkv)};
+    };
+    set_ops(c, f, b);
+    return c;
+}
+
+// Depth slot write: inputs src (N, stride), of which each row's first W are read, and the stream's
+// prior contents (N, slots, W), not differentiated; the output is the whole stream, so the other
+// slots must come through untouched.
+OpCase depth_slot_case(long N, long slots, long slot, long W, long stride, std::mt19937_64& g) {
+    OpCase c;
+    c.name = "depth_slot N=" + std::to_string(N) + " slot=" + std::to_string(slot) + "/" + std::to_string(slots) +
+             " W=" + std::to_string(W) + " stride=" + std::to_string(stride);
+    c.inputs = {randn(N * stride, g), randn(N * slots * W, g)};
+    c.differentiable = {true, false};
+    auto f = [=](auto zero, const std::vector<Vec>& in) {
+        using T = decltype(zero);
+        auto src = cast<T>(in[0]), depth = cast<T>(in[1]);
+        depth_slot_forward(depth.data(), slots, slot, src.data(), stride, N, W);
+        return dbl(depth);
+    };
+    c.ref = [=](auto& in) {
+        Vec y = in[1];
+        for (long r = 0; r < N; r++)
+            for (long i = 0; i < W; i++) y[(r * slots + slot) * W + i] = in[0][r * stride + i];
+        return y;
+    };
+    auto b = [=](auto zero, const std::vector<Vec>&, const Vec& dout) {
+        using T = decltype(zero);
+        auto dy = cast<T>(dout);
+        std::vector<T> dsrc(N * stride, T(0));
+        depth_slot_backward(dsrc.data(), stride, dy.data(), slots, slot, N, W);
+        return std::vector<Vec>{dbl(dsrc)};
+    };
+    set_ops(c, f, b);
     return c;
 }
 
@@ -496,6 +650,18 @@ std::vector<OpCase> table() {
         t.push_back(attnres_case(T, 24, 3, false, g));  // parameter-free key norm
         t.push_back(attnres_case(T, 40, 7, true, g));
     }
+    for (long N : {1, 3, 65}) {
+        t.push_back(residual_case(N * 13, 0, g));
+        t.push_back(qkv_split_case(N, 15, 5, 5, g));               // grouped: Wk = Wv = Wq / 3
+        t.push_back(qkv_split_case(N, 9, 5, 3, g));                // Wk ≠ Wv
+        t.push_back(depth_slot_case(N, 3, 0, 13, 13, g));          // contiguous source, first slot
+        t.push_back(depth_slot_case(N, 4, 3, 13, 3 * 13 + 5, g));  // in place from a wider fused row, last slot
+    }
+    t.push_back(residual_case(1, 0, g));
+    t.push_back(residual_case(65 * 13, 1, g));
+    t.push_back(residual_case(65 * 13, 2, g));
+    t.push_back(residual_case(40001, 0, g));  // above the single-thread cutoff
+    t.push_back(residual_case(40001, 1, g));
     return t;
 }
 
@@ -631,3 +797,206 @@ TEST(MoDA, CachedRowsMatchFullAndNoDepthIsAttention) {
     EXPECT_EQ(o0, oa);
     EXPECT_EQ(l0, la);
 }
+
+// ---- glue ops outside the table: no backward, or not an elementwise map ----------------------------
+// Each against a naive loop here, in float and double; float inputs are the rounded float64 draws.
+
+// fill_zero clears exactly [0, n) of a filled buffer.
+template <typename T>
+void check_fill_zero() {
+    SCOPED_TRACE(sizeof(T) == 4 ? "float" : "double");
+    for (size_t n : {0, 1, 3, 65, 40001}) {
+        std::vector<T> x(n + 10, T(7));
+        fill_zero(x.data() + 3, n);
+        for (size_t i = 0; i < x.size(); i++) ASSERT_EQ(x[i], i >= 3 && i < 3 + n ? T(0) : T(7)) << n << " " << i;
+    }
+}
+TEST(Glue, FillZero) { check_fill_zero<float>(), check_fill_zero<double>(); }
+
+// The table's rows start their gradients at zero; here the backwards add into what is there
+// (residual_backward skipping a null side) and depth_slot_backward honours dsrc's own row stride.
+// The same two numbers added in the same order: exact.
+template <typename T>
+void check_accumulate() {
+    SCOPED_TRACE(sizeof(T) == 4 ? "float" : "double");
+    std::mt19937_64 g(5);
+    const long n = 65;
+    auto d = cast<T>(randn(n, g)), a0 = cast<T>(randn(n, g)), b0 = cast<T>(randn(n, g));
+    auto da = a0, db = b0;
+    residual_backward<T>(da.data(), db.data(), d.data(), n);
+    residual_backward<T>(da.data(), nullptr, d.data(), n);
+    residual_backward<T>(nullptr, db.data(), d.data(), n);
+    for (long i = 0; i < n; i++) {
+        EXPECT_EQ(da[i], T(a0[i] + d[i]) + d[i]) << i;
+        EXPECT_EQ(db[i], T(b0[i] + d[i]) + d[i]) << i;
+    }
+    const long N = 3, slots = 4, slot = 1, W = 13, stride = 20;
+    auto dd = cast<T>(randn(N * slots * W, g)), ds0 = cast<T>(randn(N * stride, g));
+    auto ds = ds0;
+    depth_slot_backward(ds.data(), stride, dd.data(), slots, slot, N, W);
+    for (long r = 0; r < N; r++)
+        for (long i = 0; i < stride; i++)
+            EXPECT_EQ(ds[r * stride + i], i < W ? T(ds0[r * stride + i] + dd[(r * slots + slot) * W + i])
+                                                : ds0[r * stride + i])
+                << r << " " << i;
+}
+TEST(Glue, BackwardsAccumulate) { check_accumulate<float>(), check_accumulate<double>(); }
+
+// KV append: row t of batch b of (B, n, W) lands at position pos0 + t of caches whose batches are
+// bstride apart (padded here); every other cache element stays as it was.
+template <typename T>
+void check_kv_append() {
+    SCOPED_TRACE(sizeof(T) == 4 ? "float" : "double");
+    std::mt19937_64 g(6);
+    const long B = 2, W = 13, max_T = 11, bstride = max_T * W + 5;
+    const long shapes[][2] = {{1, 0}, {1, 10}, {4, 3}, {11, 0}};  // (n, pos0): decode steps and prefills
+    for (auto& sh : shapes) {
+        const long n = sh[0], pos0 = sh[1];
+        auto k = cast<T>(randn(B * n * W, g)), v = cast<T>(randn(B * n * W, g));
+        auto kc0 = cast<T>(randn(B * bstride, g)), vc0 = cast<T>(randn(B * bstride, g));
+        auto kc = kc0, vc = vc0;
+        kv_append_forward(kc.data(), vc.data(), k.data(), v.data(), B, n, pos0, bstride, W);
+        for (long b = 0; b < B; b++)
+            for (long t = 0; t < n; t++)
+                for (long i = 0; i < W; i++) {
+                    kc0[b * bstride + (pos0 + t) * W + i] = k[(b * n + t) * W + i];
+                    vc0[b * bstride + (pos0 + t) * W + i] = v[(b * n + t) * W + i];
+                }
+        EXPECT_EQ(kc, kc0) << "n=" << n << " pos0=" << pos0;
+        EXPECT_EQ(vc, vc0) << "n=" << n << " pos0=" << pos0;
+    }
+}
+TEST(Glue, KvAppend) { check_kv_append<float>(), check_kv_append<double>(); }
+
+// x *= s: in double exactly x·s; in float within the rounding of s and of the product (≤ 2⁻²³).
+template <typename T>
+void check_scale() {
+    SCOPED_TRACE(sizeof(T) == 4 ? "float" : "double");
+    std::mt19937_64 g(7);
+    const double tol = sizeof(T) == 8 ? 0.0 : 1.2e-7;
+    for (long n : {1, 3, 65, 40001})
+        for (double s : {0.0, -1.5, 0.1, 3e-3}) {
+            auto x = cast<T>(randn(n, g)), y = x;
+            scale_forward(y.data(), n, s);
+            for (long i = 0; i < n; i++)
+                ASSERT_LE(std::abs(double(y[i]) - double(x[i]) * s), tol * std::abs(double(x[i]) * s))
+                    << "n=" << n << " s=" << s << " i=" << i;
+        }
+}
+TEST(Glue, Scale) { check_scale<float>(), check_scale<double>(); }
+
+// The reductions, against long double loops: Σx², Σ_r mean_c x², Σ_r exp(logit − lse) within 1e-12
+// relative; Σx in index order to the bit; the count of NaN/±Inf exactly.
+template <typename T>
+void check_reductions() {
+    SCOPED_TRACE(sizeof(T) == 4 ? "float" : "double");
+    std::mt19937_64 g(8);
+    for (long n : {1, 3, 65, 100003}) {
+        SCOPED_TRACE("n=" + std::to_string(n));
+        auto x = cast<T>(randn(n, g, 3.0));
+        long double ss = 0;
+        double so = 0;
+        for (long i = 0; i < n; i++) ss += (long double)x[i] * x[i], so += double(x[i]);
+        // Σx²: fixed for a given thread count (two calls, the same bits), right at any.
+        const int nt0 = omp_get_max_threads();
+        for (int nt : {1, 2, 3}) {
+            omp_set_num_threads(nt);
+            const double got = sum_squares(x.data(), n);
+            EXPECT_NEAR(got, double(ss), 1e-12 * double(ss)) << nt << " threads";
+            EXPECT_EQ(got, sum_squares(x.data(), n)) << nt << " threads";
+        }
+        omp_set_num_threads(nt0);
+        EXPECT_EQ(sum_ordered(x.data(), n), so);
+    }
+    // Σx accumulates in double: 2²⁵ + 1 is exact there, not in float.
+    const std::vector<T> c = {T(33554432), T(1), T(-33554432), T(1)};
+    EXPECT_EQ(sum_ordered(c.data(), 4), 2.0);
+
+    const T bad[3] = {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
+                      -std::numeric_limits<T>::infinity()};
+    for (long n : {1, 3, 65, 40001}) {  // 40001: above the single-thread cutoff
+        SCOPED_TRACE("n=" + std::to_string(n));
+        auto x = cast<T>(randn(n, g));
+        x[n / 2] = std::numeric_limits<T>::max();  // finite extremes do not count
+        x[0] = -std::numeric_limits<T>::denorm_min();
+        EXPECT_EQ(nonfinite_count(x.data(), n), 0);
+        for (int k = 0; k < 3; k++) {
+            auto y = x;
+            y[(n - 1) * k / 2] = bad[k];
+            EXPECT_EQ(nonfinite_count(y.data(), n), 1) << "planted " << double(bad[k]);
+        }
+        long planted = 0;
+        for (long i = 0; i < n; i += 7) x[i] = bad[planted++ % 3];
+        x[n - 1] = bad[(n - 1) % 3];
+        planted += (n - 1) % 7 != 0;
+        EXPECT_EQ(nonfinite_count(x.data(), n), planted);
+    }
+
+    const long shapes[][2] = {{1, 1}, {3, 13}, {65, 47}};
+    for (auto& sh : shapes) {
+        const long N = sh[0], C = sh[1];
+        auto x = cast<T>(randn(N * C, g, 2.0));
+        long double want = 0;
+        for (long r = 0; r < N; r++) {
+            long double s = 0;
+            for (long i = 0; i < C; i++) s += (long double)x[r * C + i] * x[r * C + i];
+            want += s / C;
+        }
+        EXPECT_NEAR(row_mean_square_sum(x.data(), N, C), double(want), 1e-12 * double(want)) << N << "x" << C;
+    }
+
+    // Softmax weights of n = 3 sources over N rows: each source's sum; and all of them add up to N.
+    const long N = 65;
+    auto lg = cast<T>(randn(3 * N, g, 2.0));
+    std::vector<T> lse(N);
+    for (long r = 0; r < N; r++) {
+        const double m = std::max({double(lg[r]), double(lg[N + r]), double(lg[2 * N + r])});
+        double z = 0;
+        for (int i = 0; i < 3; i++) z += std::exp(double(lg[i * N + r]) - m);
+        lse[r] = T(m + std::log(z));
+    }
+    double total = 0;
+    for (int i = 0; i < 3; i++) {
+        long double want = 0;
+        for (long r = 0; r < N; r++) want += std::exp((long double)lg[i * N + r] - (long double)lse[r]);
+        const double got = softmax_weight_sum(lg.data() + i * N, lse.data(), N);
+        EXPECT_NEAR(got, double(want), 1e-12 * double(want)) << "source " << i;
+        total += got;
+    }
+    EXPECT_NEAR(total, double(N), (sizeof(T) == 8 ? 1e-13 : 1e-6) * N);
+}
+TEST(Glue, Reductions) { check_reductions<float>(), check_reductions<double>(); }
+
+// AdamW against torch.optim.AdamW's update written out in float64, over 3 steps, decay on and off:
+// m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,  p ← p (1 − lr·wd) − lr/bc1 · m / (√(v/bc2) + ε).
+// Every tenth gradient is ~1e-9, where ε dominates the denominator.
+template <typename T>
+void check_adamw(double tol) {
+    SCOPED_TRACE(sizeof(T) == 4 ? "float" : "double");
+    std::mt19937_64 g(10);
+    const long n = 1001;
+    const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
+    for (bool decay : {true, false}) {
+        auto p = cast<T>(randn(n, g));
+        std::vector<T> m(n, T(0)), v(n, T(0));
+        Vec P = dbl(p), M(n, 0.0), V(n, 0.0);
+        for (long step = 1; step <= 3; step++) {
+            Vec gd = randn(n, g, 0.5);
+            for (long i = 0; i < n; i += 10) gd[i] *= 1e-9;
+            auto gr = cast<T>(gd);
+            adamw_update(p.data(), gr.data(), m.data(), v.data(), n, AdamWArgs{lr, b1, b2, eps, wd, step}, decay);
+            const double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
+            for (long i = 0; i < n; i++) {
+                const double gi = gr[i];
+                M[i] = b1 * M[i] + (1 - b1) * gi;
+                V[i] = b2 * V[i] + (1 - b2) * gi * gi;
+                if (decay) P[i] *= 1 - lr * wd;
+                P[i] -= lr / bc1 * M[i] / (std::sqrt(V[i] / bc2) + eps);
+            }
+            EXPECT_LE(rel_l2(dbl(p), P), tol) << "p, step " << step << (decay ? " decay" : "");
+            EXPECT_LE(rel_l2(dbl(m), M), tol) << "m, step " << step << (decay ? " decay" : "");
+            EXPECT_LE(rel_l2(dbl(v), V), tol) << "v, step " << step << (decay ? " decay" : "");
+        }
+    }
+}
+TEST(Glue, AdamW) { check_adamw<float>(1e-6), check_adamw<double>(1e-14); }
