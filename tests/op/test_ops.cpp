@@ -813,6 +813,20 @@ void check_fill_zero() {
 }
 TEST(Glue, FillZero) { check_fill_zero<float>(), check_fill_zero<double>(); }
 
+// copy_forward: exactly [0, n) of src, nothing past it.
+template <typename T>
+void check_copy() {
+    SCOPED_TRACE(sizeof(T) == 4 ? "float" : "double");
+    std::mt19937_64 g(9);
+    for (long n : {1L, 13L, 65L}) {
+        auto src = cast<T>(randn(n + 3, g)), dst = cast<T>(randn(n + 3, g));
+        const auto before = dst;
+        copy_forward(dst.data(), src.data(), size_t(n));
+        for (long i = 0; i < n + 3; i++) EXPECT_EQ(dst[i], i < n ? src[i] : before[i]) << "n=" << n << " i=" << i;
+    }
+}
+TEST(Glue, Copy) { check_copy<float>(), check_copy<double>(); }
+
 // The table's rows start their gradients at zero; here the backwards add into what is there
 // (residual_backward skipping a null side) and depth_slot_backward honours dsrc's own row stride.
 // The same two numbers added in the same order: exact.
