@@ -28,6 +28,7 @@ import argparse
 import datetime
 import json
 import pathlib
+import os
 import platform
 import subprocess
 import sys
@@ -94,7 +95,8 @@ def main():
     L = []
     L.append(f"# {'AttnRes' if a.tag == 'attnres' else 'MoDA'} in miniature — {day}\n")
     L.append(f"Command: `python3 experiments/miniature.py --tag {a.tag} --steps {a.steps} --block-size {a.block_size} "
-             f"--threads {a.threads}`; strata {commit}; {cpu}, {a.threads} threads; {platform.platform()}.\n")
+             f"--threads {a.threads}`; strata {commit}; {cpu}, {a.threads} threads; "
+             f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; {platform.platform()}.\n")
     L.append("Model and data: `configs/default.json` (6 layers = 12 sublayers, d_model 256, 4 heads / 2 kv heads, "
              f"vocab 4096, batch 16 × 128, lr 3e-3 → 3e-4 cosine, {a.steps} steps, seed 1337) on the default "
              "corpus; only `model.residual` or `model.attention` changes. One seed per variant, so differences of a few "
