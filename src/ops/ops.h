@@ -7,6 +7,7 @@
 //    alike, so a tensor consumed twice (a residual stream) just receives two contributions. Callers
 //    zero gradient buffers once per step.
 //  - Nothing here allocates in steady state: per-thread scratch is grown once and then reused.
+//  - Each op opens with an OpTimer of its family (ops/profile.h): off by default, one atomic load.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -20,6 +20,11 @@ def test_bench_reports_the_residual(tmp_path, residual):
     assert f"residual {residual}" in p.stdout
     # 8 layers: a query and a key-norm weight per sublayer and for the output, 34 vectors of 384
     assert j["strata"]["params"] == 14162304 + 34 * 384
+    # The FLOP model counts the depth mixes: 17 ops over 1 + (completed blocks) + (partial) sources
+    sources = 68 if residual == "attnres_block" else 153  # block size 3; attnres_full: 1 + 2 + ... + 17
+    assert j["flops_per_step"]["attnres_sources"] == sources
+    assert j["flops_per_step"]["attnres_mix"] == 12 * 8 * 384 * sources
+    assert "| AttnRes depth mixes" in p.stdout
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
@@ -34,7 +39,6 @@ def test_the_peer_builds_the_same_attnres_model(tmp_path):
 
 @pytest.mark.parametrize("flags,mention", [
     (["--residual", "bogus"], "--residual must be"),
-    (["--residual", "attnres_full", "--profile"], "--profile replays the standard residual"),
     (["--residual", "attnres_block", "--attnres-block-size", "0"], "attnres_block_size must be positive"),
 ])
 def test_bad_residual_flags(flags, mention):

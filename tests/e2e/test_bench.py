@@ -45,13 +45,26 @@ def test_report_goes_to_stdout_and_both_output_files(tmp_path):
     assert [f.name for f in tmp_path.rglob("*.tmp.*")] == []
 
 
-def test_profile_adds_the_op_family_table(tmp_path):
+@pytest.mark.parametrize("model,own,calls", [
+    ([], "attention backward", 8),  # one per layer
+    (["--residual", "attnres_block", "--attnres-block-size", "3"], "AttnRes backward", 17),  # 16 sublayers, output
+    (["--attention", "moda"], "MoDA backward (moda_backward)", 8),
+])
+def test_profile_adds_the_op_family_table(tmp_path, model, own, calls):
     js = tmp_path / "r.json"
-    p = bench("--no-peer", "--profile", "--json-out", js)
-    assert "## Profile: forward + backward by op family" in p.stdout
-    prof = json.loads(js.read_text())["profile_ms_per_step"]
+    p = bench("--no-peer", "--profile", *model, "--json-out", js)
+    assert "## Profile: the training step by op family (the model's own op calls" in p.stdout
+    assert "| un-profiled remainder (step − sum) |" in p.stdout and f"| {own} |" in p.stdout
+    j = json.loads(js.read_text())
+    prof = j["profile_ms_per_step"]
     assert {"GEMM forward (matmul_forward)", "attention backward", "RMSNorm fwd+bwd"} <= set(prof)
-    assert all(v >= 0 for v in prof.values()) and prof["GEMM forward (matmul_forward)"] > 0
+    assert all(v >= 0 for v in prof.values()) and prof["GEMM forward (matmul_forward)"] > 0 and prof[own] > 0
+    detail = j["profile"]
+    assert detail["steps"] == 3 and 0 < detail["families_ms"] <= detail["step_ms"]
+    assert detail["remainder_ms"] == pytest.approx(detail["step_ms"] - detail["families_ms"])
+    assert detail["families"][own]["calls_per_step"] == calls
+    assert detail["families"]["GEMM forward (matmul_forward)"]["gflops"] > 0
+    assert detail["families"]["SwiGLU fwd+bwd"]["gflops"] is None  # not in the FLOP model
 
 
 @pytest.mark.parametrize("flag", ["--json-out", "--markdown-out"])

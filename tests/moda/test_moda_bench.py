@@ -11,6 +11,17 @@ from clihelp import run
 QUICK = ["bench", "train", "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0", "--threads", "1"]
 
 
+def test_the_flop_model_counts_the_ffn_kv_projections_and_the_depth_scores(tmp_path):
+    js = tmp_path / "r.json"
+    p = run(*QUICK, "--no-peer", "--attention", "moda", "--json-out", js, timeout=300)
+    f = json.loads(js.read_text())["flops_per_step"]
+    assert f["matmul_params"] == 14155776 + 7 * 2 * 128 * 384  # the FFN K/V of 7 layers count as matmuls
+    assert f["moda_slots"] == 2 * (0 + 1 + 2 + 3 + 4 + 5 + 6 + 7)  # layer l reads 2·l depth slots
+    assert f["moda_depth"] == 12 * 8 * 6 * 64 * f["moda_slots"]  # N = 8 tokens, H = 6, d = 64
+    assert f["total"] == pytest.approx(f["matmul"] + f["attention"] + f["moda_depth"])
+    assert "| MoDA depth scores" in p.stdout
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
 def test_the_peer_builds_the_same_moda_model(tmp_path):
     js = tmp_path / "r.json"
@@ -25,7 +36,6 @@ def test_the_peer_builds_the_same_moda_model(tmp_path):
 
 @pytest.mark.parametrize("flags,mention", [
     (["--attention", "flash"], "--attention must be causal or moda"),
-    (["--attention", "moda", "--profile"], "--profile replays the standard residual's and causal attention's"),
 ])
 def test_bad_attention_flags(flags, mention):
     p = run(*QUICK, "--no-peer", *flags, check=False, timeout=60)

@@ -23,6 +23,7 @@
 #include "ops/cpu/gemm.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
+#include "ops/profile.h"
 
 namespace strata {
 
@@ -149,12 +150,14 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
 
 template <typename T>
 void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a) {
+    OpTimer t_(OpFamily::attn_fwd);
     attention_forward_impl(out, lse, q, k, v, a, Depth<T>{});
 }
 
 template <typename T>
 void moda_forward(T* out, T* lse, const T* q, const T* k, const T* v, const T* kd, const T* vd, long L, long L_max,
                   const AttnDims& a) {
+    OpTimer t_(OpFamily::moda_fwd);
     STRATA_CHECK(L >= 0 && L <= L_max && L <= BQ * BK, "moda_forward: bad depth slot count");
     attention_forward_impl(out, lse, q, k, v, a, Depth<T>{kd, vd, L, L_max});
 }
@@ -242,6 +245,7 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
                         const T* v, const AttnDims& a) {
+    OpTimer t_(OpFamily::attn_bwd);
     attention_backward_impl(dq, dk, dv, static_cast<T*>(nullptr), static_cast<T*>(nullptr), dout, out, lse, q, k, v, a,
                             Depth<T>{});
 }
@@ -249,6 +253,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
 template <typename T>
 void moda_backward(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T* dout, const T* out, const T* lse, const T* q,
                    const T* k, const T* v, const T* kd, const T* vd, long L, long L_max, const AttnDims& a) {
+    OpTimer t_(OpFamily::moda_bwd);
     STRATA_CHECK(L >= 0 && L <= L_max, "moda_backward: bad depth slot count");
     attention_backward_impl(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, a, Depth<T>{kd, vd, L, L_max});
 }

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "ops/cpu/threads.h"
 #include "ops/ops.h"
+#include "ops/profile.h"
 
 namespace strata {
 
@@ -30,6 +31,7 @@ const T* fold_query(const T* w, const T* gamma, long D) {
 template <typename T>
 void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
                      long N, long D, double eps) {
+    OpTimer t_(OpFamily::attnres_fwd);
     STRATA_CHECK(n >= 1, "attnres_forward needs at least one source");
     const T* u = fold_query(w, gamma, D);
 #pragma omp parallel for schedule(static) if (N * n * D >= 32768)
@@ -66,6 +68,7 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
 template <typename T>
 void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
                       const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D) {
+    OpTimer t_(OpFamily::attnres_bwd);
     STRATA_CHECK(n >= 1, "attnres_backward needs at least one source");
     const T* u = fold_query(w, gamma, D);
     // g_s for every (source, row), then the per-row value gradients.
@@ -121,6 +124,7 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
 template <typename T>
 void attnres_phase1(T* const* outs, T* const* logits, T* const* rstds, T* const* lses, const T* const* srcs, int n,
                     const T* const* ws, const T* const* gammas, int S, long N, long D, double eps) {
+    OpTimer t_(OpFamily::attnres_fwd);
     STRATA_CHECK(n >= 1 && S >= 1, "attnres_phase1 needs at least one source and one query");
     // The S folded queries u_q = w_q ⊙ γ_q, one row each. Grown once, reused.
     thread_local std::vector<T> u_buf;
@@ -170,6 +174,7 @@ void attnres_phase1(T* const* outs, T* const* logits, T* const* rstds, T* const*
 template <typename T>
 void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const T* w, const T* gamma, long N, long D,
                     double eps) {
+    OpTimer t_(OpFamily::attnres_fwd);
     const T* u = fold_query(w, gamma, D);
 #pragma omp parallel for schedule(static) if (N * D >= 32768)
     for (long r = 0; r < N; r++) {

@@ -10,17 +10,20 @@
 #include "ops/cpu/threads.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
+#include "ops/profile.h"
 
 namespace strata {
 
 // ---- matmul ---------------------------------------------------------------------------------------
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* w, long N, long IC, long OC) {
+    OpTimer t_(OpFamily::gemm_fwd);
     gemm(false, true, N, OC, IC, T(1), inp, IC, w, IC, T(0), out, OC);
 }
 
 template <typename T>
 void matmul_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, long N, long IC, long OC) {
+    OpTimer t_(OpFamily::gemm_bwd);
     if (dinp) gemm(false, false, N, IC, OC, T(1), dout, OC, w, IC, T(1), dinp, IC);
     if (dw) gemm(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dw, IC);
 }
@@ -28,12 +31,14 @@ void matmul_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, lo
 // ---- embedding ------------------------------------------------------------------------------------
 template <typename T>
 void embedding_forward(T* out, const int32_t* tokens, const T* table, long N, long C) {
+    OpTimer t_(OpFamily::embedding);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) std::memcpy(out + r * C, table + (long)tokens[r] * C, C * sizeof(T));
 }
 
 template <typename T>
 void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, long N, long C) {
+    OpTimer t_(OpFamily::embedding);
     // Parallel over columns: two rows with the same token never race, and the order of additions per
     // element stays the row order, so the result does not depend on the thread count.
 #pragma omp parallel
@@ -50,6 +55,7 @@ void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, long N,
 // ---- RMSNorm --------------------------------------------------------------------------------------
 template <typename T>
 void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, long N, long C, double eps) {
+    OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
         const T* x = inp + r * C;
@@ -65,6 +71,7 @@ void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, long N, long C, 
 // y = x·s·w with s = (mean(x²)+eps)^-½, so with g = dy⊙w:  dx = s·g − s³·x·(g·x)/C,  dw = Σ_rows dy·x·s.
 template <typename T>
 void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, const T* rstd, long N, long C) {
+    OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
         const T* x = inp + r * C;
@@ -92,6 +99,7 @@ void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, c
 // ---- RoPE -----------------------------------------------------------------------------------------
 template <typename T>
 void rope_table(T* cos_t, T* sin_t, long max_pos, long d, double theta) {
+    OpTimer t_(OpFamily::rope);
     long h = d / 2;
     for (long p = 0; p < max_pos; p++)
         for (long i = 0; i < h; i++) {
@@ -123,16 +131,19 @@ static void rope_rotate(T* x, const int32_t* pos, const T* cos_t, const T* sin_t
 
 template <typename T>
 void rope_forward(T* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d) {
+    OpTimer t_(OpFamily::rope);
     rope_rotate(x, pos, cos_t, sin_t, rows, n_heads, d, T(1));
 }
 template <typename T>
 void rope_backward(T* dx, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d) {
+    OpTimer t_(OpFamily::rope);
     rope_rotate(dx, pos, cos_t, sin_t, rows, n_heads, d, T(-1));
 }
 
 // ---- SwiGLU ---------------------------------------------------------------------------------------
 template <typename T>
 void swiglu_forward(T* out, const T* gu, long N, long F) {
+    OpTimer t_(OpFamily::swiglu);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
         const T* g = gu + r * 2 * F;
@@ -146,6 +157,7 @@ void swiglu_forward(T* out, const T* gu, long N, long F) {
 // silu'(z) = σ(z)·(1 + z·(1 − σ(z)))
 template <typename T>
 void swiglu_backward(T* dgu, const T* dout, const T* gu, long N, long F) {
+    OpTimer t_(OpFamily::swiglu);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
         const T* g = gu + r * 2 * F;
@@ -165,6 +177,7 @@ void swiglu_backward(T* dgu, const T* dout, const T* gu, long N, long F) {
 // ---- cross-entropy --------------------------------------------------------------------------------
 template <typename T>
 long crossentropy_forward(T* losses, T* lse, const T* logits, const int32_t* targets, long N, long V) {
+    OpTimer t_(OpFamily::xent);
     long counted = 0;
 #pragma omp parallel for schedule(static) reduction(+ : counted)
     for (long r = 0; r < N; r++) {
@@ -188,6 +201,7 @@ long crossentropy_forward(T* losses, T* lse, const T* logits, const int32_t* tar
 template <typename T>
 void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, long N, long V,
                            T scale) {
+    OpTimer t_(OpFamily::xent);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
         if (targets[r] < 0) continue;

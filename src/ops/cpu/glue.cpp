@@ -8,6 +8,7 @@
 #endif
 
 #include "ops/ops.h"
+#include "ops/profile.h"
 
 namespace strata {
 
@@ -16,22 +17,26 @@ static constexpr long kParallelMin = 32768;
 
 template <typename T>
 void fill_zero(T* x, size_t n) {
+    OpTimer t_(OpFamily::glue);
     std::memset(x, 0, n * sizeof(T));
 }
 
 template <typename T>
 void copy_forward(T* dst, const T* src, size_t n) {
+    OpTimer t_(OpFamily::glue);
     std::memcpy(dst, src, n * sizeof(T));
 }
 
 template <typename T>
 void residual_forward(T* out, const T* a, const T* b, long n) {
+    OpTimer t_(OpFamily::glue);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
 template <typename T>
 void residual_backward(T* da, T* db, const T* dout, long n) {
+    OpTimer t_(OpFamily::glue);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (long i = 0; i < n; i++) {
         if (da) da[i] += dout[i];
@@ -41,6 +46,7 @@ void residual_backward(T* da, T* db, const T* dout, long n) {
 
 template <typename T>
 void qkv_split_forward(T* q, T* k, T* v, const T* qkv, long N, long Wq, long Wk, long Wv) {
+    OpTimer t_(OpFamily::glue);
     const long W = Wq + Wk + Wv;
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
@@ -53,6 +59,7 @@ void qkv_split_forward(T* q, T* k, T* v, const T* qkv, long N, long Wq, long Wk,
 
 template <typename T>
 void qkv_split_backward(T* dqkv, const T* dq, const T* dk, const T* dv, long N, long Wq, long Wk, long Wv) {
+    OpTimer t_(OpFamily::glue);
     const long W = Wq + Wk + Wv;
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
@@ -65,11 +72,13 @@ void qkv_split_backward(T* dqkv, const T* dq, const T* dk, const T* dv, long N, 
 
 template <typename T>
 void depth_slot_forward(T* depth, long slots, long slot, const T* src, long src_stride, long N, long W) {
+    OpTimer t_(OpFamily::glue);
     for (long r = 0; r < N; r++) std::memcpy(depth + (r * slots + slot) * W, src + r * src_stride, size_t(W) * sizeof(T));
 }
 
 template <typename T>
 void depth_slot_backward(T* dsrc, long dsrc_stride, const T* ddepth, long slots, long slot, long N, long W) {
+    OpTimer t_(OpFamily::glue);
     for (long r = 0; r < N; r++) {
         T* d = dsrc + r * dsrc_stride;
         const T* s = ddepth + (r * slots + slot) * W;
@@ -79,6 +88,7 @@ void depth_slot_backward(T* dsrc, long dsrc_stride, const T* ddepth, long slots,
 
 template <typename T>
 void kv_append_forward(T* kc, T* vc, const T* k, const T* v, long B, long n, long pos0, long bstride, long W) {
+    OpTimer t_(OpFamily::glue);
     for (long b = 0; b < B; b++) {
         const size_t dst = size_t(b * bstride + pos0 * W), src = size_t(b * n * W), bytes = size_t(n * W) * sizeof(T);
         std::memcpy(kc + dst, k + src, bytes);
@@ -88,6 +98,7 @@ void kv_append_forward(T* kc, T* vc, const T* k, const T* v, long B, long n, lon
 
 template <typename T>
 void scale_forward(T* x, long n, double s) {
+    OpTimer t_(OpFamily::optimizer);
     const T f = T(s);
 #pragma omp parallel for schedule(static)
     for (long i = 0; i < n; i++) x[i] *= f;
@@ -95,6 +106,7 @@ void scale_forward(T* x, long n, double s) {
 
 template <typename T>
 double sum_squares(const T* x, long n) {
+    OpTimer t_(OpFamily::optimizer);
     constexpr int kMax = 256;
     double partial[kMax] = {0};
     int nt = 1;
@@ -120,6 +132,7 @@ double sum_squares(const T* x, long n) {
 
 template <typename T>
 double sum_ordered(const T* x, long n) {
+    OpTimer t_(OpFamily::glue);
     double s = 0;
     for (long i = 0; i < n; i++) s += double(x[i]);
     return s;
@@ -127,6 +140,7 @@ double sum_ordered(const T* x, long n) {
 
 template <typename T>
 long nonfinite_count(const T* x, long n) {
+    OpTimer t_(OpFamily::glue);
     long bad = 0;
 #pragma omp parallel for schedule(static) reduction(+ : bad) if (n >= kParallelMin)
     for (long i = 0; i < n; i++) bad += !std::isfinite(x[i]);
@@ -135,6 +149,7 @@ long nonfinite_count(const T* x, long n) {
 
 template <typename T>
 double row_mean_square_sum(const T* x, long N, long C) {
+    OpTimer t_(OpFamily::glue);
     double total = 0;
     for (long r = 0; r < N; r++) {
         double ss = 0;
@@ -146,6 +161,7 @@ double row_mean_square_sum(const T* x, long N, long C) {
 
 template <typename T>
 double softmax_weight_sum(const T* logit, const T* lse, long N) {
+    OpTimer t_(OpFamily::glue);
     double a = 0;
     for (long r = 0; r < N; r++) a += std::exp(double(logit[r]) - double(lse[r]));
     return a;
@@ -153,6 +169,7 @@ double softmax_weight_sum(const T* logit, const T* lse, long N) {
 
 template <typename T>
 void adamw_update(T* p, const T* g, T* m, T* v, long n, const AdamWArgs& a, bool decay) {
+    OpTimer t_(OpFamily::optimizer);
     const double bc1 = 1.0 - std::pow(a.beta1, double(a.step));
     const double bc2 = 1.0 - std::pow(a.beta2, double(a.step));
     const T b1 = T(a.beta1), b2 = T(a.beta2), eps = T(a.eps);
