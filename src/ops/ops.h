@@ -14,24 +14,27 @@
 
 namespace strata {
 
+// Where an op meets parameters, their type W is a template parameter of its own (the precision seam:
+// activations T may be stored narrower than the weights). Only W = T is instantiated today.
+
 // ---- matmul: out (N, OC) = inp (N, IC) · w (OC, IC)ᵀ ----------------------------------------------
-template <typename T>
-void matmul_forward(T* out, const T* inp, const T* w, long N, long IC, long OC);
+template <typename T, typename W = T>
+void matmul_forward(T* out, const T* inp, const W* w, long N, long IC, long OC);
 // dinp (N, IC) += dout·w ; dw (OC, IC) += doutᵀ·inp. dinp may be null (no input gradient wanted).
-template <typename T>
-void matmul_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, long N, long IC, long OC);
+template <typename T, typename W = T>
+void matmul_backward(T* dinp, W* dw, const T* dout, const T* inp, const W* w, long N, long IC, long OC);
 
 // ---- embedding: out (N, C) = table[tokens] -----------------------------------------------------------
-template <typename T>
-void embedding_forward(T* out, const int32_t* tokens, const T* table, long N, long C);
-template <typename T>
-void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, long N, long C);
+template <typename T, typename W = T>
+void embedding_forward(T* out, const int32_t* tokens, const W* table, long N, long C);
+template <typename T, typename W = T>
+void embedding_backward(W* dtable, const T* dout, const int32_t* tokens, long N, long C);
 
 // ---- RMSNorm over rows of width C: out = inp · rstd · w, rstd = (mean(inp²) + eps)^-½ ----------------
-template <typename T>
-void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, long N, long C, double eps);
-template <typename T>
-void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, const T* rstd, long N, long C);
+template <typename T, typename W = T>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, const W* w, long N, long C, double eps);
+template <typename T, typename W = T>
+void rmsnorm_backward(T* dinp, W* dw, const T* dout, const T* inp, const W* w, const T* rstd, long N, long C);
 
 // ---- RoPE, rotate-half layout, in place on (rows, n_heads, d) ----------------------------------------
 // pos[r] is the absolute position of row r; cos/sin tables are (max_pos, d/2).
@@ -192,7 +195,8 @@ struct AdamWArgs {
     double lr, beta1, beta2, eps, weight_decay;
     long step;
 };
-template <typename T>
-void adamw_update(T* p, const T* g, T* m, T* v, long n, const AdamWArgs& a, bool decay);
+// The moments m, v are stored as S (the optimizer-state type), the weights and gradients as T.
+template <typename T, typename S = T>
+void adamw_update(T* p, const T* g, S* m, S* v, long n, const AdamWArgs& a, bool decay);
 
 }  // namespace strata

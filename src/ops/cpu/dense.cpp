@@ -1,6 +1,7 @@
 // Dense ops: matmul, embedding, RMSNorm, RoPE, SwiGLU, cross-entropy.
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #ifdef _OPENMP
 #include <omp.h>
@@ -15,29 +16,37 @@
 namespace strata {
 
 // ---- matmul ---------------------------------------------------------------------------------------
-template <typename T>
-void matmul_forward(T* out, const T* inp, const T* w, long N, long IC, long OC) {
+// BLAS multiplies one type: activations narrower than the weights need a mixed-precision GEMM, which
+// is not here yet (only W = T is instantiated).
+template <typename T, typename W>
+void matmul_forward(T* out, const T* inp, const W* w, long N, long IC, long OC) {
+    static_assert(std::is_same_v<T, W>, "matmul: mixed activation/weight types need a mixed-precision GEMM");
     OpTimer t_(OpFamily::gemm_fwd);
     gemm(false, true, N, OC, IC, T(1), inp, IC, w, IC, T(0), out, OC);
 }
 
-template <typename T>
-void matmul_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, long N, long IC, long OC) {
+template <typename T, typename W>
+void matmul_backward(T* dinp, W* dw, const T* dout, const T* inp, const W* w, long N, long IC, long OC) {
+    static_assert(std::is_same_v<T, W>, "matmul: mixed activation/weight types need a mixed-precision GEMM");
     OpTimer t_(OpFamily::gemm_bwd);
     if (dinp) gemm(false, false, N, IC, OC, T(1), dout, OC, w, IC, T(1), dinp, IC);
     if (dw) gemm(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dw, IC);
 }
 
 // ---- embedding ------------------------------------------------------------------------------------
-template <typename T>
-void embedding_forward(T* out, const int32_t* tokens, const T* table, long N, long C) {
+template <typename T, typename W>
+void embedding_forward(T* out, const int32_t* tokens, const W* table, long N, long C) {
     OpTimer t_(OpFamily::embedding);
 #pragma omp parallel for schedule(static)
-    for (long r = 0; r < N; r++) std::memcpy(out + r * C, table + (long)tokens[r] * C, C * sizeof(T));
+    for (long r = 0; r < N; r++) {
+        const W* row = table + (long)tokens[r] * C;
+        if constexpr (std::is_same_v<T, W>) std::memcpy(out + r * C, row, C * sizeof(T));
+        else for (long c = 0; c < C; c++) out[r * C + c] = T(row[c]);
+    }
 }
 
-template <typename T>
-void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, long N, long C) {
+template <typename T, typename W>
+void embedding_backward(W* dtable, const T* dout, const int32_t* tokens, long N, long C) {
     OpTimer t_(OpFamily::embedding);
     // Parallel over columns: two rows with the same token never race, and the order of additions per
     // element stays the row order, so the result does not depend on the thread count.
@@ -45,16 +54,16 @@ void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, long N,
     {
         auto [c0, c1] = thread_slice(C);
         for (long r = 0; r < N; r++) {
-            T* d = dtable + (long)tokens[r] * C;
+            W* d = dtable + (long)tokens[r] * C;
             const T* g = dout + r * C;
-            for (long c = c0; c < c1; c++) d[c] += g[c];
+            for (long c = c0; c < c1; c++) d[c] += W(g[c]);
         }
     }
 }
 
 // ---- RMSNorm --------------------------------------------------------------------------------------
-template <typename T>
-void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, long N, long C, double eps) {
+template <typename T, typename W>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, const W* w, long N, long C, double eps) {
     OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
@@ -63,14 +72,14 @@ void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, long N, long C, 
         T ss = 0;
         for (long c = 0; c < C; c++) ss += x[c] * x[c];
         T s = T(1) / std::sqrt(ss / T(C) + T(eps));
-        for (long c = 0; c < C; c++) y[c] = x[c] * s * w[c];
+        for (long c = 0; c < C; c++) y[c] = x[c] * s * T(w[c]);
         rstd[r] = s;
     }
 }
 
 // y = x·s·w with s = (mean(x²)+eps)^-½, so with g = dy⊙w:  dx = s·g − s³·x·(g·x)/C,  dw = Σ_rows dy·x·s.
-template <typename T>
-void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, const T* rstd, long N, long C) {
+template <typename T, typename W>
+void rmsnorm_backward(T* dinp, W* dw, const T* dout, const T* inp, const W* w, const T* rstd, long N, long C) {
     OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
@@ -79,9 +88,9 @@ void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, c
         T* dx = dinp + r * C;
         T s = rstd[r];
         T gx = 0;
-        for (long c = 0; c < C; c++) gx += dy[c] * w[c] * x[c];
+        for (long c = 0; c < C; c++) gx += dy[c] * T(w[c]) * x[c];
         T k = s * s * s * gx / T(C);
-        for (long c = 0; c < C; c++) dx[c] += s * dy[c] * w[c] - k * x[c];
+        for (long c = 0; c < C; c++) dx[c] += s * dy[c] * T(w[c]) - k * x[c];
     }
     // dw: a column reduction; split columns across threads so the sum order is fixed.
 #pragma omp parallel
@@ -91,7 +100,7 @@ void rmsnorm_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, c
             const T* x = inp + r * C;
             const T* dy = dout + r * C;
             T s = rstd[r];
-            for (long c = c0; c < c1; c++) dw[c] += dy[c] * x[c] * s;
+            for (long c = c0; c < c1; c++) dw[c] += W(dy[c] * x[c] * s);
         }
     }
 }
@@ -214,12 +223,12 @@ void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int3
 }
 
 #define STRATA_INSTANTIATE(T)                                                                                  \
-    template void matmul_forward<T>(T*, const T*, const T*, long, long, long);                                 \
-    template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, long, long, long);                  \
-    template void embedding_forward<T>(T*, const int32_t*, const T*, long, long);                              \
-    template void embedding_backward<T>(T*, const T*, const int32_t*, long, long);                             \
-    template void rmsnorm_forward<T>(T*, T*, const T*, const T*, long, long, double);                          \
-    template void rmsnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, long, long);             \
+    template void matmul_forward<T, T>(T*, const T*, const T*, long, long, long);                              \
+    template void matmul_backward<T, T>(T*, T*, const T*, const T*, const T*, long, long, long);               \
+    template void embedding_forward<T, T>(T*, const int32_t*, const T*, long, long);                           \
+    template void embedding_backward<T, T>(T*, const T*, const int32_t*, long, long);                          \
+    template void rmsnorm_forward<T, T>(T*, T*, const T*, const T*, long, long, double);                       \
+    template void rmsnorm_backward<T, T>(T*, T*, const T*, const T*, const T*, const T*, long, long);          \
     template void rope_table<T>(T*, T*, long, long, double);                                                   \
     template void rope_forward<T>(T*, const int32_t*, const T*, const T*, long, long, long);                   \
     template void rope_backward<T>(T*, const int32_t*, const T*, const T*, long, long, long);                  \

@@ -167,8 +167,8 @@ double softmax_weight_sum(const T* logit, const T* lse, long N) {
     return a;
 }
 
-template <typename T>
-void adamw_update(T* p, const T* g, T* m, T* v, long n, const AdamWArgs& a, bool decay) {
+template <typename T, typename S>
+void adamw_update(T* p, const T* g, S* m, S* v, long n, const AdamWArgs& a, bool decay) {
     OpTimer t_(OpFamily::optimizer);
     const double bc1 = 1.0 - std::pow(a.beta1, double(a.step));
     const double bc2 = 1.0 - std::pow(a.beta2, double(a.step));
@@ -177,9 +177,11 @@ void adamw_update(T* p, const T* g, T* m, T* v, long n, const AdamWArgs& a, bool
     const T keep = decay ? T(1.0 - a.lr * a.weight_decay) : T(1);
 #pragma omp parallel for schedule(static)
     for (long i = 0; i < n; i++) {
-        m[i] = b1 * m[i] + (T(1) - b1) * g[i];
-        v[i] = b2 * v[i] + (T(1) - b2) * g[i] * g[i];
-        p[i] = p[i] * keep - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
+        const T mi = b1 * T(m[i]) + (T(1) - b1) * g[i];  // computed in T, stored as S
+        const T vi = b2 * T(v[i]) + (T(1) - b2) * g[i] * g[i];
+        m[i] = S(mi);
+        v[i] = S(vi);
+        p[i] = p[i] * keep - step_size * T(m[i]) / (std::sqrt(T(v[i])) * inv_sqrt_bc2 + eps);
     }
 }
 
@@ -199,7 +201,7 @@ void adamw_update(T* p, const T* g, T* m, T* v, long n, const AdamWArgs& a, bool
     template long nonfinite_count<T>(const T*, long);                                                       \
     template double row_mean_square_sum<T>(const T*, long, long);                                           \
     template double softmax_weight_sum<T>(const T*, const T*, long);                                        \
-    template void adamw_update<T>(T*, const T*, T*, T*, long, const AdamWArgs&, bool);
+    template void adamw_update<T, T>(T*, const T*, T*, T*, long, const AdamWArgs&, bool);
 STRATA_GLUE(float)
 STRATA_GLUE(double)
 
