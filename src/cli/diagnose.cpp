@@ -16,6 +16,7 @@
 #include "core/fileio.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/evaluate.h"
 #include "train/trainer.h"
 
 namespace strata::cli {

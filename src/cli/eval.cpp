@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "train/checkpoint.h"
+#include "train/evaluate.h"
 #include "train/trainer.h"
 
 namespace strata::cli {

@@ -4,9 +4,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <utility>
 
 #include "core/error.h"
@@ -223,6 +226,27 @@ std::string read_file(const std::string& path) {
     }
     out.resize(used);
     return out;
+}
+
+int remove_stale_temp_files(const std::string& dir) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec)) return 0;
+    int removed = 0;
+    for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        const size_t at = name.rfind(".tmp.");
+        if (at == std::string::npos || at == 0) continue;
+        const std::string pid_text = name.substr(at + 5);
+        if (pid_text.empty() || pid_text.size() > 9 ||
+            pid_text.find_first_not_of("0123456789") != std::string::npos)
+            continue;
+        const pid_t pid = pid_t(std::stol(pid_text));
+        if (pid == ::getpid()) continue;
+        if (pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM)) continue;  // its writer may still be running
+        std::error_code rec;
+        if (it->is_regular_file(rec) && std::filesystem::remove(it->path(), rec)) removed++;
+    }
+    return removed;
 }
 
 }  // namespace strata

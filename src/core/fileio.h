@@ -57,6 +57,10 @@ private:
 // Writes the whole of `bytes` to `path` atomically (see AtomicFileWriter).
 void atomic_write_file(const std::string& path, std::string_view bytes);
 
+// A process killed mid-write leaves its `NAME.tmp.PID` behind (NAME itself stays whole). Removes
+// those in `dir` whose writer is gone; returns how many.
+int remove_stale_temp_files(const std::string& dir);
+
 // A file opened read-only, closed on destruction. open() throws Error("cannot read <path>: ...")
 // when the file is missing or unreadable, is a directory, or (if regular_only) is not a regular
 // file such as a pipe; `size` is its length in bytes (0 for special files).

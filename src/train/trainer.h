@@ -1,29 +1,12 @@
-// The training loop: prepare the tokenizer and token shards once, then step (forward, backward,
-// clip, AdamW) with periodic evaluation and atomic checkpoints; resumable bit for bit.
+// The training loop: prepare the corpus once (corpus.h), start or resume the run (resume.h), then
+// step (step.h) with periodic evaluation (evaluate.h), metrics (metrics.h), non-finite handling
+// (faults.h), SIGINT handling (interrupt.h) and atomic checkpoints; resumable bit for bit.
 #pragma once
-#include <functional>
 #include <string>
 
-#include "model/model.h"
-#include "train/data.h"
 #include "train/run_config.h"
-#include "train/tokenizer.h"
 
 namespace strata {
-
-struct PreparedCorpus {
-    Tokenizer tok;
-    PreparedData data;
-};
-
-// Trains the tokenizer on the corpus (unless data_dir already holds one for the same corpus and
-// vocabulary size) and tokenizes the corpus into train/val shards (unless they are up to date).
-PreparedCorpus prepare_corpus(const RunConfig& rc, bool verbose);
-
-// Mean cross-entropy over the first `max_batches` batches of the shard (all if max_batches ≤ 0),
-// weighted by the number of targets. after_batch, when set, runs after each batch's forward.
-double evaluate(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches,
-                const std::function<void()>& after_batch = {});
 
 struct TrainResult {
     long step = 0;

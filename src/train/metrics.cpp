@@ -1,0 +1,86 @@
+#include "train/metrics.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/fileio.h"
+
+namespace strata {
+
+// Returns whether a validation line for `step` survived.
+static bool truncate_metrics(const std::string& path, long step, Progress& progress) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) return false;
+    const std::string text = read_file(path);
+    std::string kept;
+    long dropped = 0;
+    bool has_val = false;
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t nl = text.find('\n', pos);
+        const bool complete = nl != std::string::npos;
+        const std::string line = text.substr(pos, complete ? nl - pos : std::string::npos);
+        pos = complete ? nl + 1 : text.size();
+        if (line.empty()) continue;
+        bool keep = false;
+        if (complete) {  // a line without its newline was cut short by a kill
+            try {
+                const nlohmann::json j = nlohmann::json::parse(line);
+                if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+                    j["step"].get<long>() <= step) {
+                    keep = true;
+                    if (j["step"].get<long>() == step && j.contains("val_loss")) has_val = true;
+                }
+            } catch (const nlohmann::json::exception&) {
+            }
+        }
+        if (keep) kept += line + "\n";
+        else dropped++;
+    }
+    if (dropped > 0) {
+        atomic_write_file(path, kept);
+        progress.note("metrics.jsonl: dropped " + std::to_string(dropped) + " line(s) written after step " +
+                      std::to_string(step) + " by the interrupted run");
+    }
+    return has_val;
+}
+
+MetricsLog::MetricsLog(const std::string& path, long resume_step, Progress& progress) : path_(path) {
+    has_val_ = resume_step > 0 && truncate_metrics(path, resume_step, progress);
+    f_ = std::fopen(path.c_str(), resume_step > 0 ? "a" : "w");
+    if (!f_) throw Error("cannot open " + path + " for writing");
+}
+
+MetricsLog::~MetricsLog() {
+    if (f_) std::fclose(f_);
+}
+
+void MetricsLog::line(const std::string& text) {
+    std::fputs(text.c_str(), f_);
+    std::fputc('\n', f_);
+    std::fflush(f_);
+}
+
+void MetricsLog::step(long step, double loss, double lr, double grad_norm, double tokens_per_s, double step_ms) {
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
+                  "\"step_ms\": %.2f}",
+                  step, loss, lr, grad_norm, tokens_per_s, step_ms);
+    line(buf);
+}
+
+void MetricsLog::val(long step, double val_loss) {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "{\"step\": %ld, \"val_loss\": %.17g}", step, val_loss);
+    line(buf);
+}
+
+void MetricsLog::skipped(long step, const std::string& where) {
+    line("{\"step\": " + std::to_string(step) + ", \"skipped\": true, \"nonfinite\": " + nlohmann::json(where).dump() +
+         "}");
+}
+
+}  // namespace strata
