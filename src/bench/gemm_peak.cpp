@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "bench/stats.h"
@@ -50,6 +51,28 @@ std::vector<GemmResult> sgemm_peaks(long tokens, const ModelConfig& c) {
         out.push_back({s, flops / st.min / 1e9, flops / st.mean / 1e9, int(t.size())});
     }
     return out;
+}
+
+double quick_sgemm_gflops(double seconds) {
+    using Clock = std::chrono::steady_clock;
+    const long n = 512;
+    std::vector<float> A(size_t(n * n)), B(size_t(n * n)), C(size_t(n * n));
+    Rng rng(7);
+    for (float& x : A) x = float(rng.uniform() - 0.5);
+    for (float& x : B) x = float(rng.uniform() - 0.5);
+    auto call = [&] {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, A.data(), n, B.data(), n, 0.0f, C.data(), n);
+    };
+    call();
+    double best = 1e30;
+    const auto t_all = Clock::now();
+    for (int reps = 0; reps < 3 || (std::chrono::duration<double>(Clock::now() - t_all).count() < seconds && reps < 1000);
+         reps++) {
+        const auto t0 = Clock::now();
+        call();
+        best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
 }
 
 const GemmResult& best_of(const std::vector<GemmResult>& r) {

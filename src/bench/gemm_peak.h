@@ -20,6 +20,9 @@ struct GemmResult {
 
 // Each shape called repeatedly (at least 5 times and 0.4 s) after one untimed call.
 std::vector<GemmResult> sgemm_peaks(long tokens, const ModelConfig& c);
+// A short measurement (about `seconds`) of the square 512³ sgemm: the best GFLOP/s of its repetitions.
+// The trainer's MFU is against this when train.peak_gflops is not given.
+double quick_sgemm_gflops(double seconds = 0.15);
 // The result with the highest best_gflops (results must not be empty).
 const GemmResult& best_of(const std::vector<GemmResult>& r);
 

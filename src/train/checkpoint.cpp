@@ -52,6 +52,7 @@ void save_checkpoint(const std::string& out_dir, const RunConfig& rc, const Mode
         {"rng_state", std::to_string(st.rng_state)},
         {"last_loss", fmt_double(st.last_loss)},
     };
+    if (!st.trainer.is_null()) meta["trainer"] = st.trainer.dump();
     safetensors_write(checkpoint_path(out_dir), ts, meta);
     atomic_write_file(out_dir + "/config.json", rc.to_json().dump(2) + "\n");
     atomic_write_file(out_dir + "/tokenizer.model", tok_bytes);
@@ -129,6 +130,14 @@ LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only, 
         char* end = nullptr;
         double v = std::strtod(it->second.c_str(), &end);
         if (end && *end == '\0' && end != it->second.c_str()) lc.st.last_loss = v;  // informational only
+    }
+    if (auto it = f.metadata().find("trainer"); it != f.metadata().end()) {
+        try {
+            lc.st.trainer = nlohmann::json::parse(it->second);
+        } catch (const nlohmann::json::exception& e) {
+            throw Error("checkpoint " + path + " has a corrupt \"trainer\" field: " + e.what());
+        }
+        if (!lc.st.trainer.is_object()) throw Error("checkpoint " + path + " has a corrupt \"trainer\" field");
     }
     if (!weights_only) {
         AdamWConfig ac{lc.rc.train.beta1, lc.rc.train.beta2, lc.rc.train.eps, lc.rc.train.weight_decay};

@@ -18,6 +18,9 @@ struct TrainState {
     uint64_t sampler_position = 0;   // BatchSampler batch counter
     uint64_t rng_state = 0;          // reserved for stochastic training features (kept bit-exact)
     double last_loss = 0;
+    // The trainer's own state (its lr schedule, divergence count, best validation loss), saved as
+    // the "trainer" metadata field; null when the checkpoint predates it.
+    nlohmann::json trainer;
 };
 
 std::string checkpoint_path(const std::string& out_dir);

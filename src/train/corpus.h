@@ -14,6 +14,8 @@ struct PreparedCorpus {
 
 // Trains the tokenizer on the corpus (unless data_dir already holds one for the same corpus and
 // vocabulary size) and tokenizes the corpus into train/val shards (unless they are up to date).
-PreparedCorpus prepare_corpus(const RunConfig& rc, bool verbose);
+// With `given`, no tokenizer is trained: the corpus is tokenized with `given` (a checkpoint's, for
+// train.init_from or a resumed run whose corpus changed), which becomes data_dir's tokenizer.
+PreparedCorpus prepare_corpus(const RunConfig& rc, bool verbose, const Tokenizer* given = nullptr);
 
 }  // namespace strata

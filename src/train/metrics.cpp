@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <ctime>
 #include <filesystem>
 
 #include "core/error.h"
@@ -63,24 +65,59 @@ void MetricsLog::line(const std::string& text) {
     std::fflush(f_);
 }
 
-void MetricsLog::step(long step, double loss, double lr, double grad_norm, double tokens_per_s, double step_ms) {
-    char buf[320];
-    std::snprintf(buf, sizeof buf,
-                  "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
-                  "\"step_ms\": %.2f}",
-                  step, loss, lr, grad_norm, tokens_per_s, step_ms);
-    line(buf);
+void MetricsLog::step(const Step& m) {
+    char buf[400];
+    int n = std::snprintf(buf, sizeof buf,
+                          "{\"step\": %ld, \"loss\": %.17g, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
+                          "\"step_ms\": %.2f, \"tokens\": %.0f, \"time\": %.3f",
+                          m.step, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.step_ms, m.tokens, unix_time());
+    std::string text(buf, size_t(n));
+    if (m.mfu >= 0) {
+        std::snprintf(buf, sizeof buf, ", \"mfu\": %.4f", m.mfu);
+        text += buf;
+    }
+    if (m.sublayer_grad_norms && !m.sublayer_grad_norms->empty()) {
+        text += ", \"sublayer_grad_norms\": [";
+        for (size_t i = 0; i < m.sublayer_grad_norms->size(); i++) {
+            std::snprintf(buf, sizeof buf, "%s%.6g", i ? ", " : "", (*m.sublayer_grad_norms)[i]);
+            text += buf;
+        }
+        text += "]";
+    }
+    line(text + "}");
 }
 
-void MetricsLog::val(long step, double val_loss) {
-    char buf[128];
-    std::snprintf(buf, sizeof buf, "{\"step\": %ld, \"val_loss\": %.17g}", step, val_loss);
+void MetricsLog::val(long step, double val_loss, bool final) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "{\"step\": %ld, \"val_loss\": %.17g, \"time\": %.3f%s}", step, val_loss,
+                  unix_time(), final ? ", \"final\": true" : "");
     line(buf);
 }
 
 void MetricsLog::skipped(long step, const std::string& where) {
     line("{\"step\": " + std::to_string(step) + ", \"skipped\": true, \"nonfinite\": " + nlohmann::json(where).dump() +
          "}");
+}
+
+double unix_time() {
+    return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string utc_timestamp() {
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+void append_history(const std::string& out_dir, const nlohmann::json& entry) {
+    const std::string path = out_dir + "/history.jsonl";
+    std::error_code ec;
+    std::string text = std::filesystem::exists(path, ec) ? read_file(path) : std::string();
+    if (!text.empty() && text.back() != '\n') text += '\n';  // a line cut short by a kill stays apart
+    atomic_write_file(path, text + entry.dump() + "\n");
 }
 
 }  // namespace strata

@@ -4,6 +4,9 @@
 #pragma once
 #include <cstdio>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "train/progress.h"
 
@@ -21,8 +24,17 @@ public:
     // Whether a validation line for resume_step survived (the eval due there was done).
     bool has_val_at_resume() const { return has_val_; }
 
-    void step(long step, double loss, double lr, double grad_norm, double tokens_per_s, double step_ms);
-    void val(long step, double val_loss);
+    // One optimizer step. mfu < 0 leaves it out (no FLOP count or peak); an empty
+    // sublayer_grad_norms leaves them out (they are logged every log_every steps).
+    struct Step {
+        long step = 0;
+        double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, step_ms = 0;
+        double tokens = 0;  // tokens trained on so far
+        double mfu = -1;
+        const std::vector<double>* sublayer_grad_norms = nullptr;
+    };
+    void step(const Step& s);
+    void val(long step, double val_loss, bool final = false);
     void skipped(long step, const std::string& where);
 
 private:
@@ -31,5 +43,13 @@ private:
     FILE* f_ = nullptr;
     bool has_val_ = false;
 };
+
+// RUN_DIR/history.jsonl: one line per `strata train` invocation (fields in docs/metrics.md).
+void append_history(const std::string& out_dir, const nlohmann::json& entry);
+
+// Seconds since the Unix epoch, with sub-second precision.
+double unix_time();
+// The current UTC time as ISO 8601, e.g. 2026-12-02T01:23:45Z.
+std::string utc_timestamp();
 
 }  // namespace strata

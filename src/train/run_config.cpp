@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "core/error.h"
 #include "core/fileio.h"
@@ -52,6 +53,16 @@ void TrainConfig::validate(const std::string& o) const {
     parse_device(device, o);
     if (on_nonfinite != "stop" && on_nonfinite != "skip")
         throw Error(o + ": train.on_nonfinite must be \"stop\" or \"skip\"");
+    if (on_divergence != "warn" && on_divergence != "stop")
+        throw Error(o + ": train.on_divergence must be \"warn\" or \"stop\", got \"" + on_divergence + "\"");
+    nonneg("peak_gflops", peak_gflops);
+    if (!std::isfinite(peak_gflops) || peak_gflops > 1e9)
+        throw Error(o + ": train.peak_gflops = " + std::to_string(peak_gflops) + " is absurdly large");
+    nonneg("sample_every", double(sample_every));
+    nonneg("keep_every", double(keep_every));
+    if (init_optimizer && init_from.empty())
+        throw Error(o + ": train.init_optimizer needs train.init_from (the checkpoint whose AdamW state to take)");
+    if (init_from.find('\0') != std::string::npos) throw Error(o + ": train.init_from contains a NUL character");
     if (corpus.empty()) throw Error(o + ": train.corpus must name a file or folder");
     if (out_dir.empty() || data_dir.empty()) throw Error(o + ": train.out_dir and train.data_dir must be set");
     // The config is saved as JSON (config.json, the checkpoint's metadata), which holds only UTF-8:
@@ -64,6 +75,7 @@ void TrainConfig::validate(const std::string& o) const {
     utf8("corpus", corpus);
     utf8("data_dir", data_dir);
     utf8("out_dir", out_dir);
+    utf8("init_from", init_from);
     for (const std::string& s : no_decay) utf8("no_decay", s);
     // A NUL would silently cut the path short at the operating-system boundary.
     for (auto [name, v] : {std::pair{"corpus", &corpus}, {"data_dir", &data_dir}, {"out_dir", &out_dir}})
@@ -117,8 +129,17 @@ RunConfig RunConfig::from_json(const nlohmann::json& j, const std::string& origi
             }
         }
         f.get("resume", c.resume);
+        f.get("overwrite", c.overwrite);
+        f.get("allow_changes", c.allow_changes);
         f.get("on_nonfinite", c.on_nonfinite);
+        f.get("on_divergence", c.on_divergence);
         f.get("device", c.device);
+        f.get("peak_gflops", c.peak_gflops);
+        f.get("sample_every", c.sample_every);
+        f.get("keep_every", c.keep_every);
+        f.get("keep_best", c.keep_best);
+        f.get("init_from", c.init_from);
+        f.get("init_optimizer", c.init_optimizer);
         f.finish();
     }
     rc.model.validate(origin + " [model]");
@@ -140,8 +161,47 @@ nlohmann::json RunConfig::to_json() const {
                         {"seed", c.seed},           {"threads", c.threads},           {"eval_every", c.eval_every},
                         {"eval_batches", c.eval_batches}, {"ckpt_every", c.ckpt_every}, {"log_every", c.log_every},
                         {"val_fraction", c.val_fraction}, {"no_decay", c.no_decay},   {"resume", c.resume},
-                        {"on_nonfinite", c.on_nonfinite}, {"device", c.device}};
+                        {"overwrite", c.overwrite},       {"allow_changes", c.allow_changes},
+                        {"on_nonfinite", c.on_nonfinite}, {"on_divergence", c.on_divergence},
+                        {"device", c.device},             {"peak_gflops", c.peak_gflops},
+                        {"sample_every", c.sample_every}, {"keep_every", c.keep_every},
+                        {"keep_best", c.keep_best},       {"init_from", c.init_from},
+                        {"init_optimizer", c.init_optimizer}};
     return {{"model", model.to_json()}, {"train", t}};
+}
+
+void TrainConfig::make_paths_absolute(const std::string& base) {
+    auto fix = [&](std::string& p) {
+        if (p.empty()) return;
+        std::filesystem::path fp(p);
+        if (fp.is_relative()) p = (std::filesystem::path(base) / fp).lexically_normal().string();
+    };
+    fix(corpus);
+    fix(data_dir);
+    fix(out_dir);
+    fix(init_from);
+}
+
+// The path keys of a config file's train section, resolved against the file's folder where they
+// are relative (so a config means the same files from any working directory).
+static void resolve_file_paths(nlohmann::json& j, const std::string& config_path) {
+    if (!j.is_object() || !j.contains("train") || !j["train"].is_object()) return;
+    const std::filesystem::path base = std::filesystem::absolute(config_path).parent_path();
+    auto fix = [&](nlohmann::json& v) {
+        if (!v.is_string()) return;  // a wrong type is reported by from_json
+        const std::string p = v.get<std::string>();
+        if (!p.empty() && std::filesystem::path(p).is_relative()) v = (base / p).lexically_normal().string();
+    };
+    nlohmann::json& t = j["train"];
+    for (const char* key : {"corpus", "data_dir", "out_dir", "init_from"})
+        if (t.contains(key)) {
+            if (t[key].is_array()) {  // a corpus mixture: [{"path": ..., "weight": ...}, ...]
+                for (auto& e : t[key])
+                    if (e.is_object() && e.contains("path")) fix(e["path"]);
+            } else {
+                fix(t[key]);
+            }
+        }
 }
 
 void apply_overrides(nlohmann::json& j, const std::vector<std::string>& overrides) {
@@ -191,12 +251,17 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
         } catch (const nlohmann::json::exception& e) {
             throw Error("config " + path + " is not valid JSON: " + e.what());
         }
+        resolve_file_paths(j, path);
     }
     if (!overrides.empty()) {
         apply_overrides(j, overrides);
         origin += " (with --set overrides)";
     }
-    return RunConfig::from_json(j, origin);
+    RunConfig rc = RunConfig::from_json(j, origin);
+    // --set values and the built-in defaults mean paths under the working directory; a run records
+    // them absolute, so its config names the same files wherever it is read.
+    rc.train.make_paths_absolute(std::filesystem::current_path().string());
+    return rc;
 }
 
 }  // namespace strata

@@ -31,10 +31,21 @@ struct TrainConfig {
     // Weight decay applies to the 2-D weights (docs/model.md); these name patterns exempt more.
     std::vector<std::string> no_decay = {};
     bool resume = true;                             // continue from out_dir's checkpoint if present
+    bool overwrite = false;      // with resume=false: delete out_dir's checkpoints, metrics and history first
+    bool allow_changes = false;  // on resume: accept a new batch_size, seq_len, seed or corpus
     std::string on_nonfinite = "stop";              // "stop" or "skip" the step
+    std::string on_divergence = "warn";             // "warn" or "stop" (exit code 3) when the loss diverges
     std::string device = "cpu";                     // the backend (backend/backend.h): "cpu"
+    double peak_gflops = 0;   // the machine's peak for MFU; 0 measures a short sgemm at start
+    long sample_every = 0;    // generate a short sample every N steps (0: never)
+    long keep_every = 0;      // also keep checkpoint-STEP.safetensors every N steps (0: never)
+    bool keep_best = false;   // also keep checkpoint-best.safetensors, by validation loss
+    std::string init_from;    // start from this checkpoint's weights (and its tokenizer)
+    bool init_optimizer = false;  // with init_from: also take its AdamW moments
 
     void validate(const std::string& origin) const;
+    // Resolves corpus, data_dir, out_dir and init_from against `base` where they are relative.
+    void make_paths_absolute(const std::string& base);
 };
 
 struct RunConfig {
