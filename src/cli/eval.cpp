@@ -59,13 +59,13 @@ void add_eval_command(CLI::App& app) {
             shard_path = pd.train_path;
         }
         TokenShard shard = TokenShard::open(shard_path);
+        // A prepared shard must come from this checkpoint's tokenizer; text is tokenized here with it.
+        if (o->text.empty())
+            check_prepared_with(data_dir, shard, *lc.tok, o->ckpt, ", or pass --text FILE to evaluate on raw text");
         if (shard.vocab_size() > model.cfg.vocab_size)
             throw Error("token shard " + shard.path() + " was made with a " + std::to_string(shard.vocab_size()) +
                         "-token vocabulary, larger than the model's " + std::to_string(model.cfg.vocab_size) +
                         " (another tokenizer?)");
-        // A prepared shard must come from this checkpoint's tokenizer; text is tokenized here with it.
-        if (o->text.empty())
-            check_prepared_with(data_dir, shard, *lc.tok, o->ckpt, ", or pass --text FILE to evaluate on raw text");
         if (shard.size() < size_t(T) + 1)
             throw Error(what + " has " + std::to_string(shard.size()) + " tokens, fewer than one sequence of T+1 = " +
                         std::to_string(T + 1) + " (a shorter --seq-len fits it)");

@@ -14,18 +14,20 @@ LINE = re.compile(r"eval on (.+): (\d+) tokens scored \(of (\d+) in the shard; s
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    """Run A (vocab 320) trained on a data dir that run B (vocab 300) then re-prepared with its own
-    tokenizer; and a run C with a data dir of its own. Returns (dir, a, b, c, corpus)."""
+    """Run A (vocab 340) trained on a data dir that run B (vocab 320, so its tokens all fit A's model)
+    then re-prepared with its own tokenizer; and a run C with a data dir of its own.
+    Returns (dir, a, b, c, corpus, the perplexity C's training reported)."""
     d = tmp_path_factory.mktemp("eval")
     corpus = small_corpus(d / "corpus.txt")
     base = ["--set", f"train.corpus={corpus}", *TINY_MODEL, "--set", "train.threads=1", "--set", "train.steps=2"]
-    run("train", *base, "--set", f"train.data_dir={d / 'data_c'}", "--set", f"train.out_dir={d / 'c'}")
-    run("train", *base, "--set", f"train.data_dir={d / 'data'}", "--set", f"train.out_dir={d / 'a'}")
+    p = run("train", *base, "--set", f"train.data_dir={d / 'data_c'}", "--set", f"train.out_dir={d / 'c'}")
+    c_ppl = re.search(r"validation loss \S+, perplexity (\S+)", p.stdout).group(1)
+    run("train", *base, "--set", "model.vocab_size=340", "--set", f"train.data_dir={d / 'data'}",
+        "--set", f"train.out_dir={d / 'a'}")
     a_meta = (d / "data" / "meta.json").read_text()
-    run("train", *base, "--set", "model.vocab_size=300", "--set", f"train.data_dir={d / 'data'}",
-        "--set", f"train.out_dir={d / 'b'}")
+    run("train", *base, "--set", f"train.data_dir={d / 'data'}", "--set", f"train.out_dir={d / 'b'}")
     assert json.loads(a_meta)["tokenizer_hash"] != json.loads((d / "data" / "meta.json").read_text())["tokenizer_hash"]
-    return d, d / "a", d / "b", d / "c", corpus
+    return d, d / "a", d / "b", d / "c", corpus, c_ppl
 
 
 def evaluate(*args):
@@ -33,7 +35,7 @@ def evaluate(*args):
     m = LINE.search(p.stdout)
     assert m, p.stdout
     return {"what": m.group(1), "scored": int(m.group(2)), "shard": int(m.group(3)), "seq": int(m.group(4)),
-            "loss": float(m.group(5))}
+            "loss": float(m.group(5)), "perplexity": m.group(6)}
 
 
 def shard_tokens(path):
@@ -41,7 +43,7 @@ def shard_tokens(path):
 
 
 def test_eval_and_diagnose_refuse_a_data_dir_prepared_with_another_tokenizer(shared, tmp_path):
-    d, a, b, _, corpus = shared
+    d, a, b, _, corpus, _ = shared
     val = d / "data" / "val.bin"
     for cmd in (["eval"], ["diagnose", "--batches", "1"]):
         p = run(*cmd, "--ckpt", a, check=False)
@@ -59,7 +61,7 @@ def test_eval_and_diagnose_refuse_a_data_dir_prepared_with_another_tokenizer(sha
 
 
 def test_a_data_dir_without_a_readable_meta_json_is_refused(shared, tmp_path):
-    d, _, _, c, _ = shared
+    d, _, _, c, _, _ = shared
     data = tmp_path / "data"
     shutil.copytree(d / "data_c", data)
     assert evaluate("--ckpt", c, "--data-dir", data)["scored"] > 0
@@ -74,7 +76,7 @@ def test_a_data_dir_without_a_readable_meta_json_is_refused(shared, tmp_path):
 
 
 def test_eval_reports_the_tokens_it_scored(shared):
-    d, _, _, c, _ = shared
+    d, _, _, c, _, c_ppl = shared
     n = shard_tokens(d / "data_c" / "val.bin")
     r = evaluate("--ckpt", c)  # every window of the run's seq_len (32), batch 4
     assert r["shard"] == n and r["seq"] == 32
@@ -84,16 +86,14 @@ def test_eval_reports_the_tokens_it_scored(shared):
     assert (n - 1) // 16 >= 2
     r = evaluate("--ckpt", c, "--seq-len", "16", "--batch-size", "1", "--batches", "2")
     assert r["scored"] == 2 * 16
-    # the loss over the run's own evaluation batches is the validation loss training recorded
-    metrics = [json.loads(l) for l in (c / "metrics.jsonl").read_text().splitlines()]
-    val = [m["val_loss"] for m in metrics if "val_loss" in m][-1]
-    assert abs(evaluate("--ckpt", c, "--batches", "2")["loss"] - val) < 1e-4
+    # over the run's own evaluation batches (train.eval_batches = 2) it is the validation loss of training
+    assert evaluate("--ckpt", c, "--batches", "2")["perplexity"] == c_ppl
 
 
 def test_seq_len_fits_short_texts_and_is_bounded(shared, tmp_path):
-    _, _, _, c, _ = shared
+    _, _, _, c, _, _ = shared
     short = tmp_path / "short.txt"
-    short.write_text("In the beginning was the word, and the word was with the light.\n")
+    short.write_text("In the beginning was the word.\n")  # about 28 tokens: fewer than seq_len 32 + 1
     p = run("eval", "--ckpt", c, "--text", short, check=False)
     assert p.returncode == 1 and "fewer than one sequence" in p.stderr and "--seq-len" in p.stderr, p.stderr
     r = evaluate("--ckpt", c, "--text", short, "--seq-len", "8")
@@ -102,13 +102,13 @@ def test_seq_len_fits_short_texts_and_is_bounded(shared, tmp_path):
         p = run(cmd, "--ckpt", c, "--seq-len", "65", check=False)
         assert p.returncode == 1 and "--seq-len 65 exceeds the model's max_seq_len (64)" in p.stderr, p.stderr
         p = run(cmd, "--ckpt", c, "--seq-len", "0", check=False)
-        assert p.returncode == 2 and "--seq-len" in p.stderr, p.stderr
+        assert p.returncode not in (0, 1) and "--seq-len" in p.stderr, p.stderr  # a usage error (CLI11's)
     r = evaluate("--ckpt", c, "--seq-len", "64", "--batches", "1")
     assert r["seq"] == 64
 
 
 def test_diagnose_seq_len_batch_size_and_all_batches(shared, tmp_path):
-    d, _, _, c, _ = shared
+    d, _, _, c, _, _ = shared
     n = shard_tokens(d / "data_c" / "val.bin")
     js = tmp_path / "d.json"
     p = run("diagnose", "--ckpt", c, "--seq-len", "16", "--batch-size", "2", "--batches", "0", "--no-skip",
@@ -122,7 +122,7 @@ def test_diagnose_seq_len_batch_size_and_all_batches(shared, tmp_path):
 
 
 def test_ckpt_is_a_file_or_a_run_directory(shared, tmp_path):
-    _, _, _, c, _ = shared
+    _, _, _, c, _, _ = shared
     assert evaluate("--ckpt", c)["loss"] == evaluate("--ckpt", c / "checkpoint.safetensors")["loss"]
     empty = tmp_path / "empty_run"
     empty.mkdir()

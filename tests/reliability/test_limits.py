@@ -306,12 +306,16 @@ def test_run_dir_config_and_tokenizer_copies_are_never_read(tiny, tmp_path):
 
 
 def test_shard_from_a_larger_vocabulary(tiny, tmp_path):
-    _, _, run_dir = tiny
+    d, _, run_dir = tiny
     data = tmp_path / "data"
     data.mkdir()
     toks = [(i * 37) % 1000 for i in range(5000)]
     (data / "val.bin").write_bytes(b"STRTOKS1" + struct.pack("<IIQII", 1, 1000, len(toks), 2, 0) +
                                    struct.pack(f"<{len(toks)}H", *toks))
+    # its meta.json claims the run's tokenizer, so what stops it is the shard's own vocabulary
+    meta = json.loads((d / "data" / "meta.json").read_text())
+    meta["n_val"] = len(toks)
+    (data / "meta.json").write_text(json.dumps(meta))
     fails("eval", "--ckpt", run_dir, "--data-dir", data, mention=[data / "val.bin", "1000-token vocabulary"])
 
 
