@@ -65,6 +65,11 @@ def test_a_data_dir_without_a_readable_meta_json_is_refused(shared, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(d / "data_c", data)
     assert evaluate("--ckpt", c, "--data-dir", data)["scored"] > 0
+    meta = json.loads((data / "meta.json").read_text())
+    meta["n_val"] += 1  # the shard no longer holds what was recorded
+    (data / "meta.json").write_text(json.dumps(meta))
+    p = run("eval", "--ckpt", c, "--data-dir", data, check=False)
+    assert p.returncode == 1 and f"records {meta['n_val']}" in p.stderr, p.stderr
     (data / "meta.json").write_text("{\"format\": 1, \"tokenizer_hash\": ")
     for cmd in (["eval"], ["diagnose"]):
         p = run(*cmd, "--ckpt", c, "--data-dir", data, check=False)
