@@ -80,6 +80,13 @@ def main():
     h += b" " * ((8 - len(h) % 8) % 8)
     put("checkpoint", "huge_config.safetensors", struct.pack("<Q", len(h)) + h + ckpt[8 + n :])
     put("checkpoint", "truncated.safetensors", ckpt[: 8 + n + 100])
+    # format 1: no checksums, loaded unverified
+    header = json.loads(ckpt[8 : 8 + n])
+    header["__metadata__"]["format"] = "strata-checkpoint-1"
+    del header["__metadata__"]["checksums"]
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    put("checkpoint", "format1.safetensors", struct.pack("<Q", len(h)) + h + ckpt[8 + n :])
 
     # tokenizer_file: the real model, cut short, and not a model at all
     put("tokenizer_file", "tiny.model", tok)

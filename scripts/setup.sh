@@ -10,7 +10,7 @@ pkgs=(
   g++ cmake make pkg-config ninja-build
   libopenblas-dev libopenblas0-openmp libomp-dev
   libsentencepiece-dev sentencepiece
-  nlohmann-json3-dev libcli11-dev libgtest-dev
+  nlohmann-json3-dev libcli11-dev libgtest-dev libxxhash-dev
   python3 python3-dev python3-numpy pybind11-dev
   bible-kjv fortunes dict-devil
 )

@@ -87,3 +87,14 @@ def tensor_names(run_dir):
     raw = (run_dir / "checkpoint.safetensors").read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
     return set(json.loads(raw[8:8 + n])) - {"__metadata__"}
+
+
+def xxh3_64(data):
+    """The XXH3-64 digest of `data` in the form checkpoints record it (16 lowercase hex digits), computed
+    by the xxHash library strata links."""
+    import ctypes
+    import ctypes.util
+    lib = ctypes.CDLL(ctypes.util.find_library("xxhash") or "libxxhash.so.0")
+    lib.XXH3_64bits.restype = ctypes.c_uint64
+    lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    return "%016x" % lib.XXH3_64bits(bytes(data), len(data))

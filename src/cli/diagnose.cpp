@@ -4,6 +4,7 @@
 // emptied source is also dropped from the mixes), and under AttnRes the mean depth-attention weights.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -26,7 +27,7 @@ namespace {
 std::string sublayer_name(long j) { return (j % 2 == 0 ? "attn " : "mlp ") + std::to_string(j / 2); }
 
 // Per sublayer, the RMS over batches of the gradient norm of its parameters (the loss's mean over
-// each batch's targets, as in training, without clipping).
+// each batch's targets, as in training, without clipping). batches ≤ 0: all of them.
 std::vector<double> gradient_norms(Model<float>& m, const TokenShard& shard, int B, int T, long batches) {
     check_memory(m.cfg.memory_bytes(B, T, true), "diagnose: gradients with batch " + std::to_string(B) + " x " +
                  std::to_string(T), "the model, its gradients and the activations");
@@ -34,7 +35,7 @@ std::vector<double> gradient_norms(Model<float>& m, const TokenShard& shard, int
     EvalBatches it(shard, B, T);
     std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
     long n = 0;
-    for (; n < batches && it.next(x.data(), y.data()) > 0; n++) {
+    for (; (batches <= 0 || n < batches) && it.next(x.data(), y.data()) > 0; n++) {
         m.zero_grad();
         m.forward(x.data(), y.data(), B, T);
         m.backward();
@@ -63,16 +64,18 @@ void add_diagnose_command(CLI::App& app) {
     struct Opts {
         std::string ckpt = "runs/default", data_dir, json_out;
         long batches = 4;
-        int batch_size = 0, threads = 2;
+        int batch_size = 0, seq_len = 0, threads = 2;
         bool no_skip = false;
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory")->capture_default_str();
     cmd->add_option("--data-dir", o->data_dir, "read val.bin from this folder instead of the run's data_dir");
-    cmd->add_option("--batches", o->batches, "validation batches per measurement")
+    cmd->add_option("--batches", o->batches, "validation batches per measurement (0 = all)")
         ->capture_default_str()
-        ->check(CLI::Range(1L, 1000000L));
+        ->check(CLI::Range(0L, 1000000L));
     cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(CLI::NonNegativeNumber);
+    cmd->add_option("--seq-len", o->seq_len, "tokens per sequence, at most the model's max_seq_len (default: the run's)")
+        ->check(CLI::PositiveNumber);
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::Range(1, 4096));
     cmd->add_flag("--no-skip", o->no_skip, "leave out the skip ablation (one evaluation per sublayer)");
     cmd->add_option("--json-out", o->json_out, "also write the results as JSON to this file");
@@ -86,19 +89,28 @@ void add_diagnose_command(CLI::App& app) {
         const ModelConfig& c = m.cfg;
         const TrainConfig& t = lc.rc.train;
         const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
-        const TokenShard shard = TokenShard::open((o->data_dir.empty() ? t.data_dir : o->data_dir) + "/val.bin");
+        const int T = o->seq_len > 0 ? o->seq_len : t.seq_len;
+        if (T > c.max_seq_len)
+            throw Error("--seq-len " + std::to_string(T) + " exceeds the model's max_seq_len (" +
+                        std::to_string(c.max_seq_len) + ")");
+        const std::string data_dir = o->data_dir.empty() ? t.data_dir : o->data_dir;
+        const TokenShard shard = TokenShard::open(data_dir + "/val.bin");
+        check_prepared_with(data_dir, shard, *lc.tok, o->ckpt);
         const long n_sub = 2L * c.n_layers;
+        // The batches each measurement reads (all of the shard's when --batches is 0).
+        long n_batches = long(EvalBatches(shard, B, T).num_batches());
+        if (o->batches > 0) n_batches = std::min(n_batches, o->batches);
 
         DepthStats st;
-        const double loss = evaluate(m, shard, B, t.seq_len, o->batches, [&] { m.accumulate_depth_stats(st); });
-        const std::vector<double> grad = gradient_norms(m, shard, B, t.seq_len, o->batches);
+        const double loss = evaluate(m, shard, B, T, o->batches, [&] { m.accumulate_depth_stats(st); });
+        const std::vector<double> grad = gradient_norms(m, shard, B, T, o->batches);
         std::vector<double> skip_loss;
         if (!o->no_skip) {
             const bool tty = ::isatty(2);
             for (long j = 0; j < n_sub; j++) {
                 if (tty) std::fprintf(stderr, "\rskipping %s (%ld/%ld) ...", sublayer_name(j).c_str(), j + 1, n_sub);
                 m.skip_sublayer = int(j);
-                skip_loss.push_back(evaluate(m, shard, B, t.seq_len, o->batches));
+                skip_loss.push_back(evaluate(m, shard, B, T, o->batches));
             }
             m.skip_sublayer = -1;
             if (tty) std::fprintf(stderr, "\r%*s\r", 40, "");
@@ -110,12 +122,12 @@ void add_diagnose_command(CLI::App& app) {
         if (c.residual == Residual::attnres_block) residual += " (" + std::to_string(c.attnres_block_size) + " sublayers per block)";
         std::printf("depth diagnostics of %s: %d layers, norm %s, residual %s\n", o->ckpt.c_str(), c.n_layers,
                     to_string(c.norm_placement), residual.c_str());
-        std::printf("validation: %ld batches of %d x %d tokens, loss %.4f\n\n", o->batches, B, t.seq_len, loss);
+        std::printf("validation: %ld batches of %d x %d tokens, loss %.4f\n\n", n_batches, B, T, loss);
         std::printf("%-9s %10s %10s %10s %10s %12s\n", "sublayer", "input RMS", "output RMS", "state RMS",
                     "grad norm", o->no_skip ? "" : "skip: Δloss");
         nlohmann::json js = {{"checkpoint", o->ckpt}, {"residual", to_string(c.residual)},
                              {"attnres_block_size", c.attnres_block_size}, {"norm_placement", to_string(c.norm_placement)},
-                             {"batches", o->batches}, {"batch_size", B}, {"seq_len", t.seq_len}, {"loss", loss},
+                             {"batches", n_batches}, {"batch_size", B}, {"seq_len", T}, {"loss", loss},
                              {"tokens", st.rows}};
         nlohmann::json subs = nlohmann::json::array();
         for (long j = 0; j < n_sub; j++) {

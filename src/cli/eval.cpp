@@ -7,7 +7,9 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "model/config.h"
 #include "train/checkpoint.h"
+#include "train/data.h"
 #include "train/evaluate.h"
 #include "train/trainer.h"
 
@@ -18,22 +20,31 @@ void add_eval_command(CLI::App& app) {
     struct Opts {
         std::string ckpt = "runs/default", text, data_dir;
         long batches = 0;
-        int batch_size = 0, threads = 2;
+        int batch_size = 0, seq_len = 0, threads = 2;
     };
     auto o = std::make_shared<Opts>();
-    cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory")->capture_default_str();
+    cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory (its checkpoint.safetensors)")
+        ->capture_default_str();
     cmd->add_option("--text", o->text, "evaluate on this text file or folder instead of the run's validation split");
     cmd->add_option("--data-dir", o->data_dir, "read val.bin from this folder instead of the run's data_dir");
     cmd->add_option("--batches", o->batches, "at most this many batches (0 = all)")->check(CLI::NonNegativeNumber);
     cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(CLI::NonNegativeNumber);
+    cmd->add_option("--seq-len", o->seq_len, "tokens per sequence, at most the model's max_seq_len (default: the run's)")
+        ->check(CLI::PositiveNumber);
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
     cmd->callback([o] {
         if (dry_run()) return;
         set_threads(o->threads);
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
+        Model<float>& model = *lc.model;
         const TrainConfig& t = lc.rc.train;
         const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
-        std::string shard_path = (o->data_dir.empty() ? t.data_dir : o->data_dir) + "/val.bin";
+        const int T = o->seq_len > 0 ? o->seq_len : t.seq_len;
+        if (T > model.cfg.max_seq_len)
+            throw Error("--seq-len " + std::to_string(T) + " exceeds the model's max_seq_len (" +
+                        std::to_string(model.cfg.max_seq_len) + ")");
+        const std::string data_dir = o->data_dir.empty() ? t.data_dir : o->data_dir;
+        std::string shard_path = data_dir + "/val.bin";
         std::string what = "validation split " + shard_path;
         struct TempDir {  // removed however this callback ends
             std::string path;
@@ -49,10 +60,35 @@ void add_eval_command(CLI::App& app) {
             shard_path = pd.train_path;
         }
         TokenShard shard = TokenShard::open(shard_path);
-        const long n_tokens = long(shard.size());
-        const double loss = evaluate(*lc.model, shard, B, t.seq_len, o->batches);
-        std::printf("eval on %s (%ld tokens, seq %d): loss %.4f, perplexity %.6g\n", what.c_str(), n_tokens,
-                    t.seq_len, loss, std::exp(loss));
+        // A prepared shard must come from this checkpoint's tokenizer; text is tokenized here with it.
+        if (o->text.empty())
+            check_prepared_with(data_dir, shard, *lc.tok, o->ckpt, ", or pass --text FILE to evaluate on raw text");
+        if (shard.vocab_size() > model.cfg.vocab_size)
+            throw Error("token shard " + shard.path() + " was made with a " + std::to_string(shard.vocab_size()) +
+                        "-token vocabulary, larger than the model's " + std::to_string(model.cfg.vocab_size) +
+                        " (another tokenizer?)");
+        if (shard.size() < size_t(T) + 1)
+            throw Error(what + " has " + std::to_string(shard.size()) + " tokens, fewer than one sequence of T+1 = " +
+                        std::to_string(T + 1) + " (a shorter --seq-len fits it)");
+        check_memory(model.cfg.memory_bytes(B, T, false),
+                     "evaluation with batch " + std::to_string(B) + " x " + std::to_string(T),
+                     "the model and its activations");
+        // The loss is the mean over the targets actually scored: windows of T inputs, the last batch
+        // possibly partial, the tail of the shard shorter than a window left out.
+        EvalBatches it(shard, B, T);
+        std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+        double sum = 0;
+        long scored = 0, batches = 0;
+        while (o->batches <= 0 || batches < o->batches) {
+            if (it.next(x.data(), y.data()) == 0) break;
+            const double loss = model.forward(x.data(), y.data(), B, T);
+            sum += loss * double(model.last_count());
+            scored += model.last_count();
+            batches++;
+        }
+        const double loss = scored > 0 ? sum / double(scored) : 0.0;
+        std::printf("eval on %s: %ld tokens scored (of %zu in the shard; seq %d): loss %.4f, perplexity %.6g\n",
+                    what.c_str(), scored, shard.size(), T, loss, std::exp(loss));
     });
 }
 

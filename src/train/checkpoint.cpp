@@ -8,13 +8,28 @@
 #include <cstring>
 #include <filesystem>
 
+#include <xxhash.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+
 #include "core/error.h"
 #include "core/fileio.h"
 #include "core/safetensors.h"
 
 namespace strata {
 
-static const char* kFormat = "strata-checkpoint-1";
+// Format 2 adds the metadata field "checksums": a JSON object mapping every tensor's name to the
+// XXH3-64 digest of its data bytes (16 lowercase hex digits). Format 1 (no checksums) still loads,
+// unverified.
+static const char* kFormat = "strata-checkpoint-2";
+static const char* kFormatUnverified = "strata-checkpoint-1";
+
+static std::string digest(const void* data, size_t n) {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(XXH3_64bits(data, n)));
+    return buf;
+}
 
 // Enough digits to read the same double back.
 static std::string fmt_double(double v) {
@@ -43,8 +58,11 @@ void save_checkpoint(const std::string& out_dir, const RunConfig& rc, const Mode
     add("adamw.v.", v);
     const std::string tok_bytes = tok.to_bytes();
     ts.push_back({"tokenizer", "U8", {int64_t(tok_bytes.size())}, tok_bytes.data(), tok_bytes.size()});
+    nlohmann::json sums = nlohmann::json::object();
+    for (const TensorRef& t : ts) sums[t.name] = digest(t.data, t.nbytes);
     std::map<std::string, std::string> meta = {
         {"format", kFormat},
+        {"checksums", sums.dump()},
         {"config", rc.to_json().dump()},
         {"step", std::to_string(st.step)},
         {"adamw_step", std::to_string(opt.step)},
@@ -75,11 +93,46 @@ static uint64_t meta_u64(const SafetensorsFile& f, const std::string& key) {
 LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only, Device device) {
     std::string path = path_in;
     struct stat sb;
-    if (::stat(path.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) path = checkpoint_path(path);
+    if (::stat(path.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        path = checkpoint_path(path);
+        std::error_code ec;
+        if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec)))
+            throw Error("no checkpoint in " + path_in + " (expected " + path + ")");
+    }
     SafetensorsFile f = SafetensorsFile::open(path);
     auto fmt = f.metadata().find("format");
-    if (fmt == f.metadata().end() || fmt->second != kFormat)
+    if (fmt == f.metadata().end() || (fmt->second != kFormat && fmt->second != kFormatUnverified))
         throw Error("checkpoint " + path + " is not a strata checkpoint (metadata \"format\" is missing or wrong)");
+    // name -> digest; empty for a format-1 checkpoint, whose tensors cannot be verified.
+    std::map<std::string, std::string> sums;
+    const bool verified = fmt->second == kFormat;
+    if (verified) {
+        auto it = f.metadata().find("checksums");
+        if (it == f.metadata().end()) throw Error("checkpoint " + path + " lacks the metadata field \"checksums\"");
+        try {
+            const nlohmann::json j = nlohmann::json::parse(it->second);
+            if (!j.is_object()) throw std::invalid_argument("not an object");
+            for (const auto& [name, v] : j.items()) sums[name] = v.get<std::string>();
+        } catch (const std::exception&) {
+            throw Error("checkpoint " + path + " has a corrupt \"checksums\" field (not a JSON object of strings)");
+        }
+    } else {
+        // Once per file and process: the fuzzer and tests load the same file many times.
+        static std::set<std::string> noted;
+        if (noted.insert(path).second)
+            std::fprintf(stderr, "note: checkpoint %s is format 1 (no checksums): its tensors are not verified\n",
+                         path.c_str());
+    }
+    // Throws unless the tensor's bytes match their recorded digest (a no-op for format 1).
+    auto verify = [&](const std::string& name) -> const TensorRef& {
+        const TensorRef& t = f.get(name);
+        if (!verified) return t;
+        auto it = sums.find(name);
+        if (it == sums.end()) throw Error("checkpoint " + path + ": tensor " + name + " has no checksum");
+        if (it->second != digest(t.data, t.nbytes))
+            throw Error("checkpoint " + path + ": tensor " + name + " fails its checksum (the file is corrupt)");
+        return t;
+    };
     auto cfg = f.metadata().find("config");
     if (cfg == f.metadata().end()) throw Error("checkpoint " + path + " lacks its config");
     nlohmann::json j;
@@ -99,6 +152,7 @@ LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only, 
             std::vector<int64_t> want(s.shape.begin(), s.shape.end());
             if (t.dtype != "F32" || t.shape != want)
                 throw Error("checkpoint " + path + ": tensor " + prefix + s.name + " has the wrong dtype or shape");
+            verify(prefix + s.name);
         }
     };
     check("model.");
@@ -106,6 +160,7 @@ LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only, 
         check("adamw.m.");
         check("adamw.v.");
     }
+    const TensorRef& tk = verify("tokenizer");
     lc.model = std::make_unique<Model<float>>(lc.rc.model, device);
     auto load = [&](const std::string& prefix, Buffer& buf) {
         for (const ParamSpec& s : lc.model->specs) buf.from_host(f.get(prefix + s.name).data, s.offset, s.numel);
@@ -116,7 +171,6 @@ LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only, 
     for (const ParamSpec& s : lc.model->specs)
         if (nonfinite_count(lc.model->param_data() + s.offset, long(s.numel)) > 0)
             throw Error("checkpoint " + path + ": tensor model." + s.name + " holds a non-finite value");
-    const TensorRef& tk = f.get("tokenizer");
     if (tk.dtype != "U8") throw Error("checkpoint " + path + ": tensor tokenizer must be U8");
     lc.tok = std::make_unique<Tokenizer>(
         Tokenizer::from_bytes(std::string((const char*)tk.data, tk.nbytes), "checkpoint " + path));

@@ -2,6 +2,9 @@
 // tokenizer and, in its metadata, the run config, the step, the sampler position and the RNG state.
 // One file written atomically (temp file, fsync, rename) means a checkpoint is either the old one or
 // the new one, never a mix. config.json and tokenizer.model are written beside it for convenience.
+// The metadata also holds "checksums", the XXH3-64 digest of every tensor's bytes (format
+// "strata-checkpoint-2"); loading verifies each tensor it reads, so a flipped or zeroed byte is an
+// error naming the tensor. Format-1 files (no checksums) still load, with a note that they are unverified.
 #pragma once
 #include <memory>
 #include <string>
@@ -37,8 +40,9 @@ struct LoadedCheckpoint {
 };
 
 // `path` is a checkpoint file or a run directory holding checkpoint.safetensors. Every problem (a
-// missing or corrupt file, a tensor missing or of the wrong shape, bad metadata) is an Error that
-// names the file.
+// missing or corrupt file, a tensor missing, of the wrong shape or failing its checksum, bad
+// metadata) is an Error that names the file. weights_only verifies and reads the model's tensors
+// and the tokenizer, not the AdamW moments.
 // The model is built on `device`'s backend.
 LoadedCheckpoint load_checkpoint(const std::string& path, bool weights_only = false, Device device = Device::cpu);
 

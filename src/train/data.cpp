@@ -389,7 +389,7 @@ PreparedData prepare_data(const std::vector<std::string>& files, const Tokenizer
 
     std::vector<InputStat> stats;
     for (const auto& f : files) stats.push_back(stat_input(f));
-    const std::string tok_hash = hex64(hash_bytes(tok.to_bytes()));
+    const std::string tok_hash = prepared_tokenizer_hash(tok);
     if (up_to_date(meta_path, files, stats, tok_hash, tok.vocab_size(), val_fraction, result)) {
         result.reused = true;
         return result;
@@ -433,6 +433,35 @@ PreparedData prepare_data(const std::vector<std::string>& files, const Tokenizer
     result.n_train = n_train;
     result.n_val = n_val;
     return result;
+}
+
+std::string prepared_tokenizer_hash(const Tokenizer& tok) { return hex64(hash_bytes(tok.to_bytes())); }
+
+void check_prepared_with(const std::string& data_dir, const TokenShard& shard, const Tokenizer& tok,
+                         const std::string& ckpt, const std::string& other_way) {
+    const std::string meta_path = (fs::path(data_dir) / "meta.json").string();
+    const bool is_val = fs::path(shard.path()).filename() == "val.bin";
+    const std::string fix = "; re-run strata train with this run's config to re-prepare it" + other_way;
+    std::string recorded_hash;
+    size_t recorded_n = 0;
+    try {
+        const nlohmann::json meta = nlohmann::json::parse(read_file(meta_path));
+        if (meta.at("format").get<int>() != kPrepareFormat) throw std::invalid_argument("format");
+        recorded_hash = meta.at("tokenizer_hash").get<std::string>();
+        recorded_n = meta.at(is_val ? "n_val" : "n_train").get<size_t>();
+    } catch (const std::exception&) {
+        std::error_code ec;
+        const std::string what = fs::exists(meta_path, ec) ? " is corrupt" : " is missing";
+        throw Error(shard.path() + " cannot be checked against checkpoint " + ckpt + ": " + meta_path + what +
+                    " (it records the tokenizer the data was made with)" + fix);
+    }
+    if (recorded_hash != prepared_tokenizer_hash(tok))
+        throw Error(shard.path() + " was made with a different tokenizer than checkpoint " + ckpt +
+                    " (the data dir was re-prepared by another run?)" + fix);
+    if (recorded_n != shard.size())
+        throw Error(shard.path() + " holds " + std::to_string(shard.size()) + " tokens but " + meta_path +
+                    " records " + std::to_string(recorded_n) + " (the data dir was changed after it was prepared?)" +
+                    fix);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -76,6 +76,18 @@ struct PreparedData {
 PreparedData prepare_data(const std::vector<std::string>& files, const Tokenizer& tok, const std::string& out_dir,
                           double val_fraction = 0.05);
 
+// The tokenizer hash prepare_data records in meta.json ("tokenizer_hash", 16 hex digits).
+std::string prepared_tokenizer_hash(const Tokenizer& tok);
+
+// Throws Error unless data_dir/meta.json records that the shard `shard` (data_dir/val.bin or
+// data_dir/train.bin) was made with `tok` and still holds the tokens recorded: a data dir that another
+// run re-prepared with its own tokenizer would otherwise be scored as if it were this one's.
+// `ckpt` names the checkpoint `tok` came from, for the message, and `other_way` (e.g. ", or pass
+// --text FILE ...") is appended to its advice; a missing or unreadable meta.json is refused the same
+// way (nothing then says what made the shard).
+void check_prepared_with(const std::string& data_dir, const TokenShard& shard, const Tokenizer& tok,
+                         const std::string& ckpt, const std::string& other_way = "");
+
 // Random training windows. Batch k, row b starts at hash(seed, k·B + b) mod (n − T), so batches are
 // reproducible and the whole sampler state is the batch counter k (save it with position(), restore
 // it with set_position()). x holds B×T inputs, y the next-token targets, both row-major.

@@ -67,5 +67,5 @@ def test_no_skip_and_bad_arguments(runs, tmp_path):
     assert p.returncode == 1 and "--json-out" in p.stderr, p.stderr
     p = run("diagnose", "--ckpt", tmp_path / "nothing", check=False)
     assert p.returncode == 1 and "nothing" in p.stderr, p.stderr
-    p = run("diagnose", "--ckpt", runs["standard"], "--batches", "0", check=False)
+    p = run("diagnose", "--ckpt", runs["standard"], "--batches", "-1", check=False)
     assert p.returncode != 0 and "--batches" in p.stderr, p.stderr

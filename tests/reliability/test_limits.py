@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from clihelp import BIN, TINY_MODEL, run, small_corpus
+from clihelp import BIN, TINY_MODEL, run, small_corpus, xxh3_64
 
 
 @pytest.fixture(scope="module")
@@ -306,12 +306,16 @@ def test_run_dir_config_and_tokenizer_copies_are_never_read(tiny, tmp_path):
 
 
 def test_shard_from_a_larger_vocabulary(tiny, tmp_path):
-    _, _, run_dir = tiny
+    d, _, run_dir = tiny
     data = tmp_path / "data"
     data.mkdir()
     toks = [(i * 37) % 1000 for i in range(5000)]
     (data / "val.bin").write_bytes(b"STRTOKS1" + struct.pack("<IIQII", 1, 1000, len(toks), 2, 0) +
                                    struct.pack(f"<{len(toks)}H", *toks))
+    # its meta.json claims the run's tokenizer, so what stops it is the shard's own vocabulary
+    meta = json.loads((d / "data" / "meta.json").read_text())
+    meta["n_val"] = len(toks)
+    (data / "meta.json").write_text(json.dumps(meta))
     fails("eval", "--ckpt", run_dir, "--data-dir", data, mention=[data / "val.bin", "1000-token vocabulary"])
 
 
@@ -338,6 +342,10 @@ def rewrite(src, dst, meta=None, config=None, patch=None):
         name, fn = patch
         a, b = header[name]["data_offsets"]
         data[a:b] = fn(bytes(data[a:b]))
+        if "checksums" in md:  # a consistent file: what is tested is the tensor's content, not its checksum
+            sums = json.loads(md["checksums"])
+            sums[name] = xxh3_64(data[a:b])
+            md["checksums"] = json.dumps(sums)
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
     dst.mkdir(parents=True, exist_ok=True)
@@ -358,6 +366,9 @@ def rewrite(src, dst, meta=None, config=None, patch=None):
     ({"format": None}, "is not a strata checkpoint"),
     ({"config": None}, "lacks its config"),
     ({"config": "{"}, "has a corrupt config"),
+    ({"checksums": None}, "lacks the metadata field \"checksums\""),
+    ({"checksums": "[1, 2]"}, "has a corrupt \"checksums\" field"),
+    ({"checksums": "{}"}, "has no checksum"),
 ])
 def test_checkpoint_metadata_limits(tiny, tmp_path, meta, mention):
     _, _, run_dir = tiny
@@ -525,15 +536,9 @@ def test_generate_seed_out_of_range_is_rejected(tiny, seed):
 
 
 def test_checkpoint_with_non_finite_weights_is_refused(tiny, tmp_path):
-    import struct
     _, _, run_dir = tiny
-    raw = bytearray((run_dir / "checkpoint.safetensors").read_bytes())
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8 : 8 + n])
-    begin = header["model.final_norm"]["data_offsets"][0]
-    raw[8 + n + begin : 8 + n + begin + 4] = struct.pack("<f", float("nan"))
-    bad = tmp_path / "nan.safetensors"
-    bad.write_bytes(bytes(raw))
+    # a whole file (its checksums recomputed by rewrite) whose weights are not finite
+    bad = rewrite(run_dir, tmp_path / "nan", patch=("model.final_norm", lambda b: struct.pack("<f", float("nan")) + b[4:]))
     fails("eval", "--ckpt", bad, mention=[str(bad), "model.final_norm", "non-finite"])
     fails("generate", "--ckpt", bad, "--prompt", "The", mention=[str(bad), "non-finite"])
 
