@@ -451,11 +451,11 @@ def test_generate_flags_at_their_limits(tiny):
 
 def test_prompt_length_limit_is_max_seq_len_minus_one(tiny):
     # \x01 is not in the corpus: byte fallback makes it one token. With the leading end-of-text token,
-    # 62 of them fill 63 of the 64 positions (generation then goes on past the context); 63 do not fit.
+    # 63 of them fill the 64 positions (generation then goes on past the context); 64 do not fit.
     _, _, run_dir = tiny
-    p = run("generate", "--ckpt", run_dir, "--prompt", "\x01" * 62, "-n", "5", "-t", "0")
-    assert "prefill 63 tokens" in p.stderr and "capped" not in p.stderr
-    fails("generate", "--ckpt", run_dir, "--prompt", "\x01" * 63, "-n", "5", mention=["64 tokens", "max_seq_len 64"])
+    p = run("generate", "--ckpt", run_dir, "--prompt", "\x01" * 63, "-n", "5", "-t", "0")
+    assert "prefill 64 tokens" in p.stderr and "capped" not in p.stderr
+    fails("generate", "--ckpt", run_dir, "--prompt", "\x01" * 64, "-n", "5", mention=["65 tokens", "max_seq_len 64"])
 
 
 @pytest.mark.parametrize("flags,mention", [
