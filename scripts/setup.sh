@@ -12,6 +12,7 @@ pkgs=(
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev libcli11-dev libgtest-dev libxxhash-dev
   python3 python3-dev python3-numpy pybind11-dev
+  python3-matplotlib  # strata plot
   bible-kjv fortunes dict-devil
 )
 if [ "$what" != main ]; then

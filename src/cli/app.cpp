@@ -50,6 +50,7 @@ int run_main(int argc, char** argv, bool dry) {
     add_eval_command(app);
     add_bench_command(app);
     add_diagnose_command(app);
+    add_plot_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -1,50 +1,117 @@
-// strata generate: sample text from a checkpoint with the KV cache, streaming to stdout.
+// strata generate: sample text from a checkpoint with the KV cache, streaming to stdout. Past the
+// model's context the last max_seq_len/2 tokens are prefilled again and sampling goes on (see
+// infer/generate.h). stdout carries only the text; the timing line goes to stderr.
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "cli/commands.h"
 #include "core/error.h"
 #include "infer/generate.h"
 #include "train/checkpoint.h"
+#include "train/tokenizer.h"
 #include "train/trainer.h"
 
 namespace strata::cli {
 
 namespace {
-// Prints the text of a growing token sequence as it grows. Decoding the whole sequence each time and
-// printing only the new suffix keeps multi-token characters (byte fallback) intact: a trailing
-// incomplete character decodes to U+FFFD and is held back until it completes.
+// Prints the continuation of a prompt as it grows. Decoding the whole sequence (prompt included, so
+// word boundaries come out right) each time and printing only the new suffix keeps multi-token
+// characters (byte fallback) intact: a trailing incomplete character decodes to U+FFFD and is held
+// back until it completes. With stop strings, text that could be the start of one is held back too;
+// once the continuation contains one, the text before it is printed and push() returns false.
 struct StreamPrinter {
     const Tokenizer& tok;
-    std::vector<int32_t> ids;
-    size_t printed = 0;
-    void push(int32_t id) {
-        ids.push_back(id);
-        std::string s = tok.decode(ids);
-        size_t end = s.size();
-        static const std::string repl = "\xEF\xBF\xBD";
-        while (end >= printed + 3 && s.compare(end - 3, 3, repl) == 0) end -= 3;
+    const std::vector<std::string>& stops;
+    std::vector<int32_t> ids;  // the prompt (without the leading end-of-text token) and the new tokens
+    size_t base = 0;           // bytes of the decoded prompt
+    size_t printed = 0;        // bytes of the continuation printed so far
+    std::string gen;           // the decoded continuation, complete characters only
+
+    StreamPrinter(const Tokenizer& t, const std::vector<std::string>& s, std::vector<int32_t> prompt)
+        : tok(t), stops(s), ids(std::move(prompt)), base(tok.decode(ids).size()) {}
+
+    void emit(size_t end) {
         if (end > printed) {
-            std::fwrite(s.data() + printed, 1, end - printed, stdout);
+            std::fwrite(gen.data() + printed, 1, end - printed, stdout);
             std::fflush(stdout);
             printed = end;
         }
     }
+    bool push(int32_t id) {
+        ids.push_back(id);
+        std::string s = tok.decode(ids);
+        size_t end = s.size();
+        static const std::string repl = "\xEF\xBF\xBD";
+        while (end >= base + 3 && s.compare(end - 3, 3, repl) == 0) end -= 3;
+        gen = end > base ? s.substr(base, end - base) : std::string();
+        size_t hit = std::string::npos;
+        for (const std::string& st : stops) hit = std::min(hit, gen.find(st));
+        if (hit != std::string::npos) {
+            emit(hit);
+            return false;
+        }
+        // hold back the longest tail of the text that begins some stop string
+        size_t hold = 0;
+        for (const std::string& st : stops)
+            for (size_t k = std::min(st.size() - 1, gen.size()); k > hold; k--)
+                if (gen.compare(gen.size() - k, k, st, 0, k) == 0) {
+                    hold = k;
+                    break;
+                }
+        if (gen.size() - hold > printed) emit(gen.size() - hold);
+        return true;
+    }
+    void finish() { emit(gen.size()); }  // the sample ended without a stop string: print what was held
 };
+
+// The prompt text of --prompt-file: a file, or standard input for "-". Errors name the flag and file.
+std::string read_prompt_file(const std::string& path) {
+    std::string text;
+    if (path == "-") {
+        char buf[65536];
+        size_t n;
+        while ((n = std::fread(buf, 1, sizeof buf, stdin)) > 0) text.append(buf, n);
+        if (std::ferror(stdin)) throw Error("--prompt-file -: cannot read standard input (" + std::string(std::strerror(errno)) + ")");
+    } else {
+        try {
+            text = read_file(path);
+        } catch (const Error& e) {
+            throw Error("--prompt-file " + path + ": " + e.what());
+        }
+    }
+    size_t bad = find_invalid_utf8(text);
+    if (bad != std::string::npos)
+        throw Error("--prompt-file " + (path == "-" ? std::string("- (standard input)") : path) +
+                    ": not UTF-8 text (invalid UTF-8 at byte offset " + std::to_string(bad) + ")");
+    return text;
+}
 }  // namespace
 
 void add_generate_command(CLI::App& app) {
     auto* cmd = app.add_subcommand("generate", "generate text from a checkpoint");
     struct Opts {
-        std::string ckpt = "runs/default", prompt;
+        std::string ckpt = "runs/default", prompt, prompt_file;
+        std::vector<std::string> stops;
+        long num_samples = 1;
         SampleOptions s;
         int threads = 2;
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory")->capture_default_str();
-    cmd->add_option("-p,--prompt", o->prompt, "text to continue (empty: start a new document)");
-    cmd->add_option("-n,--max-tokens", o->s.max_tokens, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+    auto* prompt = cmd->add_option("-p,--prompt", o->prompt, "text to continue (empty: start a new document)");
+    cmd->add_option("--prompt-file", o->prompt_file, "read the prompt from this file (- = standard input), byte for byte")
+        ->excludes(prompt);
+    cmd->add_option("-n,--max-tokens", o->s.max_tokens, "tokens to generate per sample (past the context the last half is kept)")
+        ->capture_default_str()->check(CLI::PositiveNumber);
+    cmd->add_option("--num-samples", o->num_samples, "samples to draw; sample i uses seed + i; a line --- separates them")
+        ->capture_default_str()->check(CLI::Range(1L, 1000000L));
+    cmd->add_option("--stop", o->stops, "end a sample when its text contains this string (not printed); repeatable")
+        ->check(CLI::Validator([](std::string& v) { return v.empty() ? std::string("must not be empty") : std::string(); },
+                               "TEXT"));
     cmd->add_option("-t,--temperature", o->s.temperature, "sampling temperature, 0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
     cmd->add_option("--top-k", o->s.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str()->check(CLI::NonNegativeNumber);
     cmd->add_option("--top-p", o->s.top_p, "nucleus sampling mass in (0, 1]")->capture_default_str()->check(CLI::Range(1e-9, 1.0));
@@ -60,31 +127,46 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
     cmd->callback([o] {
         if (dry_run()) return;
+        for (const std::string& st : o->stops)
+            if (find_invalid_utf8(st) != std::string::npos) throw Error("--stop: the string is not valid UTF-8");
+        const std::string text = o->prompt_file.empty() ? o->prompt : read_prompt_file(o->prompt_file);
         set_threads(o->threads);
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
-        std::vector<int32_t> prompt = lc.tok->encode(o->prompt);
+        std::vector<int32_t> prompt = lc.tok->encode(text);
         prompt.insert(prompt.begin(), lc.tok->eos_id());  // documents are separated by eos in training
+        const int max_T = lc.model->cfg.max_seq_len;
+        if (long(prompt.size()) > max_T)
+            throw Error("the prompt is " + std::to_string(prompt.size()) + " tokens, longer than the model's max_seq_len " +
+                        std::to_string(max_T));
         SampleOptions s = o->s;
         s.stop_token = lc.tok->eos_id();
-        const long room = lc.model->cfg.max_seq_len - long(prompt.size());
-        if (room <= 0)
-            throw Error("the prompt is " + std::to_string(prompt.size()) + " tokens, longer than the model's max_seq_len " +
-                        std::to_string(lc.model->cfg.max_seq_len));
-        if (s.max_tokens > room) {
-            std::fprintf(stderr, "note: max-tokens capped at %ld by the model's max_seq_len %d\n", room,
-                         lc.model->cfg.max_seq_len);
-            s.max_tokens = room;
+        long generated = 0, crops = 0;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (long i = 0; i < o->num_samples; i++) {
+            if (i > 0) std::fputs("---\n", stdout);
+            s.seed = o->s.seed + uint64_t(i);  // wraps modulo 2^64
+            std::fwrite(text.data(), 1, text.size(), stdout);
+            StreamPrinter sp(*lc.tok, o->stops, std::vector<int32_t>(prompt.begin() + 1, prompt.end()));
+            bool stopped = false;
+            GenerateStats st;
+            std::vector<int32_t> out = generate(*lc.model, prompt, s, [&](int32_t t) {
+                if (t == s.stop_token) return true;  // generate() ends after it
+                stopped = !sp.push(t);
+                return !stopped;
+            }, &st);
+            if (!stopped) sp.finish();
+            std::fputs("\n", stdout);
+            std::fflush(stdout);
+            generated += long(out.size());
+            crops += st.crops;
         }
-        std::fwrite(o->prompt.data(), 1, o->prompt.size(), stdout);
-        StreamPrinter sp{*lc.tok, {}, 0};
-        // decode continuation tokens together with the prompt so word boundaries come out right
-        std::vector<int32_t> ctx(prompt.begin() + 1, prompt.end());
-        sp.ids = ctx;
-        sp.printed = lc.tok->decode(ctx).size();
-        generate(*lc.model, prompt, s, [&](int32_t t) {
-            if (t != s.stop_token) sp.push(t);
-        });
-        std::printf("\n");
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::string extra;
+        if (o->num_samples > 1) extra += ", " + std::to_string(o->num_samples) + " samples";
+        if (crops > 0) extra += ", " + std::to_string(crops) + " context crop" + (crops > 1 ? "s" : "");
+        std::fprintf(stderr, "generated %ld tokens in %.2f s (%.0f tokens/s; prefill %zu tokens%s%s)\n", generated, secs,
+                     secs > 0 ? double(generated) / secs : 0.0, prompt.size(), o->num_samples > 1 ? " each" : "",
+                     extra.c_str());
     });
 }
 

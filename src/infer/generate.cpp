@@ -48,7 +48,7 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& o, Rng& rn
 }
 
 std::vector<int32_t> generate(Model<float>& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
-                              const std::function<void(int32_t)>& on_token) {
+                              const std::function<bool(int32_t)>& on_token, GenerateStats* stats) {
     if (prompt.empty()) throw Error("generate: the prompt must hold at least one token");
     if (o.max_tokens < 0) throw Error("generate: max_tokens must not be negative");
     if (!(o.temperature >= 0)) throw Error("generate: temperature must not be negative");
@@ -58,27 +58,35 @@ std::vector<int32_t> generate(Model<float>& model, const std::vector<int32_t>& p
     if (long(prompt.size()) > max_T)
         throw Error("the prompt is " + std::to_string(prompt.size()) + " tokens, longer than the model's max_seq_len " +
                     std::to_string(max_T));
-    if (long(prompt.size()) + o.max_tokens > max_T)
-        throw Error("prompt (" + std::to_string(prompt.size()) + " tokens) + max_tokens (" +
-                    std::to_string(o.max_tokens) + ") exceeds the model's max_seq_len " + std::to_string(max_T));
+    const long keep = std::max(1L, max_T / 2);  // the window prefilled again when the context is full
     const int V = model.cfg.vocab_size;
+    GenerateStats st;
     KVCache<float> cache;
-    model.init_cache(cache, 1, long(prompt.size()) + o.max_tokens);
+    model.init_cache(cache, 1, std::min(max_T, long(prompt.size()) + o.max_tokens));
     Rng rng(o.seed);
     std::vector<std::pair<float, int32_t>> scratch;
-    std::vector<int32_t> out;
+    std::vector<int32_t> out, ctx = prompt;  // ctx: every token so far, the prompt's included
     model.forward_cached(prompt.data(), 1, long(prompt.size()), cache);
+    st.prefill_tokens = long(prompt.size());
     std::vector<float> logits(static_cast<size_t>(V));  // the last position's logits, on the host
     model.logits_to_host(logits.data(), long(prompt.size()) - 1, 1);
-    const float* last = logits.data();
     for (long i = 0; i < o.max_tokens; i++) {
-        int32_t tok = sample_token(last, V, o, rng, scratch);
+        int32_t tok = sample_token(logits.data(), V, o, rng, scratch);
         out.push_back(tok);
-        if (on_token) on_token(tok);
+        ctx.push_back(tok);
+        if (on_token && !on_token(tok)) break;
         if (tok == o.stop_token || i + 1 == o.max_tokens) break;
-        model.forward_cached(&tok, 1, 1, cache);
-        model.logits_to_host(logits.data(), 0, 1);
+        if (cache.len < cache.max_T) {
+            model.forward_cached(&tok, 1, 1, cache);
+            model.logits_to_host(logits.data(), 0, 1);
+        } else {  // the context is full: start a fresh cache on its last `keep` tokens
+            cache.len = 0;
+            model.forward_cached(ctx.data() + (ctx.size() - size_t(keep)), 1, keep, cache);
+            model.logits_to_host(logits.data(), keep - 1, 1);
+            st.crops++;
+        }
     }
+    if (stats) *stats = st;
     return out;
 }
 

@@ -23,11 +23,19 @@ struct SampleOptions {
 int32_t sample_token(const float* logits, int V, const SampleOptions& o, Rng& rng,
                      std::vector<std::pair<float, int32_t>>& scratch);
 
+// What generate() did besides sampling: the prompt's prefill and the re-prefills after a full context.
+struct GenerateStats {
+    long prefill_tokens = 0;  // tokens of the first prefill (the prompt)
+    long crops = 0;           // times the context was full and its last half was prefilled again
+};
+
 // Runs the prompt through the model once (prefill), then one token at a time from the KV cache.
-// on_token is called with each new token as soon as it is chosen. Returns the new tokens. The prompt
-// plus max_tokens must fit in the model's max_seq_len (an Error otherwise); the prompt must not be
-// empty.
+// on_token is called with each new token as soon as it is chosen; returning false ends the
+// generation there. Returns the new tokens. The prompt must hold 1 … max_seq_len tokens (an Error
+// otherwise). When the context (prompt + generated tokens) fills max_seq_len, the cache is emptied
+// and the last max(1, max_seq_len / 2) tokens are prefilled again, from position 0, and generation
+// goes on: each token is sampled from a full forward over the window since the last crop.
 std::vector<int32_t> generate(Model<float>& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
-                              const std::function<void(int32_t)>& on_token = {});
+                              const std::function<bool(int32_t)>& on_token = {}, GenerateStats* stats = nullptr);
 
 }  // namespace strata

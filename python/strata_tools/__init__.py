@@ -1,0 +1,1 @@
+"""Tools around strata runs that need Python: plotting of training curves (plot)."""
