@@ -99,6 +99,7 @@ def test_weights_change_the_batches(mix, tmp_path):
     ('[{"path": 5}]', ["train.corpus[0]", '"path" must be a string']),
     ('["A"]', ["train.corpus[0]", "expected a JSON object"]),
     ('{"path": "A"}', ['"corpus" must be a string or a list']),
+    (json.dumps([{"path": f"s{i}.txt"} for i in range(257)]), ["train.corpus lists 257 sources; at most 256"]),
 ])
 def test_bad_corpus_lists_are_refused_naming_the_entry(tmp_path, corpus, needles):
     corpus = corpus.replace('"A"', json.dumps(str(tmp_path / "a.txt"))).replace('"B"', json.dumps(str(tmp_path / "b.txt")))
