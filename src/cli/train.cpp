@@ -62,6 +62,8 @@ void add_train_command(CLI::App& app) {
             std::printf("trained %ld steps (%ld → %ld): train loss %.4f, validation loss %.4f, perplexity %s\n",
                         r.steps_run(), r.start_step, r.step, r.train_loss, r.val_loss, perplexity(r.val_loss).c_str());
         }
+        for (const auto& [name, loss] : r.val_loss_by_corpus)
+            std::printf("  validation loss on %s: %.4f, perplexity %s\n", name.c_str(), loss, perplexity(loss).c_str());
         if (r.diverged)
             std::printf("warning: the loss diverged at step %ld (above %.4g for %ld logged steps); lower train.lr\n",
                         r.diverged_at, r.divergence_threshold, kDivergenceLogs);

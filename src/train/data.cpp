@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -342,10 +343,11 @@ bool up_to_date(const std::string& meta_path, const std::vector<std::string>& fi
         if (!inputs.is_array() || inputs.size() != files.size()) return false;
         for (size_t i = 0; i < files.size(); i++) {
             const auto& in = inputs[i];
-            if (in.at("path").get<std::string>() != files[i]) return false;
             if (in.at("size").get<uint64_t>() != stats[i].size) return false;
-            // A different mtime alone (a copy, a touch) is not a change if the content is the same.
-            if (in.at("mtime_ns").get<int64_t>() != stats[i].mtime_ns &&
+            // The inputs are known by their content: the same path with the same mtime is taken as
+            // unchanged without reading it; another spelling of the path, a copy or a touched file is
+            // the same input when its content hash matches.
+            if ((in.at("path").get<std::string>() != files[i] || in.at("mtime_ns").get<int64_t>() != stats[i].mtime_ns) &&
                 in.at("hash").get<std::string>() != hex64(hash_bytes(read_file(files[i]))))
                 return false;
         }
@@ -464,6 +466,8 @@ void check_prepared_with(const std::string& data_dir, const TokenShard& shard, c
                     fix);
 }
 
+std::string content_hash(std::string_view bytes) { return hex64(hash_bytes(bytes)); }
+
 // ---------------------------------------------------------------------------------------------
 // Batching
 
@@ -485,6 +489,57 @@ void BatchSampler::next(int32_t* x, int32_t* y) {
         const size_t off = offset(k_, b);
         shard_->copy(off, T, x + b * T);
         shard_->copy(off + 1, T, y + b * T);
+    }
+    k_++;
+}
+
+MixtureSampler::MixtureSampler(std::vector<const TokenShard*> shards, const std::vector<double>& weights, int B,
+                               int T, uint64_t seed)
+    : shards_(std::move(shards)),
+      B_(B),
+      T_(T),
+      key_(splitmix64(seed ^ 0x5354524154414253ull)),  // BatchSampler's key: the same windows
+      source_key_(splitmix64(seed ^ 0x4D49585455524553ull)) {
+    if (shards_.empty()) throw Error("a corpus mixture needs at least one source");
+    if (weights.size() != shards_.size())
+        throw Error("a corpus mixture of " + std::to_string(shards_.size()) + " sources was given " +
+                    std::to_string(weights.size()) + " weights");
+    if (B <= 0 || T <= 0)
+        throw Error("batch shape B=" + std::to_string(B) + ", T=" + std::to_string(T) + " must be positive");
+    double sum = 0;
+    for (size_t i = 0; i < weights.size(); i++) {
+        if (!(std::isfinite(weights[i]) && weights[i] > 0))
+            throw Error("corpus source " + std::to_string(i) + " has weight " + std::to_string(weights[i]) +
+                        "; weights must be positive and finite");
+        sum += weights[i];
+    }
+    if (!std::isfinite(sum)) throw Error("the corpus mixture's weights must have a finite sum");
+    double acc = 0;
+    for (double w : weights) cumulative_.push_back(acc += w / sum);
+    cumulative_.back() = 1.0;
+    for (const TokenShard* s : shards_)
+        if (s->size() < static_cast<size_t>(T) + 1) throw Error(row_error(*s, T));
+}
+
+size_t MixtureSampler::source(uint64_t k, int b) const {
+    if (shards_.size() == 1) return 0;
+    const uint64_t h = splitmix64(source_key_ + k * static_cast<uint64_t>(B_) + static_cast<uint64_t>(b));
+    const double u = static_cast<double>(h >> 11) * 0x1.0p-53;  // uniform in [0, 1), exact in a double
+    return static_cast<size_t>(std::upper_bound(cumulative_.begin(), cumulative_.end(), u) - cumulative_.begin());
+}
+
+uint64_t MixtureSampler::offset(uint64_t k, int b) const {
+    const uint64_t starts = shards_[source(k, b)]->size() - static_cast<uint64_t>(T_);
+    return splitmix64(key_ + k * static_cast<uint64_t>(B_) + static_cast<uint64_t>(b)) % starts;
+}
+
+void MixtureSampler::next(int32_t* x, int32_t* y) {
+    const size_t T = static_cast<size_t>(T_);
+    for (int b = 0; b < B_; b++) {
+        const TokenShard& shard = *shards_[source(k_, b)];
+        const size_t off = offset(k_, b);
+        shard.copy(off, T, x + b * T);
+        shard.copy(off + 1, T, y + b * T);
     }
     k_++;
 }

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "train/tokenizer.h"
@@ -88,6 +89,10 @@ std::string prepared_tokenizer_hash(const Tokenizer& tok);
 void check_prepared_with(const std::string& data_dir, const TokenShard& shard, const Tokenizer& tok,
                          const std::string& ckpt, const std::string& other_way = "");
 
+// The content hash prepare_data records for each input in meta.json (16 hex digits; fast and
+// non-cryptographic: it tells whether an input changed, nothing more).
+std::string content_hash(std::string_view bytes);
+
 // Random training windows. Batch k, row b starts at hash(seed, k·B + b) mod (n − T), so batches are
 // reproducible and the whole sampler state is the batch counter k (save it with position(), restore
 // it with set_position()). x holds B×T inputs, y the next-token targets, both row-major.
@@ -105,6 +110,33 @@ private:
     const TokenShard* shard_;
     int B_, T_;
     uint64_t key_;
+    uint64_t k_ = 0;
+};
+
+// Random training windows from several shards, mixed by weight. Row b of batch k takes its source
+// from a second hash of (seed, k·B + b), a uniform number in [0, 1) compared with the cumulative
+// normalised weights, and its window within that source's shard exactly as BatchSampler places it
+// (the same row hash, modulo that shard's n − T). With one shard no source is drawn and the batches
+// are BatchSampler's, bit for bit. The whole state is still the batch counter k.
+class MixtureSampler {
+public:
+    // Throws Error for no shards, a weight count that differs from the shard count, a weight that is
+    // not positive and finite, and (as BatchSampler) a shard shorter than T+1 tokens. The shards must
+    // outlive the sampler.
+    MixtureSampler(std::vector<const TokenShard*> shards, const std::vector<double>& weights, int B, int T,
+                   uint64_t seed);
+    void next(int32_t* x, int32_t* y);
+    uint64_t position() const { return k_; }
+    void set_position(uint64_t k) { k_ = k; }
+    size_t num_sources() const { return shards_.size(); }
+    size_t source(uint64_t k, int b) const;    // the shard row b of batch k is drawn from
+    uint64_t offset(uint64_t k, int b) const;  // its start within that shard
+
+private:
+    std::vector<const TokenShard*> shards_;
+    std::vector<double> cumulative_;  // cumulative normalised weights; the last is exactly 1
+    int B_, T_;
+    uint64_t key_, source_key_;
     uint64_t k_ = 0;
 };
 

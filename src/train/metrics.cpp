@@ -94,6 +94,20 @@ void MetricsLog::val(long step, double val_loss, bool final) {
     line(buf);
 }
 
+void MetricsLog::val_by_corpus(long step, double val_loss, const std::vector<std::pair<std::string, double>>& by_corpus,
+                               bool final) {
+    if (by_corpus.empty()) return val(step, val_loss, final);
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "{\"step\": %ld, \"val_loss\": %.17g, \"val_loss_by_corpus\": {", step, val_loss);
+    std::string text = buf;
+    for (size_t i = 0; i < by_corpus.size(); i++) {
+        std::snprintf(buf, sizeof buf, ": %.17g", by_corpus[i].second);
+        text += (i ? ", " : "") + nlohmann::json(by_corpus[i].first).dump() + buf;
+    }
+    std::snprintf(buf, sizeof buf, "}, \"time\": %.3f%s}", unix_time(), final ? ", \"final\": true" : "");
+    line(text + buf);
+}
+
 void MetricsLog::skipped(long step, const std::string& where) {
     line("{\"step\": " + std::to_string(step) + ", \"skipped\": true, \"nonfinite\": " + nlohmann::json(where).dump() +
          "}");

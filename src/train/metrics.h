@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -35,6 +36,10 @@ public:
     };
     void step(const Step& s);
     void val(long step, double val_loss, bool final = false);
+    // A mixture's validation line: val's fields plus "val_loss_by_corpus", each source's loss keyed by
+    // its path (val_loss being their weight-averaged mean); exactly val's line when by_corpus is empty.
+    void val_by_corpus(long step, double val_loss, const std::vector<std::pair<std::string, double>>& by_corpus,
+                       bool final = false);
     void skipped(long step, const std::string& where);
 
 private:

@@ -16,6 +16,69 @@
 
 namespace strata {
 
+// A train.corpus list: 1 … kMaxCorpusSources entries, each a non-empty path without NUL and a
+// positive finite weight, no path twice (compared as absolute, normalised paths).
+static void validate_corpora(const std::string& o, const std::vector<CorpusSource>& list) {
+    if (list.size() > kMaxCorpusSources)
+        throw Error(o + ": train.corpus lists " + std::to_string(list.size()) + " sources; at most " +
+                    std::to_string(kMaxCorpusSources) + " are allowed");
+    std::vector<std::string> seen;
+    double sum = 0;
+    for (size_t i = 0; i < list.size(); i++) {
+        const std::string at = o + ": train.corpus[" + std::to_string(i) + "]";
+        const CorpusSource& s = list[i];
+        if (s.path.empty()) throw Error(at + ".path must name a file or folder");
+        if (s.path.find('\0') != std::string::npos) throw Error(at + ".path contains a NUL character");
+        if (!(std::isfinite(s.weight) && s.weight > 0))
+            throw Error(at + ".weight must be a positive finite number, got " + std::to_string(s.weight));
+        sum += s.weight;
+        std::error_code ec;
+        std::filesystem::path p = std::filesystem::absolute(s.path, ec);
+        if (ec) p = s.path;
+        p = p.lexically_normal();
+        if (p.has_relative_path() && p.filename().empty()) p = p.parent_path();  // "dir/" is "dir"
+        for (size_t j = 0; j < seen.size(); j++)
+            if (seen[j] == p.string())
+                throw Error(at + ": " + s.path + " is the same path as train.corpus[" + std::to_string(j) +
+                            "] (" + list[j].path + "); list each source once");
+        seen.push_back(p.string());
+    }
+    if (!std::isfinite(sum)) throw Error(o + ": train.corpus weights must have a finite sum");
+}
+
+// train.corpus: one string (a file or folder), or a list of {"path": ..., "weight": ...} objects
+// (weight defaults to 1). The list is checked by validate_corpora.
+static void read_corpus(const nlohmann::json& v, const std::string& origin, TrainConfig& c) {
+    if (v.is_string()) {
+        c.corpus = v.get<std::string>();
+        c.corpora.clear();
+        return;
+    }
+    if (!v.is_array())
+        throw Error(origin + " [train]: \"corpus\" must be a string or a list of {\"path\", \"weight\"} objects, "
+                    "got " + v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    if (v.empty()) throw Error(origin + ": train.corpus must list at least one {\"path\", \"weight\"} entry");
+    c.corpus.clear();
+    c.corpora.clear();
+    for (size_t i = 0; i < v.size(); i++) {
+        const std::string at = origin + " [train.corpus[" + std::to_string(i) + "]]";
+        JsonFields f(v[i], at);
+        CorpusSource s;
+        f.get("path", s.path);
+        f.get("weight", s.weight);
+        f.finish();
+        if (!v[i].contains("path")) throw Error(at + ": \"path\" is missing");
+        c.corpora.push_back(s);
+    }
+}
+
+static nlohmann::json corpus_json(const TrainConfig& c) {
+    if (c.corpora.empty()) return c.corpus;
+    nlohmann::json list = nlohmann::json::array();
+    for (const CorpusSource& s : c.corpora) list.push_back({{"path", s.path}, {"weight", s.weight}});
+    return list;
+}
+
 void TrainConfig::validate(const std::string& o) const {
     auto pos = [&](const char* name, double v, double max) {
         if (!(v > 0)) throw Error(o + ": train." + name + " must be positive, got " + std::to_string(v));
@@ -63,7 +126,8 @@ void TrainConfig::validate(const std::string& o) const {
     if (init_optimizer && init_from.empty())
         throw Error(o + ": train.init_optimizer needs train.init_from (the checkpoint whose AdamW state to take)");
     if (init_from.find('\0') != std::string::npos) throw Error(o + ": train.init_from contains a NUL character");
-    if (corpus.empty()) throw Error(o + ": train.corpus must name a file or folder");
+    if (corpora.empty() && corpus.empty()) throw Error(o + ": train.corpus must name a file or folder");
+    validate_corpora(o, corpora);
     if (out_dir.empty() || data_dir.empty()) throw Error(o + ": train.out_dir and train.data_dir must be set");
     // The config is saved as JSON (config.json, the checkpoint's metadata), which holds only UTF-8:
     // a path that is not would fail the first checkpoint save, after the training it was to keep.
@@ -73,6 +137,8 @@ void TrainConfig::validate(const std::string& o) const {
             throw Error(o + ": train." + name + " is not valid UTF-8 (at byte " + std::to_string(bad) + ")");
     };
     utf8("corpus", corpus);
+    for (size_t i = 0; i < corpora.size(); i++)
+        utf8(("corpus[" + std::to_string(i) + "].path").c_str(), corpora[i].path);
     utf8("data_dir", data_dir);
     utf8("out_dir", out_dir);
     utf8("init_from", init_from);
@@ -96,7 +162,8 @@ RunConfig RunConfig::from_json(const nlohmann::json& j, const std::string& origi
         const auto& t = j["train"];
         JsonFields f(t, origin + " [train]");
         TrainConfig& c = rc.train;
-        f.get("corpus", c.corpus);
+        f.skip("corpus");
+        if (t.contains("corpus")) read_corpus(t["corpus"], origin, c);
         f.get("data_dir", c.data_dir);
         f.get("out_dir", c.out_dir);
         f.get("batch_size", c.batch_size);
@@ -153,7 +220,7 @@ RunConfig RunConfig::from_json(const nlohmann::json& j, const std::string& origi
 
 nlohmann::json RunConfig::to_json() const {
     const TrainConfig& c = train;
-    nlohmann::json t = {{"corpus", c.corpus},       {"data_dir", c.data_dir},         {"out_dir", c.out_dir},
+    nlohmann::json t = {{"corpus", corpus_json(c)},       {"data_dir", c.data_dir},         {"out_dir", c.out_dir},
                         {"batch_size", c.batch_size}, {"seq_len", c.seq_len},         {"grad_accum", c.grad_accum},
                         {"steps", c.steps},         {"lr", c.lr},                     {"min_lr", c.min_lr},
                         {"warmup", c.warmup},       {"lr_decay_steps", c.lr_decay_steps},       {"weight_decay", c.weight_decay}, {"beta1", c.beta1},
@@ -177,6 +244,7 @@ void TrainConfig::make_paths_absolute(const std::string& base) {
         if (fp.is_relative()) p = (std::filesystem::path(base) / fp).lexically_normal().string();
     };
     fix(corpus);
+    for (CorpusSource& s : corpora) fix(s.path);
     fix(data_dir);
     fix(out_dir);
     fix(init_from);

@@ -10,9 +10,18 @@
 namespace strata {
 
 constexpr int kMaxThreads = 4096;  // train.threads and every --threads flag
+constexpr size_t kMaxCorpusSources = 256;  // entries in a train.corpus list
+
+// One entry of a train.corpus list: a file or folder and its share of the training batches.
+struct CorpusSource {
+    std::string path;
+    double weight = 1.0;  // as given (positive, finite); the sampler uses weight / sum of weights
+};
 
 struct TrainConfig {
-    std::string corpus = "data/corpus/default.txt";  // a text file or a folder of them
+    std::string corpus = "data/corpus/default.txt";  // a text file or a folder of them ("" for a list)
+    // train.corpus given as a list of {"path", "weight"} (a mixture); empty when it is one string.
+    std::vector<CorpusSource> corpora = {};
     std::string data_dir = "data/prepared/default";  // tokenizer + token shards, made once
     std::string out_dir = "runs/default";           // checkpoint, config, metrics
     int batch_size = 16;
@@ -46,6 +55,10 @@ struct TrainConfig {
     void validate(const std::string& origin) const;
     // Resolves corpus, data_dir, out_dir and init_from against `base` where they are relative.
     void make_paths_absolute(const std::string& base);
+    // Every source: the list form's entries, or {corpus, 1} for a single string.
+    std::vector<CorpusSource> sources() const {
+        return corpora.empty() ? std::vector<CorpusSource>{{corpus, 1.0}} : corpora;
+    }
 };
 
 struct RunConfig {

@@ -116,17 +116,15 @@ TrainResult train(const RunConfig& rc, const TrainOptions& opts) {
     if (pc.tok.vocab_size() != rc.model.vocab_size)
         throw Error("tokenizer " + t.data_dir + "/tokenizer.model has " + std::to_string(pc.tok.vocab_size()) +
                     " pieces but model.vocab_size is " + std::to_string(rc.model.vocab_size));
-    TokenShard train_shard = TokenShard::open(pc.data.train_path);
-    TokenShard val_shard = TokenShard::open(pc.data.val_path);
-    BatchSampler sampler(train_shard, t.batch_size, t.seq_len, t.seed);
-    EvalBatches probe(val_shard, t.batch_size, t.seq_len);  // fails now, not at the first eval, if too short
+    const CorpusShards shards = open_corpus_shards(pc);
+    MixtureSampler sampler = shards.sampler(t.batch_size, t.seq_len, t.seed);
+    shards.probe(t.batch_size, t.seq_len);  // fails now, not at the first eval, if too short
 
     Model<float>& model = *rs.model;
     AdamW<float>& opt = *rs.opt;
     TrainState& st = rs.st;
     apply_no_decay(model.specs, t.no_decay);
-    check_shard_vocab(train_shard, model);
-    check_shard_vocab(val_shard, model);
+    shards.check_vocab(model);
     const NonfiniteFault fault = NonfiniteFault::from_env(model);
     sampler.set_position(st.sampler_position);
     const double tokens_per_step = double(t.batch_size) * t.seq_len * t.grad_accum;
@@ -187,9 +185,9 @@ TrainResult train(const RunConfig& rc, const TrainOptions& opts) {
     };
     // A periodic evaluation at step s; false when an interrupt cut it short (nothing is written then).
     auto periodic_eval = [&](long s) {
-        const EvalResult er = eval_loop(model, val_shard, t.batch_size, t.seq_len, t.eval_batches, interrupt.flag());
+        const CorpusEval er = eval_corpora(model, shards, t.batch_size, t.seq_len, t.eval_batches, interrupt.flag());
         if (!er.complete) return false;
-        metrics.val(s, er.loss);
+        metrics.val_by_corpus(s, er.loss, er.by_corpus);
         char buf[128];
         std::snprintf(buf, sizeof buf, "step %ld: validation loss %.4f", s, er.loss);
         progress.note(buf);
@@ -287,10 +285,12 @@ TrainResult train(const RunConfig& rc, const TrainOptions& opts) {
         res.interrupted = true;
         return res;
     }
-    const EvalResult er = eval_loop(model, val_shard, t.batch_size, t.seq_len, t.eval_batches, interrupt.flag());
+    const CorpusEval er = eval_corpora(model, shards, t.batch_size, t.seq_len, t.eval_batches, interrupt.flag());
     if (er.complete) {
         res.val_loss = er.loss;
-        if (!(res.steps_run() == 0 && metrics.has_val_at_resume())) metrics.val(st.step, er.loss, /*final=*/true);
+        res.val_loss_by_corpus = er.by_corpus;
+        if (!(res.steps_run() == 0 && metrics.has_val_at_resume()))
+            metrics.val_by_corpus(st.step, er.loss, er.by_corpus, /*final=*/true);
         if (res.steps_run() > 0) note_val(er.loss);
     } else {
         progress.note("interrupted during the final evaluation; the checkpoint of step " + std::to_string(st.step) +

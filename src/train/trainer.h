@@ -4,6 +4,8 @@
 // resumable bit for bit.
 #pragma once
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "train/run_config.h"
 
@@ -19,6 +21,7 @@ struct TrainResult {
     long step = 0;        // the step the run is at now
     long start_step = 0;  // where this invocation started (the checkpoint's step when resumed)
     double train_loss = 0, val_loss = 0;
+    std::vector<std::pair<std::string, double>> val_loss_by_corpus;  // a mixture's sources (corpus.h)
     bool interrupted = false;  // stopped by SIGINT after saving a checkpoint
     bool diverged = false;     // the loss stayed above the divergence threshold (see trainer.cpp)
     bool stopped_diverged = false;  // ... and train.on_divergence = "stop" ended the run

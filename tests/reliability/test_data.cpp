@@ -256,6 +256,32 @@ TEST_F(DataTest, SecondRunReusesUntilAnInputChanges) {
     EXPECT_EQ(TokenShard::open(changed.val_path).size(), changed.n_val);
 }
 
+TEST_F(DataTest, ReuseIsKeyedOnContentNotPath) {
+    const std::string a = file("a.txt");
+    atomic_write_file(a, sample_text(200, 5));
+    const std::string out = file("out");
+    PreparedData first = prepare_data({a}, *tok_, out);
+    ASSERT_FALSE(first.reused);
+    const auto train_mtime = fs::last_write_time(first.train_path);
+
+    // Another spelling of the same file (relative to the working directory), and a copy in another
+    // folder: the same content, so nothing is tokenized again.
+    const std::string relative = fs::relative(a).string();
+    ASSERT_NE(relative, a);
+    EXPECT_TRUE(prepare_data({relative}, *tok_, out).reused);
+    fs::create_directories(file("elsewhere"));
+    const std::string copy = file("elsewhere/b.txt");
+    fs::copy_file(a, copy);
+    EXPECT_TRUE(prepare_data({copy}, *tok_, out).reused);
+    EXPECT_EQ(fs::last_write_time(first.train_path), train_mtime);
+
+    // A file of the same size with other bytes, under the recorded path: prepared again.
+    std::string text(read_file(a).size(), 'z');
+    for (size_t i = 40; i < text.size(); i += 41) text[i] = '\n';
+    atomic_write_file(copy, text);
+    EXPECT_FALSE(prepare_data({copy}, *tok_, out).reused);
+}
+
 TEST_F(DataTest, BadCorporaNameTheFile) {
     const std::string e1 = file("e1.txt"), e2 = file("e2.txt");
     atomic_write_file(e1, "");
@@ -316,6 +342,69 @@ TEST_F(DataTest, SamplerIsDeterministicAndShifted) {
     std::set<uint64_t> seen;
     for (uint64_t k = 0; k < 200; k++) seen.insert(s4.offset(k, 0));
     EXPECT_EQ(seen, (std::set<uint64_t>{0, 1, 2}));
+}
+
+TEST_F(DataTest, MixtureOfOneIsTheSingleSampler) {
+    const std::string p = file("one.bin");
+    write_token_shard(p, iota_tokens(3000, 400), 400);
+    TokenShard shard = TokenShard::open(p);
+    const int B = 3, T = 8;
+    BatchSampler single(shard, B, T, 7);
+    MixtureSampler mix({&shard}, {2.5}, B, T, 7);
+    std::vector<int32_t> x(B * T), y(B * T), x2(B * T), y2(B * T);
+    for (int k = 0; k < 40; k++) {
+        single.next(x.data(), y.data());
+        mix.next(x2.data(), y2.data());
+        ASSERT_EQ(x, x2);
+        ASSERT_EQ(y, y2);
+    }
+    EXPECT_EQ(mix.position(), 40u);
+}
+
+TEST_F(DataTest, MixtureFollowsTheWeights) {
+    // Source 0 holds only token 1, source 1 only token 2 (lengths differ, so each row's window is
+    // placed within its own shard).
+    const std::string p0 = file("m0.bin"), p1 = file("m1.bin");
+    write_token_shard(p0, std::vector<int32_t>(5000, 1), 400);
+    write_token_shard(p1, std::vector<int32_t>(70, 2), 400);
+    TokenShard s0 = TokenShard::open(p0), s1 = TokenShard::open(p1);
+    const int B = 4, T = 16;
+    MixtureSampler mix({&s0, &s1}, {0.9, 0.1}, B, T, 11);
+    std::vector<int32_t> x(B * T), y(B * T);
+    long rows = 0, from0 = 0;
+    std::vector<std::vector<int32_t>> history;
+    for (uint64_t k = 0; k < 2500; k++) {
+        mix.next(x.data(), y.data());
+        history.push_back(x);
+        for (int b = 0; b < B; b++, rows++) {
+            const size_t src = mix.source(k, b);
+            ASSERT_LT(src, 2u);
+            ASSERT_EQ(x[b * T], src == 0 ? 1 : 2);
+            ASSERT_EQ(y[b * T + T - 1], src == 0 ? 1 : 2);
+            ASSERT_LE(mix.offset(k, b) + T, (src == 0 ? s0 : s1).size() - 1);
+            from0 += src == 0;
+        }
+    }
+    const double share = double(from0) / double(rows);
+    EXPECT_NEAR(share, 0.9, 0.015) << from0 << " of " << rows << " rows from source 0";
+
+    // Weights need not sum to 1: 9 and 1 are 0.9 and 0.1, batch for batch.
+    MixtureSampler same({&s0, &s1}, {9, 1}, B, T, 11);
+    std::vector<int32_t> x2(B * T), y2(B * T);
+    same.set_position(1234);
+    same.next(x2.data(), y2.data());
+    EXPECT_EQ(x2, history[1234]) << "restoring the counter replays the mixture";
+    // Reversed weights reverse the mix.
+    MixtureSampler flipped({&s0, &s1}, {0.1, 0.9}, B, T, 11);
+    long flipped0 = 0;
+    for (uint64_t k = 0; k < 500; k++)
+        for (int b = 0; b < B; b++) flipped0 += flipped.source(k, b) == 0;
+    EXPECT_NEAR(double(flipped0) / (500.0 * B), 0.1, 0.03);
+
+    expect_error([&] { MixtureSampler({}, {}, B, T, 1); }, {"at least one source"});
+    expect_error([&] { MixtureSampler({&s0, &s1}, {1}, B, T, 1); }, {"2 sources", "1 weights"});
+    expect_error([&] { MixtureSampler({&s0, &s1}, {1, 0}, B, T, 1); }, {"corpus source 1", "positive"});
+    expect_error([&] { MixtureSampler({&s0, &s1}, {1, 1}, B, 70, 1); }, {"corpus " + p1 + " has 70 tokens"});
 }
 
 TEST_F(DataTest, ShortCorpusIsAnError) {
