@@ -23,9 +23,9 @@ void add_eval_command(CLI::App& app) {
     cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory")->capture_default_str();
     cmd->add_option("--text", o->text, "evaluate on this text file or folder instead of the run's validation split");
     cmd->add_option("--data-dir", o->data_dir, "read val.bin from this folder instead of the run's data_dir");
-    cmd->add_option("--batches", o->batches, "at most this many batches (0 = all)")->check(CLI::NonNegativeNumber);
-    cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(CLI::NonNegativeNumber);
-    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
+    cmd->add_option("--batches", o->batches, "at most this many batches (0 = all)")->check(at_least(0));
+    cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(at_least(0));
+    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
     cmd->callback([o] {
         if (dry_run()) return;
         set_threads(o->threads);
@@ -49,7 +49,16 @@ void add_eval_command(CLI::App& app) {
         }
         TokenShard shard = TokenShard::open(shard_path);
         const long n_tokens = long(shard.size());
-        const double loss = evaluate(*lc.model, shard, B, t.seq_len, o->batches);
+        double loss = 0;
+        try {
+            loss = evaluate(*lc.model, shard, B, t.seq_len, o->batches);
+        } catch (const Error& e) {  // name the --text file, not the scratch shard it was tokenized into
+            if (o->text.empty()) throw;
+            std::string msg = e.what();
+            for (size_t p = msg.find(shard_path); p != std::string::npos; p = msg.find(shard_path, p + o->text.size()))
+                msg.replace(p, shard_path.size(), o->text);
+            throw Error(msg);
+        }
         std::printf("eval on %s (%ld tokens, seq %d): loss %.4f, perplexity %.6g\n", what.c_str(), n_tokens,
                     t.seq_len, loss, std::exp(loss));
     });

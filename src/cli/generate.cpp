@@ -43,11 +43,11 @@ void add_generate_command(CLI::App& app) {
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory")->capture_default_str();
-    cmd->add_option("-p,--prompt", o->prompt, "text to continue (empty: start a new document)");
-    cmd->add_option("-n,--max-tokens", o->s.max_tokens, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
-    cmd->add_option("-t,--temperature", o->s.temperature, "sampling temperature, 0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
-    cmd->add_option("--top-k", o->s.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str()->check(CLI::NonNegativeNumber);
-    cmd->add_option("--top-p", o->s.top_p, "nucleus sampling mass in (0, 1]")->capture_default_str()->check(CLI::Range(1e-9, 1.0));
+    cmd->add_option("-p,--prompt", o->prompt, "text to continue (empty: start a new document)")->check(utf8_text());
+    cmd->add_option("-n,--max-tokens", o->s.max_tokens, "tokens to generate")->capture_default_str()->check(at_least(1));
+    cmd->add_option("-t,--temperature", o->s.temperature, "sampling temperature, 0 = greedy")->capture_default_str()->check(at_least(0));
+    cmd->add_option("--top-k", o->s.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str()->check(in_range(0, 2147483647));
+    cmd->add_option("--top-p", o->s.top_p, "nucleus sampling mass in (0, 1]")->capture_default_str()->check(in_range(1e-9, 1.0));
     // CLI11 would wrap "-1" or 2^64 into a valid u64; check the text before it converts.
     const CLI::Validator u64([](std::string& v) -> std::string {
         errno = 0;
@@ -57,7 +57,7 @@ void add_generate_command(CLI::App& app) {
         return errno == ERANGE ? "must be an integer in [0, 2^64)" : "";
     }, "UINT64");
     cmd->add_option("--seed", o->s.seed, "sampling seed")->capture_default_str()->check(u64);
-    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
+    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
     cmd->callback([o] {
         if (dry_run()) return;
         set_threads(o->threads);
