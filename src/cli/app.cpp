@@ -157,7 +157,15 @@ int run_main(int argc, char** argv, bool dry) {
             return kExitUsage;
         }
         const std::string word = argv[i];
-        if (!word.empty() && word[0] == '-') break;
+        if (!word.empty() && word[0] == '-') {
+            // CLI11 would report the missing subcommand rather than the flag it does not know.
+            const std::string name = word.substr(0, word.find('='));
+            if (cur->get_require_subcommand_min() > 0 && cur->get_option_no_throw(name) == nullptr)
+                return error("unknown flag \"" + name + "\"" + (cur == &app ? "" : " of " + cur->get_name()) +
+                                 "; the subcommands are: " + subcommand_names(*cur),
+                             kExitUsage);
+            break;
+        }
         CLI::App* next = nullptr;
         for (CLI::App* sub : cur->get_subcommands([](CLI::App*) { return true; }))
             if (sub->check_name(word)) next = sub;

@@ -20,7 +20,7 @@ void add_config_command(CLI::App& app) {
     cmd->add_option("-c,--config", *config, "JSON config file with \"model\" and \"train\" sections (as for train)")
         ->check(CLI::ExistingFile);
     cmd->add_option("--set", *sets, "override a config value, e.g. --set train.steps=100 (repeatable)");
-    cmd->callback([config, sets] {
+    cmd->callback([config, sets, print] {
         if (dry_run()) return;
         const RunConfig rc = load_run_config(*config, *sets);
         std::cout << rc.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n" << std::flush;
