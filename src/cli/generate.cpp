@@ -52,9 +52,10 @@ void add_generate_command(CLI::App& app) {
     const CLI::Validator u64([](std::string& v) -> std::string {
         errno = 0;
         char* end = nullptr;
-        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos) return "must be an integer in [0, 2^64)";
+        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
+            return "must be an integer in [0, 2^64), got \"" + v + "\"";
         std::strtoull(v.c_str(), &end, 10);
-        return errno == ERANGE ? "must be an integer in [0, 2^64)" : "";
+        return errno == ERANGE ? "must be an integer in [0, 2^64), got " + v : "";
     }, "UINT64");
     cmd->add_option("--seed", o->s.seed, "sampling seed")->capture_default_str()->check(u64);
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
