@@ -19,15 +19,12 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/fileio.h"
+#include "train/run_config.h"
 
 namespace strata::cli {
 namespace {
 
 void run_bench_train(const bench::TrainBenchOptions& o) {
-    if (o.threads < 1) throw Error("--threads must be at least 1");
-    if (o.steps < 1) throw Error("--steps must be at least 1");
-    if (o.warmup < 0) throw Error("--warmup must be non-negative");
-    if (o.batch < 1 || o.seq < 1) throw Error("--batch and --seq must be positive");
     const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     if (o.threads > ncpu)
         std::fprintf(stderr, "warning: --threads %d exceeds the %ld online CPUs; timings will be oversubscribed\n",
@@ -61,11 +58,14 @@ void add_bench_command(CLI::App& app) {
     auto o = std::make_shared<bench::TrainBenchOptions>();
     CLI::App* train = bench->add_subcommand(
         "train", "Training throughput on the bench model vs the sgemm peak and a PyTorch peer, in one run");
-    train->add_option("--threads", o->threads, "Threads for OpenMP, OpenBLAS and the peer")->capture_default_str();
-    train->add_option("--warmup", o->warmup, "Untimed warm-up steps")->capture_default_str();
-    train->add_option("--steps", o->steps, "Timed steps")->capture_default_str();
-    train->add_option("--batch", o->batch, "Batch size")->capture_default_str();
-    train->add_option("--seq", o->seq, "Sequence length")->capture_default_str();
+    train->add_option("--threads", o->threads, "Threads for OpenMP, OpenBLAS and the peer")
+        ->capture_default_str()
+        ->check(in_range(1, kMaxThreads));
+    train->add_option("--warmup", o->warmup, "Untimed warm-up steps")->capture_default_str()->check(at_least(0));
+    train->add_option("--steps", o->steps, "Timed steps")->capture_default_str()->check(at_least(1));
+    // --batch and --seq: the earlier spellings, kept as aliases.
+    train->add_option("--batch-size,--batch", o->batch, "Batch size")->capture_default_str()->check(at_least(1));
+    train->add_option("--seq-len,--seq", o->seq, "Sequence length")->capture_default_str()->check(at_least(1));
     train->add_option("--residual", o->residual, "Residual rule of the bench model: standard, attnres_full, attnres_block")
         ->capture_default_str();
     train->add_option("--attnres-block-size", o->attnres_block_size, "Sublayers per block for attnres_block")

@@ -14,6 +14,7 @@ void add_eval_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_diagnose_command(CLI::App& app);
 void add_plot_command(CLI::App& app);
+void add_config_command(CLI::App& app);
 
 // Builds the app and parses argv; returns the process exit status. Errors (bad flags, strata::Error
 // from a subcommand) are reported on stderr and give a non-zero status. With dry_run, the
@@ -21,6 +22,14 @@ void add_plot_command(CLI::App& app);
 int run_main(int argc, char** argv, bool dry_run);
 // True inside run_main(..., dry_run = true): each subcommand's callback returns before doing work.
 bool dry_run();
+
+// Range checks for numeric flags that state the bounds as written, e.g. "--max-tokens must be ≥ 1,
+// got 0" (CLI11's own ranges print the type's full extent). The value must be a finite number; an
+// integer flag's own conversion still refuses a fraction or a value beyond its type afterwards.
+CLI::Validator at_least(double lo);
+CLI::Validator in_range(double lo, double hi);
+// Checks that a text flag (e.g. --prompt) is valid UTF-8, naming the first bad byte's offset.
+CLI::Validator utf8_text();
 
 // Opens a report file named by `flag` (e.g. --json-out) up front, so a bad path fails before any work;
 // missing parent folders are created. The caller writes and commits it at the end (atomically).

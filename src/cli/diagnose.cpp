@@ -72,11 +72,11 @@ void add_diagnose_command(CLI::App& app) {
     cmd->add_option("--data-dir", o->data_dir, "read val.bin from this folder instead of the run's data_dir");
     cmd->add_option("--batches", o->batches, "validation batches per measurement (0 = all)")
         ->capture_default_str()
-        ->check(CLI::Range(0L, 1000000L));
-    cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(CLI::NonNegativeNumber);
+        ->check(in_range(0, 1000000));
+    cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(at_least(0));
     cmd->add_option("--seq-len", o->seq_len, "tokens per sequence, at most the model's max_seq_len (default: the run's)")
-        ->check(CLI::PositiveNumber);
-    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::Range(1, 4096));
+        ->check(at_least(1));
+    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
     cmd->add_flag("--no-skip", o->no_skip, "leave out the skip ablation (one evaluation per sublayer)");
     cmd->add_option("--json-out", o->json_out, "also write the results as JSON to this file");
     cmd->callback([o] {

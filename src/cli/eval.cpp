@@ -27,11 +27,11 @@ void add_eval_command(CLI::App& app) {
         ->capture_default_str();
     cmd->add_option("--text", o->text, "evaluate on this text file or folder instead of the run's validation split");
     cmd->add_option("--data-dir", o->data_dir, "read val.bin from this folder instead of the run's data_dir");
-    cmd->add_option("--batches", o->batches, "at most this many batches (0 = all)")->check(CLI::NonNegativeNumber);
-    cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(CLI::NonNegativeNumber);
+    cmd->add_option("--batches", o->batches, "at most this many batches (0 = all)")->check(at_least(0));
+    cmd->add_option("--batch-size", o->batch_size, "batch size (default: the run's)")->check(at_least(0));
     cmd->add_option("--seq-len", o->seq_len, "tokens per sequence, at most the model's max_seq_len (default: the run's)")
-        ->check(CLI::PositiveNumber);
-    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
+        ->check(at_least(1));
+    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
     cmd->callback([o] {
         if (dry_run()) return;
         set_threads(o->threads);

@@ -102,29 +102,30 @@ void add_generate_command(CLI::App& app) {
     };
     auto o = std::make_shared<Opts>();
     cmd->add_option("--ckpt", o->ckpt, "checkpoint file or run directory")->capture_default_str();
-    auto* prompt = cmd->add_option("-p,--prompt", o->prompt, "text to continue (empty: start a new document)");
+    auto* prompt = cmd->add_option("-p,--prompt", o->prompt, "text to continue (empty: start a new document)")->check(utf8_text());
     cmd->add_option("--prompt-file", o->prompt_file, "read the prompt from this file (- = standard input), byte for byte")
         ->excludes(prompt);
     cmd->add_option("-n,--max-tokens", o->s.max_tokens, "tokens to generate per sample (past the context the last half is kept)")
-        ->capture_default_str()->check(CLI::PositiveNumber);
+        ->capture_default_str()->check(at_least(1));
     cmd->add_option("--num-samples", o->num_samples, "samples to draw; sample i uses seed + i; a line --- separates them")
-        ->capture_default_str()->check(CLI::Range(1L, 1000000L));
+        ->capture_default_str()->check(in_range(1, 1000000));
     cmd->add_option("--stop", o->stops, "end a sample when its text contains this string (not printed); repeatable")
         ->check(CLI::Validator([](std::string& v) { return v.empty() ? std::string("must not be empty") : std::string(); },
                                "TEXT"));
-    cmd->add_option("-t,--temperature", o->s.temperature, "sampling temperature, 0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
-    cmd->add_option("--top-k", o->s.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str()->check(CLI::NonNegativeNumber);
-    cmd->add_option("--top-p", o->s.top_p, "nucleus sampling mass in (0, 1]")->capture_default_str()->check(CLI::Range(1e-9, 1.0));
+    cmd->add_option("-t,--temperature", o->s.temperature, "sampling temperature, 0 = greedy")->capture_default_str()->check(at_least(0));
+    cmd->add_option("--top-k", o->s.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str()->check(in_range(0, 2147483647));
+    cmd->add_option("--top-p", o->s.top_p, "nucleus sampling mass in (0, 1]")->capture_default_str()->check(in_range(1e-9, 1.0));
     // CLI11 would wrap "-1" or 2^64 into a valid u64; check the text before it converts.
     const CLI::Validator u64([](std::string& v) -> std::string {
         errno = 0;
         char* end = nullptr;
-        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos) return "must be an integer in [0, 2^64)";
+        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
+            return "must be an integer in [0, 2^64), got \"" + v + "\"";
         std::strtoull(v.c_str(), &end, 10);
-        return errno == ERANGE ? "must be an integer in [0, 2^64)" : "";
+        return errno == ERANGE ? "must be an integer in [0, 2^64), got " + v : "";
     }, "UINT64");
     cmd->add_option("--seed", o->s.seed, "sampling seed")->capture_default_str()->check(u64);
-    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(CLI::PositiveNumber);
+    cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
     cmd->callback([o] {
         if (dry_run()) return;
         for (const std::string& st : o->stops)

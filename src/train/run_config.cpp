@@ -14,6 +14,8 @@
 #include "core/json_fields.h"
 #include "train/tokenizer.h"
 
+#include "default_config.h"  // generated from configs/default.json (CMakeLists.txt)
+
 namespace strata {
 
 // A train.corpus list: 1 … kMaxCorpusSources entries, each a non-empty path without NUL and a
@@ -302,10 +304,19 @@ void apply_overrides(nlohmann::json& j, const std::vector<std::string>& override
     }
 }
 
+nlohmann::json default_config_json() {
+    nlohmann::json j = nlohmann::json::parse(kDefaultConfigJson);
+    if (j.contains("train") && j["train"].is_object())
+        for (const char* key : {"corpus", "data_dir", "out_dir"}) j["train"].erase(key);
+    return j;
+}
+
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
     nlohmann::json j = nlohmann::json::object();
-    std::string origin = path.empty() ? "defaults" : path;
-    if (!path.empty()) {
+    std::string origin = path.empty() ? "the default config" : path;
+    if (path.empty()) {
+        j = default_config_json();
+    } else {
         // Only a regular file: reading a FIFO or a device would block or never end.
         struct stat sb {};
         if (::stat(path.c_str(), &sb) != 0) throw Error("cannot read config " + path + ": " + std::strerror(errno));

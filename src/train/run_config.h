@@ -73,7 +73,12 @@ struct RunConfig {
 // JSON (numbers, true/false, arrays) and taken as a string otherwise.
 void apply_overrides(nlohmann::json& j, const std::vector<std::string>& overrides);
 
-// Reads the config file (or starts from the defaults when path is empty), applies the overrides and
+// configs/default.json as built into the binary, less its train.corpus, train.data_dir and
+// train.out_dir keys (so the built-in working-directory defaults apply): the base of a run without
+// a config file.
+nlohmann::json default_config_json();
+
+// Reads the config file (or starts from default_config_json() when path is empty), applies the overrides and
 // validates everything; errors name the file or "--set". The file must be a regular file of at most
 // kMaxConfigBytes.
 constexpr uint64_t kMaxConfigBytes = 1 << 20;

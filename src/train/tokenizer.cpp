@@ -172,11 +172,19 @@ std::string explain_trainer_error(const std::string& raw, int vocab_size) {
     if (!at_most.empty())
         return "the corpus is too small for a vocabulary of " + std::to_string(vocab_size) +
                " pieces: it supports at most " + at_most + "; lower model.vocab_size or use more text (" + raw + ")";
-    std::string chars = number_after(std::to_string(vocab_size) + " vs ");
-    if (!chars.empty() && raw.find("required_chars") != std::string::npos)
-        return "the corpus has " + chars +
-               " distinct characters and each needs its own piece besides the 259 fixed ones; raise "
-               "model.vocab_size above " + chars + " + 259 or use a corpus with fewer distinct characters (" + raw + ")";
+    // The trainer's "V vs N" counts N = the corpus's distinct characters + the fixed pieces (3 special
+    // ids and 256 bytes), so the vocabulary needs at least N pieces.
+    const std::string needed = number_after(std::to_string(vocab_size) + " vs ");
+    constexpr long kFixedPieces = 259;
+    if (!needed.empty() && needed.size() < 10 && raw.find("required_chars") != std::string::npos &&
+        std::stol(needed) > kFixedPieces) {
+        const long n = std::stol(needed), chars = n - kFixedPieces;
+        return "the corpus has " + std::to_string(chars) + " distinct characters and each needs its own piece besides "
+               "the " + std::to_string(kFixedPieces) + " fixed ones (3 special ids and 256 bytes), so a vocabulary of " +
+               std::to_string(vocab_size) + " pieces is too small; raise model.vocab_size to at least " +
+               std::to_string(n) + " (" + std::to_string(chars) + " + " + std::to_string(kFixedPieces) +
+               ") or use a corpus with fewer distinct characters (" + raw + ")";
+    }
     return raw;
 }
 

@@ -239,4 +239,15 @@ def test_invalid_utf8_prompt(tiny_run):
     from clihelp import BIN
     p = subprocess.run([BIN, "generate", "--ckpt", str(tiny_run[0]), "--prompt", b"caf\xe9 \xff".decode("latin-1").encode("latin-1")],
                        capture_output=True)
-    assert p.returncode != 0 and b"UTF-8" in p.stderr, p.stderr
+    assert p.returncode == 2 and p.stderr == b"strata: error: --prompt must be valid UTF-8: invalid byte at offset 3\n", p.stderr
+
+
+def test_invalid_utf8_text_for_eval_names_the_file(tiny_run, tmp_path):
+    bad = small_corpus(tmp_path / "bad.txt", 20000)
+    n = len(bad.read_bytes())
+    bad.write_bytes(bad.read_bytes() + b"caf\xe9\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    err = fails("eval", "--ckpt", tiny_run[0], "--text", bad, env={"TMPDIR": str(scratch)},
+                must_mention=[f"corpus file {bad}: invalid UTF-8 at byte offset {n + 3}"])
+    assert str(scratch) not in err and "strata-eval" not in err, err
