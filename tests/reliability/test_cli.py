@@ -100,7 +100,7 @@ def test_other_errors_exit_1():
     (["eval", "--batches", "-1"], "--batches must be ≥ 0, got -1"),
     (["eval", "--batch-size", "-1"], "--batch-size must be ≥ 0, got -1"),
     (["eval", "--threads", "4097"], "--threads must be in [1, 4096], got 4097"),
-    (["diagnose", "--batches", "0"], "--batches must be in [1, 1000000], got 0"),
+    (["diagnose", "--batches", "-1"], "--batches must be in [0, 1000000], got -1"),
     (["diagnose", "--batch-size", "-2"], "--batch-size must be ≥ 0, got -2"),
     (["diagnose", "--threads", "0"], "--threads must be in [1, 4096], got 0"),
     (["bench", "train", "--threads", "0"], "--threads must be in [1, 4096], got 0"),
@@ -162,9 +162,10 @@ def test_without_a_config_file_the_default_config_applies():
             if section == "train" and key in ("corpus", "data_dir", "out_dir"):
                 continue
             assert c[section][key] == value, (section, key)
-    # its paths are the built-in ones, relative to the working directory
+    # its paths are the built-in ones, under the working directory (recorded absolute)
+    cwd = ROOT  # run() works in the source tree
     assert (c["train"]["corpus"], c["train"]["data_dir"], c["train"]["out_dir"]) == (
-        "data/corpus/default.txt", "data/prepared/default", "runs/default")
+        str(cwd / "data/corpus/default.txt"), str(cwd / "data/prepared/default"), str(cwd / "runs/default"))
 
 
 def test_config_print_applies_the_file_then_the_overrides(tmp_path):
