@@ -43,6 +43,11 @@ void add_eval_command(CLI::App& app) {
         if (T > model.cfg.max_seq_len)
             throw Error("--seq-len " + std::to_string(T) + " exceeds the model's max_seq_len (" +
                         std::to_string(model.cfg.max_seq_len) + ")");
+        // A mixture's sources have a split each (DATA_DIR/corpus<i>): the user picks one.
+        if (o->data_dir.empty() && !t.corpora.empty() && o->text.empty())
+            throw Error("checkpoint " + o->ckpt + " was trained on a list of " + std::to_string(t.corpora.size()) +
+                        " corpora, each with its own validation split: pass --data-dir " + t.data_dir +
+                        "/corpus<i> (i = 0 … " + std::to_string(t.corpora.size() - 1) + ") to evaluate one, or --text FILE");
         const std::string data_dir = o->data_dir.empty() ? t.data_dir : o->data_dir;
         std::string shard_path = data_dir + "/val.bin";
         std::string what = "validation split " + shard_path;

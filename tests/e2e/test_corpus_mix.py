@@ -134,3 +134,16 @@ def test_prepared_data_is_reused_by_content_whatever_the_path(tmp_path):
     copy.write_text(corpus.read_text(encoding="utf-8")[::-1], encoding="utf-8")
     p = run(*base, "--set", f"train.corpus={copy}", "--set", f"train.out_dir={tmp_path / 'r9'}")
     assert "training a 320-token" in p.stderr and "(prepared now)" in p.stderr, p.stderr
+
+
+def test_eval_and_diagnose_of_a_mixture_ask_which_split(tmp_path):
+    """A mixture has one validation split per source: without --data-dir the commands say so."""
+    a = small_corpus(tmp_path / "a.txt", 40000)
+    b = small_corpus(tmp_path / "b.txt", 30000)
+    out = tmp_path / "run"
+    run("train", *TINY_MODEL, "--set", f'train.corpus=[{{"path": "{a}"}}, {{"path": "{b}"}}]',
+        "--set", f"train.data_dir={tmp_path / 'd'}", "--set", f"train.out_dir={out}", "--set", "train.steps=2")
+    for cmd in ("eval", "diagnose"):
+        p = run(cmd, "--ckpt", out, "--batches", "1", check=False)
+        assert p.returncode == 1 and "--data-dir" in p.stderr and "corpus<i>" in p.stderr, p.stderr
+        run(cmd, "--ckpt", out, "--batches", "1", "--data-dir", tmp_path / "d" / "corpus1")
