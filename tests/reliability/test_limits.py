@@ -517,7 +517,7 @@ def test_eval_text_shorter_than_one_sequence(tiny, tmp_path):
     t.write_text("In the beginning.\n")
     scratch = tmp_path / "tmpdir"
     scratch.mkdir()
-    err = fails("eval", "--ckpt", run_dir, "--text", t, mention=[f"corpus {t} has", "fewer than one sequence"],
+    err = fails("eval", "--ckpt", run_dir, "--text", t, mention=[f"{t} has", "fewer than one sequence"],
                 env={"TMPDIR": str(scratch)})
     assert str(scratch) not in err, err  # the user's file, not the scratch shard it was tokenized into
     assert list(scratch.iterdir()) == [], "eval --text left its scratch folder behind"
