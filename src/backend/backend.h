@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/precision.h"
 
 namespace strata {
 
@@ -35,6 +36,8 @@ template <>
 constexpr DType dtype_of<int32_t>() { return DType::i32; }
 template <>
 constexpr DType dtype_of<unsigned char>() { return DType::u8; }
+template <>
+constexpr DType dtype_of<bf16>() { return DType::bf16; }
 
 class Backend {
 public:

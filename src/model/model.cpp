@@ -147,6 +147,14 @@ void Model<T>::init_weights(uint64_t seed) {
 }
 
 template <typename T>
+void Model<T>::set_precision(Precision p) {
+    if (p == precision_) return;
+    if (p == Precision::bf16) throw Error("bf16 precision is not available in this build yet");
+    precision_ = p;
+    plan_N_ = -1;
+}
+
+template <typename T>
 void Model<T>::zero_grad() {
     fill_zero(grad_data(), grads_.numel());
 }

@@ -93,6 +93,11 @@ public:
     const ModelConfig cfg;
     std::vector<ParamSpec> specs;  // buffer order
 
+    // The precision of forward, backward and cached generation (core/precision.h). Changing it
+    // re-plans the activations and drops nothing else: the parameters stay the fp32 master weights.
+    void set_precision(Precision p);
+    Precision precision() const { return precision_; }
+
     void init_weights(uint64_t seed);
     const ParamSpec& spec(const std::string& name) const;  // throws Error for an unknown name
     Backend& backend() const { return *backend_; }
@@ -186,6 +191,7 @@ public:
 
 private:
     Backend* backend_;
+    Precision precision_ = Precision::fp32;
     Buffer params_, grads_;  // one buffer each, same layout
     Buffer rope_;            // cos then sin, (max_seq_len, d/2) each
     Buffer arena_;           // the activations; grows only
