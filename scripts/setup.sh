@@ -9,6 +9,7 @@ what=${1:-all}
 pkgs=(
   g++ cmake make pkg-config ninja-build
   libopenblas-dev libopenblas0-openmp libomp-dev
+  libdnnl-dev  # oneDNN: the bf16 GEMMs
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev libcli11-dev libgtest-dev libxxhash-dev
   python3 python3-dev python3-numpy pybind11-dev

@@ -40,12 +40,10 @@ struct bf16 {
 };
 static_assert(sizeof(bf16) == 2);
 
-// float ↔ storage type, for kernels templated on their storage type S (float, double or bf16).
-template <typename S>
-inline float to_f32(S x) { return float(x); }
-inline double to_f64(double x) { return x; }
-template <typename S>
-inline S from_f32(float x) { return S(x); }
+// Any storage type widened to double (reductions in double).
+inline double to_double(double x) { return x; }
+inline double to_double(float x) { return x; }
+inline double to_double(bf16 x) { return double(float(x)); }
 
 // Rounds x to the nearest bf16 value and back: what storing x as bf16 keeps of it.
 inline float round_bf16(float x) { return float(bf16(x)); }

@@ -12,17 +12,35 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/precision.h"
+
 namespace strata {
 
-// Where an op meets parameters, their type W is a template parameter of its own (the precision seam:
-// activations T may be stored narrower than the weights). Only W = T is instantiated today.
+// Storage and compute types (the precision seam, core/precision.h). An op is templated on the
+// storage types of its tensors; it computes in compute_t of them: float for float and bf16, double
+// for double. Statistics it saves (rstd, lse) and every gradient are compute_t, the gradients'
+// storage type under mixed precision. Instances: all-float and all-double, and for bf16 the
+// combinations the mixed-precision model uses (listed at each op's instantiation).
+template <typename S>
+struct compute_type {
+    using type = S;
+};
+template <>
+struct compute_type<bf16> {
+    using type = float;
+};
+template <typename S>
+using compute_t = typename compute_type<S>::type;
 
 // ---- matmul: out (N, OC) = inp (N, IC) · w (OC, IC)ᵀ ----------------------------------------------
-template <typename T, typename W = T>
-void matmul_forward(T* out, const T* inp, const W* w, long N, long IC, long OC);
+// The inputs inp and w have one storage type A (bf16 GEMMs take bf16 weight copies); out may be A or
+// compute_t<A> (a bf16 GEMM accumulates in float and can write float).
+template <typename O, typename A>
+void matmul_forward(O* out, const A* inp, const A* w, long N, long IC, long OC);
 // dinp (N, IC) += dout·w ; dw (OC, IC) += doutᵀ·inp. dinp may be null (no input gradient wanted).
-template <typename T, typename W = T>
-void matmul_backward(T* dinp, W* dw, const T* dout, const T* inp, const W* w, long N, long IC, long OC);
+template <typename A>
+void matmul_backward(compute_t<A>* dinp, compute_t<A>* dw, const A* dout, const A* inp, const A* w, long N, long IC,
+                     long OC);
 
 // ---- embedding: out (N, C) = table[tokens] -----------------------------------------------------------
 template <typename T, typename W = T>
@@ -31,26 +49,29 @@ template <typename T, typename W = T>
 void embedding_backward(W* dtable, const T* dout, const int32_t* tokens, long N, long C);
 
 // ---- RMSNorm over rows of width C: out = inp · rstd · w, rstd = (mean(inp²) + eps)^-½ ----------------
-template <typename T, typename W = T>
-void rmsnorm_forward(T* out, T* rstd, const T* inp, const W* w, long N, long C, double eps);
-template <typename T, typename W = T>
-void rmsnorm_backward(T* dinp, W* dw, const T* dout, const T* inp, const W* w, const T* rstd, long N, long C);
+// out and inp may differ in storage type (a float stream normed into a bf16 GEMM input).
+template <typename O, typename I, typename W>
+void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long N, long C, double eps);
+template <typename I, typename W>
+void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const I* inp, const W* w,
+                      const compute_t<I>* rstd, long N, long C);
 
 // ---- RoPE, rotate-half layout, in place on (rows, n_heads, d) ----------------------------------------
 // pos[r] is the absolute position of row r; cos/sin tables are (max_pos, d/2).
 template <typename T>
 void rope_table(T* cos_t, T* sin_t, long max_pos, long d, double theta);
-template <typename T>
-void rope_forward(T* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d);
+template <typename S, typename T>
+void rope_forward(S* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d);
 // The rotation is orthogonal, so the backward rotates the gradient back by −angle (in place).
 template <typename T>
 void rope_backward(T* dx, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d);
 
 // ---- SwiGLU: gu is (N, 2F) = [gate | up]; out (N, F) = silu(gate) ⊙ up ----------------------------
-template <typename T>
-void swiglu_forward(T* out, const T* gu, long N, long F);
-template <typename T>
-void swiglu_backward(T* dgu, const T* dout, const T* gu, long N, long F);
+template <typename S>
+void swiglu_forward(S* out, const S* gu, long N, long F);
+// dgu may be stored as S or compute_t<S> (it feeds a GEMM's backward).
+template <typename D, typename S>
+void swiglu_backward(D* dgu, const compute_t<S>* dout, const S* gu, long N, long F);
 
 // ---- causal grouped-query attention, flash-style -------------------------------------------------
 // q, out: (B, Tq, H, d) contiguous. k, v: (B, ·, Hk, d) with batch stride kv_bstride elements (a KV
@@ -63,34 +84,38 @@ struct AttnDims {
     long q_pos0;      // absolute position of query row 0 (0 in training, the cache length when decoding)
     long kv_bstride;  // elements between batches in k and v
 };
-template <typename T>
-void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a);
+// Storage S (q, k, v, out) may be bf16; lse and every gradient are compute_t<S>.
+template <typename S>
+void attention_forward(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a);
 // dq, dk, dv accumulate. Recomputes probabilities from lse; D = rowsum(dout ⊙ out).
-template <typename T>
-void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
-                        const T* v, const AttnDims& a);
+template <typename S>
+void attention_backward(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, const compute_t<S>* dout, const S* out,
+                        const compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a);
 
 // ---- MoDA: attention over the sequence and the token's own depth keys, in one softmax ----------------
 // As attention_forward, plus for every query token t (row t of q, its absolute position q_pos0 + t)
 // its own L depth keys/values from earlier layers: kd, vd (B, Tq, L_max, Hk, d), slots 0..L−1. Query
 // head h reads kv head h / (H/Hk) in the sequence and in the depth. L = 0 is plain attention.
-template <typename T>
-void moda_forward(T* out, T* lse, const T* q, const T* k, const T* v, const T* kd, const T* vd, long L, long L_max,
-                  const AttnDims& a);
+template <typename S>
+void moda_forward(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const S* kd, const S* vd, long L,
+                  long L_max, const AttnDims& a);
 // dq, dk, dv, dkd, dvd accumulate (dkd/dvd shaped like kd/vd).
-template <typename T>
-void moda_backward(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T* dout, const T* out, const T* lse, const T* q,
-                   const T* k, const T* v, const T* kd, const T* vd, long L, long L_max, const AttnDims& a);
+template <typename S>
+void moda_backward(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_t<S>* dkd, compute_t<S>* dvd,
+                   const compute_t<S>* dout, const S* out, const compute_t<S>* lse, const S* q, const S* k, const S* v,
+                   const S* kd, const S* vd, long L, long L_max, const AttnDims& a);
 
 // ---- cross-entropy over rows of logits (N, V) --------------------------------------------------------
 // losses[r] = lse_r − logits[r, target_r]; rows with target < 0 get loss 0 and are not counted.
 // Returns the number of counted rows.
-template <typename T>
-long crossentropy_forward(T* losses, T* lse, const T* logits, const int32_t* targets, long N, long V);
-// dlogits += scale · (softmax(logits) − onehot(target)) for counted rows.
-template <typename T>
-void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, long N, long V,
-                           T scale);
+template <typename S>
+long crossentropy_forward(compute_t<S>* losses, compute_t<S>* lse, const S* logits, const int32_t* targets, long N,
+                          long V);
+// dlogits += scale · (softmax(logits) − onehot(target)) for counted rows; dlogits stored as S or
+// compute_t<S> (it feeds the head's GEMM backward).
+template <typename D, typename S>
+void crossentropy_backward(D* dlogits, const S* logits, const compute_t<S>* lse, const int32_t* targets, long N,
+                           long V, compute_t<S> scale);
 
 // ---- AttnRes: softmax attention over depth with a static pseudo-query (docs/attn_res.md) ------------
 // srcs[0..n) are (N, D) row-major sources (earlier sublayer outputs, block sums, the embedding). For
@@ -137,9 +162,15 @@ void fill_zero(T* x, size_t n);
 template <typename T>
 void copy_forward(T* dst, const T* src, size_t n);
 
-// residual add: out = a + b (out may alias a or b). Backward: da += dout, db += dout (either may be null).
-template <typename T>
-void residual_forward(T* out, const T* a, const T* b, long n);
+// convert: dst[0..n) = src[0..n) between storage types (float ↔ bf16: rounds to nearest even). Its
+// backward is a convert the other way, or residual_backward where the gradient stays float.
+template <typename D, typename S>
+void convert_forward(D* dst, const S* src, size_t n);
+
+// residual add: out = a + b (out may alias a or b; b may be stored narrower, a bf16 sublayer output
+// added to a float stream). Backward: da += dout, db += dout (either may be null).
+template <typename T, typename B>
+void residual_forward(T* out, const T* a, const B* b, long n);
 template <typename T>
 void residual_backward(T* da, T* db, const T* dout, long n);
 

@@ -17,6 +17,7 @@
 // the task of kv head kh owns the depth gradients of kh, so they too are written without atomics.
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -149,20 +150,6 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
 }
 
 template <typename T>
-void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a) {
-    OpTimer t_(OpFamily::attn_fwd);
-    attention_forward_impl(out, lse, q, k, v, a, Depth<T>{});
-}
-
-template <typename T>
-void moda_forward(T* out, T* lse, const T* q, const T* k, const T* v, const T* kd, const T* vd, long L, long L_max,
-                  const AttnDims& a) {
-    OpTimer t_(OpFamily::moda_fwd);
-    STRATA_CHECK(L >= 0 && L <= L_max && L <= BQ * BK, "moda_forward: bad depth slot count");
-    attention_forward_impl(out, lse, q, k, v, a, Depth<T>{kd, vd, L, L_max});
-}
-
-template <typename T>
 static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T* dout, const T* out, const T* lse,
                                     const T* q, const T* k, const T* v, const AttnDims& a, const Depth<T>& dep) {
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
@@ -242,35 +229,110 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
         }
 }
 
-template <typename T>
-void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q, const T* k,
-                        const T* v, const AttnDims& a) {
-    OpTimer t_(OpFamily::attn_bwd);
-    attention_backward_impl(dq, dk, dv, static_cast<T*>(nullptr), static_cast<T*>(nullptr), dout, out, lse, q, k, v, a,
-                            Depth<T>{});
+// bf16 storage: q, k, v (and out, the depth K/V) are widened to float once per call, the float kernel
+// runs, and the output is rounded back. Every score, softmax statistic and gradient is float, as in
+// the float op; only the stored tensors are bf16. The widened copies live in per-thread buffers that
+// only grow.
+namespace {
+struct Widened {
+    std::vector<float> q, k, v, o, kd, vd;
+};
+Widened& widened() {
+    thread_local Widened w;
+    return w;
+}
+const float* widen(std::vector<float>& dst, const bf16* src, size_t n) {
+    if (!src) return nullptr;
+    if (dst.size() < n) dst.resize(n);
+    float* d = dst.data();
+    const long m = long(n);
+#pragma omp parallel for schedule(static) if (m >= 32768)
+    for (long i = 0; i < m; i++) d[i] = float(src[i]);
+    return d;
+}
+size_t q_elems(const AttnDims& a) { return size_t(a.B * a.Tq * a.H * a.d); }
+size_t kv_elems(const AttnDims& a) { return size_t((a.B - 1) * a.kv_bstride + a.Tk * a.Hk * a.d); }
+size_t depth_elems(const AttnDims& a, long L_max) { return size_t(a.B * a.Tq * L_max * a.Hk * a.d); }
+
+template <typename S>
+void forward_any(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a, const S* kd,
+                 const S* vd, long L, long L_max) {
+    if constexpr (std::is_same_v<S, bf16>) {
+        Widened& w = widened();
+        const float* qf = widen(w.q, q, q_elems(a));
+        const float* kf = widen(w.k, k, kv_elems(a));
+        const float* vf = widen(w.v, v, kv_elems(a));
+        const float* kdf = L > 0 ? widen(w.kd, kd, depth_elems(a, L_max)) : nullptr;
+        const float* vdf = L > 0 ? widen(w.vd, vd, depth_elems(a, L_max)) : nullptr;
+        if (w.o.size() < q_elems(a)) w.o.resize(q_elems(a));
+        attention_forward_impl(w.o.data(), lse, qf, kf, vf, a, Depth<float>{kdf, vdf, L, L_max});
+        convert_forward(out, w.o.data(), q_elems(a));
+    } else {
+        attention_forward_impl(out, lse, q, k, v, a, Depth<S>{kd, vd, L, L_max});
+    }
 }
 
-template <typename T>
-void moda_backward(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T* dout, const T* out, const T* lse, const T* q,
-                   const T* k, const T* v, const T* kd, const T* vd, long L, long L_max, const AttnDims& a) {
+template <typename S>
+void backward_any(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_t<S>* dkd, compute_t<S>* dvd,
+                  const compute_t<S>* dout, const S* out, const compute_t<S>* lse, const S* q, const S* k, const S* v,
+                  const S* kd, const S* vd, long L, long L_max, const AttnDims& a) {
+    if constexpr (std::is_same_v<S, bf16>) {
+        Widened& w = widened();
+        const float* of = widen(w.o, out, q_elems(a));
+        const float* qf = widen(w.q, q, q_elems(a));
+        const float* kf = widen(w.k, k, kv_elems(a));
+        const float* vf = widen(w.v, v, kv_elems(a));
+        const float* kdf = L > 0 ? widen(w.kd, kd, depth_elems(a, L_max)) : nullptr;
+        const float* vdf = L > 0 ? widen(w.vd, vd, depth_elems(a, L_max)) : nullptr;
+        attention_backward_impl(dq, dk, dv, dkd, dvd, dout, of, lse, qf, kf, vf, a, Depth<float>{kdf, vdf, L, L_max});
+    } else {
+        attention_backward_impl(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, a, Depth<S>{kd, vd, L, L_max});
+    }
+}
+}  // namespace
+
+template <typename S>
+void attention_forward(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a) {
+    OpTimer t_(OpFamily::attn_fwd);
+    forward_any(out, lse, q, k, v, a, static_cast<const S*>(nullptr), static_cast<const S*>(nullptr), 0, 0);
+}
+
+template <typename S>
+void moda_forward(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const S* kd, const S* vd, long L,
+                  long L_max, const AttnDims& a) {
+    OpTimer t_(OpFamily::moda_fwd);
+    STRATA_CHECK(L >= 0 && L <= L_max && L <= BQ * BK, "moda_forward: bad depth slot count");
+    forward_any(out, lse, q, k, v, a, kd, vd, L, L_max);
+}
+
+template <typename S>
+void attention_backward(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, const compute_t<S>* dout, const S* out,
+                        const compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a) {
+    OpTimer t_(OpFamily::attn_bwd);
+    using T = compute_t<S>;
+    backward_any(dq, dk, dv, static_cast<T*>(nullptr), static_cast<T*>(nullptr), dout, out, lse, q, k, v,
+                 static_cast<const S*>(nullptr), static_cast<const S*>(nullptr), 0, 0, a);
+}
+
+template <typename S>
+void moda_backward(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_t<S>* dkd, compute_t<S>* dvd,
+                   const compute_t<S>* dout, const S* out, const compute_t<S>* lse, const S* q, const S* k, const S* v,
+                   const S* kd, const S* vd, long L, long L_max, const AttnDims& a) {
     OpTimer t_(OpFamily::moda_bwd);
     STRATA_CHECK(L >= 0 && L <= L_max, "moda_backward: bad depth slot count");
-    attention_backward_impl(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, a, Depth<T>{kd, vd, L, L_max});
+    backward_any(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, kd, vd, L, L_max, a);
 }
 
-template void attention_forward<float>(float*, float*, const float*, const float*, const float*, const AttnDims&);
-template void attention_forward<double>(double*, double*, const double*, const double*, const double*,
-                                        const AttnDims&);
-template void attention_backward<float>(float*, float*, float*, const float*, const float*, const float*,
-                                        const float*, const float*, const float*, const AttnDims&);
-template void attention_backward<double>(double*, double*, double*, const double*, const double*, const double*,
-                                         const double*, const double*, const double*, const AttnDims&);
-#define STRATA_INSTANTIATE_MODA(T)                                                                            \
-    template void moda_forward<T>(T*, T*, const T*, const T*, const T*, const T*, const T*, long, long,       \
-                                  const AttnDims&);                                                           \
-    template void moda_backward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, const T*, const T*,      \
-                                   const T*, const T*, const T*, long, long, const AttnDims&);
-STRATA_INSTANTIATE_MODA(float)
-STRATA_INSTANTIATE_MODA(double)
+#define STRATA_INSTANTIATE_ATTN(S, T)                                                                        \
+    template void attention_forward<S>(S*, T*, const S*, const S*, const S*, const AttnDims&);               \
+    template void attention_backward<S>(T*, T*, T*, const T*, const S*, const T*, const S*, const S*,         \
+                                        const S*, const AttnDims&);                                          \
+    template void moda_forward<S>(S*, T*, const S*, const S*, const S*, const S*, const S*, long, long,      \
+                                  const AttnDims&);                                                          \
+    template void moda_backward<S>(T*, T*, T*, T*, T*, const T*, const S*, const T*, const S*, const S*,     \
+                                   const S*, const S*, const S*, long, long, const AttnDims&);
+STRATA_INSTANTIATE_ATTN(float, float)
+STRATA_INSTANTIATE_ATTN(double, double)
+STRATA_INSTANTIATE_ATTN(bf16, float)
 
 }  // namespace strata

@@ -16,21 +16,20 @@
 namespace strata {
 
 // ---- matmul ---------------------------------------------------------------------------------------
-// BLAS multiplies one type: activations narrower than the weights need a mixed-precision GEMM, which
-// is not here yet (only W = T is instantiated).
-template <typename T, typename W>
-void matmul_forward(T* out, const T* inp, const W* w, long N, long IC, long OC) {
-    static_assert(std::is_same_v<T, W>, "matmul: mixed activation/weight types need a mixed-precision GEMM");
+template <typename O, typename A>
+void matmul_forward(O* out, const A* inp, const A* w, long N, long IC, long OC) {
+    using C = compute_t<A>;
     OpTimer t_(OpFamily::gemm_fwd);
-    gemm(false, true, N, OC, IC, T(1), inp, IC, w, IC, T(0), out, OC);
+    gemm(false, true, N, OC, IC, C(1), inp, IC, w, IC, C(0), out, OC);
 }
 
-template <typename T, typename W>
-void matmul_backward(T* dinp, W* dw, const T* dout, const T* inp, const W* w, long N, long IC, long OC) {
-    static_assert(std::is_same_v<T, W>, "matmul: mixed activation/weight types need a mixed-precision GEMM");
+template <typename A>
+void matmul_backward(compute_t<A>* dinp, compute_t<A>* dw, const A* dout, const A* inp, const A* w, long N, long IC,
+                     long OC) {
+    using C = compute_t<A>;
     OpTimer t_(OpFamily::gemm_bwd);
-    if (dinp) gemm(false, false, N, IC, OC, T(1), dout, OC, w, IC, T(1), dinp, IC);
-    if (dw) gemm(true, false, OC, IC, N, T(1), dout, OC, inp, IC, T(1), dw, IC);
+    if (dinp) gemm(false, false, N, IC, OC, C(1), dout, OC, w, IC, C(1), dinp, IC);
+    if (dw) gemm(true, false, OC, IC, N, C(1), dout, OC, inp, IC, C(1), dw, IC);
 }
 
 // ---- embedding ------------------------------------------------------------------------------------
@@ -62,45 +61,62 @@ void embedding_backward(W* dtable, const T* dout, const int32_t* tokens, long N,
 }
 
 // ---- RMSNorm --------------------------------------------------------------------------------------
-template <typename T, typename W>
-void rmsnorm_forward(T* out, T* rstd, const T* inp, const W* w, long N, long C, double eps) {
+// Loads and stores convert between the storage types and the compute type C.
+template <typename C, typename S>
+static inline C ld(S x) {
+    return C(float(x));
+}
+template <>
+inline double ld<double, double>(double x) {
+    return x;
+}
+template <typename S, typename C>
+static inline S st(C x) {
+    return S(x);
+}
+
+template <typename O, typename I, typename W>
+void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long N, long C, double eps) {
+    using R = compute_t<I>;
     OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
-        const T* x = inp + r * C;
-        T* y = out + r * C;
-        T ss = 0;
-        for (long c = 0; c < C; c++) ss += x[c] * x[c];
-        T s = T(1) / std::sqrt(ss / T(C) + T(eps));
-        for (long c = 0; c < C; c++) y[c] = x[c] * s * T(w[c]);
+        const I* x = inp + r * C;
+        O* y = out + r * C;
+        R ss = 0;
+        for (long c = 0; c < C; c++) ss += ld<R>(x[c]) * ld<R>(x[c]);
+        R s = R(1) / std::sqrt(ss / R(C) + R(eps));
+        for (long c = 0; c < C; c++) y[c] = st<O>(ld<R>(x[c]) * s * R(w[c]));
         rstd[r] = s;
     }
 }
 
 // y = x·s·w with s = (mean(x²)+eps)^-½, so with g = dy⊙w:  dx = s·g − s³·x·(g·x)/C,  dw = Σ_rows dy·x·s.
-template <typename T, typename W>
-void rmsnorm_backward(T* dinp, W* dw, const T* dout, const T* inp, const W* w, const T* rstd, long N, long C) {
+template <typename I, typename W>
+void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const I* inp, const W* w,
+                      const compute_t<I>* rstd, long N, long C) {
+    using R = compute_t<I>;
     OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
-        const T* x = inp + r * C;
-        const T* dy = dout + r * C;
-        T* dx = dinp + r * C;
-        T s = rstd[r];
-        T gx = 0;
-        for (long c = 0; c < C; c++) gx += dy[c] * T(w[c]) * x[c];
-        T k = s * s * s * gx / T(C);
-        for (long c = 0; c < C; c++) dx[c] += s * dy[c] * T(w[c]) - k * x[c];
+        const I* x = inp + r * C;
+        const R* dy = dout + r * C;
+        R* dx = dinp + r * C;
+        R s = rstd[r];
+        R gx = 0;
+        for (long c = 0; c < C; c++) gx += dy[c] * R(w[c]) * ld<R>(x[c]);
+        R k = s * s * s * gx / R(C);
+        for (long c = 0; c < C; c++) dx[c] += s * dy[c] * R(w[c]) - k * ld<R>(x[c]);
     }
     // dw: a column reduction; split columns across threads so the sum order is fixed.
 #pragma omp parallel
     {
         auto [c0, c1] = thread_slice(C);
         for (long r = 0; r < N; r++) {
-            const T* x = inp + r * C;
-            const T* dy = dout + r * C;
-            T s = rstd[r];
-            for (long c = c0; c < c1; c++) dw[c] += W(dy[c] * x[c] * s);
+            const I* x = inp + r * C;
+            const R* dy = dout + r * C;
+            R s = rstd[r];
+            for (long c = c0; c < c1; c++) dw[c] += W(dy[c] * ld<R>(x[c]) * s);
         }
     }
 }
@@ -119,8 +135,8 @@ void rope_table(T* cos_t, T* sin_t, long max_pos, long d, double theta) {
         }
 }
 
-template <typename T>
-static void rope_rotate(T* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d,
+template <typename S, typename T>
+static void rope_rotate(S* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d,
                         T sign) {
     long h = d / 2;
 #pragma omp parallel for schedule(static)
@@ -128,18 +144,18 @@ static void rope_rotate(T* x, const int32_t* pos, const T* cos_t, const T* sin_t
         const T* c = cos_t + (long)pos[r] * h;
         const T* s = sin_t + (long)pos[r] * h;
         for (long hd = 0; hd < n_heads; hd++) {
-            T* v = x + (r * n_heads + hd) * d;
+            S* v = x + (r * n_heads + hd) * d;
             for (long i = 0; i < h; i++) {
-                T a = v[i], b = v[i + h], sn = sign * s[i];
-                v[i] = a * c[i] - b * sn;
-                v[i + h] = a * sn + b * c[i];
+                T a = ld<T>(v[i]), b = ld<T>(v[i + h]), sn = sign * s[i];
+                v[i] = st<S>(a * c[i] - b * sn);
+                v[i + h] = st<S>(a * sn + b * c[i]);
             }
         }
     }
 }
 
-template <typename T>
-void rope_forward(T* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d) {
+template <typename S, typename T>
+void rope_forward(S* x, const int32_t* pos, const T* cos_t, const T* sin_t, long rows, long n_heads, long d) {
     OpTimer t_(OpFamily::rope);
     rope_rotate(x, pos, cos_t, sin_t, rows, n_heads, d, T(1));
 }
@@ -150,55 +166,63 @@ void rope_backward(T* dx, const int32_t* pos, const T* cos_t, const T* sin_t, lo
 }
 
 // ---- SwiGLU ---------------------------------------------------------------------------------------
-template <typename T>
-void swiglu_forward(T* out, const T* gu, long N, long F) {
+template <typename S>
+void swiglu_forward(S* out, const S* gu, long N, long F) {
+    using T = compute_t<S>;
     OpTimer t_(OpFamily::swiglu);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
-        const T* g = gu + r * 2 * F;
-        const T* u = g + F;
-        T* o = out + r * F;
+        const S* g = gu + r * 2 * F;
+        const S* u = g + F;
+        S* o = out + r * F;
 #pragma omp simd
-        for (long i = 0; i < F; i++) o[i] = g[i] / (T(1) + vexp(-g[i])) * u[i];
+        for (long i = 0; i < F; i++) {
+            const T gi = ld<T>(g[i]);
+            o[i] = st<S>(gi / (T(1) + vexp(-gi)) * ld<T>(u[i]));
+        }
     }
 }
 
 // silu'(z) = σ(z)·(1 + z·(1 − σ(z)))
-template <typename T>
-void swiglu_backward(T* dgu, const T* dout, const T* gu, long N, long F) {
+template <typename D, typename S>
+void swiglu_backward(D* dgu, const compute_t<S>* dout, const S* gu, long N, long F) {
+    using T = compute_t<S>;
     OpTimer t_(OpFamily::swiglu);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
-        const T* g = gu + r * 2 * F;
-        const T* u = g + F;
+        const S* g = gu + r * 2 * F;
+        const S* u = g + F;
         const T* dy = dout + r * F;
-        T* dg = dgu + r * 2 * F;
-        T* du = dg + F;
+        D* dg = dgu + r * 2 * F;
+        D* du = dg + F;
 #pragma omp simd
         for (long i = 0; i < F; i++) {
-            T sg = T(1) / (T(1) + vexp(-g[i]));
-            du[i] += dy[i] * g[i] * sg;
-            dg[i] += dy[i] * u[i] * sg * (T(1) + g[i] * (T(1) - sg));
+            const T gi = ld<T>(g[i]), ui = ld<T>(u[i]);
+            T sg = T(1) / (T(1) + vexp(-gi));
+            du[i] = st<D>(ld<T>(du[i]) + dy[i] * gi * sg);
+            dg[i] = st<D>(ld<T>(dg[i]) + dy[i] * ui * sg * (T(1) + gi * (T(1) - sg)));
         }
     }
 }
 
 // ---- cross-entropy --------------------------------------------------------------------------------
-template <typename T>
-long crossentropy_forward(T* losses, T* lse, const T* logits, const int32_t* targets, long N, long V) {
+template <typename S>
+long crossentropy_forward(compute_t<S>* losses, compute_t<S>* lse, const S* logits, const int32_t* targets, long N,
+                          long V) {
+    using T = compute_t<S>;
     OpTimer t_(OpFamily::xent);
     long counted = 0;
 #pragma omp parallel for schedule(static) reduction(+ : counted)
     for (long r = 0; r < N; r++) {
-        const T* z = logits + r * V;
-        T m = z[0];
-        for (long i = 1; i < V; i++) m = z[i] > m ? z[i] : m;
+        const S* z = logits + r * V;
+        T m = ld<T>(z[0]);
+        for (long i = 1; i < V; i++) m = ld<T>(z[i]) > m ? ld<T>(z[i]) : m;
         T s = 0;
 #pragma omp simd reduction(+ : s)
-        for (long i = 0; i < V; i++) s += vexp(z[i] - m);
+        for (long i = 0; i < V; i++) s += vexp(ld<T>(z[i]) - m);
         lse[r] = m + std::log(s);
         if (targets[r] >= 0) {
-            losses[r] = lse[r] - z[targets[r]];
+            losses[r] = lse[r] - ld<T>(z[targets[r]]);
             counted++;
         } else {
             losses[r] = 0;
@@ -207,36 +231,56 @@ long crossentropy_forward(T* losses, T* lse, const T* logits, const int32_t* tar
     return counted;
 }
 
-template <typename T>
-void crossentropy_backward(T* dlogits, const T* logits, const T* lse, const int32_t* targets, long N, long V,
-                           T scale) {
+template <typename D, typename S>
+void crossentropy_backward(D* dlogits, const S* logits, const compute_t<S>* lse, const int32_t* targets, long N,
+                           long V, compute_t<S> scale) {
+    using T = compute_t<S>;
     OpTimer t_(OpFamily::xent);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
         if (targets[r] < 0) continue;
-        const T* z = logits + r * V;
-        T* dz = dlogits + r * V;
+        const S* z = logits + r * V;
+        D* dz = dlogits + r * V;
+        const T lr = lse[r];
+        const long tr = targets[r];
 #pragma omp simd
-        for (long i = 0; i < V; i++) dz[i] += scale * vexp(z[i] - lse[r]);
-        dz[targets[r]] -= scale;
+        for (long i = 0; i < V; i++) dz[i] = st<D>(ld<T>(dz[i]) + scale * vexp(ld<T>(z[i]) - lr) - (i == tr ? scale : T(0)));
     }
 }
 
 #define STRATA_INSTANTIATE(T)                                                                                  \
     template void matmul_forward<T, T>(T*, const T*, const T*, long, long, long);                              \
-    template void matmul_backward<T, T>(T*, T*, const T*, const T*, const T*, long, long, long);               \
+    template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, long, long, long);                  \
     template void embedding_forward<T, T>(T*, const int32_t*, const T*, long, long);                           \
     template void embedding_backward<T, T>(T*, const T*, const int32_t*, long, long);                          \
-    template void rmsnorm_forward<T, T>(T*, T*, const T*, const T*, long, long, double);                       \
+    template void rmsnorm_forward<T, T, T>(T*, T*, const T*, const T*, long, long, double);                    \
     template void rmsnorm_backward<T, T>(T*, T*, const T*, const T*, const T*, const T*, long, long);          \
     template void rope_table<T>(T*, T*, long, long, double);                                                   \
-    template void rope_forward<T>(T*, const int32_t*, const T*, const T*, long, long, long);                   \
+    template void rope_forward<T, T>(T*, const int32_t*, const T*, const T*, long, long, long);                \
     template void rope_backward<T>(T*, const int32_t*, const T*, const T*, long, long, long);                  \
     template void swiglu_forward<T>(T*, const T*, long, long);                                                 \
-    template void swiglu_backward<T>(T*, const T*, const T*, long, long);                                      \
+    template void swiglu_backward<T, T>(T*, const T*, const T*, long, long);                                   \
     template long crossentropy_forward<T>(T*, T*, const T*, const int32_t*, long, long);                       \
-    template void crossentropy_backward<T>(T*, const T*, const T*, const int32_t*, long, long, T);
+    template void crossentropy_backward<T, T>(T*, const T*, const T*, const int32_t*, long, long, T);
 STRATA_INSTANTIATE(float)
 STRATA_INSTANTIATE(double)
+
+// Mixed precision: bf16 storage, float statistics and gradients.
+template void matmul_forward<bf16, bf16>(bf16*, const bf16*, const bf16*, long, long, long);
+template void matmul_forward<float, bf16>(float*, const bf16*, const bf16*, long, long, long);
+template void matmul_backward<bf16>(float*, float*, const bf16*, const bf16*, const bf16*, long, long, long);
+template void rmsnorm_forward<bf16, float, float>(bf16*, float*, const float*, const float*, long, long, double);
+template void rmsnorm_forward<bf16, bf16, float>(bf16*, float*, const bf16*, const float*, long, long, double);
+template void rmsnorm_forward<float, bf16, float>(float*, float*, const bf16*, const float*, long, long, double);
+template void rmsnorm_backward<bf16, float>(float*, float*, const float*, const bf16*, const float*, const float*,
+                                            long, long);
+template void rope_forward<bf16, float>(bf16*, const int32_t*, const float*, const float*, long, long, long);
+template void swiglu_forward<bf16>(bf16*, const bf16*, long, long);
+template void swiglu_backward<bf16, bf16>(bf16*, const float*, const bf16*, long, long);
+template void swiglu_backward<float, bf16>(float*, const float*, const bf16*, long, long);
+template long crossentropy_forward<bf16>(float*, float*, const bf16*, const int32_t*, long, long);
+template void crossentropy_backward<bf16, bf16>(bf16*, const bf16*, const float*, const int32_t*, long, long, float);
+template void crossentropy_backward<float, bf16>(float*, const bf16*, const float*, const int32_t*, long, long,
+                                                 float);
 
 }  // namespace strata

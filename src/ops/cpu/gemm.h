@@ -1,6 +1,19 @@
-// Row-major GEMM on top of CBLAS, for float and double: C = alpha·op(A)·op(B) + beta·C.
+// Row-major GEMM for the ops: C (M×N, ldc) = alpha·op(A)·op(B) + beta·C, op(X) = Xᵀ when tX.
+//
+//  - float and double: CBLAS (OpenBLAS). oneDNN's f32 matmul measured slower on the model's shapes
+//    (bench/README.md, "GEMM peaks"), so fp32 stays on OpenBLAS.
+//  - bf16 inputs with float accumulation, C float or bf16: oneDNN's matmul where the CPU multiplies
+//    bf16 natively (AVX512-BF16 or AMX), else an emulation that widens A and B to float and calls
+//    sgemm (correct, slower). set_bf16_native(false) or STRATA_BF16_NATIVE=0 forces the emulation, so
+//    both paths are tested on every machine.
+//
+// oneDNN primitives are created once per shape and kept; their scratchpads live in one buffer that
+// only grows, so a repeated shape allocates nothing of ours (oneDNN's execute itself makes a few small
+// bookkeeping allocations per call, which tests/reliability/test_no_alloc.cpp accounts for).
 #pragma once
 #include <cblas.h>
+
+#include "core/precision.h"
 
 namespace strata {
 
@@ -14,5 +27,18 @@ inline void gemm(bool ta, bool tb, long M, long N, long K, double alpha, const d
     cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
                 lda, B, ldb, beta, C, ldc);
 }
+void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
+          float beta, float* C, long ldc);
+void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
+          float beta, bf16* C, long ldc);
+
+// Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16), read once from cpuid.
+bool cpu_has_native_bf16();
+// Whether bf16 GEMMs take the native path: the CPU has it, STRATA_BF16_NATIVE is not "0", and
+// set_bf16_native(false) was not called.
+bool bf16_native();
+void set_bf16_native(bool allowed);
+// "oneDNN <version> (<isa>)" or "emulated (float sgemm)": for reports.
+const char* bf16_gemm_backend();
 
 }  // namespace strata

@@ -27,11 +27,19 @@ void copy_forward(T* dst, const T* src, size_t n) {
     std::memcpy(dst, src, n * sizeof(T));
 }
 
-template <typename T>
-void residual_forward(T* out, const T* a, const T* b, long n) {
+template <typename D, typename S>
+void convert_forward(D* dst, const S* src, size_t n) {
+    OpTimer t_(OpFamily::glue);
+    const long m = long(n);
+#pragma omp parallel for schedule(static) if (m >= kParallelMin)
+    for (long i = 0; i < m; i++) dst[i] = D(float(src[i]));
+}
+
+template <typename T, typename B>
+void residual_forward(T* out, const T* a, const B* b, long n) {
     OpTimer t_(OpFamily::glue);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
+    for (long i = 0; i < n; i++) out[i] = a[i] + T(b[i]);
 }
 
 template <typename T>
@@ -153,7 +161,7 @@ double row_mean_square_sum(const T* x, long N, long C) {
     double total = 0;
     for (long r = 0; r < N; r++) {
         double ss = 0;
-        for (long c = 0; c < C; c++) ss += double(x[r * C + c]) * double(x[r * C + c]);
+        for (long c = 0; c < C; c++) ss += to_double(x[r * C + c]) * to_double(x[r * C + c]);
         total += ss / double(C);
     }
     return total;
@@ -188,7 +196,7 @@ void adamw_update(T* p, const T* g, S* m, S* v, long n, const AdamWArgs& a, bool
 #define STRATA_GLUE(T)                                                                                      \
     template void fill_zero<T>(T*, size_t);                                                                 \
     template void copy_forward<T>(T*, const T*, size_t);                                                    \
-    template void residual_forward<T>(T*, const T*, const T*, long);                                        \
+    template void residual_forward<T, T>(T*, const T*, const T*, long);                                     \
     template void residual_backward<T>(T*, T*, const T*, long);                                             \
     template void qkv_split_forward<T>(T*, T*, T*, const T*, long, long, long, long);                       \
     template void qkv_split_backward<T>(T*, const T*, const T*, const T*, long, long, long, long);          \
@@ -204,5 +212,16 @@ void adamw_update(T* p, const T* g, S* m, S* v, long n, const AdamWArgs& a, bool
     template void adamw_update<T, T>(T*, const T*, T*, T*, long, const AdamWArgs&, bool);
 STRATA_GLUE(float)
 STRATA_GLUE(double)
+
+// Mixed precision: the bf16 activations' copies and conversions.
+template void fill_zero<bf16>(bf16*, size_t);
+template void copy_forward<bf16>(bf16*, const bf16*, size_t);
+template void convert_forward<bf16, float>(bf16*, const float*, size_t);
+template void convert_forward<float, bf16>(float*, const bf16*, size_t);
+template void residual_forward<float, bf16>(float*, const float*, const bf16*, long);
+template void qkv_split_forward<bf16>(bf16*, bf16*, bf16*, const bf16*, long, long, long, long);
+template void depth_slot_forward<bf16>(bf16*, long, long, const bf16*, long, long, long);
+template void kv_append_forward<bf16>(bf16*, bf16*, const bf16*, const bf16*, long, long, long, long, long);
+template double row_mean_square_sum<bf16>(const bf16*, long, long);
 
 }  // namespace strata

@@ -1,0 +1,208 @@
+// The bf16 GEMMs of gemm.h: oneDNN's matmul on CPUs with native bf16, a widening emulation elsewhere.
+#include "ops/cpu/gemm.h"
+
+#include <cpuid.h>
+#include <oneapi/dnnl/dnnl.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "core/error.h"
+
+namespace strata {
+
+bool cpu_has_native_bf16() {
+    static const bool has = [] {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (!__builtin_cpu_supports("avx512f")) return false;
+        if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+        const bool avx512_bf16 = (a >> 5) & 1u;
+        __get_cpuid_count(7, 0, &a, &b, &c, &d);
+        const bool amx_bf16 = (d >> 22) & 1u;
+        return avx512_bf16 || amx_bf16;
+    }();
+    return has;
+}
+
+namespace {
+std::atomic<int> g_native_allowed{-1};  // −1: not decided yet (read STRATA_BF16_NATIVE once)
+
+#define STRATA_DNNL(call)                                                                               \
+    do {                                                                                                \
+        const dnnl_status_t s_ = (call);                                                                \
+        if (s_ != dnnl_success) throw Error(std::string("oneDNN: ") + #call + " failed (status " +       \
+                                            std::to_string(int(s_)) + ")");                              \
+    } while (0)
+
+// One oneDNN matmul for one shape, created on first use and kept.
+struct Matmul {
+    dnnl_primitive_t prim = nullptr;
+    dnnl_memory_t a = nullptr, b = nullptr, c = nullptr, scratch = nullptr;
+    size_t scratch_bytes = 0;
+};
+using Key = std::tuple<bool, bool, long, long, long, long, long, long, int, float, float>;
+
+struct Dnnl {
+    std::mutex mu;
+    dnnl_engine_t engine = nullptr;
+    dnnl_stream_t stream = nullptr;
+    std::map<Key, Matmul> cache;
+    void* scratch = nullptr;  // shared by every primitive (calls never overlap: mu is held)
+    size_t scratch_bytes = 0;
+
+    Dnnl() {
+        STRATA_DNNL(dnnl_engine_create(&engine, dnnl_cpu, 0));
+        STRATA_DNNL(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
+    }
+    // Leaked on purpose at exit: destroying primitives after OpenMP has shut down is not safe.
+
+    Matmul& get(bool ta, bool tb, long M, long N, long K, long lda, long ldb, long ldc, dnnl_data_type_t cdt,
+                float alpha, float beta) {
+        const Key key{ta, tb, M, N, K, lda, ldb, ldc, int(cdt), alpha, beta};
+        auto it = cache.find(key);
+        if (it != cache.end()) return it->second;
+        dnnl_memory_desc_t am, bm, cm;
+        dnnl_dims_t ad = {M, K}, bd = {K, N}, cd = {M, N};
+        dnnl_dims_t as = {ta ? 1 : lda, ta ? lda : 1};  // op(A) is M×K
+        dnnl_dims_t bs = {tb ? 1 : ldb, tb ? ldb : 1};  // op(B) is K×N
+        dnnl_dims_t cs = {ldc, 1};
+        STRATA_DNNL(dnnl_memory_desc_init_by_strides(&am, 2, ad, dnnl_bf16, as));
+        STRATA_DNNL(dnnl_memory_desc_init_by_strides(&bm, 2, bd, dnnl_bf16, bs));
+        STRATA_DNNL(dnnl_memory_desc_init_by_strides(&cm, 2, cd, cdt, cs));
+        dnnl_matmul_desc_t desc;
+        STRATA_DNNL(dnnl_matmul_desc_init(&desc, &am, &bm, nullptr, &cm));
+        dnnl_primitive_attr_t attr;
+        STRATA_DNNL(dnnl_primitive_attr_create(&attr));
+        STRATA_DNNL(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+        if (alpha != 1.0f) STRATA_DNNL(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &alpha));
+        dnnl_post_ops_t po = nullptr;
+        if (beta != 0.0f) {
+            STRATA_DNNL(dnnl_post_ops_create(&po));
+            STRATA_DNNL(dnnl_post_ops_append_sum(po, beta));
+            STRATA_DNNL(dnnl_primitive_attr_set_post_ops(attr, po));
+        }
+        dnnl_primitive_desc_t pd;
+        STRATA_DNNL(dnnl_primitive_desc_create(&pd, &desc, attr, engine, nullptr));
+        Matmul m;
+        const dnnl_memory_desc_t* sm = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+        m.scratch_bytes = sm ? dnnl_memory_desc_get_size(sm) : 0;
+        STRATA_DNNL(dnnl_primitive_create(&m.prim, pd));
+        STRATA_DNNL(dnnl_memory_create(&m.a, &am, engine, DNNL_MEMORY_NONE));
+        STRATA_DNNL(dnnl_memory_create(&m.b, &bm, engine, DNNL_MEMORY_NONE));
+        STRATA_DNNL(dnnl_memory_create(&m.c, &cm, engine, DNNL_MEMORY_NONE));
+        if (m.scratch_bytes) STRATA_DNNL(dnnl_memory_create(&m.scratch, sm, engine, DNNL_MEMORY_NONE));
+        dnnl_primitive_desc_destroy(pd);
+        if (po) dnnl_post_ops_destroy(po);
+        dnnl_primitive_attr_destroy(attr);
+        if (m.scratch_bytes > scratch_bytes) {
+            std::free(scratch);
+            scratch_bytes = (m.scratch_bytes + 4095) / 4096 * 4096;
+            scratch = std::aligned_alloc(64, scratch_bytes);
+            if (!scratch) throw Error("oneDNN: out of memory for a GEMM scratchpad");
+        }
+        return cache.emplace(key, m).first->second;
+    }
+
+    void run(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
+             float beta, void* C, long ldc, dnnl_data_type_t cdt) {
+        std::lock_guard<std::mutex> lock(mu);
+        Matmul& m = get(ta, tb, M, N, K, lda, ldb, ldc, cdt, alpha, beta);
+        STRATA_DNNL(dnnl_memory_set_data_handle(m.a, const_cast<bf16*>(A)));
+        STRATA_DNNL(dnnl_memory_set_data_handle(m.b, const_cast<bf16*>(B)));
+        STRATA_DNNL(dnnl_memory_set_data_handle(m.c, C));
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, m.a}, {DNNL_ARG_WEIGHTS, m.b}, {DNNL_ARG_DST, m.c},
+                                   {DNNL_ARG_SCRATCHPAD, m.scratch}};
+        if (m.scratch) STRATA_DNNL(dnnl_memory_set_data_handle(m.scratch, scratch));
+        STRATA_DNNL(dnnl_primitive_execute(m.prim, stream, m.scratch ? 4 : 3, args));
+        STRATA_DNNL(dnnl_stream_wait(stream));
+    }
+};
+
+Dnnl& dnnl() {
+    static Dnnl* d = new Dnnl();
+    return *d;
+}
+
+// The emulation: widen to float, sgemm, round. Its buffers only grow.
+struct Emulated {
+    std::mutex mu;
+    std::vector<float> a, b, c;
+
+    static void widen(std::vector<float>& dst, const bf16* src, long rows, long cols, long ld) {
+        if (dst.size() < size_t(rows * cols)) dst.resize(size_t(rows * cols));
+        float* d = dst.data();
+#pragma omp parallel for schedule(static) if (rows * cols >= 65536)
+        for (long r = 0; r < rows; r++)
+            for (long c = 0; c < cols; c++) d[r * cols + c] = float(src[r * ld + c]);
+    }
+
+    template <typename C>
+    void run(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
+             float beta, C* Cm, long ldc) {
+        std::lock_guard<std::mutex> lock(mu);
+        const long ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+        widen(a, A, ar, ac, lda);
+        widen(b, B, br, bc, ldb);
+        if constexpr (std::is_same_v<C, float>) {
+            gemm(ta, tb, M, N, K, alpha, a.data(), ac, b.data(), bc, beta, Cm, ldc);
+        } else {
+            if (c.size() < size_t(M * N)) c.resize(size_t(M * N));
+            float* cf = c.data();
+            if (beta != 0.0f) widen(c, Cm, M, N, ldc);
+            gemm(ta, tb, M, N, K, alpha, a.data(), ac, b.data(), bc, beta, cf, N);
+#pragma omp parallel for schedule(static) if (M * N >= 65536)
+            for (long r = 0; r < M; r++)
+                for (long j = 0; j < N; j++) Cm[r * ldc + j] = bf16(cf[r * N + j]);
+        }
+    }
+};
+
+Emulated& emulated() {
+    static Emulated* e = new Emulated();
+    return *e;
+}
+}  // namespace
+
+bool bf16_native() {
+    int allowed = g_native_allowed.load(std::memory_order_relaxed);
+    if (allowed < 0) {
+        const char* env = std::getenv("STRATA_BF16_NATIVE");
+        allowed = !(env && std::strcmp(env, "0") == 0);
+        g_native_allowed.store(allowed, std::memory_order_relaxed);
+    }
+    return allowed && cpu_has_native_bf16();
+}
+
+void set_bf16_native(bool allowed) { g_native_allowed.store(allowed ? 1 : 0, std::memory_order_relaxed); }
+
+const char* bf16_gemm_backend() {
+    static std::string native = [] {
+        const dnnl_version_t* v = dnnl_version();
+        return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
+               " matmul (native bf16)";
+    }();
+    return bf16_native() ? native.c_str() : "emulated: widened to float, OpenBLAS sgemm";
+}
+
+void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
+          float beta, float* C, long ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (bf16_native() && K > 0) dnnl().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, dnnl_f32);
+    else emulated().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
+          float beta, bf16* C, long ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (bf16_native() && K > 0) dnnl().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, dnnl_bf16);
+    else emulated().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace strata
