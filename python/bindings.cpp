@@ -117,6 +117,11 @@ PYBIND11_MODULE(strata, mod) {
                 p.m->skip_sublayer = j;
             },
             "diagnostics: the sublayer whose output is zeroed (-1: none); forward only")
+        .def_property(
+            "precision", [](const PyModel& p) { return std::string(to_string(p.m->precision())); },
+            [](PyModel& p, const std::string& s) { p.m->set_precision(parse_precision(s, "precision")); },
+            "\"fp32\" or \"bf16\" (mixed precision: bf16 activations and GEMM inputs, float master weights "
+            "and gradients)")
         .def_property_readonly("num_params", [](const PyModel& p) { return p.m->num_params(); });
 
     auto ops = mod.def_submodule("ops", "each op's forward and backward on float32 arrays");

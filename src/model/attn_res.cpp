@@ -21,7 +21,9 @@ bool Model<T>::skipped_empty(long e) const {
 }
 
 template <typename T>
+template <typename A>
 int Model<T>::mix_sources(long j, bool grads) {
+    ActsOf<A>& a_ = acts<A>();
     const int S = attnres_sublayers_per_block(cfg);
     auto sub_out = [&](long i) { return i % 2 == 0 ? a_.layers[i / 2].attn.out : a_.layers[i / 2].mlp.out; };
     int n = 0;
@@ -42,7 +44,9 @@ int Model<T>::mix_sources(long j, bool grads) {
 // embedding and the completed blocks) mixed with the queries of all its sublayers at once. Sublayer
 // j0 + i's mix then holds the normalised phase-1 result, which phase 2 completes with the partial sum.
 template <typename T>
+template <typename A>
 void Model<T>::phase1(long j0, int n, long N) {
+    ActsOf<A>& a_ = acts<A>();
     const long end = std::min<long>(j0 + attnres_sublayers_per_block(cfg), 2 * cfg.n_layers);
     int S = 0;
     for (long j = j0; j < end; j++, S++) {
@@ -60,7 +64,9 @@ void Model<T>::phase1(long j0, int n, long N) {
 }
 
 template <typename T>
+template <typename A>
 void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
+    ActsOf<A>& a_ = acts<A>();
     const long D = cfg.d_model, L = cfg.n_layers;
     const int S = attnres_sublayers_per_block(cfg);
     const long per_layer = cache ? cache->B * cache->max_T * cfg.n_kv_heads * cfg.head_dim : 0;
@@ -68,69 +74,72 @@ void Model<T>::attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache)
         const long l = j / 2;
         const bool is_attn = j % 2 == 0;
         const LayerParams<T>& p = layers_[l];
-        SubActs& s = is_attn ? a_.layers[l].attn : a_.layers[l].mlp;
+        SubActs<A>& s = is_attn ? a_.layers[l].attn : a_.layers[l].mlp;
         const T* q = is_attn ? p.attn_res_query : p.mlp_res_query;
         const T* kn = is_attn ? p.attn_res_norm : p.mlp_res_norm;
-        const int n = mix_sources(j, false);
+        const int n = mix_sources<A>(j, false);
         if (S == 1) {  // Full: every op has its own sources
             attnres_forward(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, mix_src_.data(), n, q, kn, N, D,
                             cfg.norm_eps);
         } else {  // Block, two-phase: the block's completed sources once for all its sublayers, then the partial
-            if (j % S == 0) phase1(j, n, N);
+            if (j % S == 0) phase1<A>(j, n, N);
             else if (mix_has_partial_) attnres_phase2(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, mix_src_[n - 1], n - 1, q, kn, N, D,
                                 cfg.norm_eps);
         }
-        rmsnorm_forward(s.n_out, s.rstd, s.mix.out, is_attn ? p.attn_norm : p.mlp_norm, N, D, cfg.norm_eps);
+        rmsnorm_forward(s.x_in, s.rstd, s.mix.out, is_attn ? p.attn_norm : p.mlp_norm, N, D, cfg.norm_eps);
         if (is_attn) {
-            T* kc = cache ? cache->k.template data<T>() + l * per_layer : nullptr;
-            T* vc = cache ? cache->v.template data<T>() + l * per_layer : nullptr;
-            attn_forward(l, s.n_out, s.f_out, N, ad, kc, vc);
+            A* kc = cache ? cache->k.template data<A>() + l * per_layer : nullptr;
+            A* vc = cache ? cache->v.template data<A>() + l * per_layer : nullptr;
+            attn_forward(l, s.x_in, s.f_out, N, ad, kc, vc);
         } else {
-            mlp_forward(l, s.n_out, s.f_out, N);
+            mlp_forward(l, s.x_in, s.f_out, N);
         }
         if (j == skip_sublayer) fill_zero(s.f_out, size_t(N * D));
-        if (j % S == 0) {  // a block starts: its partial sum is f_j alone
-            copy_forward(s.out, s.f_out, size_t(N * D));
+        if (j % S == 0) {  // a block starts: its partial sum is f_j alone (widened to T under bf16)
+            if constexpr (std::is_same_v<A, T>) copy_forward(s.out, s.f_out, size_t(N * D));
+            else convert_forward(s.out, s.f_out, size_t(N * D));
         } else {
             const T* prev = (j - 1) % 2 == 0 ? a_.layers[(j - 1) / 2].attn.out : a_.layers[(j - 1) / 2].mlp.out;
             residual_forward(s.out, prev, s.f_out, N * D);
         }
     }
-    const int n = mix_sources(2 * L, false);
+    const int n = mix_sources<A>(2 * L, false);
     attnres_forward(a_.out_mix.out, a_.out_mix.logit, a_.out_mix.rstd, a_.out_mix.lse, mix_src_.data(), n,
                     out_res_query_, out_res_norm_, N, D, cfg.norm_eps);
 }
 
 // dfinal: the gradient w.r.t. the output op's mix. Leaves the embedding's gradient in a_.demb.
 template <typename T>
+template <typename A>
 void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal,
                                        const std::function<void(int)>& layer_done) {
+    ActsOf<A>& a_ = acts<A>();
     const long D = cfg.d_model, L = cfg.n_layers;
     const int S = attnres_sublayers_per_block(cfg);
     const size_t ND = size_t(N * D);
     for (T* ds : a_.dsub) fill_zero(ds, ND);
     fill_zero(a_.demb, ND);
-    int n = mix_sources(2 * L, true);
+    int n = mix_sources<A>(2 * L, true);
     attnres_backward(mix_dsrc_.data(), g(out_res_query_), g(out_res_norm_), dfinal, a_.out_mix.out, a_.out_mix.logit,
                      a_.out_mix.rstd, a_.out_mix.lse, mix_src_.data(), n, out_res_query_, out_res_norm_, N, D);
     for (long j = 2 * L - 1; j >= 0; j--) {
         const long l = j / 2;
         const bool is_attn = j % 2 == 0;
         const LayerParams<T>& p = layers_[l];
-        SubActs& s = is_attn ? a_.layers[l].attn : a_.layers[l].mlp;
+        SubActs<A>& s = is_attn ? a_.layers[l].attn : a_.layers[l].mlp;
         const T* dp = a_.dsub[j];  // complete: every later op and p_{j+1} have contributed
         if (j % S != 0) {
             residual_backward(a_.dsub[j - 1], static_cast<T*>(nullptr), dp, N * D);
         }
         fill_zero(a_.dn, ND);
-        if (is_attn) attn_backward(l, s.n_out, a_.dn, dp, N, ad);
-        else mlp_backward(l, s.n_out, a_.dn, dp, N);
+        if (is_attn) attn_backward(l, static_cast<const A*>(s.x_in), a_.dn, dp, N, ad);
+        else mlp_backward(l, static_cast<const A*>(s.x_in), a_.dn, dp, N);
         const T* nw = is_attn ? p.attn_norm : p.mlp_norm;
         fill_zero(a_.dmix, ND);
         rmsnorm_backward(a_.dmix, g(nw), a_.dn, s.mix.out, nw, s.rstd, N, D);
         const T* q = is_attn ? p.attn_res_query : p.mlp_res_query;
         const T* kn = is_attn ? p.attn_res_norm : p.mlp_res_norm;
-        n = mix_sources(j, true);
+        n = mix_sources<A>(j, true);
         attnres_backward(mix_dsrc_.data(), g(q), g(kn), a_.dmix, s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse,
                          mix_src_.data(), n, q, kn, N, D);
         if (is_attn && layer_done) layer_done(int(l));  // sublayer 2l is the layer's last to finish
@@ -139,15 +148,12 @@ void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfin
 
 template bool Model<float>::skipped_empty(long) const;
 template bool Model<double>::skipped_empty(long) const;
-template void Model<float>::phase1(long, int, long);
-template void Model<double>::phase1(long, int, long);
-template int Model<float>::mix_sources(long, bool);
-template int Model<double>::mix_sources(long, bool);
-template void Model<float>::attnres_run_layers(long, const AttnDims&, KVCache<float>*);
-template void Model<double>::attnres_run_layers(long, const AttnDims&, KVCache<double>*);
-template void Model<float>::attnres_layers_backward(long, const AttnDims&, const float*,
-                                                   const std::function<void(int)>&);
-template void Model<double>::attnres_layers_backward(long, const AttnDims&, const double*,
-                                                    const std::function<void(int)>&);
+#define STRATA_ATTNRES_LAYERS(T, A)                                                                           \
+    template void Model<T>::attnres_run_layers<A>(long, const AttnDims&, KVCache<T>*);                        \
+    template void Model<T>::attnres_layers_backward<A>(long, const AttnDims&, const T*,                       \
+                                                       const std::function<void(int)>&);
+STRATA_ATTNRES_LAYERS(float, float)
+STRATA_ATTNRES_LAYERS(float, bf16)
+STRATA_ATTNRES_LAYERS(double, double)
 
 }  // namespace strata

@@ -158,18 +158,25 @@ double ModelConfig::num_params() const {
     return V * D * (tie_embeddings ? 1 : 2) + double(n_layers) * per_layer + D + (attnres ? 2 * D : 0) + ffn_kv;
 }
 
-double ModelConfig::memory_bytes(long B, long T, bool training) const {
+double ModelConfig::memory_bytes(long B, long T, bool training, Precision precision) const {
     // Parameters and gradients, the RoPE tables (cos and sin, d/2 each per position), the activation
-    // arena exactly as the model plans it, and when training the two AdamW moments. fp32 throughout.
+    // arena exactly as the model plans it, and when training the two AdamW moments; all float, plus
+    // under bf16 the parameters' bf16 copy.
     const double P = num_params(), rope = double(max_seq_len) * head_dim;
     double arena = 0;
     if (B > 0 && T > 0) {
         TensorPlan plan;
-        Model<float>::Acts scratch{};
-        Model<float>::describe_activations(plan, *this, B * T, training, scratch);
+        if (precision == Precision::bf16) {
+            Model<float>::ActsOf<bf16> scratch{};
+            Model<float>::describe_activations(plan, *this, B * T, training, scratch);
+        } else {
+            Model<float>::Acts scratch{};
+            Model<float>::describe_activations(plan, *this, B * T, training, scratch);
+        }
         arena = double(plan.bytes());
     }
-    return 4.0 * (2 * P + rope + (training ? 2 * P : 0)) + arena;
+    const double lp = precision == Precision::bf16 ? 2.0 * P : 0.0;
+    return 4.0 * (2 * P + rope + (training ? 2 * P : 0)) + lp + arena;
 }
 
 double usable_memory_bytes() {

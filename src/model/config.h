@@ -1,6 +1,7 @@
 // Model configuration: the architecture hyper-parameters (docs/model.md), parsed from JSON with
 // every key checked.
 #pragma once
+#include "core/precision.h"
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -52,7 +53,7 @@ struct ModelConfig {
     // Bytes a Model of this config allocates: parameters, gradients and RoPE tables, plus the
     // activation arena for a batch of B×T tokens (none when B·T is 0; the backward's buffers too when
     // training) and, when training, the AdamW moments.
-    double memory_bytes(long B, long T, bool training) const;
+    double memory_bytes(long B, long T, bool training, Precision precision = Precision::fp32) const;
 };
 
 // The memory strata plans within: STRATA_MEMORY_LIMIT (bytes) when set, else the smaller of the

@@ -9,6 +9,16 @@ namespace strata {
 
 template <typename T>
 void Model<T>::accumulate_depth_stats(DepthStats& s) const {
+    if constexpr (std::is_same_v<T, float>) {
+        if (precision_ == Precision::bf16) return accumulate_depth_stats_impl<bf16>(s);
+    }
+    accumulate_depth_stats_impl<T>(s);
+}
+
+template <typename T>
+template <typename A>
+void Model<T>::accumulate_depth_stats_impl(DepthStats& s) const {
+    const ActsOf<A>& a_ = acts<A>();
     const long L = cfg.n_layers, D = cfg.d_model, N = B_ * T_;
     STRATA_CHECK(N > 0, "accumulate_depth_stats needs a forward first");
     STRATA_CHECK(skip_sublayer < 0, "accumulate_depth_stats describes the whole model: clear skip_sublayer");
@@ -22,10 +32,10 @@ void Model<T>::accumulate_depth_stats(DepthStats& s) const {
         if (attnres) s.alpha.assign(2 * L + 1, std::vector<double>(size_t(n_cols), 0.0));
     }
     STRATA_CHECK(long(s.input_ms.size()) == 2 * L, "DepthStats from another model");
-    auto sum_ms = [&](const T* x) { return row_mean_square_sum(x, N, D); };  // Σ over rows of the row's mean square
-    auto sub = [&](long j) -> const SubActs& { return j % 2 == 0 ? a_.layers[j / 2].attn : a_.layers[j / 2].mlp; };
+    auto sum_ms = [&](const auto* x) { return row_mean_square_sum(x, N, D); };  // Σ over rows of the row's mean square
+    auto sub = [&](long j) -> const SubActs<A>& { return j % 2 == 0 ? a_.layers[j / 2].attn : a_.layers[j / 2].mlp; };
     for (long j = 0; j < 2 * L; j++) {
-        const SubActs& sa = sub(j);
+        const SubActs<A>& sa = sub(j);
         const T* input = attnres ? sa.mix.out : (j == 0 ? a_.x0 : sub(j - 1).out);
         s.input_ms[j] += sum_ms(input);
         s.output_ms[j] += sum_ms(sa.f_out);

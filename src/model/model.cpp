@@ -76,8 +76,9 @@ Model<T>::Model(const ModelConfig& c, Device device) : cfg(c), specs(param_specs
     params_ = Buffer(*backend_, dtype_of<param_t>(), n);
     grads_ = Buffer(*backend_, dtype_of<grad_t>(), n);
 
-    tok_emb_ = param_data() + spec("tok_emb").offset;
-    auto param = [&](const std::string& name) { return param_data() + spec(name).offset; };
+    T* base = params_.data<T>();
+    auto param = [&](const std::string& name) { return base + spec(name).offset; };
+    tok_emb_ = param("tok_emb");
     final_norm_ = param("final_norm");
     lm_head_ = c.tie_embeddings ? tok_emb_ : param("lm_head");
     for (int l = 0; l < c.n_layers; l++) {
@@ -113,7 +114,7 @@ Model<T>::Model(const ModelConfig& c, Device device) : cfg(c), specs(param_specs
         ph1_.gamma.resize(S);
     }
     const size_t half = size_t(c.max_seq_len) * d / 2;
-    rope_ = Buffer(*backend_, dtype_of<act_t>(), 2 * half);
+    rope_ = Buffer(*backend_, dtype_of<T>(), 2 * half);  // the tables stay in T at every precision
     T* rc = rope_.data<T>();
     rope_table(rc, rc + half, c.max_seq_len, d, c.rope_theta);
     rope_cos_ = rc;
@@ -149,9 +150,24 @@ void Model<T>::init_weights(uint64_t seed) {
 template <typename T>
 void Model<T>::set_precision(Precision p) {
     if (p == precision_) return;
-    if (p == Precision::bf16) throw Error("bf16 precision is not available in this build yet");
+    if constexpr (!std::is_same_v<T, float>) {
+        if (p == Precision::bf16) throw Error("bf16 precision needs a float model (its master weights are float)");
+    } else {
+        if (p == Precision::bf16 && params_lp_.numel() == 0) params_lp_ = Buffer(*backend_, DType::bf16, params_.numel());
+    }
     precision_ = p;
-    plan_N_ = -1;
+    params_lp_stale_ = true;
+    plan_N_ = -1;  // the activations are re-planned in the new types
+    have_targets_ = false;
+    B_ = T_ = 0;
+}
+
+template <typename T>
+void Model<T>::refresh_low_precision_params() {
+    if constexpr (std::is_same_v<T, float>) {
+        convert_forward(params_lp_.data<bf16>(), params_.data<T>(), params_.numel());
+        params_lp_stale_ = false;
+    }
 }
 
 template <typename T>
@@ -163,19 +179,30 @@ template <typename T>
 void Model<T>::logits_to_host(T* host, long first, long rows) const {
     STRATA_CHECK(first >= 0 && rows >= 0 && first + rows <= B_ * T_, "logits_to_host: rows outside the last forward");
     const long V = cfg.vocab_size;
+    if constexpr (std::is_same_v<T, float>) {
+        if (precision_ == Precision::bf16) {
+            std::vector<bf16> staged(size_t(rows * V));
+            backend_->copy_to_host(staged.data(), ab_.logits + first * V, staged.size() * sizeof(bf16));
+            for (size_t i = 0; i < staged.size(); i++) host[i] = float(staged[i]);
+            return;
+        }
+    }
     backend_->copy_to_host(host, a_.logits + first * V, size_t(rows * V) * sizeof(T));
 }
 
 // The activations for N = B·T rows, in arena order. Buffers that only alias another (the post-norm
-// stream, unnormed q/k) are set after carving, in layout().
+// stream, unnormed q/k, f's input when it is h itself) are set after carving, in layout().
 template <typename T>
-void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N, bool training, Acts& a) {
+template <typename A>
+void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N, bool training, ActsOf<A>& a) {
     const long D = c.d_model, H = c.n_heads, Hk = c.n_kv_heads, d = c.head_dim, F = c.ffn_hidden, V = c.vocab_size,
                L = c.n_layers;
     const long QKV = (H + 2 * Hk) * d, kvd = Hk * d;
+    const bool pre = c.norm_placement == NormPlacement::pre;
     const bool post = c.norm_placement == NormPlacement::post;
     const bool moda = c.attention == AttentionKind::moda;
     const bool attnres = c.residual != Residual::standard;
+    constexpr bool same = std::is_same_v<A, T>;  // fp32 (fp64): no conversions, no converted copies
     const long slots = moda ? moda_slots(c) : 0, n_max = attnres_max_sources(c);
     P.clear();
     auto t = [&](auto** where, const char* name, long n, int layer = -1) { P.add(name, layer, size_t(n), where); };
@@ -185,11 +212,17 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
         t(&m.rstd, "mix.rstd", n_max * N, layer);
         t(&m.lse, "mix.lse", N, layer);
     };
-    auto sub = [&](SubActs& s, int l) {
+    auto sub = [&](SubActs<A>& s, int l) {
         t(&s.f_out, "f_out", N * D, l);
-        t(&s.n_out, "n_out", N * D, l);
+        s.x_in = nullptr;
+        s.n_out = s.sum = s.out = nullptr;
+        if (pre) {
+            t(&s.x_in, "x_in", N * D, l);
+        } else {
+            t(&s.n_out, "n_out", N * D, l);
+            if (!same) t(&s.x_in, "x_in", N * D, l);
+        }
         t(&s.rstd, "rstd", N, l);
-        s.sum = s.out = nullptr;
         if (post) t(&s.sum, "sum", N * D, l);
         else t(&s.out, "out", N * D, l);
         s.mix = {};
@@ -202,14 +235,15 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     t(&a.x0, "x0", N * D);
     a.layers.resize(size_t(L));  // no-op after the first call
     for (int l = 0; l < L; l++) {
-        LayerActs& la = a.layers[size_t(l)];
+        LayerActs<A>& la = a.layers[size_t(l)];
         sub(la.attn, l);
         sub(la.mlp, l);
         t(&la.qkv, "qkv", N * QKV, l);
         t(&la.q_raw, "q_raw", N * H * d, l);
         t(&la.k_raw, "k_raw", N * kvd, l);
         t(&la.v, "v", N * kvd, l);
-        la.q = la.k = la.q_rstd = la.k_rstd = nullptr;
+        la.q = la.k = nullptr;
+        la.q_rstd = la.k_rstd = nullptr;
         if (c.qk_norm) {
             t(&la.q, "q", N * H * d, l);
             t(&la.k, "k", N * kvd, l);
@@ -220,7 +254,8 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
         t(&la.lse, "lse", N * H, l);
         t(&la.gu, "gu", N * 2 * F, l);
         t(&la.act, "act", N * F, l);
-        la.ffn_kv = la.fk_raw = la.fk = la.fk_rstd = nullptr;
+        la.ffn_kv = la.fk_raw = la.fk = nullptr;
+        la.fk_rstd = nullptr;
         if (moda && c.moda_ffn_kv && l + 1 < L) {
             t(&la.ffn_kv, "ffn_kv", N * 2 * kvd, l);
             t(&la.fk_raw, "fk_raw", N * kvd, l);
@@ -230,7 +265,8 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
             }
         }
     }
-    a.depth_k = a.depth_v = a.ddepth_k = a.ddepth_v = nullptr;
+    a.depth_k = a.depth_v = nullptr;
+    a.ddepth_k = a.ddepth_v = nullptr;
     if (moda) {
         t(&a.depth_k, "depth_k", N * slots * kvd);
         t(&a.depth_v, "depth_v", N * slots * kvd);
@@ -242,6 +278,7 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     t(&a.lse, "lse", N);
     a.out_mix = {};
     if (attnres) mix(a.out_mix, -1);
+    a.dy_a = a.dqkv_a = nullptr;
     if (!training) return;
     t(&a.dres_a, "dres_a", N * D);
     t(&a.dres_b, "dres_b", N * D);
@@ -261,6 +298,10 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     t(&a.dact, "dact", N * F);
     t(&a.dlnf, "dlnf", N * D);
     t(&a.dlogits, "dlogits", N * V);
+    if (!same) {
+        t(&a.dy_a, "dy_a", N * D);
+        t(&a.dqkv_a, "dqkv_a", N * QKV);
+    }
     if (moda) {
         t(&a.ddepth_k, "ddepth_k", N * slots * kvd);
         t(&a.ddepth_v, "ddepth_v", N * slots * kvd);
@@ -278,21 +319,23 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
 // Plans and carves the arena for N = B·T rows. The arena only grows and the plan keeps its capacity,
 // so after the first step of a given shape nothing is allocated.
 template <typename T>
+template <typename A>
 void Model<T>::layout(long N, bool training) {
     if (N == plan_N_ && training == plan_training_) return;
-    describe_activations(plan_, cfg, N, training, a_);
+    ActsOf<A>& a = acts<A>();
+    describe_activations(plan_, cfg, N, training, a);
     if (arena_.bytes() < plan_.bytes()) {
         arena_ = Buffer();  // free the old arena before taking the larger one
         arena_ = Buffer(*backend_, DType::u8, plan_.bytes());
     }
     plan_.carve(arena_.raw());
-    for (LayerActs& la : a_.layers) {  // the aliases
-        for (SubActs* s : {&la.attn, &la.mlp})
+    for (LayerActs<A>& la : a.layers) {  // the aliases
+        for (SubActs<A>* s : {&la.attn, &la.mlp})
             if (!s->out) s->out = s->n_out;  // post-norm: the stream is the norm's output
         if (!la.q) la.q = la.q_raw, la.k = la.k_raw;  // no QK-norm: RoPE rotates the split q/k in place
         if (la.fk_raw && !la.fk) la.fk = la.fk_raw;
     }
-    if (training && !a_.dq_raw) a_.dq_raw = a_.dq, a_.dk_raw = a_.dk;
+    if (training && !a.dq_raw) a.dq_raw = a.dq, a.dk_raw = a.dk;
     plan_N_ = N;
     plan_training_ = training;
 }
@@ -301,29 +344,46 @@ void Model<T>::layout(long N, bool training) {
 // targets when there are any.
 template <typename T>
 void Model<T>::stage_inputs(const int32_t* tokens, const int32_t* targets, long N, long pos0, long seq) {
-    backend_->copy_from_host(a_.tokens, tokens, size_t(N) * sizeof(int32_t));
-    if (targets) backend_->copy_from_host(a_.targets, targets, size_t(N) * sizeof(int32_t));
+    int32_t *tok = a_.tokens, *tgt = a_.targets, *pos = a_.pos;
+    if (precision_ == Precision::bf16) tok = ab_.tokens, tgt = ab_.targets, pos = ab_.pos;
+    backend_->copy_from_host(tok, tokens, size_t(N) * sizeof(int32_t));
+    if (targets) backend_->copy_from_host(tgt, targets, size_t(N) * sizeof(int32_t));
     pos_host_.resize(size_t(N));
     for (long i = 0; i < N; i++) pos_host_[size_t(i)] = int32_t(pos0 + i % seq);
-    backend_->copy_from_host(a_.pos, pos_host_.data(), size_t(N) * sizeof(int32_t));
+    backend_->copy_from_host(pos, pos_host_.data(), size_t(N) * sizeof(int32_t));
 }
+
+namespace {
+// A T gradient as the A operand of a GEMM backward: itself when A is T, else converted into scratch.
+template <typename A, typename T>
+const A* as_act(const T* grad, A* scratch, long n) {
+    if constexpr (std::is_same_v<A, T>) {
+        return grad;
+    } else {
+        convert_forward(scratch, grad, size_t(n));
+        return scratch;
+    }
+}
+}  // namespace
 
 // ---- attention sublayer f(in) ------------------------------------------------------------------
 template <typename T>
-void Model<T>::attn_forward(long l, const T* in, T* out, long N, const AttnDims& ad, T* kc, T* vc) {
+template <typename A>
+void Model<T>::attn_forward(long l, const A* in, A* out, long N, const AttnDims& ad, A* kc, A* vc) {
     const LayerParams<T>& p = layers_[l];
-    LayerActs& la = a_.layers[l];
+    ActsOf<A>& a = acts<A>();
+    LayerActs<A>& la = a.layers[l];
     const long D = cfg.d_model, H = cfg.n_heads, Hk = cfg.n_kv_heads, d = cfg.head_dim, QKV = (H + 2 * Hk) * d;
-    matmul_forward(la.qkv, in, p.wqkv, N, D, QKV);
+    matmul_forward(la.qkv, in, W<A>(p.wqkv), N, D, QKV);
     qkv_split_forward(la.q_raw, la.k_raw, la.v, la.qkv, N, H * d, Hk * d, Hk * d);
     if (cfg.qk_norm) {  // else q, k are q_raw, k_raw (layout)
         rmsnorm_forward(la.q, la.q_rstd, la.q_raw, p.q_norm, N * H, d, cfg.norm_eps);
         rmsnorm_forward(la.k, la.k_rstd, la.k_raw, p.k_norm, N * Hk, d, cfg.norm_eps);
     }
-    rope_forward(la.q, a_.pos, rope_cos_, rope_sin_, N, H, d);
-    rope_forward(la.k, a_.pos, rope_cos_, rope_sin_, N, Hk, d);
-    const T* K = la.k;
-    const T* Vv = la.v;
+    rope_forward(la.q, a.pos, rope_cos_, rope_sin_, N, H, d);
+    rope_forward(la.k, a.pos, rope_cos_, rope_sin_, N, Hk, d);
+    const A* K = la.k;
+    const A* Vv = la.v;
     if (kc) {  // decoding: append this step's keys/values to the cache and attend over all of it
         kv_append_forward(kc, vc, la.k, la.v, ad.B, ad.Tq, ad.q_pos0, ad.kv_bstride, Hk * d);
         K = kc;
@@ -331,99 +391,106 @@ void Model<T>::attn_forward(long l, const T* in, T* out, long N, const AttnDims&
     }
     if (cfg.attention == AttentionKind::moda) {  // the softmax also covers each token's earlier-layer K/V
         const long slots = moda_slots(cfg);
-        moda_forward(la.att, la.lse, la.q, K, Vv, a_.depth_k, a_.depth_v, moda_slots_read(cfg, l), slots, ad);
+        moda_forward(la.att, la.lse, la.q, K, Vv, a.depth_k, a.depth_v, moda_slots_read(cfg, l), slots, ad);
         if (l + 1 < cfg.n_layers) {  // this layer's K/V become a depth slot for the layers after it
-            depth_slot_forward(a_.depth_k, slots, moda_slots_read(cfg, l), la.k, Hk * d, N, Hk * d);
-            depth_slot_forward(a_.depth_v, slots, moda_slots_read(cfg, l), la.v, Hk * d, N, Hk * d);
+            depth_slot_forward(a.depth_k, slots, moda_slots_read(cfg, l), la.k, Hk * d, N, Hk * d);
+            depth_slot_forward(a.depth_v, slots, moda_slots_read(cfg, l), la.v, Hk * d, N, Hk * d);
         }
     } else {
         attention_forward(la.att, la.lse, la.q, K, Vv, ad);
     }
-    matmul_forward(out, la.att, p.wo, N, H * d, D);
+    matmul_forward(out, la.att, W<A>(p.wo), N, H * d, D);
 }
 
 template <typename T>
-void Model<T>::attn_backward(long l, const T* in, T* din, const T* dout, long N, const AttnDims& ad) {
+template <typename A>
+void Model<T>::attn_backward(long l, const A* in, T* din, const T* dout, long N, const AttnDims& ad) {
     const LayerParams<T>& p = layers_[l];
-    LayerActs& la = a_.layers[l];
+    ActsOf<A>& a = acts<A>();
+    LayerActs<A>& la = a.layers[l];
     const long D = cfg.d_model, H = cfg.n_heads, Hk = cfg.n_kv_heads, d = cfg.head_dim, QKV = (H + 2 * Hk) * d;
-    fill_zero(a_.datt, size_t(N * H * d));
-    matmul_backward(a_.datt, g(p.wo), dout, la.att, p.wo, N, H * d, D);
-    fill_zero(a_.dq, size_t(N * H * d));
-    fill_zero(a_.dk, size_t(N * Hk * d));
-    fill_zero(a_.dv, size_t(N * Hk * d));
+    fill_zero(a.datt, size_t(N * H * d));
+    matmul_backward(a.datt, g(p.wo), as_act(dout, a.dy_a, N * D), la.att, W<A>(p.wo), N, H * d, D);
+    fill_zero(a.dq, size_t(N * H * d));
+    fill_zero(a.dk, size_t(N * Hk * d));
+    fill_zero(a.dv, size_t(N * Hk * d));
     if (cfg.attention == AttentionKind::moda) {
         const long slots = moda_slots(cfg);
-        moda_backward(a_.dq, a_.dk, a_.dv, a_.ddepth_k, a_.ddepth_v, a_.datt, la.att, la.lse, la.q, la.k, la.v,
-                      a_.depth_k, a_.depth_v, moda_slots_read(cfg, l), slots, ad);
+        moda_backward(a.dq, a.dk, a.dv, a.ddepth_k, a.ddepth_v, a.datt, la.att, la.lse, la.q, la.k, la.v, a.depth_k,
+                      a.depth_v, moda_slots_read(cfg, l), slots, ad);
         if (l + 1 < cfg.n_layers) {  // what the later layers sent back through this layer's depth slot
-            depth_slot_backward(a_.dk, Hk * d, a_.ddepth_k, slots, moda_slots_read(cfg, l), N, Hk * d);
-            depth_slot_backward(a_.dv, Hk * d, a_.ddepth_v, slots, moda_slots_read(cfg, l), N, Hk * d);
+            depth_slot_backward(a.dk, Hk * d, a.ddepth_k, slots, moda_slots_read(cfg, l), N, Hk * d);
+            depth_slot_backward(a.dv, Hk * d, a.ddepth_v, slots, moda_slots_read(cfg, l), N, Hk * d);
         }
     } else {
-        attention_backward(a_.dq, a_.dk, a_.dv, a_.datt, la.att, la.lse, la.q, la.k, la.v, ad);
+        attention_backward(a.dq, a.dk, a.dv, a.datt, la.att, la.lse, la.q, la.k, la.v, ad);
     }
-    rope_backward(a_.dq, a_.pos, rope_cos_, rope_sin_, N, H, d);
-    rope_backward(a_.dk, a_.pos, rope_cos_, rope_sin_, N, Hk, d);
+    rope_backward(a.dq, a.pos, rope_cos_, rope_sin_, N, H, d);
+    rope_backward(a.dk, a.pos, rope_cos_, rope_sin_, N, Hk, d);
     if (cfg.qk_norm) {  // else dq_raw, dk_raw are dq, dk (layout)
-        fill_zero(a_.dq_raw, size_t(N * H * d));
-        fill_zero(a_.dk_raw, size_t(N * Hk * d));
-        rmsnorm_backward(a_.dq_raw, g(p.q_norm), a_.dq, la.q_raw, p.q_norm, la.q_rstd, N * H, d);
-        rmsnorm_backward(a_.dk_raw, g(p.k_norm), a_.dk, la.k_raw, p.k_norm, la.k_rstd, N * Hk, d);
+        fill_zero(a.dq_raw, size_t(N * H * d));
+        fill_zero(a.dk_raw, size_t(N * Hk * d));
+        rmsnorm_backward(a.dq_raw, g(p.q_norm), a.dq, la.q_raw, p.q_norm, la.q_rstd, N * H, d);
+        rmsnorm_backward(a.dk_raw, g(p.k_norm), a.dk, la.k_raw, p.k_norm, la.k_rstd, N * Hk, d);
     }
-    qkv_split_backward(a_.dqkv, a_.dq_raw, a_.dk_raw, a_.dv, N, H * d, Hk * d, Hk * d);
-    matmul_backward(din, g(p.wqkv), a_.dqkv, in, p.wqkv, N, D, QKV);
+    qkv_split_backward(a.dqkv, a.dq_raw, a.dk_raw, a.dv, N, H * d, Hk * d, Hk * d);
+    matmul_backward(din, g(p.wqkv), as_act(a.dqkv, a.dqkv_a, N * QKV), in, W<A>(p.wqkv), N, D, QKV);
 }
 
 // ---- MLP sublayer f(in) ----------------------------------------------------------------------
 template <typename T>
-void Model<T>::mlp_forward(long l, const T* in, T* out, long N) {
+template <typename A>
+void Model<T>::mlp_forward(long l, const A* in, A* out, long N) {
     const LayerParams<T>& p = layers_[l];
-    LayerActs& la = a_.layers[l];
+    ActsOf<A>& a = acts<A>();
+    LayerActs<A>& la = a.layers[l];
     const long D = cfg.d_model, F = cfg.ffn_hidden;
-    matmul_forward(la.gu, in, p.wgu, N, D, 2 * F);
+    matmul_forward(la.gu, in, W<A>(p.wgu), N, D, 2 * F);
     swiglu_forward(la.act, la.gu, N, F);
-    matmul_forward(out, la.act, p.wdown, N, F, D);
+    matmul_forward(out, la.act, W<A>(p.wdown), N, F, D);
     if (p.wffn) {  // MoDA: the FFN's input, projected to one more depth K/V slot (K normed and rotated like K)
         const long Hk = cfg.n_kv_heads, d = cfg.head_dim, kvd = Hk * d, slots = moda_slots(cfg);
-        matmul_forward(la.ffn_kv, in, p.wffn, N, D, 2 * kvd);
+        matmul_forward(la.ffn_kv, in, W<A>(p.wffn), N, D, 2 * kvd);
         depth_slot_forward(la.fk_raw, 1, 0, la.ffn_kv, 2 * kvd, N, kvd);  // the K half, contiguous
         if (cfg.qk_norm) rmsnorm_forward(la.fk, la.fk_rstd, la.fk_raw, layers_[l].k_norm, N * Hk, d, cfg.norm_eps);
-        rope_forward(la.fk, a_.pos, rope_cos_, rope_sin_, N, Hk, d);
+        rope_forward(la.fk, a.pos, rope_cos_, rope_sin_, N, Hk, d);
         const long slot = moda_slots_read(cfg, l) + 1;
-        depth_slot_forward(a_.depth_k, slots, slot, la.fk, kvd, N, kvd);
-        depth_slot_forward(a_.depth_v, slots, slot, la.ffn_kv + kvd, 2 * kvd, N, kvd);  // the V half, in place
+        depth_slot_forward(a.depth_k, slots, slot, la.fk, kvd, N, kvd);
+        depth_slot_forward(a.depth_v, slots, slot, la.ffn_kv + kvd, 2 * kvd, N, kvd);  // the V half, in place
     }
 }
 
 template <typename T>
-void Model<T>::mlp_backward(long l, const T* in, T* din, const T* dout, long N) {
+template <typename A>
+void Model<T>::mlp_backward(long l, const A* in, T* din, const T* dout, long N) {
     const LayerParams<T>& p = layers_[l];
-    LayerActs& la = a_.layers[l];
+    ActsOf<A>& a = acts<A>();
+    LayerActs<A>& la = a.layers[l];
     const long D = cfg.d_model, F = cfg.ffn_hidden;
-    fill_zero(a_.dact, size_t(N * F));
-    matmul_backward(a_.dact, g(p.wdown), dout, la.act, p.wdown, N, F, D);
-    fill_zero(a_.dgu, size_t(N * 2 * F));
-    swiglu_backward(a_.dgu, a_.dact, la.gu, N, F);
-    matmul_backward(din, g(p.wgu), a_.dgu, in, p.wgu, N, D, 2 * F);
+    fill_zero(a.dact, size_t(N * F));
+    matmul_backward(a.dact, g(p.wdown), as_act(dout, a.dy_a, N * D), la.act, W<A>(p.wdown), N, F, D);
+    fill_zero(a.dgu, size_t(N * 2 * F));
+    swiglu_backward(a.dgu, a.dact, la.gu, N, F);
+    matmul_backward(din, g(p.wgu), a.dgu, in, W<A>(p.wgu), N, D, 2 * F);
     if (p.wffn) {  // MoDA: the gradient the later layers sent back through this FFN's depth slot
         const long Hk = cfg.n_kv_heads, d = cfg.head_dim, kvd = Hk * d, slots = moda_slots(cfg);
         const long slot = moda_slots_read(cfg, l) + 1;
-        T* dfk = a_.dk;  // free scratch here (N, Hk·d)
+        T* dfk = a.dk;  // free scratch here (N, Hk·d)
         fill_zero(dfk, size_t(N * kvd));
-        depth_slot_backward(dfk, kvd, a_.ddepth_k, slots, slot, N, kvd);
-        rope_backward(dfk, a_.pos, rope_cos_, rope_sin_, N, Hk, d);
+        depth_slot_backward(dfk, kvd, a.ddepth_k, slots, slot, N, kvd);
+        rope_backward(dfk, a.pos, rope_cos_, rope_sin_, N, Hk, d);
         const T* dk_raw = dfk;
         if (cfg.qk_norm) {
-            fill_zero(a_.dk_raw, size_t(N * kvd));
-            rmsnorm_backward(a_.dk_raw, g(layers_[l].k_norm), dfk, la.fk_raw, layers_[l].k_norm, la.fk_rstd, N * Hk, d);
-            dk_raw = a_.dk_raw;
+            fill_zero(a.dk_raw, size_t(N * kvd));
+            rmsnorm_backward(a.dk_raw, g(layers_[l].k_norm), dfk, la.fk_raw, layers_[l].k_norm, la.fk_rstd, N * Hk, d);
+            dk_raw = a.dk_raw;
         }
-        T* dkv = a_.dqkv;  // (N, 2·Hk·d) fits in the (N, QKV) scratch: [dK | dV]
+        T* dkv = a.dqkv;  // (N, 2·Hk·d) fits in the (N, QKV) scratch: [dK | dV]
         fill_zero(dkv, size_t(N * 2 * kvd));
         depth_slot_backward(dkv, 2 * kvd, dk_raw, 1, 0, N, kvd);
-        depth_slot_backward(dkv + kvd, 2 * kvd, a_.ddepth_v, slots, slot, N, kvd);
-        matmul_backward(din, g(p.wffn), dkv, in, p.wffn, N, D, 2 * kvd);
+        depth_slot_backward(dkv + kvd, 2 * kvd, a.ddepth_v, slots, slot, N, kvd);
+        matmul_backward(din, g(p.wffn), as_act(static_cast<const T*>(dkv), a.dqkv_a, N * 2 * kvd), in, W<A>(p.wffn), N,
+                        D, 2 * kvd);
     }
 }
 
@@ -431,28 +498,39 @@ void Model<T>::mlp_backward(long l, const T* in, T* din, const T* dout, long N) 
 //   pre:       out = h + f(N(h))
 //   post:      out = N(h + f(h))
 //   reordered: out = h + N(f(h))
+// Under mixed precision h and out are float; f reads and writes A. Where f reads h itself (post,
+// reordered) it reads h converted to A (x_in), and its input gradient adds straight into dh.
 template <typename T>
-void Model<T>::sublayer_forward(SubActs& s, const T* h, const T* nw, long N, bool is_attn, long l, const AttnDims& ad,
-                                T* kc, T* vc) {
+template <typename A>
+void Model<T>::sublayer_forward(SubActs<A>& s, const T* h, const T* nw, long N, bool is_attn, long l,
+                                const AttnDims& ad, A* kc, A* vc) {
     const long D = cfg.d_model;
-    auto f = [&](const T* in, T* out) {
+    auto f = [&](const A* in, A* out) {
         if (is_attn) attn_forward(l, in, out, N, ad, kc, vc);
         else mlp_forward(l, in, out, N);
         if (2 * l + (is_attn ? 0 : 1) == skip_sublayer) fill_zero(out, size_t(N * D));
     };
+    auto h_as_input = [&]() -> const A* {
+        if constexpr (std::is_same_v<A, T>) {
+            return h;
+        } else {
+            convert_forward(s.x_in, h, size_t(N * D));
+            return s.x_in;
+        }
+    };
     switch (cfg.norm_placement) {
         case NormPlacement::pre:
-            rmsnorm_forward(s.n_out, s.rstd, h, nw, N, D, cfg.norm_eps);
-            f(s.n_out, s.f_out);
+            rmsnorm_forward(s.x_in, s.rstd, h, nw, N, D, cfg.norm_eps);
+            f(s.x_in, s.f_out);
             residual_forward(s.out, h, s.f_out, N * D);
             break;
         case NormPlacement::post:
-            f(h, s.f_out);
+            f(h_as_input(), s.f_out);
             residual_forward(s.sum, h, s.f_out, N * D);
             rmsnorm_forward(s.n_out, s.rstd, s.sum, nw, N, D, cfg.norm_eps);  // s.out aliases s.n_out
             break;
         case NormPlacement::reordered:
-            f(h, s.f_out);
+            f(h_as_input(), s.f_out);
             rmsnorm_forward(s.n_out, s.rstd, s.f_out, nw, N, D, cfg.norm_eps);
             residual_forward(s.out, h, s.n_out, N * D);
             break;
@@ -461,58 +539,66 @@ void Model<T>::sublayer_forward(SubActs& s, const T* h, const T* nw, long N, boo
 
 // dh (the gradient w.r.t. the sublayer's input h) is accumulated; dout is the gradient w.r.t. out.
 template <typename T>
-void Model<T>::sublayer_backward(SubActs& s, const T* h, T* dh, const T* dout, long N, bool is_attn, long l,
+template <typename A>
+void Model<T>::sublayer_backward(SubActs<A>& s, const T* h, T* dh, const T* dout, long N, bool is_attn, long l,
                                  const AttnDims& ad) {
     const long D = cfg.d_model;
+    ActsOf<A>& a = acts<A>();
     const LayerParams<T>& p = layers_[l];
     const T* nw = is_attn ? p.attn_norm : p.mlp_norm;
     T* dnw = g(nw);
-    auto fb = [&](const T* in, T* din, const T* dy) {
+    auto fb = [&](const A* in, T* din, const T* dy) {
         if (is_attn) attn_backward(l, in, din, dy, N, ad);
         else mlp_backward(l, in, din, dy, N);
     };
+    const A* h_in = nullptr;  // f's input where it is h (post, reordered)
+    if constexpr (std::is_same_v<A, T>) h_in = h;
+    else h_in = s.x_in;
     const size_t ND = size_t(N * D);
     switch (cfg.norm_placement) {
         case NormPlacement::pre:
             residual_backward(dh, static_cast<T*>(nullptr), dout, N * D);
-            fill_zero(a_.dn, ND);
-            fb(s.n_out, a_.dn, dout);
-            rmsnorm_backward(dh, dnw, a_.dn, h, nw, s.rstd, N, D);
+            fill_zero(a.dn, ND);
+            fb(s.x_in, a.dn, dout);
+            rmsnorm_backward(dh, dnw, a.dn, h, nw, s.rstd, N, D);
             break;
         case NormPlacement::post:
-            fill_zero(a_.dy, ND);
-            rmsnorm_backward(a_.dy, dnw, dout, s.sum, nw, s.rstd, N, D);
-            residual_backward(dh, static_cast<T*>(nullptr), a_.dy, N * D);
-            fb(h, dh, a_.dy);
+            fill_zero(a.dy, ND);
+            rmsnorm_backward(a.dy, dnw, dout, s.sum, nw, s.rstd, N, D);
+            residual_backward(dh, static_cast<T*>(nullptr), a.dy, N * D);
+            fb(h_in, dh, a.dy);
             break;
         case NormPlacement::reordered:
             residual_backward(dh, static_cast<T*>(nullptr), dout, N * D);
-            fill_zero(a_.dy, ND);
-            rmsnorm_backward(a_.dy, dnw, dout, s.f_out, nw, s.rstd, N, D);
-            fb(h, dh, a_.dy);
+            fill_zero(a.dy, ND);
+            rmsnorm_backward(a.dy, dnw, dout, s.f_out, nw, s.rstd, N, D);
+            fb(h_in, dh, a.dy);
             break;
     }
 }
 
 template <typename T>
+template <typename A>
 void Model<T>::run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
+    ActsOf<A>& a = acts<A>();
     const long per_layer = cache ? cache->B * cache->max_T * cfg.n_kv_heads * cfg.head_dim : 0;
-    const T* h = a_.x0;
+    const T* h = a.x0;
     if (cfg.residual != Residual::standard) {  // src/model/attn_res.cpp
-        attnres_run_layers(N, ad, cache);
-        h = a_.out_mix.out;
+        attnres_run_layers<A>(N, ad, cache);
+        h = a.out_mix.out;
     } else {
         for (long l = 0; l < cfg.n_layers; l++) {
-            LayerActs& la = a_.layers[l];
-            T* kc = cache ? cache->k.template data<T>() + l * per_layer : nullptr;
-            T* vc = cache ? cache->v.template data<T>() + l * per_layer : nullptr;
+            LayerActs<A>& la = a.layers[l];
+            A* kc = cache ? cache->k.template data<A>() + l * per_layer : nullptr;
+            A* vc = cache ? cache->v.template data<A>() + l * per_layer : nullptr;
             sublayer_forward(la.attn, h, layers_[l].attn_norm, N, true, l, ad, kc, vc);
-            sublayer_forward(la.mlp, la.attn.out, layers_[l].mlp_norm, N, false, l, ad, nullptr, nullptr);
+            sublayer_forward(la.mlp, la.attn.out, layers_[l].mlp_norm, N, false, l, ad, static_cast<A*>(nullptr),
+                             static_cast<A*>(nullptr));
             h = la.mlp.out;
         }
     }
-    rmsnorm_forward(a_.lnf, a_.lnf_rstd, h, final_norm_, N, cfg.d_model, cfg.norm_eps);
-    matmul_forward(a_.logits, a_.lnf, lm_head_, N, cfg.d_model, cfg.vocab_size);
+    rmsnorm_forward(a.lnf, a.lnf_rstd, h, final_norm_, N, cfg.d_model, cfg.norm_eps);
+    matmul_forward(a.logits, a.lnf, W<A>(lm_head_), N, cfg.d_model, cfg.vocab_size);
 }
 
 template <typename T>
@@ -526,21 +612,39 @@ double Model<T>::forward(const int32_t* tokens, const int32_t* targets, long B, 
         if (tokens[i] < 0 || tokens[i] >= cfg.vocab_size)
             throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (size " +
                         std::to_string(cfg.vocab_size) + ")");
-    B_ = B;
-    T_ = seq;
     if (targets)
         for (long i = 0; i < N; i++)
             if (targets[i] >= cfg.vocab_size)
                 throw Error("target id " + std::to_string(targets[i]) + " is outside the vocabulary");
-    layout(N, targets != nullptr);
+    B_ = B;
+    T_ = seq;
+    if constexpr (std::is_same_v<T, float>) {
+        if (precision_ == Precision::bf16) {
+            layout<bf16>(N, targets != nullptr);
+            stage_inputs(tokens, targets, N, 0, seq);
+            return forward_impl<bf16>(targets, B, seq);
+        }
+    }
+    layout<T>(N, targets != nullptr);
     stage_inputs(tokens, targets, N, 0, seq);
-    embedding_forward(a_.x0, a_.tokens, tok_emb_, N, cfg.d_model);
-    AttnDims ad{B, T_, T_, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, seq * cfg.n_kv_heads * cfg.head_dim};
-    run_layers(N, ad, nullptr);
+    return forward_impl<T>(targets, B, seq);
+}
+
+template <typename T>
+template <typename A>
+double Model<T>::forward_impl(const int32_t* targets, long B, long seq) {
+    ActsOf<A>& a = acts<A>();
+    const long N = B * seq;
+    if constexpr (!std::is_same_v<A, T>) {
+        if (params_lp_stale_) refresh_low_precision_params();
+    }
+    embedding_forward(a.x0, a.tokens, tok_emb_, N, cfg.d_model);
+    AttnDims ad{B, seq, seq, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, seq * cfg.n_kv_heads * cfg.head_dim};
+    run_layers<A>(N, ad, nullptr);
     have_targets_ = targets != nullptr;
     if (!have_targets_) return 0.0;
-    n_counted_ = crossentropy_forward(a_.losses, a_.lse, a_.logits, a_.targets, N, (long)cfg.vocab_size);
-    const double sum = sum_ordered(a_.losses, N);
+    n_counted_ = crossentropy_forward(a.losses, a.lse, a.logits, a.targets, N, (long)cfg.vocab_size);
+    const double sum = sum_ordered(a.losses, N);
     return n_counted_ > 0 ? sum / double(n_counted_) : 0.0;
 }
 
@@ -548,32 +652,42 @@ template <typename T>
 void Model<T>::backward(const std::function<void(int)>& layer_done) {
     if (!have_targets_) throw Error("backward() needs a forward() with targets first");
     if (skip_sublayer >= 0) throw Error("backward() is not defined with skip_sublayer set (a diagnostic)");
+    if constexpr (std::is_same_v<T, float>) {
+        if (precision_ == Precision::bf16) return backward_impl<bf16>(layer_done);
+    }
+    backward_impl<T>(layer_done);
+}
+
+template <typename T>
+template <typename A>
+void Model<T>::backward_impl(const std::function<void(int)>& layer_done) {
+    ActsOf<A>& a = acts<A>();
     const long N = B_ * T_, D = cfg.d_model, V = cfg.vocab_size;
     AttnDims ad{B_, T_, T_, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, T_ * cfg.n_kv_heads * cfg.head_dim};
-    fill_zero(a_.dlogits, size_t(N * V));
+    fill_zero(a.dlogits, size_t(N * V));
     if (cfg.attention == AttentionKind::moda) {
         const size_t n = size_t(N) * moda_slots(cfg) * cfg.n_kv_heads * cfg.head_dim;
-        fill_zero(a_.ddepth_k, n);
-        fill_zero(a_.ddepth_v, n);
+        fill_zero(a.ddepth_k, n);
+        fill_zero(a.ddepth_v, n);
     }
     if (n_counted_ > 0)
-        crossentropy_backward(a_.dlogits, a_.logits, a_.lse, a_.targets, N, V, T(1) / T(n_counted_));
-    fill_zero(a_.dlnf, size_t(N * D));
-    matmul_backward(a_.dlnf, g(lm_head_), a_.dlogits, a_.lnf, lm_head_, N, D, V);
+        crossentropy_backward(a.dlogits, a.logits, a.lse, a.targets, N, V, T(1) / T(n_counted_));
+    fill_zero(a.dlnf, size_t(N * D));
+    matmul_backward(a.dlnf, g(lm_head_), a.dlogits, a.lnf, W<A>(lm_head_), N, D, V);
     const bool attnres = cfg.residual != Residual::standard;
-    const T* h_last = attnres ? a_.out_mix.out : a_.layers[cfg.n_layers - 1].mlp.out;
-    T* dcur = a_.dres_a;  // gradient w.r.t. the current residual stream
-    T* dprev = a_.dres_b;
+    const T* h_last = attnres ? a.out_mix.out : a.layers[cfg.n_layers - 1].mlp.out;
+    T* dcur = a.dres_a;  // gradient w.r.t. the current residual stream
+    T* dprev = a.dres_b;
     fill_zero(dcur, size_t(N * D));
-    rmsnorm_backward(dcur, g(final_norm_), a_.dlnf, h_last, final_norm_, a_.lnf_rstd, N, D);
+    rmsnorm_backward(dcur, g(final_norm_), a.dlnf, h_last, final_norm_, a.lnf_rstd, N, D);
     if (attnres) {
-        attnres_layers_backward(N, ad, dcur, layer_done);
-        embedding_backward(g(tok_emb_), a_.demb, a_.tokens, N, D);
+        attnres_layers_backward<A>(N, ad, dcur, layer_done);
+        embedding_backward(g(tok_emb_), a.demb, a.tokens, N, D);
         return;
     }
     for (long l = cfg.n_layers - 1; l >= 0; l--) {
-        LayerActs& la = a_.layers[l];
-        const T* h_in = l > 0 ? a_.layers[l - 1].mlp.out : a_.x0;
+        LayerActs<A>& la = a.layers[l];
+        const T* h_in = l > 0 ? a.layers[l - 1].mlp.out : a.x0;
         fill_zero(dprev, size_t(N * D));
         sublayer_backward(la.mlp, la.attn.out, dprev, dcur, N, false, l, ad);
         std::swap(dcur, dprev);
@@ -582,7 +696,7 @@ void Model<T>::backward(const std::function<void(int)>& layer_done) {
         std::swap(dcur, dprev);
         if (layer_done) layer_done(int(l));
     }
-    embedding_backward(g(tok_emb_), dcur, a_.tokens, N, D);
+    embedding_backward(g(tok_emb_), dcur, a.tokens, N, D);
 }
 
 template <typename T>
@@ -594,8 +708,9 @@ void Model<T>::init_cache(KVCache<T>& cache, long B, long max_T) const {
     cache.max_T = max_T;
     cache.len = 0;
     size_t n = size_t(cfg.n_layers) * B * max_T * cfg.n_kv_heads * cfg.head_dim;
-    cache.k = Buffer(*backend_, dtype_of<act_t>(), n);
-    cache.v = Buffer(*backend_, dtype_of<act_t>(), n);
+    const DType dt = precision_ == Precision::bf16 ? DType::bf16 : dtype_of<T>();
+    cache.k = Buffer(*backend_, dt, n);
+    cache.v = Buffer(*backend_, dt, n);
 }
 
 template <typename T>
@@ -604,6 +719,10 @@ void Model<T>::forward_cached(const int32_t* tokens, long B, long n, KVCache<T>&
     if (cache.len + n > cache.max_T)
         throw Error("sequence length " + std::to_string(cache.len + n) + " exceeds the cache/model maximum " +
                     std::to_string(cache.max_T));
+    const DType want = precision_ == Precision::bf16 ? DType::bf16 : dtype_of<T>();
+    if (cache.k.dtype() != want)
+        throw Error(std::string("forward_cached: the cache holds ") + to_string(cache.k.dtype()) +
+                    " but the model runs in " + to_string(precision_) + "; call init_cache again");
     const long N = B * n;
     for (long i = 0; i < N; i++)
         if (tokens[i] < 0 || tokens[i] >= cfg.vocab_size)
@@ -611,16 +730,47 @@ void Model<T>::forward_cached(const int32_t* tokens, long B, long n, KVCache<T>&
     B_ = B;
     T_ = n;
     have_targets_ = false;
-    layout(N, false);
+    if constexpr (std::is_same_v<T, float>) {
+        if (precision_ == Precision::bf16) {
+            layout<bf16>(N, false);
+            stage_inputs(tokens, nullptr, N, cache.len, n);
+            forward_cached_impl<bf16>(B, n, cache);
+            return;
+        }
+    }
+    layout<T>(N, false);
     stage_inputs(tokens, nullptr, N, cache.len, n);
-    embedding_forward(a_.x0, a_.tokens, tok_emb_, N, cfg.d_model);
+    forward_cached_impl<T>(B, n, cache);
+}
+
+template <typename T>
+template <typename A>
+void Model<T>::forward_cached_impl(long B, long n, KVCache<T>& cache) {
+    ActsOf<A>& a = acts<A>();
+    if constexpr (!std::is_same_v<A, T>) {
+        if (params_lp_stale_) refresh_low_precision_params();
+    }
+    embedding_forward(a.x0, a.tokens, tok_emb_, B * n, cfg.d_model);
     AttnDims ad{B, n, cache.len + n, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cache.len,
                 cache.max_T * cfg.n_kv_heads * cfg.head_dim};
-    run_layers(N, ad, &cache);
+    run_layers<A>(B * n, ad, &cache);
     cache.len += n;
 }
 
 template class Model<float>;
 template class Model<double>;
+// The sublayers, called from attn_res.cpp too, at each (master, activation) type pair.
+#define STRATA_MODEL_SUBLAYERS(T, A)                                                                          \
+    template void Model<T>::attn_forward<A>(long, const A*, A*, long, const AttnDims&, A*, A*);              \
+    template void Model<T>::attn_backward<A>(long, const A*, T*, const T*, long, const AttnDims&);           \
+    template void Model<T>::mlp_forward<A>(long, const A*, A*, long);                                        \
+    template void Model<T>::mlp_backward<A>(long, const A*, T*, const T*, long);
+STRATA_MODEL_SUBLAYERS(float, float)
+STRATA_MODEL_SUBLAYERS(float, bf16)
+STRATA_MODEL_SUBLAYERS(double, double)
+template void Model<double>::describe_activations<double>(TensorPlan&, const ModelConfig&, long, bool,
+                                                          ActsOf<double>&);
+template void Model<float>::describe_activations<float>(TensorPlan&, const ModelConfig&, long, bool, ActsOf<float>&);
+template void Model<float>::describe_activations<bf16>(TensorPlan&, const ModelConfig&, long, bool, ActsOf<bf16>&);
 
 }  // namespace strata

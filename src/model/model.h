@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend/backend.h"
@@ -57,7 +58,7 @@ struct LayerParams {
 template <typename T>
 struct KVCache {
     long B = 0, max_T = 0, len = 0;
-    Buffer k, v;  // (L, B, max_T, Hk, d)
+    Buffer k, v;  // (L, B, max_T, Hk, d), stored in the activation type of the model's precision
 };
 
 // Depth statistics summed over the rows (tokens) of one or more forwards (strata diagnose, docs/
@@ -103,17 +104,27 @@ public:
     Backend& backend() const { return *backend_; }
 
     // The parameter and gradient buffers (backend memory, one layout): for ops only.
-    T* param_data() { return params_.data<T>(); }
+    // Writable access to the parameters marks their bf16 copy stale (a bf16 forward refreshes it).
+    T* param_data() {
+        params_lp_stale_ = true;
+        return params_.data<T>();
+    }
     const T* param_data() const { return params_.data<T>(); }
     T* grad_data() { return grads_.data<T>(); }
     const T* grad_data() const { return grads_.data<T>(); }
     const Buffer& params() const { return params_; }
-    Buffer& params() { return params_; }
+    Buffer& params() {
+        params_lp_stale_ = true;
+        return params_;
+    }
     const Buffer& grads() const { return grads_; }
     Buffer& grads() { return grads_; }
     // One tensor to or from the host (s.numel elements).
     void param_to_host(const ParamSpec& s, T* host) const { params_.to_host(host, s.offset, s.numel); }
-    void param_from_host(const ParamSpec& s, const T* host) { params_.from_host(host, s.offset, s.numel); }
+    void param_from_host(const ParamSpec& s, const T* host) {
+        params_lp_stale_ = true;
+        params_.from_host(host, s.offset, s.numel);
+    }
     void grad_to_host(const ParamSpec& s, T* host) const { grads_.to_host(host, s.offset, s.numel); }
 
     // tokens, targets: (B, T) host arrays. targets may be null (no loss); entries < 0 are ignored.
@@ -124,7 +135,8 @@ public:
     // layer l's parameters is complete.
     void backward(const std::function<void(int)>& layer_done = {});
     void zero_grad();
-    // Rows [first, first + rows) of the last forward's logits (V each) to the host.
+    // Rows [first, first + rows) of the last forward's logits (V each) to the host (widened from bf16
+    // in a bf16 run).
     void logits_to_host(T* host, long first, long rows) const;
     long last_count() const { return n_counted_; }  // targets counted by the last forward
     long last_B() const { return B_; }
@@ -148,51 +160,73 @@ public:
     // its backend (parameters, gradients, RoPE tables, arena; not the optimizer's moments or caches).
     const TensorPlan& activation_plan() const { return plan_; }
     size_t arena_bytes() const { return arena_.bytes(); }
-    size_t memory_bytes() const { return params_.bytes() + grads_.bytes() + rope_.bytes() + arena_.bytes(); }
+    size_t memory_bytes() const {
+        return params_.bytes() + grads_.bytes() + params_lp_.bytes() + rope_.bytes() + arena_.bytes();
+    }
 
     // ---- activations: pointers into the arena, set by describe_activations + TensorPlan::carve ----
+    // A is the activations' storage type: T, or bf16 under mixed precision. Tensors typed T* stay in
+    // T whatever A is: the residual stream, the AttnRes sources and mixes (the rule's state), the
+    // saved statistics, and every gradient. Tensors typed A* are GEMM inputs and outputs and what
+    // the attention saves.
     struct MixActs {  // one AttnRes op (src/model/attn_res.cpp)
         T* out;       // (N, D) the mix: the sublayer's input h
         T *logit, *rstd;  // (n_max, N)
         T* lse;       // (N)
     };
+    template <typename A>
     struct SubActs {  // one sublayer (attention or MLP) under the residual rule
-        T* f_out;     // (N, D) the sublayer's own output f(·)
-        T* n_out;     // (N, D) the RMSNorm's output
+        A* f_out;     // (N, D) the sublayer's own output f(·)
+        A* x_in;      // (N, D) f's input: pre and AttnRes the norm's output; post and reordered h itself
+                      // (aliased when A is T, else h converted to A)
+        T* n_out;     // (N, D) post and reordered: the norm's output in T (post: the stream)
         T* rstd;      // (N)
         T* sum;       // (N, D) post only: h + f(h), the norm's input
         T* out;       // (N, D) the residual stream after this sublayer; AttnRes: the block's partial sum
         MixActs mix;  // AttnRes only: the sublayer's input
     };
+    template <typename A>
     struct LayerActs {
-        SubActs attn, mlp;
+        SubActs<A> attn, mlp;
         // attention: q_raw/k_raw are the split projection; q/k the normed (QK-norm) and rotated ones,
         // the same buffers as q_raw/k_raw without QK-norm
-        T *qkv, *q_raw, *k_raw, *q, *k, *v, *q_rstd, *k_rstd, *att, *lse;
-        T *gu, *act;                        // MLP
-        T *ffn_kv, *fk_raw, *fk, *fk_rstd;  // MoDA FFN K/V: projection (N, 2·Hk·d), K raw/final (N, Hk·d), rstd
+        A *qkv, *q_raw, *k_raw, *q, *k, *v, *att;
+        T *q_rstd, *k_rstd, *lse;
+        A *gu, *act;                // MLP
+        A *ffn_kv, *fk_raw, *fk;    // MoDA FFN K/V: projection (N, 2·Hk·d), K raw/final (N, Hk·d)
+        T* fk_rstd;
     };
-    struct Acts {
+    template <typename A>
+    struct ActsOf {
         int32_t *tokens, *targets, *pos;  // (N) each; targets only when training
         T* x0;  // (N, D) embeddings
-        std::vector<LayerActs> layers;
-        T *lnf, *lnf_rstd, *logits, *losses, *lse;
+        std::vector<LayerActs<A>> layers;
+        A* lnf;  // the final norm's output, the head's input
+        T* lnf_rstd;
+        A* logits;
+        T *losses, *lse;
         MixActs out_mix;       // AttnRes: the output op, over every block, before the final norm
-        T *depth_k, *depth_v;  // MoDA: (B·T, slots, Hk·d) each; layer b's K/V go to slot moda_slots_read(b)
+        A *depth_k, *depth_v;  // MoDA: (B·T, slots, Hk·d) each; layer b's K/V go to slot moda_slots_read(b)
         T *ddepth_k, *ddepth_v;  // MoDA backward: their gradients
         std::vector<T*> dsub;  // AttnRes backward: (N, D) gradient of each sublayer's partial sum
         T *demb, *dmix;        // AttnRes backward: (N, D) each
-        // backward scratch
-        T *dres_a, *dres_b, *dn, *dy, *dqkv, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dgu, *dact, *dlnf, *dlogits;
+        // backward scratch (gradients in T)
+        T *dres_a, *dres_b, *dn, *dy, *dqkv, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dact, *dlnf;
+        A *dgu, *dlogits;  // written as A by their ops: the GEMM backward's dout
+        A *dy_a, *dqkv_a;  // a T gradient converted to A for a GEMM backward (aliases when A is T)
     };
+    using Acts = ActsOf<T>;
     // The one description of the activations for N rows (the backward's too when training): adds each
-    // tensor to `plan`, bound to its pointer in `a`. ModelConfig::memory_bytes calls it on a scratch Acts.
-    static void describe_activations(TensorPlan& plan, const ModelConfig& c, long N, bool training, Acts& a);
+    // tensor to `plan`, bound to its pointer in `a`. ModelConfig::memory_bytes calls it on a scratch.
+    template <typename A>
+    static void describe_activations(TensorPlan& plan, const ModelConfig& c, long N, bool training, ActsOf<A>& a);
 
 private:
     Backend* backend_;
     Precision precision_ = Precision::fp32;
     Buffer params_, grads_;  // one buffer each, same layout
+    Buffer params_lp_;       // bf16 runs: the parameters rounded to bf16, same layout (the GEMMs' weights)
+    bool params_lp_stale_ = true;  // set by every writable access to the parameters
     Buffer rope_;            // cos then sin, (max_seq_len, d/2) each
     Buffer arena_;           // the activations; grows only
     TensorPlan plan_;
@@ -206,24 +240,61 @@ private:
     std::vector<LayerParams<T>> layers_;
     const T *rope_cos_, *rope_sin_;
 
-    Acts a_{};
+    ActsOf<T> a_{};      // fp32 (and fp64) runs
+    ActsOf<bf16> ab_{};  // bf16 runs
     long B_ = 0, T_ = 0;
     long n_counted_ = 0;
     bool have_targets_ = false;
     std::vector<int32_t> pos_host_;  // staging for the positions
 
-    T* g(const T* p) { return grad_data() + (p - param_data()); }
+    template <typename A>
+    ActsOf<A>& acts() {
+        if constexpr (std::is_same_v<A, T>) return a_;
+        else return ab_;
+    }
+    template <typename A>
+    const ActsOf<A>& acts() const {
+        if constexpr (std::is_same_v<A, T>) return a_;
+        else return ab_;
+    }
+    // Calls f with a null pointer of the activation type of the current precision (A = T or bf16).
+    template <typename F>
+    decltype(auto) with_precision(F&& f) const;
+    // The weight a GEMM reads: the parameter itself, or its bf16 copy.
+    template <typename A>
+    const A* W(const T* p) const {
+        if constexpr (std::is_same_v<A, T>) return p;
+        else return params_lp_.data<bf16>() + (p - params_.data<T>());
+    }
+    void refresh_low_precision_params();
+    T* g(const T* p) { return grads_.data<T>() + (p - params_.data<T>()); }
+    template <typename A>
     void layout(long N, bool training);
     void stage_inputs(const int32_t* tokens, const int32_t* targets, long N, long pos0, long seq);
-    void sublayer_forward(SubActs& s, const T* h, const T* norm_w, long N, bool is_attn, long l, const AttnDims& ad,
-                          T* kc, T* vc);
-    void sublayer_backward(SubActs& s, const T* h, T* dh, const T* dout, long N, bool is_attn, long l,
+    template <typename A>
+    double forward_impl(const int32_t* targets, long B, long seq);
+    template <typename A>
+    void backward_impl(const std::function<void(int)>& layer_done);
+    template <typename A>
+    void forward_cached_impl(long B, long n, KVCache<T>& cache);
+    template <typename A>
+    void sublayer_forward(SubActs<A>& s, const T* h, const T* norm_w, long N, bool is_attn, long l, const AttnDims& ad,
+                          A* kc, A* vc);
+    template <typename A>
+    void sublayer_backward(SubActs<A>& s, const T* h, T* dh, const T* dout, long N, bool is_attn, long l,
                            const AttnDims& ad);
-    void attn_forward(long l, const T* in, T* out, long N, const AttnDims& ad, T* kc, T* vc);
-    void attn_backward(long l, const T* in, T* din, const T* dout, long N, const AttnDims& ad);
-    void mlp_forward(long l, const T* in, T* out, long N);
-    void mlp_backward(long l, const T* in, T* din, const T* dout, long N);
+    template <typename A>
+    void attn_forward(long l, const A* in, A* out, long N, const AttnDims& ad, A* kc, A* vc);
+    template <typename A>
+    void attn_backward(long l, const A* in, T* din, const T* dout, long N, const AttnDims& ad);
+    template <typename A>
+    void mlp_forward(long l, const A* in, A* out, long N);
+    template <typename A>
+    void mlp_backward(long l, const A* in, T* din, const T* dout, long N);
+    template <typename A>
     void run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
+    template <typename A>
+    void accumulate_depth_stats_impl(DepthStats& s) const;
     // AttnRes (src/model/attn_res.cpp): the layers' forward and backward under the depth-softmax rule.
     std::vector<const T*> mix_src_;  // source pointers of one op, sized once
     std::vector<T*> mix_dsrc_;
@@ -231,11 +302,15 @@ private:
         std::vector<T*> out, logit, rstd, lse;
         std::vector<const T*> w, gamma;
     } ph1_;
+    template <typename A>
     int mix_sources(long j, bool grads);  // fills mix_src_ (and mix_dsrc_) for sublayer j (2L: output)
     bool mix_has_partial_ = false;        // whether the last mix_sources() ended with a partial sum
     bool skipped_empty(long e) const;     // sublayer e's partial sum is empty under skip_sublayer
+    template <typename A>
     void phase1(long j0, int n, long N);
+    template <typename A>
     void attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
+    template <typename A>
     void attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal, const std::function<void(int)>& layer_done);
 };
 
