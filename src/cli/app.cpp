@@ -11,6 +11,9 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/exit_codes.h"
+#include "core/precision.h"
+#include "model/model.h"
+#include "ops/cpu/gemm.h"
 #include "strata_commit.h"
 #include "train/tokenizer.h"
 
@@ -74,6 +77,28 @@ std::string parse_error_text(const CLI::ParseError& e) {
 }
 
 }  // namespace
+
+void add_precision_option(CLI::App* cmd, std::string& precision) {
+    cmd->add_option("--precision", precision,
+                    "fp32, or bf16 (bf16 activations and GEMMs, float weights; docs/precision.md)")
+        ->capture_default_str()
+        ->check(CLI::Validator(
+            [](std::string& v) -> std::string {
+                try {
+                    parse_precision(v, "--precision");
+                } catch (const Error& e) {
+                    return e.what();
+                }
+                return "";
+            },
+            "fp32|bf16"));
+}
+
+void use_precision(Model<float>& model, const std::string& precision) {
+    model.set_precision(parse_precision(precision, "--precision"));
+    if (model.precision() == Precision::bf16)
+        if (const std::string note = bf16_speed_note(); !note.empty()) std::fprintf(stderr, "%s\n", note.c_str());
+}
 
 CLI::Validator at_least(double lo) {
     return CLI::Validator(

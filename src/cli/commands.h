@@ -6,6 +6,11 @@
 
 #include "core/fileio.h"
 
+namespace strata {
+template <typename T>
+class Model;
+}
+
 namespace strata::cli {
 
 void add_train_command(CLI::App& app);
@@ -30,6 +35,11 @@ CLI::Validator at_least(double lo);
 CLI::Validator in_range(double lo, double hi);
 // Checks that a text flag (e.g. --prompt) is valid UTF-8, naming the first bad byte's offset.
 CLI::Validator utf8_text();
+
+// --precision fp32|bf16 on a command that runs a model (default fp32, whatever the run trained in);
+// use_precision sets it on the model and prints the note where bf16 is emulated here.
+void add_precision_option(CLI::App* cmd, std::string& precision);
+void use_precision(Model<float>& model, const std::string& precision);
 
 // Opens a report file named by `flag` (e.g. --json-out) up front, so a bad path fails before any work;
 // missing parent folders are created. The caller writes and commits it at the end (atomically).

@@ -29,7 +29,7 @@ std::string sublayer_name(long j) { return (j % 2 == 0 ? "attn " : "mlp ") + std
 // Per sublayer, the RMS over batches of the gradient norm of its parameters (the loss's mean over
 // each batch's targets, as in training, without clipping). batches ≤ 0: all of them.
 std::vector<double> gradient_norms(Model<float>& m, const TokenShard& shard, int B, int T, long batches) {
-    check_memory(m.cfg.memory_bytes(B, T, true), "diagnose: gradients with batch " + std::to_string(B) + " x " +
+    check_memory(m.cfg.memory_bytes(B, T, true, m.precision()), "diagnose: gradients with batch " + std::to_string(B) + " x " +
                  std::to_string(T), "the model, its gradients and the activations");
     std::vector<double> sq(size_t(2 * m.cfg.n_layers), 0.0);
     EvalBatches it(shard, B, T);
@@ -62,7 +62,7 @@ void add_diagnose_command(CLI::App& app) {
     auto* cmd = app.add_subcommand(
         "diagnose", "depth diagnostics of a checkpoint: per-sublayer norms, skip ablation, AttnRes weights");
     struct Opts {
-        std::string ckpt = "runs/default", data_dir, json_out;
+        std::string ckpt = "runs/default", data_dir, json_out, precision = "fp32";
         long batches = 4;
         int batch_size = 0, seq_len = 0, threads = 2;
         bool no_skip = false;
@@ -77,6 +77,7 @@ void add_diagnose_command(CLI::App& app) {
     cmd->add_option("--seq-len", o->seq_len, "tokens per sequence, at most the model's max_seq_len (default: the run's)")
         ->check(at_least(1));
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
+    add_precision_option(cmd, o->precision);
     cmd->add_flag("--no-skip", o->no_skip, "leave out the skip ablation (one evaluation per sublayer)");
     cmd->add_option("--json-out", o->json_out, "also write the results as JSON to this file");
     cmd->callback([o] {
@@ -86,6 +87,7 @@ void add_diagnose_command(CLI::App& app) {
         set_threads(o->threads);
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
         Model<float>& m = *lc.model;
+        use_precision(m, o->precision);
         const ModelConfig& c = m.cfg;
         const TrainConfig& t = lc.rc.train;
         const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;

@@ -18,7 +18,7 @@ namespace strata::cli {
 void add_eval_command(CLI::App& app) {
     auto* cmd = app.add_subcommand("eval", "evaluate a checkpoint: loss and perplexity");
     struct Opts {
-        std::string ckpt = "runs/default", text, data_dir;
+        std::string ckpt = "runs/default", text, data_dir, precision = "fp32";
         long batches = 0;
         int batch_size = 0, seq_len = 0, threads = 2;
     };
@@ -32,11 +32,13 @@ void add_eval_command(CLI::App& app) {
     cmd->add_option("--seq-len", o->seq_len, "tokens per sequence, at most the model's max_seq_len (default: the run's)")
         ->check(at_least(1));
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
+    add_precision_option(cmd, o->precision);
     cmd->callback([o] {
         if (dry_run()) return;
         set_threads(o->threads);
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
         Model<float>& model = *lc.model;
+        use_precision(model, o->precision);
         const TrainConfig& t = lc.rc.train;
         const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
         const int T = o->seq_len > 0 ? o->seq_len : t.seq_len;
@@ -75,7 +77,7 @@ void add_eval_command(CLI::App& app) {
         if (shard.size() < size_t(T) + 1)
             throw Error(what + " has " + std::to_string(shard.size()) + " tokens, fewer than one sequence of T+1 = " +
                         std::to_string(T + 1) + " (a shorter --seq-len fits it)");
-        check_memory(model.cfg.memory_bytes(B, T, false),
+        check_memory(model.cfg.memory_bytes(B, T, false, model.precision()),
                      "evaluation with batch " + std::to_string(B) + " x " + std::to_string(T),
                      "the model and its activations");
         // The loss is the mean over the targets actually scored: windows of T inputs, the last batch

@@ -94,7 +94,7 @@ std::string read_prompt_file(const std::string& path) {
 void add_generate_command(CLI::App& app) {
     auto* cmd = app.add_subcommand("generate", "generate text from a checkpoint");
     struct Opts {
-        std::string ckpt = "runs/default", prompt, prompt_file;
+        std::string ckpt = "runs/default", prompt, prompt_file, precision = "fp32";
         std::vector<std::string> stops;
         long num_samples = 1;
         SampleOptions s;
@@ -126,6 +126,7 @@ void add_generate_command(CLI::App& app) {
     }, "UINT64");
     cmd->add_option("--seed", o->s.seed, "sampling seed")->capture_default_str()->check(u64);
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
+    add_precision_option(cmd, o->precision);
     cmd->callback([o] {
         if (dry_run()) return;
         for (const std::string& st : o->stops)
@@ -133,6 +134,7 @@ void add_generate_command(CLI::App& app) {
         const std::string text = o->prompt_file.empty() ? o->prompt : read_prompt_file(o->prompt_file);
         set_threads(o->threads);
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
+        use_precision(*lc.model, o->precision);
         std::vector<int32_t> prompt = lc.tok->encode(text);
         prompt.insert(prompt.begin(), lc.tok->eos_id());  // documents are separated by eos in training
         const int max_T = lc.model->cfg.max_seq_len;

@@ -40,7 +40,7 @@ EvalResult eval_loop(Model<float>& model, const TokenShard& shard, int B, int T,
 
 double evaluate(Model<float>& model, const TokenShard& shard, int B, int T, long max_batches,
                 const std::function<void()>& after_batch) {
-    check_memory(model.cfg.memory_bytes(B, T, false),
+    check_memory(model.cfg.memory_bytes(B, T, false, model.precision()),
                  "evaluation with batch " + std::to_string(B) + " x " + std::to_string(T),
                  "the model and its activations");
     check_shard_vocab(shard, model);

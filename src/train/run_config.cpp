@@ -116,6 +116,7 @@ void TrainConfig::validate(const std::string& o) const {
         throw Error(o + ": train.lr * train.weight_decay must be below 1 (the weights are scaled by 1 - lr * "
                         "weight_decay every step), got " + std::to_string(lr * weight_decay));
     parse_device(device, o);
+    parse_precision(precision, o + ": train.precision");
     if (on_nonfinite != "stop" && on_nonfinite != "skip")
         throw Error(o + ": train.on_nonfinite must be \"stop\" or \"skip\"");
     if (on_divergence != "warn" && on_divergence != "stop")
@@ -203,6 +204,7 @@ RunConfig RunConfig::from_json(const nlohmann::json& j, const std::string& origi
         f.get("on_nonfinite", c.on_nonfinite);
         f.get("on_divergence", c.on_divergence);
         f.get("device", c.device);
+        f.get("precision", c.precision);
         f.get("peak_gflops", c.peak_gflops);
         f.get("sample_every", c.sample_every);
         f.get("keep_every", c.keep_every);
@@ -232,7 +234,7 @@ nlohmann::json RunConfig::to_json() const {
                         {"val_fraction", c.val_fraction}, {"no_decay", c.no_decay},   {"resume", c.resume},
                         {"overwrite", c.overwrite},       {"allow_changes", c.allow_changes},
                         {"on_nonfinite", c.on_nonfinite}, {"on_divergence", c.on_divergence},
-                        {"device", c.device},             {"peak_gflops", c.peak_gflops},
+                        {"device", c.device},             {"precision", c.precision},             {"peak_gflops", c.peak_gflops},
                         {"sample_every", c.sample_every}, {"keep_every", c.keep_every},
                         {"keep_best", c.keep_best},       {"init_from", c.init_from},
                         {"init_optimizer", c.init_optimizer}};

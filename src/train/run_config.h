@@ -45,6 +45,7 @@ struct TrainConfig {
     std::string on_nonfinite = "stop";              // "stop" or "skip" the step
     std::string on_divergence = "warn";             // "warn" or "stop" (exit code 3) when the loss diverges
     std::string device = "cpu";                     // the backend (backend/backend.h): "cpu"
+    std::string precision = "fp32";  // "fp32" or "bf16" (mixed precision, docs/precision.md)
     double peak_gflops = 0;   // the machine's peak for MFU; 0 measures a short sgemm at start
     long sample_every = 0;    // generate a short sample every N steps (0: never)
     long keep_every = 0;      // also keep checkpoint-STEP.safetensors every N steps (0: never)

@@ -12,6 +12,7 @@
 #include "core/fileio.h"
 #include "core/version.h"
 #include "infer/generate.h"
+#include "ops/cpu/gemm.h"
 #include "train/checkpoint.h"
 #include "train/corpus.h"
 #include "train/evaluate.h"
@@ -47,9 +48,12 @@ static void print_model_line(const RunConfig& rc, const Model<float>& model) {
         attention += rc.model.moda_ffn_kv ? " (attention and FFN K/V)" : " (attention K/V)";
     std::fprintf(stderr,
                  "model: %zu parameters, %d layers, d_model %d, norm %s, residual %s, attention %s; batch %d x %d x %d "
-                 "accum, %d threads\n",
+                 "accum, %d threads, %s%s\n",
                  model.num_params(), rc.model.n_layers, rc.model.d_model, to_string(rc.model.norm_placement),
-                 residual.c_str(), attention.c_str(), t.batch_size, t.seq_len, t.grad_accum, t.threads);
+                 residual.c_str(), attention.c_str(), t.batch_size, t.seq_len, t.grad_accum, t.threads,
+                 to_string(model.precision()),
+                 model.precision() == Precision::bf16 ? (std::string(" (GEMMs: ") + bf16_gemm_backend() + ")").c_str()
+                                                      : "");
 }
 
 double divergence_threshold(int vocab_size, double first_logged_loss) {
@@ -104,7 +108,7 @@ TrainResult train(const RunConfig& rc, const TrainOptions& opts) {
     const Device device = parse_device(t.device, "train.device");
     set_threads(t.threads);
     // Everything a training run holds at once, checked before anything big is allocated.
-    check_memory(rc.model.memory_bytes(t.batch_size, t.seq_len, true), "training with batch " +
+    check_memory(rc.model.memory_bytes(t.batch_size, t.seq_len, true, parse_precision(t.precision, "train.precision")), "training with batch " +
                  std::to_string(t.batch_size) + " x " + std::to_string(t.seq_len),
                  "the model, its gradients, the AdamW moments and the activations");
     clean_leftovers(t.data_dir);
@@ -123,6 +127,9 @@ TrainResult train(const RunConfig& rc, const TrainOptions& opts) {
     Model<float>& model = *rs.model;
     AdamW<float>& opt = *rs.opt;
     TrainState& st = rs.st;
+    model.set_precision(parse_precision(t.precision, "train.precision"));
+    if (model.precision() == Precision::bf16)
+        if (const std::string note = bf16_speed_note(); !note.empty()) std::fprintf(stderr, "%s\n", note.c_str());
     apply_no_decay(model.specs, t.no_decay);
     shards.check_vocab(model);
     const NonfiniteFault fault = NonfiniteFault::from_env(model);

@@ -191,6 +191,13 @@ const char* bf16_gemm_backend() {
     return bf16_native() ? native.c_str() : "emulated: widened to float, OpenBLAS sgemm";
 }
 
+std::string bf16_speed_note() {
+    if (bf16_native()) return "";
+    if (cpu_has_native_bf16())
+        return "note: bf16 runs emulated (STRATA_BF16_NATIVE=0): correct, but slower than fp32";
+    return "note: this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 is emulated, correct but slower than fp32";
+}
+
 void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
           float beta, float* C, long ldc) {
     if (M <= 0 || N <= 0) return;

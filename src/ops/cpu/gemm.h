@@ -13,6 +13,8 @@
 #pragma once
 #include <cblas.h>
 
+#include <string>
+
 #include "core/precision.h"
 
 namespace strata {
@@ -38,7 +40,9 @@ bool cpu_has_native_bf16();
 // set_bf16_native(false) was not called.
 bool bf16_native();
 void set_bf16_native(bool allowed);
-// "oneDNN <version> (<isa>)" or "emulated (float sgemm)": for reports.
+// "oneDNN <version> matmul (native bf16)" or the emulation's name: for reports.
 const char* bf16_gemm_backend();
+// Empty where bf16 is native; else a one-line note for the user that bf16 will be slow here, and why.
+std::string bf16_speed_note();
 
 }  // namespace strata
