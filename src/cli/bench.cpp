@@ -5,6 +5,8 @@
 //       --profile the time of the model's own op calls by op family;
 //   (b) the OpenBLAS sgemm peak at the same thread count (a square shape and the model's shapes);
 //   (c) the PyTorch peer (bench/peer_train.py, eager mode, stock modules) on the same model and step.
+// `strata bench generate` measures single-stream greedy decoding (batch 1, KV cache) on the same
+// bench model, per precision: prefill time and decode tokens/s.
 // It prints a markdown report (optionally written to a file) and optionally a JSON record. The
 // measurements and the report live in src/bench/; this file holds the flags and their checks.
 #include <unistd.h>
@@ -14,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "bench/generate_bench.h"
 #include "bench/report.h"
 #include "bench/train_bench.h"
 #include "cli/commands.h"
@@ -49,10 +52,74 @@ void run_bench_train(const bench::TrainBenchOptions& o) {
     }
 }
 
+void run_bench_generate(const bench::GenerateBenchOptions& o) {
+    const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (o.threads > ncpu)
+        std::fprintf(stderr, "warning: --threads %d exceeds the %ld online CPUs; timings will be oversubscribed\n",
+                     o.threads, ncpu);
+    std::unique_ptr<AtomicFileWriter> md_file, json_file;
+    if (!o.markdown_out.empty()) md_file = open_output(o.markdown_out, "--markdown-out");
+    if (!o.json_out.empty()) json_file = open_output(o.json_out, "--json-out");
+
+    bench::GenerateBenchResult r;
+    try {
+        r = bench::run_generate_bench(o);
+    } catch (const bench::LengthError& e) {  // prompt + new tokens against a checkpoint's context
+        throw CLI::ValidationError(e.what());
+    }
+
+    const std::string report = bench::generate_markdown(r);
+    std::cout << report << std::flush;
+    if (md_file) {
+        md_file->write(report);
+        md_file->commit();
+    }
+    if (json_file) {
+        json_file->write(bench::generate_json(r).dump(2) + "\n");
+        json_file->commit();
+    }
+}
+
+// `strata bench generate`: its flags and their checks.
+void add_bench_generate(CLI::App& bench) {
+    auto o = std::make_shared<bench::GenerateBenchOptions>();
+    CLI::App* gen = bench.add_subcommand(
+        "generate", "Single-stream decode throughput (batch 1, greedy, KV cache) on the bench model, per precision");
+    gen->add_option("--threads", o->threads, "Threads for OpenMP and OpenBLAS")
+        ->capture_default_str()
+        ->check(in_range(1, kMaxThreads));
+    gen->add_option("--prompt-tokens", o->prompt_tokens, "Prompt length (fixed token ids from a fixed seed)")
+        ->capture_default_str()
+        ->check(at_least(1));
+    gen->add_option("--new-tokens", o->new_tokens, "Tokens to decode after the prompt")
+        ->capture_default_str()
+        ->check(at_least(1));
+    gen->add_option("--reps", o->reps, "Timed repetitions per configuration (after one warm-up each)")
+        ->capture_default_str()
+        ->check(at_least(1));
+    gen->add_option("--precision", o->precision, "Comma list of precisions to measure: fp32, bf16")
+        ->capture_default_str();
+    gen->add_option("--ckpt", o->ckpt, "Time this checkpoint (file or run directory) instead of the bench model");
+    gen->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
+    gen->add_option("--markdown-out", o->markdown_out, "Also write the markdown report to this file");
+    gen->callback([o] {
+        try {
+            bench::parse_precision_list(o->precision);
+            if (o->ckpt.empty())
+                bench::check_lengths(bench::bench_model_config(bench::TrainBenchOptions{}), o->prompt_tokens,
+                                     o->new_tokens);
+        } catch (const Error& e) {
+            throw CLI::ValidationError(e.what());
+        }
+        if (dry_run()) return;
+        run_bench_generate(*o);
+    });
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-    CLI::App* bench = app.add_subcommand("bench", "Benchmark suites (run one: `strata bench train`)");
+    CLI::App* bench = app.add_subcommand("bench", "Benchmark suites (run one: `strata bench train` or `strata bench generate`)");
     bench->require_subcommand(1);
 
     auto o = std::make_shared<bench::TrainBenchOptions>();
@@ -84,6 +151,8 @@ void add_bench_command(CLI::App& app) {
         if (dry_run()) return;
         run_bench_train(*o);
     });
+
+    add_bench_generate(*bench);
 }
 
 }  // namespace strata::cli
