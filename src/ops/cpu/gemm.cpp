@@ -33,6 +33,11 @@ bool cpu_has_native_bf16() {
 
 namespace {
 std::atomic<int> g_native_allowed{-1};  // −1: not decided yet (read STRATA_BF16_NATIVE once)
+std::atomic<int> g_in_library{0};
+struct InLibrary {
+    InLibrary() { g_in_library.fetch_add(1, std::memory_order_relaxed); }
+    ~InLibrary() { g_in_library.fetch_sub(1, std::memory_order_relaxed); }
+};
 
 #define STRATA_DNNL(call)                                                                               \
     do {                                                                                                \
@@ -120,6 +125,7 @@ struct Dnnl {
         dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, m.a}, {DNNL_ARG_WEIGHTS, m.b}, {DNNL_ARG_DST, m.c},
                                    {DNNL_ARG_SCRATCHPAD, m.scratch}};
         if (m.scratch) STRATA_DNNL(dnnl_memory_set_data_handle(m.scratch, scratch));
+        InLibrary in_library;
         STRATA_DNNL(dnnl_primitive_execute(m.prim, stream, m.scratch ? 4 : 3, args));
         STRATA_DNNL(dnnl_stream_wait(stream));
     }
@@ -169,6 +175,8 @@ Emulated& emulated() {
     return *e;
 }
 }  // namespace
+
+bool inside_gemm_library() { return g_in_library.load(std::memory_order_relaxed) > 0; }
 
 bool bf16_native() {
     int allowed = g_native_allowed.load(std::memory_order_relaxed);

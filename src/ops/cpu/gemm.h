@@ -34,6 +34,10 @@ void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, 
 void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
           float beta, bf16* C, long ldc);
 
+// True while a call into the GEMM library (oneDNN) is running: a counting allocator can tell the
+// library's own small per-call bookkeeping from allocations by strata (tests/reliability/test_no_alloc.cpp).
+bool inside_gemm_library();
+
 // Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16), read once from cpuid.
 bool cpu_has_native_bf16();
 // Whether bf16 GEMMs take the native path: the CPU has it, STRATA_BF16_NATIVE is not "0", and
