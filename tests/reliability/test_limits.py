@@ -153,6 +153,7 @@ def test_malformed_memory_limit(tmp_path, value):
     ("train.on_nonfinite=\"maybe\"", "train.on_nonfinite must be \"stop\" or \"skip\""),
     ("train.device=\"cuda\"", "train.device must be one of \"cpu\", not \"cuda\""),
     ("train.device=3", "\"device\" must be a string"),
+    ("train.precision=\"fp16\"", "train.precision must be one of \"fp32\", \"bf16\", not \"fp16\""),
     ("train.on_divergence=\"halt\"", "train.on_divergence must be \"warn\" or \"stop\""),
     ("train.overwrite=1", "\"overwrite\" must be a boolean"),
     ("train.allow_changes=\"yes\"", "\"allow_changes\" must be a boolean"),
