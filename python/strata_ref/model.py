@@ -206,9 +206,12 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 class RefModel(nn.Module):
     def __init__(self, config: dict | None = None, dtype=torch.float64):
+        """dtype float64 is the truth the engine is checked against; bfloat16 runs every parameter,
+        activation and gradient in bf16 (torch's CPU kernels compute in float and round each result):
+        the naive bf16 baseline the engine's mixed precision must stay within 2x of."""
         super().__init__()
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError("dtype must be torch.float32 or torch.float64")
+        if dtype not in (torch.float32, torch.float64, torch.bfloat16):
+            raise ValueError("dtype must be torch.float32, torch.float64 or torch.bfloat16")
         self.cfg = resolve_config(config)
         self.dtype = dtype
         self._shapes = param_shapes(self.cfg)
