@@ -35,7 +35,7 @@ void add_train_command(CLI::App& app) {
         opts.flops_per_step = bench::training_flops(rc.model, t.batch_size, t.seq_len).total * t.grad_accum;
         if (t.peak_gflops <= 0) {
             set_threads(t.threads);
-            opts.peak_gflops = bench::quick_sgemm_gflops();
+            opts.peak_gflops = bench::quick_gemm_gflops(parse_precision(t.precision, "train.precision"));
         }
         TrainResult r = train(rc, opts);
         if (r.interrupted) {

@@ -142,7 +142,7 @@ TrainResult train(const RunConfig& rc, const TrainOptions& opts) {
         std::fprintf(stderr, "cost: %.4g FLOPs per token (%.4g GFLOP per step)%s\n", opts.flops_per_step / tokens_per_step,
                      opts.flops_per_step * 1e-9,
                      peak_gflops > 0 ? (", MFU against a peak of " + std::to_string(long(peak_gflops)) + " GFLOP/s" +
-                                        (t.peak_gflops > 0 ? " (train.peak_gflops)" : " (measured sgemm)"))
+                                        (t.peak_gflops > 0 ? " (train.peak_gflops)" : model.precision() == Precision::bf16 ? " (measured bf16 GEMM)" : " (measured sgemm)"))
                                            .c_str()
                                      : "");
 

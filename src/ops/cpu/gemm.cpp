@@ -52,7 +52,7 @@ struct Matmul {
     dnnl_memory_t a = nullptr, b = nullptr, c = nullptr, scratch = nullptr;
     size_t scratch_bytes = 0;
 };
-using Key = std::tuple<bool, bool, long, long, long, long, long, long, int, float, float>;
+using Key = std::tuple<bool, bool, long, long, long, long, long, long, int, int, float, float>;
 
 struct Dnnl {
     std::mutex mu;
@@ -68,9 +68,9 @@ struct Dnnl {
     }
     // Leaked on purpose at exit: destroying primitives after OpenMP has shut down is not safe.
 
-    Matmul& get(bool ta, bool tb, long M, long N, long K, long lda, long ldb, long ldc, dnnl_data_type_t cdt,
-                float alpha, float beta) {
-        const Key key{ta, tb, M, N, K, lda, ldb, ldc, int(cdt), alpha, beta};
+    Matmul& get(bool ta, bool tb, long M, long N, long K, long lda, long ldb, long ldc, dnnl_data_type_t abdt,
+                dnnl_data_type_t cdt, float alpha, float beta) {
+        const Key key{ta, tb, M, N, K, lda, ldb, ldc, int(abdt), int(cdt), alpha, beta};
         auto it = cache.find(key);
         if (it != cache.end()) return it->second;
         dnnl_memory_desc_t am, bm, cm;
@@ -78,8 +78,8 @@ struct Dnnl {
         dnnl_dims_t as = {ta ? 1 : lda, ta ? lda : 1};  // op(A) is M×K
         dnnl_dims_t bs = {tb ? 1 : ldb, tb ? ldb : 1};  // op(B) is K×N
         dnnl_dims_t cs = {ldc, 1};
-        STRATA_DNNL(dnnl_memory_desc_init_by_strides(&am, 2, ad, dnnl_bf16, as));
-        STRATA_DNNL(dnnl_memory_desc_init_by_strides(&bm, 2, bd, dnnl_bf16, bs));
+        STRATA_DNNL(dnnl_memory_desc_init_by_strides(&am, 2, ad, abdt, as));
+        STRATA_DNNL(dnnl_memory_desc_init_by_strides(&bm, 2, bd, abdt, bs));
         STRATA_DNNL(dnnl_memory_desc_init_by_strides(&cm, 2, cd, cdt, cs));
         dnnl_matmul_desc_t desc;
         STRATA_DNNL(dnnl_matmul_desc_init(&desc, &am, &bm, nullptr, &cm));
@@ -115,12 +115,12 @@ struct Dnnl {
         return cache.emplace(key, m).first->second;
     }
 
-    void run(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
-             float beta, void* C, long ldc, dnnl_data_type_t cdt) {
+    void run(bool ta, bool tb, long M, long N, long K, float alpha, const void* A, long lda, const void* B, long ldb,
+             float beta, void* C, long ldc, dnnl_data_type_t abdt, dnnl_data_type_t cdt) {
         std::lock_guard<std::mutex> lock(mu);
-        Matmul& m = get(ta, tb, M, N, K, lda, ldb, ldc, cdt, alpha, beta);
-        STRATA_DNNL(dnnl_memory_set_data_handle(m.a, const_cast<bf16*>(A)));
-        STRATA_DNNL(dnnl_memory_set_data_handle(m.b, const_cast<bf16*>(B)));
+        Matmul& m = get(ta, tb, M, N, K, lda, ldb, ldc, abdt, cdt, alpha, beta);
+        STRATA_DNNL(dnnl_memory_set_data_handle(m.a, const_cast<void*>(A)));
+        STRATA_DNNL(dnnl_memory_set_data_handle(m.b, const_cast<void*>(B)));
         STRATA_DNNL(dnnl_memory_set_data_handle(m.c, C));
         dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, m.a}, {DNNL_ARG_WEIGHTS, m.b}, {DNNL_ARG_DST, m.c},
                                    {DNNL_ARG_SCRATCHPAD, m.scratch}};
@@ -209,14 +209,20 @@ std::string bf16_speed_note() {
 void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
           float beta, float* C, long ldc) {
     if (M <= 0 || N <= 0) return;
-    if (bf16_native() && K > 0) dnnl().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, dnnl_f32);
+    if (bf16_native() && K > 0) dnnl().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, dnnl_bf16, dnnl_f32);
     else emulated().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm_onednn(bool ta, bool tb, long M, long N, long K, float alpha, const float* A, long lda, const float* B,
+                 long ldb, float beta, float* C, long ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    dnnl().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, dnnl_f32, dnnl_f32);
 }
 
 void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
           float beta, bf16* C, long ldc) {
     if (M <= 0 || N <= 0) return;
-    if (bf16_native() && K > 0) dnnl().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, dnnl_bf16);
+    if (bf16_native() && K > 0) dnnl().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, dnnl_bf16, dnnl_bf16);
     else emulated().run(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 

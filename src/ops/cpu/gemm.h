@@ -34,6 +34,10 @@ void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, 
 void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
           float beta, bf16* C, long ldc);
 
+// oneDNN's f32 matmul, for the benchmarks' peak (the ops use OpenBLAS for float, which measured faster).
+void gemm_onednn(bool ta, bool tb, long M, long N, long K, float alpha, const float* A, long lda, const float* B,
+                 long ldb, float beta, float* C, long ldc);
+
 // True while a call into the GEMM library (oneDNN) is running: a counting allocator can tell the
 // library's own small per-call bookkeeping from allocations by strata (tests/reliability/test_no_alloc.cpp).
 bool inside_gemm_library();
