@@ -25,4 +25,4 @@ export ASAN_OPTIONS="detect_leaks=1:strict_init_order=1:check_initialization_ord
 export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export UBSAN_OPTIONS="suppressions=$root/scripts/ubsan.supp:print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 cd build-asan
-ctest --output-on-failure -j"$(nproc)" -L 'op|parity|reliability|e2e|attn_res|moda' "$@"
+ctest --output-on-failure -j"$(nproc)" -L 'op|parity|reliability|e2e|attn_res|moda|precision' "$@"

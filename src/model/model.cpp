@@ -503,7 +503,7 @@ void Model<T>::mlp_backward(long l, const A* in, T* din, const T* dout, long N) 
 template <typename T>
 template <typename A>
 void Model<T>::sublayer_forward(SubActs<A>& s, const T* h, const T* nw, long N, bool is_attn, long l,
-                                const AttnDims& ad, A* kc, A* vc) {
+                                const AttnDims& ad, A* kc, A* vc, bool input_normed, const NextNorm<A>* next) {
     const long D = cfg.d_model;
     auto f = [&](const A* in, A* out) {
         if (is_attn) attn_forward(l, in, out, N, ad, kc, vc);
@@ -520,9 +520,10 @@ void Model<T>::sublayer_forward(SubActs<A>& s, const T* h, const T* nw, long N, 
     };
     switch (cfg.norm_placement) {
         case NormPlacement::pre:
-            rmsnorm_forward(s.x_in, s.rstd, h, nw, N, D, cfg.norm_eps);
+            if (!input_normed) rmsnorm_forward(s.x_in, s.rstd, h, nw, N, D, cfg.norm_eps);
             f(s.x_in, s.f_out);
-            residual_forward(s.out, h, s.f_out, N * D);
+            if (next) residual_rmsnorm_forward(s.out, next->out, next->rstd, h, s.f_out, next->w, N, D, cfg.norm_eps);
+            else residual_forward(s.out, h, s.f_out, N * D);
             break;
         case NormPlacement::post:
             f(h_as_input(), s.f_out);
@@ -587,17 +588,27 @@ void Model<T>::run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
         attnres_run_layers<A>(N, ad, cache);
         h = a.out_mix.out;
     } else {
-        for (long l = 0; l < cfg.n_layers; l++) {
+        // Pre-norm: each residual add is fused with the norm after it (the last one with the final norm).
+        const bool fuse = cfg.norm_placement == NormPlacement::pre;
+        const long L = cfg.n_layers;
+        for (long l = 0; l < L; l++) {
             LayerActs<A>& la = a.layers[l];
             A* kc = cache ? cache->k.template data<A>() + l * per_layer : nullptr;
             A* vc = cache ? cache->v.template data<A>() + l * per_layer : nullptr;
-            sublayer_forward(la.attn, h, layers_[l].attn_norm, N, true, l, ad, kc, vc);
+            const NextNorm<A> to_mlp{la.mlp.x_in, la.mlp.rstd, layers_[l].mlp_norm};
+            const NextNorm<A> to_next = l + 1 < L ? NextNorm<A>{a.layers[l + 1].attn.x_in, a.layers[l + 1].attn.rstd,
+                                                                layers_[l + 1].attn_norm}
+                                                  : NextNorm<A>{a.lnf, a.lnf_rstd, final_norm_};
+            sublayer_forward(la.attn, h, layers_[l].attn_norm, N, true, l, ad, kc, vc, fuse && l > 0,
+                             fuse ? &to_mlp : nullptr);
             sublayer_forward(la.mlp, la.attn.out, layers_[l].mlp_norm, N, false, l, ad, static_cast<A*>(nullptr),
-                             static_cast<A*>(nullptr));
+                             static_cast<A*>(nullptr), fuse, fuse ? &to_next : nullptr);
             h = la.mlp.out;
         }
+        if (!fuse) rmsnorm_forward(a.lnf, a.lnf_rstd, h, final_norm_, N, cfg.d_model, cfg.norm_eps);
     }
-    rmsnorm_forward(a.lnf, a.lnf_rstd, h, final_norm_, N, cfg.d_model, cfg.norm_eps);
+    if (cfg.residual != Residual::standard)
+        rmsnorm_forward(a.lnf, a.lnf_rstd, h, final_norm_, N, cfg.d_model, cfg.norm_eps);
     matmul_forward(a.logits, a.lnf, W<A>(lm_head_), N, cfg.d_model, cfg.vocab_size);
 }
 

@@ -277,9 +277,17 @@ private:
     void backward_impl(const std::function<void(int)>& layer_done);
     template <typename A>
     void forward_cached_impl(long B, long n, KVCache<T>& cache);
+    // Pre-norm: the next norm, fused with this sublayer's residual add (its input is ready when the
+    // next sublayer starts).
+    template <typename A>
+    struct NextNorm {
+        A* out;
+        T* rstd;
+        const T* w;
+    };
     template <typename A>
     void sublayer_forward(SubActs<A>& s, const T* h, const T* norm_w, long N, bool is_attn, long l, const AttnDims& ad,
-                          A* kc, A* vc);
+                          A* kc, A* vc, bool input_normed, const NextNorm<A>* next);
     template <typename A>
     void sublayer_backward(SubActs<A>& s, const T* h, T* dh, const T* dout, long N, bool is_attn, long l,
                            const AttnDims& ad);

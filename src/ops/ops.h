@@ -56,6 +56,13 @@ template <typename I, typename W>
 void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const I* inp, const W* w,
                       const compute_t<I>* rstd, long N, long C);
 
+// ---- residual add fused with the next RMSNorm (pre-norm): out = a + b, then normed = RMSNorm(out)·w
+// with its rstd, in one pass over the rows (the sum is normed while still in cache). Equal, bit for
+// bit, to residual_forward followed by rmsnorm_forward; its backward is theirs.
+template <typename O, typename T, typename B, typename W>
+void residual_rmsnorm_forward(T* out, O* normed, compute_t<T>* rstd, const T* a, const B* b, const W* w, long N,
+                              long C, double eps);
+
 // ---- RoPE, rotate-half layout, in place on (rows, n_heads, d) ----------------------------------------
 // pos[r] is the absolute position of row r; cos/sin tables are (max_pos, d/2).
 template <typename T>

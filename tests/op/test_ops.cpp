@@ -1015,3 +1015,21 @@ void check_adamw(double tol) {
     }
 }
 TEST(Glue, AdamW) { check_adamw<float>(1e-6), check_adamw<double>(1e-14); }
+
+// ---- residual add fused with RMSNorm: bit for bit the two ops in sequence ------------------------
+namespace {
+template <typename T>
+void check_residual_rmsnorm() {
+    std::mt19937_64 g(99);
+    const long N = 37, C = 72;
+    auto a = cast<T>(randn(N * C, g)), b = cast<T>(randn(N * C, g)), w = cast<T>(randn(C, g, 0.3));
+    std::vector<T> out1(N * C), y1(N * C), r1(N), out2(N * C), y2(N * C), r2(N);
+    residual_forward(out1.data(), a.data(), b.data(), N * C);
+    rmsnorm_forward(y1.data(), r1.data(), out1.data(), w.data(), N, C, 1e-5);
+    residual_rmsnorm_forward(out2.data(), y2.data(), r2.data(), a.data(), b.data(), w.data(), N, C, 1e-5);
+    EXPECT_EQ(out1, out2);
+    EXPECT_EQ(y1, y2);
+    EXPECT_EQ(r1, r2);
+}
+}  // namespace
+TEST(Glue, ResidualRmsNormIsTheTwoOps) { check_residual_rmsnorm<float>(), check_residual_rmsnorm<double>(); }

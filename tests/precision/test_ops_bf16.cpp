@@ -391,3 +391,23 @@ TEST(Bf16, RoundsToNearestEvenAndKeepsSpecials) {
 }
 
 }  // namespace
+
+namespace {
+// The fused residual add + RMSNorm of the mixed-precision model (float stream, bf16 sublayer output,
+// bf16 normed output) equals the two ops in sequence, bit for bit.
+TEST(Bf16Fused, ResidualRmsNormIsTheTwoOps) {
+    std::mt19937_64 g(5);
+    const long N = 29, C = 96;
+    const Vec av = randq(N * C, g), bv = randq(N * C, g), wv = randq(C, g, 0.3);
+    std::vector<float> a(av.begin(), av.end()), w(wv.begin(), wv.end());
+    const std::vector<bf16> b = to_bf16(bv);
+    std::vector<float> out1(N * C), r1(N), out2(N * C), r2(N);
+    std::vector<bf16> y1(N * C), y2(N * C);
+    residual_forward(out1.data(), a.data(), b.data(), N * C);
+    rmsnorm_forward(y1.data(), r1.data(), out1.data(), w.data(), N, C, 1e-5);
+    residual_rmsnorm_forward(out2.data(), y2.data(), r2.data(), a.data(), b.data(), w.data(), N, C, 1e-5);
+    EXPECT_EQ(out1, out2);
+    EXPECT_EQ(r1, r2);
+    for (long i = 0; i < N * C; i++) ASSERT_EQ(y1[i].bits, y2[i].bits) << i;
+}
+}  // namespace

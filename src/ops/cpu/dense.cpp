@@ -91,6 +91,28 @@ void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long 
     }
 }
 
+template <typename O, typename T, typename B, typename W>
+void residual_rmsnorm_forward(T* out, O* normed, compute_t<T>* rstd, const T* a, const B* b, const W* w, long N,
+                              long C, double eps) {
+    using R = compute_t<T>;
+    OpTimer t_(OpFamily::rmsnorm);
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < N; r++) {
+        const T* x = a + r * C;
+        const B* f = b + r * C;
+        T* h = out + r * C;
+        O* y = normed + r * C;
+        R ss = 0;
+        for (long c = 0; c < C; c++) {
+            h[c] = x[c] + T(f[c]);
+            ss += ld<R>(h[c]) * ld<R>(h[c]);
+        }
+        R s = R(1) / std::sqrt(ss / R(C) + R(eps));
+        for (long c = 0; c < C; c++) y[c] = st<O>(ld<R>(h[c]) * s * R(w[c]));
+        rstd[r] = s;
+    }
+}
+
 // y = x·s·w with s = (mean(x²)+eps)^-½, so with g = dy⊙w:  dx = s·g − s³·x·(g·x)/C,  dw = Σ_rows dy·x·s.
 template <typename I, typename W>
 void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const I* inp, const W* w,
@@ -255,6 +277,8 @@ void crossentropy_backward(D* dlogits, const S* logits, const compute_t<S>* lse,
     template void embedding_backward<T, T>(T*, const T*, const int32_t*, long, long);                          \
     template void rmsnorm_forward<T, T, T>(T*, T*, const T*, const T*, long, long, double);                    \
     template void rmsnorm_backward<T, T>(T*, T*, const T*, const T*, const T*, const T*, long, long);          \
+    template void residual_rmsnorm_forward<T, T, T, T>(T*, T*, T*, const T*, const T*, const T*, long, long,   \
+                                                       double);                                                \
     template void rope_table<T>(T*, T*, long, long, double);                                                   \
     template void rope_forward<T, T>(T*, const int32_t*, const T*, const T*, long, long, long);                \
     template void rope_backward<T>(T*, const int32_t*, const T*, const T*, long, long, long);                  \
@@ -272,6 +296,8 @@ template void matmul_backward<bf16>(float*, float*, const bf16*, const bf16*, co
 template void rmsnorm_forward<bf16, float, float>(bf16*, float*, const float*, const float*, long, long, double);
 template void rmsnorm_forward<bf16, bf16, float>(bf16*, float*, const bf16*, const float*, long, long, double);
 template void rmsnorm_forward<float, bf16, float>(float*, float*, const bf16*, const float*, long, long, double);
+template void residual_rmsnorm_forward<bf16, float, bf16, float>(float*, bf16*, float*, const float*, const bf16*,
+                                                                 const float*, long, long, double);
 template void rmsnorm_backward<bf16, float>(float*, float*, const float*, const bf16*, const float*, const float*,
                                             long, long);
 template void rope_forward<bf16, float>(bf16*, const int32_t*, const float*, const float*, long, long, long);
