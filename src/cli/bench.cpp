@@ -77,10 +77,10 @@ CLI::Validator name_list(const std::vector<std::string>& allowed) {
         [allowed, all](std::string& text) -> std::string {
             std::vector<std::string> seen;
             for (const auto& name : split_names(text)) {
-                if (name.empty()) return "must be a comma-separated list of " + all + ", got \"" + text + "\"";
+                if (name.empty()) return "must be a comma list of " + all + " without empty names, got \"" + text + "\"";
                 if (std::find(allowed.begin(), allowed.end(), name) == allowed.end())
-                    return "has an unknown name \"" + name + "\"; the names are " + all;
-                if (std::find(seen.begin(), seen.end(), name) != seen.end()) return "names \"" + name + "\" twice";
+                    return "must be a comma list of " + all + ", not \"" + name + "\"";
+                if (std::find(seen.begin(), seen.end(), name) != seen.end()) return "must be a comma list naming each once, got \"" + name + "\" twice";
                 seen.push_back(name);
             }
             return "";
