@@ -58,6 +58,7 @@ def parse_args():
 
 CONFIGS = ("eager", "eager-bf16", "compile", "compile-bf16")
 COMPILE_MODE = "default"  # torch.compile(model) with no mode argument
+SETTLE, MAX_SETTLE = 1.2, 10  # compiled: extra warm-up until a step is ≤ 1.2× the one before (≤ 10 more)
 
 
 class PeerFailure(Exception):
@@ -335,6 +336,7 @@ class Peer:
         self.forward = torch.compile(self.model) if self.compiled else self.model
         self.losses = []
         self.compile_notes = {}
+        self.warmup_steps_run = 0
 
     def step(self):
         t0 = time.perf_counter()
@@ -355,9 +357,12 @@ class Peer:
         return dt, lv
 
     def warm_up(self):
-        """The warm-up steps; for torch.compile also the first step, which compiles forward and backward."""
-        n = max(self.a.warmup, 1 if self.compiled else 0)
-        for i in range(n):
+        """The warm-up steps. Compiled: first the step that compiles forward and backward, then the
+        requested warm-up steps, then more (up to MAX_SETTLE) until a step is within SETTLE of the one
+        before, since the first steps after compiling are still slow."""
+        times = []
+
+        def one(i):
             try:
                 dt, lv = self.step()
             except PeerFailure:
@@ -365,7 +370,16 @@ class Peer:
             except Exception as e:  # a compile error surfaces in the first step
                 what = "torch.compile" if self.compiled else "the step"
                 raise PeerFailure(f"{what} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            times.append(dt)
             print(f"peer {self.a.config} warm-up step {i}: {dt * 1e3:.1f} ms loss {lv:.4f}", file=sys.stderr)
+
+        n = self.a.warmup + (1 if self.compiled else 0)
+        for i in range(n):
+            one(i)
+        if self.compiled:
+            while len(times) < n + MAX_SETTLE and (len(times) < 2 or times[-1] > SETTLE * times[-2]):
+                one(len(times))
+        self.warmup_steps_run = len(times)
         self.compile_notes = self.check_compiled() if self.compiled else {}
 
     def check_compiled(self):
@@ -398,6 +412,7 @@ class Peer:
                         **self.compile_notes} if self.compiled else None,
             "adamw": adamw_impl(self.opt),
             "warmup": a.warmup,
+            "warmup_steps_run": self.warmup_steps_run,
             "steps": a.steps,
             "mkldnn": bool(torch.backends.mkldnn.is_available()),
             "mkldnn_bf16": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
