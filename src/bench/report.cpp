@@ -62,7 +62,8 @@ std::string notes_of(const ConfigResult& c) {
             const json& cj = i["compile"];
             n.push_back("torch.compile mode " + cj.value("mode", std::string("?")) + ", " +
                         std::to_string(cj.value("compiled_graphs", 0)) + " graph(s), " +
-                        std::to_string(cj.value("graph_breaks", 0)) + " graph break(s)");
+                        std::to_string(cj.value("graph_breaks", 0)) + " graph break(s), " +
+                        std::to_string(i.value("warmup_steps_run", 0)) + " warm-up steps in all");
         }
         n.push_back("AdamW " + i.value("adamw", std::string("?")));
         n.push_back("attention " + i.value("attention", std::string("?")) + ", GQA " + i.value("gqa", std::string("?")));
@@ -75,12 +76,11 @@ void markdown_profile(std::ostringstream& md, const TrainBenchResult& r, const P
 
 // The first measured strata configuration, preferring fp32 (the report's strata summary).
 const ConfigResult* main_strata(const TrainBenchResult& r) {
-    const ConfigResult* best = nullptr;
+    const ConfigResult* fp32 = r.find("strata-fp32");
+    if (fp32 != nullptr && fp32->measured) return fp32;
     for (const auto& c : r.configs)
-        if (c.kind == "strata" && c.measured && (best == nullptr || c.which == "fp32")) {
-            if (best == nullptr || best->which != "fp32") best = &c;
-        }
-    return best;
+        if (c.kind == "strata" && c.measured) return &c;
+    return nullptr;
 }
 }  // namespace
 
@@ -126,7 +126,6 @@ Analysis analyze(const TrainBenchResult& r) {
             if (pick == nullptr || p->tokens_per_s.median > pick->tokens_per_s.median) pick = p;
         }
         cmp.complete = missing.empty();
-        const ConfigSummary* self = a.find(s.id);
         if (!s.measured) {
             cmp.reason = s.label + " failed";
         } else if (pick == nullptr) {
@@ -137,7 +136,6 @@ Analysis analyze(const TrainBenchResult& r) {
             cmp.ratio = bootstrap_median(paired_ratios(s.rep_tokens_per_s(tokens), pick->c->rep_tokens_per_s(tokens)));
             if (!missing.empty()) cmp.reason = join(missing, "; ");
         }
-        (void)self;
         return cmp;
     };
     for (const auto& c : r.configs) {
@@ -302,8 +300,16 @@ std::string to_markdown(const TrainBenchResult& r) {
         md << "## Ratios: strata ÷ PyTorch, tokens/s\n\nThe median of the paired per-repetition ratios "
               "(repetition i of each), with its bootstrap 95 % interval.\n\n";
         md << "| strata | ÷ | ratio [95 % CI] | note |\n|---|---|---|---|\n";
+        std::string shown_failed;  // a failed strata configuration gets one row, not one per comparison
         for (const auto& x : an.ratios) {
             const ConfigResult* s = r.find(x.strata_id);
+            if (!s->measured) {
+                if (shown_failed != s->id)
+                    md << "| " << s->label << " | every PyTorch configuration | **failed** | not computed: " << s->label
+                       << " failed |\n";
+                shown_failed = s->id;
+                continue;
+            }
             const ConfigResult* pk = x.picked.empty() ? nullptr : r.find(x.picked);
             std::string note = x.ok && (x.vs == kFasterFp32 || x.vs == kFastest) && pk ? "picked: " + pk->label : "";
             if (!x.reason.empty()) note += (note.empty() ? "" : "; ") + std::string(x.ok ? "" : "not computed: ") + x.reason;
