@@ -1,16 +1,29 @@
 #!/usr/bin/env python3
 """PyTorch peer for `strata bench train`: the strata bench model written the way a competent
-PyTorch user would write it (eager mode, stock modules and kernels), timed on the same training
-step strata runs: zero_grad, forward with targets, backward, grad-norm clip to 1.0, AdamW update.
+PyTorch user would write it (stock modules and kernels), timed on the same training step strata
+runs: zero_grad, forward with targets, backward, grad-norm clip to 1.0, AdamW update.
 
-Prints exactly one JSON line on stdout (progress goes to stderr).
+--config picks one of four ways to run it: eager fp32 (`eager`), eager under
+torch.autocast("cpu", dtype=torch.bfloat16) (`eager-bf16`), torch.compile of the model in its
+default mode (`compile`), and torch.compile under the same autocast (`compile-bf16`).
+
+Two modes:
+  one-shot (default): warm-up and timed steps, then exactly one JSON line on stdout.
+  --serve: build, warm up (and compile), print one JSON line ("ready", or "error" and exit 1), then
+      read one command per line from stdin: `rep` runs --steps timed steps and prints one JSON line
+      with their times; `quit` prints a last JSON line with the memory figures and exits.
+Progress goes to stderr; in --serve mode anything else printed to stdout goes to stderr too.
 """
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
+
+# torch.compile's code generation stays in this process, so its peak RSS is this process's own.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import torch
 import torch.nn as nn
@@ -38,7 +51,62 @@ def parse_args():
     p.add_argument("--residual", choices=("standard", "attnres_full", "attnres_block"), default="standard")
     p.add_argument("--block-size", type=int, default=4, help="sublayers per block for attnres_block")
     p.add_argument("--attention", choices=("causal", "moda"), default="causal")
+    p.add_argument("--config", choices=CONFIGS, default="eager")
+    p.add_argument("--serve", action="store_true", help="read `rep` / `quit` commands from stdin")
     return p.parse_args()
+
+
+CONFIGS = ("eager", "eager-bf16", "compile", "compile-bf16")
+COMPILE_MODE = "default"  # torch.compile(model) with no mode argument
+SETTLE, MAX_SETTLE = 1.2, 10  # compiled: extra warm-up until a step is ≤ 1.2× the one before (≤ 10 more)
+
+
+class PeerFailure(Exception):
+    """A configuration this torch cannot run as asked (the reason goes into the report)."""
+
+
+def proc_status_bytes(key):
+    """VmRSS / VmHWM of this process alone, in bytes (None where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_bytes():
+    v = proc_status_bytes("VmHWM")
+    if v is None:
+        import resource
+        v = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux; this process only
+    return v
+
+
+def adamw_impl(opt):
+    """Which AdamW implementation torch runs for these parameters: fused, foreach or for-loop."""
+    d = opt.defaults
+    if d.get("fused"):
+        return "fused"
+    if d.get("foreach"):
+        return "foreach"
+    if d.get("foreach") is None:
+        import importlib
+        pick = getattr(importlib.import_module("torch.optim.optimizer"), "_default_to_fused_or_foreach", None)
+        if pick is not None:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            try:
+                fused, foreach = pick(params, differentiable=False, use_fused=False)
+            except TypeError:
+                fused, foreach = False, False
+            if fused:
+                return "fused (torch's default here)"
+            if foreach:
+                return "foreach (torch's default here)"
+        return "for-loop (torch's default here: foreach=None, fused=None)"
+    return "for-loop (foreach=False)"
 
 
 class ManualRMSNorm(nn.Module):
@@ -240,61 +308,188 @@ class Model(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
 
-def main():
-    a = parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    use_gqa = sdpa_has_gqa()
-    model = Model(a, use_gqa)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=a.lr, betas=(0.9, 0.95), eps=1e-8,
-    )
-    g = torch.Generator().manual_seed(a.seed)
-    data = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=g)
-    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+class Peer:
+    """The model, optimizer, batch and step function of one configuration."""
 
-    times, losses = [], []
-    for i in range(a.warmup + a.steps):
+    def __init__(self, a):
+        self.a = a
+        torch.set_num_threads(a.threads)
+        torch.manual_seed(a.seed)
+        self.bf16 = a.config.endswith("bf16")
+        self.compiled = a.config.startswith("compile")
+        if self.compiled and not hasattr(torch, "compile"):
+            raise PeerFailure(f"torch.compile needs torch >= 2.0 (this is torch {torch.__version__})")
+        if self.bf16 and not hasattr(torch, "autocast"):
+            raise PeerFailure(f"torch.autocast is missing in torch {torch.__version__}")
+        self.use_gqa = sdpa_has_gqa()
+        g = torch.Generator().manual_seed(a.seed)
+        data = torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=g)
+        self.x, self.y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+        self.rss_before_model = proc_status_bytes("VmRSS")
+        self.model = Model(a, self.use_gqa)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=a.lr, betas=(0.9, 0.95), eps=1e-8,
+        )
+        self.forward = torch.compile(self.model) if self.compiled else self.model
+        self.losses = []
+        self.compile_notes = {}
+        self.warmup_steps_run = 0
+
+    def step(self):
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = model(x, y)
+        self.opt.zero_grad(set_to_none=True)
+        if self.bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = self.forward(self.x, self.y)
+        else:
+            loss = self.forward(self.x, self.y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
         lv = loss.item()
         dt = time.perf_counter() - t0
-        losses.append(lv)
-        if i >= a.warmup:
-            times.append(dt)
-        print(f"peer step {i}: {dt * 1e3:.1f} ms loss {lv:.4f}", file=sys.stderr)
+        if not math.isfinite(lv):
+            raise PeerFailure(f"the loss is not finite ({lv})")
+        self.losses.append(lv)
+        return dt, lv
 
+    def warm_up(self):
+        """The warm-up steps. Compiled: first the step that compiles forward and backward, then the
+        requested warm-up steps, then more (up to MAX_SETTLE) until a step is within SETTLE of the one
+        before, since the first steps after compiling are still slow."""
+        times = []
+
+        def one(i):
+            try:
+                dt, lv = self.step()
+            except PeerFailure:
+                raise
+            except Exception as e:  # a compile error surfaces in the first step
+                what = "torch.compile" if self.compiled else "the step"
+                raise PeerFailure(f"{what} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            times.append(dt)
+            print(f"peer {self.a.config} warm-up step {i}: {dt * 1e3:.1f} ms loss {lv:.4f}", file=sys.stderr)
+
+        n = self.a.warmup + (1 if self.compiled else 0)
+        for i in range(n):
+            one(i)
+        if self.compiled:
+            while len(times) < n + MAX_SETTLE and (len(times) < 2 or times[-1] > SETTLE * times[-2]):
+                one(len(times))
+        self.warmup_steps_run = len(times)
+        self.compile_notes = self.check_compiled() if self.compiled else {}
+
+    def check_compiled(self):
+        """Dynamo's counters: no graph at all means it ran eagerly; graph breaks are recorded."""
+        counters = torch._dynamo.utils.counters
+        graphs = int(counters["stats"].get("unique_graphs", 0))
+        breaks = int(sum(counters["graph_break"].values()))
+        if graphs == 0:
+            raise PeerFailure("torch.compile fell back to eager (dynamo compiled no graph)")
+        return {"compiled_graphs": graphs, "graph_breaks": breaks,
+                "graph_break_reasons": sorted(counters["graph_break"].keys())[:5]}
+
+    def info(self):
+        a = self.a
+        return {
+            "impl": "pytorch-" + a.config,
+            "config": a.config,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "batch": a.batch,
+            "seq": a.seq,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "residual": a.residual + (f" (block size {a.block_size})" if a.residual == "attnres_block" else ""),
+            "attention_kind": a.attention,
+            "gqa": "sdpa enable_gqa" if self.use_gqa else "repeat_interleave",
+            "rmsnorm": "nn.RMSNorm" if hasattr(nn, "RMSNorm") else "manual",
+            "attention": "sdpa" if hasattr(F, "scaled_dot_product_attention") else "manual masked softmax",
+            "autocast": "torch.autocast(cpu, bfloat16) around the forward" if self.bf16 else "none (fp32)",
+            "compile": {"mode": COMPILE_MODE, "inductor_compile_threads": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS"),
+                        **self.compile_notes} if self.compiled else None,
+            "adamw": adamw_impl(self.opt),
+            "warmup": a.warmup,
+            "warmup_steps_run": self.warmup_steps_run,
+            "steps": a.steps,
+            "mkldnn": bool(torch.backends.mkldnn.is_available()),
+            "mkldnn_bf16": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
+        }
+
+    def memory(self):
+        return {"rss_before_model_bytes": self.rss_before_model, "peak_rss_bytes": peak_rss_bytes(),
+                "rss_bytes": proc_status_bytes("VmRSS"),
+                "memory_scope": "this process only (VmHWM; compilation runs in-process)"}
+
+
+def one_shot(a):
+    try:
+        peer = Peer(a)
+        peer.warm_up()
+    except PeerFailure as e:
+        print(f"peer_train.py: {e}", file=sys.stderr)
+        sys.exit(4)
+    times = []
+    for i in range(a.steps):
+        dt, lv = peer.step()
+        times.append(dt)
+        print(f"peer step {i}: {dt * 1e3:.1f} ms loss {lv:.4f}", file=sys.stderr)
     mean = statistics.fmean(times)
     std = statistics.stdev(times) if len(times) > 1 else 0.0
-    out = {
-        "impl": "pytorch-eager",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "batch": a.batch,
-        "seq": a.seq,
-        "params": sum(p.numel() for p in model.parameters()),
-        "residual": a.residual + (f" (block size {a.block_size})" if a.residual == "attnres_block" else ""),
-        "attention_kind": a.attention,
-        "gqa": "sdpa enable_gqa" if use_gqa else "repeat_interleave",
-        "rmsnorm": "nn.RMSNorm" if hasattr(nn, "RMSNorm") else "manual",
-        "attention": "sdpa" if hasattr(F, "scaled_dot_product_attention") else "manual masked softmax",
-        "warmup": a.warmup,
-        "steps": a.steps,
-        "step_ms_mean": mean * 1e3,
-        "step_ms_std": std * 1e3,
-        "tokens_per_s": a.batch * a.seq / mean,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "mkldnn": bool(torch.backends.mkldnn.is_available()),
-    }
+    out = peer.info()
+    out.update({"step_ms_mean": mean * 1e3, "step_ms_std": std * 1e3, "tokens_per_s": a.batch * a.seq / mean,
+                "loss_first": peer.losses[0], "loss_last": peer.losses[-1], **peer.memory()})
     print(json.dumps(out))
+
+
+def serve(a):
+    # The protocol's lines go to the original stdout; everything else printed there (by torch, by a
+    # compiler it runs) goes to stderr.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def say(obj):
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    try:
+        peer = Peer(a)
+        peer.warm_up()
+    except PeerFailure as e:
+        say({"error": str(e)})
+        sys.exit(1)
+    say({"ready": True, **peer.info()})
+    reps = 0
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "rep":
+            times = []
+            try:
+                for _ in range(a.steps):
+                    times.append(peer.step()[0])
+            except Exception as e:
+                say({"error": f"rep {reps}: {type(e).__name__}: {e}"})
+                sys.exit(1)
+            reps += 1
+            print(f"peer {a.config} rep {reps}: {statistics.fmean(times) * 1e3:.1f} ms/step", file=sys.stderr)
+            say({"step_s": times, "loss": peer.losses[-1]})
+        elif cmd == "quit":
+            say({"quit": True, "loss_first": peer.losses[0] if peer.losses else None,
+                 "loss_last": peer.losses[-1] if peer.losses else None, **peer.memory()})
+            return
+        elif cmd:
+            say({"error": f"unknown command {cmd!r} (expected rep or quit)"})
+
+
+def main():
+    a = parse_args()
+    if a.serve:
+        serve(a)
+    else:
+        one_shot(a)
 
 
 if __name__ == "__main__":

@@ -24,16 +24,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-// The q-quantile of sorted values, interpolating linearly between neighbours.
-double quantile_sorted(const std::vector<double>& s, double q) {
-    if (s.empty()) return 0;
-    const double pos = q * double(s.size() - 1);
-    const size_t i = size_t(std::floor(pos));
-    if (i + 1 >= s.size()) return s.back();
-    const double f = pos - double(i);
-    return s[i] + f * (s[i + 1] - s[i]);
-}
-
 // One configuration's model, cache and scratch; null model when its set-up failed.
 struct Slot {
     std::unique_ptr<Model<float>> model;
@@ -129,33 +119,6 @@ void check_lengths(const ModelConfig& cfg, long prompt_tokens, long new_tokens) 
         throw LengthError("--prompt-tokens " + std::to_string(prompt_tokens) + " + --new-tokens " +
                           std::to_string(new_tokens) + " = " + std::to_string(prompt_tokens + new_tokens) +
                           " tokens do not fit in the model's max_seq_len " + std::to_string(cfg.max_seq_len));
-}
-
-double median_of(std::vector<double> x) {
-    if (x.empty()) return 0;
-    const size_t n = x.size(), h = n / 2;
-    std::nth_element(x.begin(), x.begin() + long(h), x.end());
-    const double upper = x[h];
-    if (n % 2 == 1) return upper;
-    const double lower = *std::max_element(x.begin(), x.begin() + long(h));
-    return 0.5 * (lower + upper);
-}
-
-MedianCI median_ci(const std::vector<double>& x, uint64_t seed, int resamples, double level) {
-    MedianCI c;
-    c.n = x.size();
-    if (x.empty()) return c;
-    c.median = median_of(x);
-    Rng rng(seed);
-    std::vector<double> meds(size_t(std::max(1, resamples))), draw(x.size());
-    for (auto& m : meds) {
-        for (auto& d : draw) d = x[size_t(rng.next_u64() % uint64_t(x.size()))];
-        m = median_of(draw);
-    }
-    std::sort(meds.begin(), meds.end());
-    c.lo = quantile_sorted(meds, (1 - level) / 2);
-    c.hi = quantile_sorted(meds, (1 + level) / 2);
-    return c;
 }
 
 const GenerateConfigResult* GenerateBenchResult::find(Precision p) const {
@@ -255,8 +218,8 @@ GenerateBenchResult run_generate_bench(const GenerateBenchOptions& o) {
         }
         std::vector<double> ms;
         for (double s : c.prefill_s) ms.push_back(s * 1e3);
-        c.prefill_ms = median_ci(ms);
-        c.decode_tps = median_ci(c.decode_tokens_per_s);
+        c.prefill_ms = bootstrap_median(ms);
+        c.decode_tps = bootstrap_median(c.decode_tokens_per_s);
     }
     const GenerateConfigResult* fp32 = r.find(Precision::fp32);
     if (fp32 && fp32->measured)
@@ -270,7 +233,7 @@ GenerateBenchResult run_generate_bench(const GenerateBenchOptions& o) {
                 }
             for (size_t k = 0; k < c.decode_tokens_per_s.size() && k < fp32->decode_tokens_per_s.size(); k++)
                 c.ratio_vs_fp32.push_back(c.decode_tokens_per_s[k] / fp32->decode_tokens_per_s[k]);
-            c.ratio_vs_fp32_ci = median_ci(c.ratio_vs_fp32);
+            c.ratio_vs_fp32_ci = bootstrap_median(c.ratio_vs_fp32);
         }
     return r;
 }

@@ -13,6 +13,7 @@
 #include "bench/machine.h"
 #include "core/error.h"
 #include "core/precision.h"
+#include "bench/stats.h"
 #include "model/config.h"
 
 namespace strata::bench {
@@ -29,8 +30,6 @@ struct GenerateBenchOptions {
 
 inline constexpr int kGenerateWarmup = 1;              // untimed repetitions per configuration
 inline constexpr uint64_t kPromptSeed = 4099;          // the prompt's token ids
-inline constexpr uint64_t kBootstrapSeed = 1337;       // the resampling of every interval
-inline constexpr int kBootstrapResamples = 10000;
 inline constexpr int kFirstIdsShown = 8;               // generated ids listed in the report
 
 // "fp32,bf16" → the precisions in order. Throws Error naming --precision for an empty entry, an
@@ -46,17 +45,6 @@ struct LengthError : Error {
 };
 // Throws LengthError unless 1 ≤ prompt_tokens and prompt_tokens + new_tokens ≤ cfg.max_seq_len.
 void check_lengths(const ModelConfig& cfg, long prompt_tokens, long new_tokens);
-
-// A median and its percentile-bootstrap interval: `resamples` resamples of x with replacement (an
-// Rng seeded with `seed`), the median of each, and their (1 − level)/2 and (1 + level)/2 quantiles
-// (linear interpolation between order statistics). An empty x gives zeros.
-struct MedianCI {
-    double median = 0, lo = 0, hi = 0;
-    size_t n = 0;
-};
-double median_of(std::vector<double> x);
-MedianCI median_ci(const std::vector<double>& x, uint64_t seed = kBootstrapSeed, int resamples = kBootstrapResamples,
-                   double level = 0.95);
 
 // One configuration (a precision) and what its repetitions gave.
 struct GenerateConfigResult {

@@ -1,9 +1,12 @@
-// `strata bench train` as a library: the bench model, the timed strata steps, the op profile, and
-// the whole suite (machine facts, sgemm peak, strata, the peer) gathered into one result, which
-// report.h writes as Markdown and JSON.
+// `strata bench train` as a library: the bench model, the strata configuration a worker process
+// serves, the op profile, and the whole suite (machine facts, sgemm peak, the interleaved
+// repetitions of every strata and PyTorch configuration) gathered into one result, which report.h
+// writes as Markdown and JSON (bench/README.md describes the protocol).
 #pragma once
 #include <array>
+#include <nlohmann/json.hpp>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "bench/flops.h"
@@ -44,17 +47,26 @@ ProfileResult profile_train_steps(Model<float>& model, AdamW<float>& opt, const 
 inline constexpr int kPhases = 5;
 extern const std::array<const char*, kPhases> kPhaseNames;  // zero_grad, forward, backward, clip, AdamW
 
-struct StrataResult {
-    Stats step;                      // seconds, over the timed steps
-    std::array<Stats, kPhases> phase{};  // seconds
+// One configuration measured in the interleaved protocol: a strata precision or a PyTorch
+// configuration, each in its own long-running process (a strata worker is this binary in serve mode).
+struct ConfigResult {
+    std::string id;     // "strata-fp32", "strata-bf16", "pytorch-eager", "pytorch-eager-bf16", ...
+    std::string kind;   // "strata" or "pytorch"
+    std::string which;  // the precision ("fp32") or the peer configuration ("compile-bf16")
+    std::string label;  // as the report names it
+    bool measured = false;  // every repetition ran
+    std::string failure;    // why not, when !measured
+    std::vector<std::vector<double>> reps;          // seconds of each timed step, per repetition
+    std::vector<std::vector<std::array<double, kPhases>>> phases;  // strata: the step's phases, per step
+    std::vector<int> order;                         // the position of each repetition in the run
+    nlohmann::json info = nlohmann::json::object();  // the worker's ready line (less "ready")
+    double rss_before_model = 0, peak_rss = 0;      // bytes, the worker's own (0 when unknown)
     double loss_first = 0, loss_last = 0;
-    size_t params = 0;
-    CpuUse cpu;                      // from the model's construction to the last timed step
-    std::optional<ProfileResult> profile;  // with --profile: steps after the timed ones
+    // tokens/s of each repetition: tokens per step × steps ÷ the repetition's time
+    std::vector<double> rep_tokens_per_s(double tokens_per_step) const;
+    std::vector<double> step_seconds() const;  // every timed step, in order
+    double rss_delta() const { return peak_rss > 0 && rss_before_model > 0 ? peak_rss - rss_before_model : 0; }
 };
-// o.warmup + o.steps training steps (src/train/step.h) on the fixed batch, then with o.profile
-// max(3, min(o.steps, 5)) more with the op profiler on.
-StrataResult run_strata(const ModelConfig& cfg, const TrainBenchOptions& o);
 
 // Everything the report shows.
 struct TrainBenchResult {
@@ -63,18 +75,28 @@ struct TrainBenchResult {
     ModelConfig model;
     FlopCount flops;
     std::vector<GemmResult> gemm;
-    StrataResult strata;
-    PeerResult peer;
-    CpuUse cpu_gemm, cpu_peer;  // during the sgemm and the peer measurements (strata's: strata.cpu)
+    std::vector<ConfigResult> configs;     // strata precisions first, then the PyTorch configurations
+    std::vector<std::string> schedule;     // the ids in the order their repetitions ran
+    size_t params = 0;                     // of strata's bench model
+    std::optional<ProfileResult> profile;  // with --profile: fp32 steps after the repetitions
+    CpuUse cpu_gemm, cpu_configs;          // during the sgemm and the repetitions (warm-ups included)
+    std::string peer_python;
     double tokens() const { return double(options.batch) * double(options.seq); }
     double peak_gflops() const { return best_of(gemm).best_gflops; }
-    double strata_tokens_per_s() const { return tokens() / strata.step.mean; }
-    double strata_gflops() const { return flops.total / strata.step.mean / 1e9; }
+    const ConfigResult* find(const std::string& id) const;
 };
 
-// The whole suite, in order: sgemm, strata (and its profile), the peer. Sets the OpenMP and OpenBLAS
-// thread counts to o.threads. Throws Error (before any measurement) for a bad --repo, a bad model
-// option, or a batch that does not fit in memory. Progress goes to stderr.
+// The strata worker: builds the bench model at o.serve's precision, runs o.warmup steps, then
+// answers `rep` (o.steps timed steps) and `quit` (memory figures) on stdin with JSON lines on stdout
+// (bench/README.md). A precision this build cannot run is answered with {"error": ...}. Returns the
+// exit status.
+int serve_strata(const TrainBenchOptions& o);
+
+// The whole suite, in order: sgemm, then every configuration started and warmed up one at a time,
+// then o.reps rounds of one repetition of each, then their memory figures, then the profile. Sets
+// the OpenMP and OpenBLAS thread counts to o.threads. Throws Error (before any measurement) for a bad
+// --repo, a bad model option, or a batch that does not fit in memory; a configuration that fails is
+// recorded as failed and the rest go on. Progress goes to stderr.
 TrainBenchResult run_train_bench(const TrainBenchOptions& o);
 
 }  // namespace strata::bench

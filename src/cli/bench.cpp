@@ -1,16 +1,18 @@
 // `strata bench`: benchmark suites. `strata bench train` measures, in one run on one machine and one
 // thread count:
-//   (a) strata's training throughput on the bench model (one step = zero_grad, forward with targets,
-//       backward, grad-norm clip to 1.0, AdamW update), mean ± std of the step time, and with
-//       --profile the time of the model's own op calls by op family;
-//   (b) the OpenBLAS sgemm peak at the same thread count (a square shape and the model's shapes);
-//   (c) the PyTorch peer (bench/peer_train.py, eager mode, stock modules) on the same model and step.
+//   (a) the OpenBLAS sgemm peak at the same thread count (a square shape and the model's shapes);
+//   (b) strata's training throughput on the bench model at each --precision (one step = zero_grad,
+//       forward with targets, backward, grad-norm clip to 1.0, AdamW update) and the PyTorch peer
+//       (bench/peer_train.py) in each --peers configuration, each in its own process, their
+//       repetitions interleaved, with medians, paired ratios and bootstrap intervals, and memory;
+//   (c) with --profile, the time of the model's own op calls by op family.
 // `strata bench generate` measures single-stream greedy decoding (batch 1, KV cache) on the same
 // bench model, per precision: prefill time and decode tokens/s.
 // It prints a markdown report (optionally written to a file) and optionally a JSON record. The
 // measurements and the report live in src/bench/; this file holds the flags and their checks.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -22,6 +24,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/fileio.h"
+#include "core/precision.h"
 #include "train/run_config.h"
 
 namespace strata::cli {
@@ -50,6 +53,42 @@ void run_bench_train(const bench::TrainBenchOptions& o) {
         json_file->write(bench::to_json(r).dump(2) + "\n");
         json_file->commit();
     }
+}
+
+std::string join_names(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ",") + x;
+    return s;
+}
+
+std::vector<std::string> split_names(const std::string& s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    for (;;) {
+        const size_t comma = s.find(',', start);
+        out.push_back(s.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+        if (comma == std::string::npos) return out;
+        start = comma + 1;
+    }
+}
+
+// A comma-separated list of names from `allowed`, each at most once.
+CLI::Validator name_list(const std::vector<std::string>& allowed) {
+    std::string all;
+    for (const auto& a : allowed) all += (all.empty() ? "" : ", ") + a;
+    return CLI::Validator(
+        [allowed, all](std::string& text) -> std::string {
+            std::vector<std::string> seen;
+            for (const auto& name : split_names(text)) {
+                if (name.empty()) return "must be a comma list of " + all + " without empty names, got \"" + text + "\"";
+                if (std::find(allowed.begin(), allowed.end(), name) == allowed.end())
+                    return "must be a comma list of " + all + ", not \"" + name + "\"";
+                if (std::find(seen.begin(), seen.end(), name) != seen.end()) return "must be a comma list naming each once, got \"" + name + "\" twice";
+                seen.push_back(name);
+            }
+            return "";
+        },
+        "a comma list of " + all);
 }
 
 void run_bench_generate(const bench::GenerateBenchOptions& o) {
@@ -129,7 +168,19 @@ void add_bench_command(CLI::App& app) {
         ->capture_default_str()
         ->check(in_range(1, kMaxThreads));
     train->add_option("--warmup", o->warmup, "Untimed warm-up steps")->capture_default_str()->check(at_least(0));
-    train->add_option("--steps", o->steps, "Timed steps")->capture_default_str()->check(at_least(1));
+    train->add_option("--steps", o->steps, "Timed steps in one repetition")->capture_default_str()->check(at_least(1));
+    train->add_option("--reps", o->reps, "Repetitions of each configuration, interleaved (the protocol asks for ≥ 10)")
+        ->capture_default_str()
+        ->check(at_least(1));
+    auto precisions = std::make_shared<std::string>(join_names(o->precisions));
+    auto peers = std::make_shared<std::string>(join_names(o->peers));
+    train->add_option("--precision", *precisions, "strata's configurations: a comma list of fp32, bf16")
+        ->capture_default_str()
+        ->check(name_list(precision_names()));
+    train->add_option("--peers", *peers,
+                      "PyTorch's configurations: a comma list of eager, eager-bf16, compile, compile-bf16")
+        ->capture_default_str()
+        ->check(name_list(bench::peer_config_names()));
     // --batch and --seq: the earlier spellings, kept as aliases.
     train->add_option("--batch-size,--batch", o->batch, "Batch size")->capture_default_str()->check(at_least(1));
     train->add_option("--seq-len,--seq", o->seq, "Sequence length")->capture_default_str()->check(at_least(1));
@@ -147,8 +198,17 @@ void add_bench_command(CLI::App& app) {
                     "Also run a few training steps with the op profiler on and report the time by op family");
     train->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
     train->add_option("--markdown-out", o->markdown_out, "Also write the markdown report to this file");
-    train->callback([o] {
+    // The worker process of one strata configuration (the bench starts it; not for direct use).
+    train->add_option("--serve", o->serve)->group("")->check(name_list(precision_names()));
+    train->callback([o, precisions, peers] {
+        o->precisions = split_names(*precisions);
+        o->peers = split_names(*peers);
         if (dry_run()) return;
+        if (!o->serve.empty()) {
+            const int rc = bench::serve_strata(*o);
+            if (rc != 0) throw Error("bench worker " + o->serve + " failed");
+            return;
+        }
         run_bench_train(*o);
     });
 
