@@ -1,5 +1,7 @@
 #include "bench/report.h"
 
+#include "ops/cpu/gemm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -31,6 +33,8 @@ constexpr double kMiB = 1024.0 * 1024.0;
 constexpr double kFp32Target = 1.10, kFp32Aim = 1.25;   // strata fp32 ÷ the faster PyTorch fp32 configuration
 constexpr double kBf16Target = 1.15, kBf16Aim = 1.40;   // strata bf16 ÷ the fastest of the four
 constexpr double kFp32Memory = 0.6, kBf16Memory = 0.4;  // strata's RSS delta ÷ PyTorch eager fp32's
+constexpr double kFp32Peak = 0.75, kFp32PeakAim = 0.85;  // strata fp32 GFLOP/s ÷ the fp32 GEMM peak
+constexpr double kBf16Peak = 0.60, kBf16PeakAim = 0.70;  // strata bf16 GFLOP/s ÷ the bf16 GEMM peak
 
 const char* kFasterFp32 = "faster-fp32";
 const char* kFastest = "fastest";
@@ -175,6 +179,26 @@ Analysis analyze(const TrainBenchResult& r) {
             if (!cmp->complete) t.reason = cmp->reason;
         }
         a.targets.push_back(t);
+
+        TargetCheck pk;  // achieved GFLOP/s ÷ the precision's GEMM peak, on the tokens/s interval
+        pk.kind = "speed";
+        pk.target = fp32 ? kFp32Peak : kBf16Peak;
+        pk.aim = fp32 ? kFp32PeakAim : kBf16PeakAim;
+        pk.what = c.label + " achieved GFLOP/s ÷ the " + c.which + " GEMM peak";
+        const double peak = r.precision_peak(c.which);
+        const ConfigSummary* cs = a.find(c.id);
+        if (!c.measured) pk.reason = c.label + " failed";
+        else if (peak <= 0) pk.reason = "the " + c.which + " GEMM peak was not measured";
+        else if (cs != nullptr) {
+            const double per_token = r.flops.total / r.tokens() / 1e9 / peak;  // share of the peak per token/s
+            pk.evaluated = true;
+            pk.value = cs->tokens_per_s.median * per_token;
+            pk.lo = cs->tokens_per_s.lo * per_token;
+            pk.hi = cs->tokens_per_s.hi * per_token;
+            pk.met = pk.lo >= pk.target;
+            pk.aim_met = pk.lo >= pk.aim;
+        }
+        a.targets.push_back(pk);
 
         TargetCheck m;
         m.kind = "memory";
@@ -383,6 +407,22 @@ std::string to_markdown(const TrainBenchResult& r) {
         md << "| " << g.s.what << " | " << g.s.M << ", " << g.s.N << ", " << g.s.K << " | " << fmt("%.1f", g.best_gflops)
            << " | " << fmt("%.1f", g.mean_gflops) << " | " << g.reps << " |\n";
     md << "\n";
+    auto gemm_table = [&](const char* title, const std::vector<GemmResult>& set) {
+        if (set.empty()) return;
+        md << "## " << title << " (" << o.threads << " threads, best and mean of repeated calls)\n\n";
+        md << "| shape (M×K)·(K×N) | M, N, K | best GFLOP/s | mean GFLOP/s | calls |\n|---|---|---|---|---|\n";
+        for (const auto& g : set)
+            md << "| " << g.s.what << " | " << g.s.M << ", " << g.s.N << ", " << g.s.K << " | "
+               << fmt("%.1f", g.best_gflops) << " | " << fmt("%.1f", g.mean_gflops) << " | " << g.reps << " |\n";
+        md << "\n";
+    };
+    gemm_table("oneDNN f32 matmul", r.gemm_onednn);
+    gemm_table((std::string("bf16 GEMM: ") + bf16_gemm_backend()).c_str(), r.gemm_bf16);
+    md << "Peaks by the protocol (the highest shape mean): fp32 " << fmt("%.1f", r.precision_peak("fp32"))
+       << " GFLOP/s (OpenBLAS " << fmt("%.1f", highest_mean(r.gemm).mean_gflops) << ", oneDNN "
+       << (r.gemm_onednn.empty() ? std::string("—") : fmt("%.1f", highest_mean(r.gemm_onednn).mean_gflops)) << ")";
+    if (!r.gemm_bf16.empty()) md << "; bf16 " << fmt("%.1f", r.precision_peak("bf16")) << " GFLOP/s";
+    md << ".\n\n";
     if (r.cpu_configs.others > 0.05 * r.cpu_configs.wall * o.threads)
         md << "**Warning:** other processes used more than 5 % of the CPU time during the measurements; the numbers "
               "may be noisy. Rerun on an idle machine.\n\n";
@@ -520,6 +560,19 @@ json to_json(const TrainBenchResult& r) {
                       {"trans_b", g.s.tb}, {"best_gflops", g.best_gflops}, {"mean_gflops", g.mean_gflops}});
     j["sgemm"] = {{"peak_gflops", best.best_gflops}, {"peak_shape", best.s.what}, {"shapes", gj},
                   {"cpu", cpu_use_json(r.cpu_gemm)}};
+    auto shapes_json = [](const std::vector<GemmResult>& set) {
+        json a = json::array();
+        for (const auto& g : set)
+            a.push_back({{"shape", g.s.what}, {"M", g.s.M}, {"N", g.s.N}, {"K", g.s.K}, {"best_gflops", g.best_gflops},
+                         {"mean_gflops", g.mean_gflops}, {"calls", g.reps}});
+        return a;
+    };
+    j["gemm_peaks"] = {{"rule", "per precision, the highest shape mean over the libraries"},
+                       {"fp32_gflops", r.precision_peak("fp32")},
+                       {"bf16_gflops", r.precision_peak("bf16")},
+                       {"bf16_backend", bf16_gemm_backend()},
+                       {"onednn_f32", shapes_json(r.gemm_onednn)},
+                       {"bf16", shapes_json(r.gemm_bf16)}};
     const ConfigResult* sf = r.find("strata-fp32");
     if (sf && sf->measured) j["strata_over_sgemm_peak"] = fl.total / (an.find(sf->id)->step_ms / 1e3) / 1e9 / best.best_gflops;
     const ConfigResult* eager = r.find("pytorch-eager");

@@ -17,6 +17,7 @@
 
 #include "bench/child.h"
 #include "core/error.h"
+#include "ops/cpu/gemm.h"
 #include "core/precision.h"
 #include "core/rng.h"
 
@@ -69,6 +70,17 @@ struct ProfilerOn {
 
 const std::array<const char*, kPhases> kPhaseNames = {"zero_grad", "forward (with loss)", "backward", "grad-norm clip",
                                                       "AdamW update"};
+
+double TrainBenchResult::precision_peak(const std::string& precision) const {
+    double peak = 0;
+    for (const auto* set : {&gemm, &gemm_onednn, &gemm_bf16}) {
+        if (set->empty()) continue;
+        const bool bf = set == &gemm_bf16;
+        if (bf != (precision == "bf16")) continue;
+        peak = std::max(peak, highest_mean(*set).mean_gflops);
+    }
+    return peak;
+}
 
 ModelConfig bench_model_config(const TrainBenchOptions& o) {
     ModelConfig c;
@@ -379,6 +391,12 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     std::fprintf(stderr, "sgemm peak, %d threads...\n", o.threads);
     const CpuSnapshot c0 = cpu_snapshot();
     r.gemm = sgemm_peaks(o.batch * o.seq, r.model);
+    std::fprintf(stderr, "oneDNN f32 peak...\n");
+    r.gemm_onednn = gemm_peaks(o.batch * o.seq, r.model, Precision::fp32, GemmLib::onednn);
+    if (std::find(o.precisions.begin(), o.precisions.end(), "bf16") != o.precisions.end()) {
+        std::fprintf(stderr, "bf16 GEMM peak (%s)...\n", bf16_gemm_backend());
+        r.gemm_bf16 = gemm_peaks(o.batch * o.seq, r.model, Precision::bf16, GemmLib::onednn);
+    }
     const CpuSnapshot c1 = cpu_snapshot();
     r.cpu_gemm = cpu_use(c0, c1);
 

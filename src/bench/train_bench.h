@@ -74,7 +74,9 @@ struct TrainBenchResult {
     MachineFacts machine;
     ModelConfig model;
     FlopCount flops;
-    std::vector<GemmResult> gemm;
+    std::vector<GemmResult> gemm;         // OpenBLAS f32
+    std::vector<GemmResult> gemm_onednn;  // oneDNN f32
+    std::vector<GemmResult> gemm_bf16;    // strata's bf16 GEMM (oneDNN, or its emulation); when bf16 is requested
     std::vector<ConfigResult> configs;     // strata precisions first, then the PyTorch configurations
     std::vector<std::string> schedule;     // the ids in the order their repetitions ran
     size_t params = 0;                     // of strata's bench model
@@ -83,6 +85,9 @@ struct TrainBenchResult {
     std::string peer_python;
     double tokens() const { return double(options.batch) * double(options.seq); }
     double peak_gflops() const { return best_of(gemm).best_gflops; }
+    // The protocol's peak of a precision (bench/README.md): the highest shape mean, over OpenBLAS and
+    // oneDNN for fp32; 0 when not measured.
+    double precision_peak(const std::string& precision) const;
     const ConfigResult* find(const std::string& id) const;
 };
 
