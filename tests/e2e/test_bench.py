@@ -55,8 +55,14 @@ def test_report_goes_to_stdout_and_both_output_files(tmp_path):
     assert j["protocol"]["bootstrap"]["resamples"] == 2000 and j["protocol"]["bootstrap"]["level"] == 0.95
     assert [c["kind"] for c in j["configs"]] == ["strata", "strata"]  # the default --precision fp32,bf16
     assert j["ratios"] == []
-    # Without a peer no speed target can be met; the memory targets name what is missing.
-    assert all(not t["met"] and t["reason"] for t in j["targets"]), j["targets"]
+    # Without a peer no target against PyTorch can be met; they name what is missing. The share of the
+    # GEMM peak needs no peer: it is evaluated for every measured precision.
+    vs_torch = [t for t in j["targets"] if "PyTorch" in t["what"]]
+    assert vs_torch and all(not t["met"] and t.get("reason") for t in vs_torch), j["targets"]
+    peak = [t for t in j["targets"] if "GEMM peak" in t["what"]]
+    assert [t["what"].split()[1] for t in peak] == ["fp32", "bf16"], peak
+    assert all(t.get("value", 0) > 0 for t in peak), peak
+    assert j["gemm_peaks"]["fp32_gflops"] > 0 and j["gemm_peaks"]["bf16_gflops"] > 0
     assert [f.name for f in tmp_path.rglob("*.tmp.*")] == []
 
 
