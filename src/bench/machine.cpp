@@ -225,4 +225,17 @@ std::string shell_quote(const std::string& s) {
     return out + "'";
 }
 
+nlohmann::json machine_json(const MachineFacts& m) {
+    return {{"cpu", m.cpu},
+            {"online_cpus", m.online_cpus},
+            {"simd", m.simd},
+            {"simd_flags", m.simd_flags},
+            {"openblas_config", m.openblas_config},
+            {"openblas_core", m.openblas_core},
+            {"openblas_coretype", m.openblas_coretype},
+            {"environment", m.environment},
+            {"loadavg_before", m.loadavg_before},
+            {"loadavg_after", m.loadavg_after}};
+}
+
 }  // namespace strata::bench

@@ -3,6 +3,7 @@
 // shell command's output).
 #pragma once
 #include <chrono>
+#include <nlohmann/json.hpp>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -29,6 +30,8 @@ extern const std::vector<const char*> kSimdFlags;
 // Everything but loadavg_after, which the caller fills when the measurements are done. `repo` (may
 // be empty) is the strata source tree the commit is read from.
 MachineFacts machine_facts(const std::filesystem::path& repo);
+// The facts a JSON report records about the machine (cpu, SIMD, OpenBLAS, environment, load).
+nlohmann::json machine_json(const MachineFacts& m);
 
 std::string cpu_model();
 std::string cpu_simd();

@@ -440,16 +440,7 @@ json to_json(const TrainBenchResult& r) {
     j["date"] = m.date;
     j["command"] = m.command;
     j["commit"] = m.commit;
-    j["machine"] = {{"cpu", m.cpu},
-                    {"online_cpus", m.online_cpus},
-                    {"simd", m.simd},
-                    {"simd_flags", m.simd_flags},
-                    {"openblas_config", m.openblas_config},
-                    {"openblas_core", m.openblas_core},
-                    {"openblas_coretype", m.openblas_coretype},
-                    {"environment", m.environment},
-                    {"loadavg_before", m.loadavg_before},
-                    {"loadavg_after", m.loadavg_after}};
+    j["machine"] = machine_json(m);
     j["threads"] = o.threads;
     j["model"] = r.model.to_json();
     j["batch"] = o.batch;
