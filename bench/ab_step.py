@@ -38,7 +38,7 @@ def median_ci(xs, level=0.95):
 
 def step_ms(binary, extra, threads, steps, warmup):
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        cmd = [binary, "bench", "train", "--no-peer", "--threads", str(threads), "--steps", str(steps),
+        cmd = [binary, "bench", "train", "--no-peer", "--precision", "fp32", "--reps", "1", "--threads", str(threads), "--steps", str(steps),
                "--warmup", str(warmup), "--json-out", f.name, *extra]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
