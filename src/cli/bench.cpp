@@ -30,6 +30,20 @@
 namespace strata::cli {
 namespace {
 
+// A report to stdout, and to the files opened up front (each written atomically).
+void emit_report(const std::string& markdown, const nlohmann::json& j, AtomicFileWriter* md_file,
+                 AtomicFileWriter* json_file) {
+    std::cout << markdown << std::flush;
+    if (md_file) {
+        md_file->write(markdown);
+        md_file->commit();
+    }
+    if (json_file) {
+        json_file->write(j.dump(2) + "\n");
+        json_file->commit();
+    }
+}
+
 void run_bench_train(const bench::TrainBenchOptions& o) {
     const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     if (o.threads > ncpu)
@@ -43,16 +57,7 @@ void run_bench_train(const bench::TrainBenchOptions& o) {
 
     const bench::TrainBenchResult r = bench::run_train_bench(o);
 
-    const std::string report = bench::to_markdown(r);
-    std::cout << report << std::flush;
-    if (md_file) {
-        md_file->write(report);
-        md_file->commit();
-    }
-    if (json_file) {
-        json_file->write(bench::to_json(r).dump(2) + "\n");
-        json_file->commit();
-    }
+    emit_report(bench::to_markdown(r), bench::to_json(r), md_file.get(), json_file.get());
 }
 
 std::string join_names(const std::vector<std::string>& v) {
@@ -107,16 +112,7 @@ void run_bench_generate(const bench::GenerateBenchOptions& o) {
         throw CLI::ValidationError(e.what());
     }
 
-    const std::string report = bench::generate_markdown(r);
-    std::cout << report << std::flush;
-    if (md_file) {
-        md_file->write(report);
-        md_file->commit();
-    }
-    if (json_file) {
-        json_file->write(bench::generate_json(r).dump(2) + "\n");
-        json_file->commit();
-    }
+    emit_report(bench::generate_markdown(r), bench::generate_json(r), md_file.get(), json_file.get());
 }
 
 // `strata bench generate`: its flags and their checks.
