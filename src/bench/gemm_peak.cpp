@@ -113,8 +113,6 @@ double quick_gemm_gflops(Precision p, double seconds) {
     return 2.0 * double(n) * double(n) * double(n) / best / 1e9;
 }
 
-double quick_sgemm_gflops(double seconds) { return quick_gemm_gflops(Precision::fp32, seconds); }
-
 const GemmResult& highest_mean(const std::vector<GemmResult>& r) {
     const GemmResult* best = &r.at(0);
     for (const auto& g : r)

@@ -30,10 +30,9 @@ std::vector<GemmResult> gemm_peaks(long tokens, const ModelConfig& c, Precision 
                                    double min_seconds = 0.4);
 // OpenBLAS's f32 peaks (gemm_peaks with fp32 and openblas).
 std::vector<GemmResult> sgemm_peaks(long tokens, const ModelConfig& c);
-// A short measurement (about `seconds`) of the square 512³ sgemm: the best GFLOP/s of its repetitions.
-// The trainer's MFU is against this when train.peak_gflops is not given.
-double quick_sgemm_gflops(double seconds = 0.15);
-// The same for the precision's GEMM (bf16: strata's bf16 GEMM): the MFU peak of a bf16 run.
+// A short measurement (about `seconds`) of the square 512³ GEMM of a precision (fp32: sgemm; bf16:
+// strata's bf16 GEMM): the best GFLOP/s of its repetitions. The trainer's MFU is against this when
+// train.peak_gflops is not given.
 double quick_gemm_gflops(Precision p, double seconds = 0.15);
 // The shape with the highest mean GFLOP/s: the peak of the protocol (bench/README.md).
 const GemmResult& highest_mean(const std::vector<GemmResult>& r);
