@@ -70,9 +70,12 @@ struct PyModel {
         long B = tokens.shape(0), T = tokens.shape(1);
         if (targets && (targets->ndim() != 2 || targets->shape(0) != B || targets->shape(1) != T))
             throw Error("targets must have the shape of tokens");
-        double loss = m->forward(tokens.data(), targets ? targets->data() : nullptr, B, T);
+        // A forward with targets fuses the LM head with the loss and keeps no logits: take them from a
+        // forward without targets first, then the loss (and what backward needs) from one with them.
+        m->forward(tokens.data(), nullptr, B, T);
         F32 logits = make({B, T, (long)m->cfg.vocab_size});
         m->logits_to_host(logits.mutable_data(), 0, B * T);
+        const double loss = targets ? m->forward(tokens.data(), targets->data(), B, T) : 0.0;
         return py::make_tuple(logits, targets ? py::object(py::float_(loss)) : py::object(py::none()));
     }
     void backward() {

@@ -178,6 +178,9 @@ void Model<T>::zero_grad() {
 template <typename T>
 void Model<T>::logits_to_host(T* host, long first, long rows) const {
     STRATA_CHECK(first >= 0 && rows >= 0 && first + rows <= B_ * T_, "logits_to_host: rows outside the last forward");
+    if (have_targets_)
+        throw Error("logits_to_host: a forward with targets fuses the LM head with the loss and keeps no logits; "
+                    "run forward without targets for them");
     const long V = cfg.vocab_size;
     if constexpr (std::is_same_v<T, float>) {
         if (precision_ == Precision::bf16) {
@@ -273,7 +276,16 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     }
     t(&a.lnf, "lnf", N * D);
     t(&a.lnf_rstd, "lnf_rstd", N);
-    t(&a.logits, "logits", N * V);
+    // With targets the head is fused with the loss (head_crossentropy_forward): no (N, V) logits, the
+    // (N, V) gradient instead, and a one-chunk float scratch when the GEMM inputs are bf16.
+    a.logits = a.dlogits = nullptr;
+    a.head_scratch = nullptr;
+    if (training) {
+        t(&a.dlogits, "dlogits", N * V);
+        if (!same) t(&a.head_scratch, "head_scratch", std::min(N, kHeadChunkRows) * V);
+    } else {
+        t(&a.logits, "logits", N * V);
+    }
     t(&a.losses, "losses", N);
     t(&a.lse, "lse", N);
     a.out_mix = {};
@@ -297,7 +309,6 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     t(&a.dgu, "dgu", N * 2 * F);
     t(&a.dact, "dact", N * F);
     t(&a.dlnf, "dlnf", N * D);
-    t(&a.dlogits, "dlogits", N * V);
     if (!same) {
         t(&a.dy_a, "dy_a", N * D);
         t(&a.dqkv_a, "dqkv_a", N * QKV);
@@ -609,7 +620,6 @@ void Model<T>::run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
     }
     if (cfg.residual != Residual::standard)
         rmsnorm_forward(a.lnf, a.lnf_rstd, h, final_norm_, N, cfg.d_model, cfg.norm_eps);
-    matmul_forward(a.logits, a.lnf, W<A>(lm_head_), N, cfg.d_model, cfg.vocab_size);
 }
 
 template <typename T>
@@ -653,8 +663,12 @@ double Model<T>::forward_impl(const int32_t* targets, long B, long seq) {
     AttnDims ad{B, seq, seq, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, seq * cfg.n_kv_heads * cfg.head_dim};
     run_layers<A>(N, ad, nullptr);
     have_targets_ = targets != nullptr;
-    if (!have_targets_) return 0.0;
-    n_counted_ = crossentropy_forward(a.losses, a.lse, a.logits, a.targets, N, (long)cfg.vocab_size);
+    if (!have_targets_) {
+        matmul_forward(a.logits, a.lnf, W<A>(lm_head_), N, cfg.d_model, cfg.vocab_size);
+        return 0.0;
+    }
+    n_counted_ = head_crossentropy_forward(a.losses, a.lse, a.dlogits, a.head_scratch, a.lnf, W<A>(lm_head_),
+                                           a.targets, N, cfg.d_model, cfg.vocab_size, kHeadChunkRows);
     const double sum = sum_ordered(a.losses, N);
     return n_counted_ > 0 ? sum / double(n_counted_) : 0.0;
 }
@@ -675,14 +689,13 @@ void Model<T>::backward_impl(const std::function<void(int)>& layer_done) {
     ActsOf<A>& a = acts<A>();
     const long N = B_ * T_, D = cfg.d_model, V = cfg.vocab_size;
     AttnDims ad{B_, T_, T_, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, T_ * cfg.n_kv_heads * cfg.head_dim};
-    fill_zero(a.dlogits, size_t(N * V));
     if (cfg.attention == AttentionKind::moda) {
         const size_t n = size_t(N) * moda_slots(cfg) * cfg.n_kv_heads * cfg.head_dim;
         fill_zero(a.ddepth_k, n);
         fill_zero(a.ddepth_v, n);
     }
-    if (n_counted_ > 0)
-        crossentropy_backward(a.dlogits, a.logits, a.lse, a.targets, N, V, T(1) / T(n_counted_));
+    // a.dlogits came with the loss (head_crossentropy_forward): the mean loss's gradient, zero when
+    // no row was counted.
     fill_zero(a.dlnf, size_t(N * D));
     matmul_backward(a.dlnf, g(lm_head_), a.dlogits, a.lnf, W<A>(lm_head_), N, D, V);
     const bool attnres = cfg.residual != Residual::standard;
@@ -765,6 +778,7 @@ void Model<T>::forward_cached_impl(long B, long n, KVCache<T>& cache) {
     AttnDims ad{B, n, cache.len + n, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cache.len,
                 cache.max_T * cfg.n_kv_heads * cfg.head_dim};
     run_layers<A>(B * n, ad, &cache);
+    matmul_forward(a.logits, a.lnf, W<A>(lm_head_), B * n, cfg.d_model, cfg.vocab_size);
     cache.len += n;
 }
 

@@ -203,8 +203,10 @@ public:
         std::vector<LayerActs<A>> layers;
         A* lnf;  // the final norm's output, the head's input
         T* lnf_rstd;
-        A* logits;
+        A* logits;             // (N, V), forwards without targets only (generation, logits_to_host)
         T *losses, *lse;
+        A* dlogits;            // (N, V), forwards with targets: the head's gradient, from the fused loss
+        T* head_scratch;       // (head_chunk_rows, V): a bf16 run's float logits of one row chunk
         MixActs out_mix;       // AttnRes: the output op, over every block, before the final norm
         A *depth_k, *depth_v;  // MoDA: (B·T, slots, Hk·d) each; layer b's K/V go to slot moda_slots_read(b)
         T *ddepth_k, *ddepth_v;  // MoDA backward: their gradients
@@ -212,10 +214,13 @@ public:
         T *demb, *dmix;        // AttnRes backward: (N, D) each
         // backward scratch (gradients in T)
         T *dres_a, *dres_b, *dn, *dy, *dqkv, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dact, *dlnf;
-        A *dgu, *dlogits;  // written as A by their ops: the GEMM backward's dout
+        A* dgu;            // written as A by its op: the GEMM backward's dout
         A *dy_a, *dqkv_a;  // a T gradient converted to A for a GEMM backward (aliases when A is T)
     };
     using Acts = ActsOf<T>;
+    // Rows per chunk of the LM head fused with the loss: a chunk's float logits (64 × V) stay in cache
+    // between the head's GEMM and the softmax over them.
+    static constexpr long kHeadChunkRows = 64;
     // The one description of the activations for N rows (the backward's too when training): adds each
     // tensor to `plan`, bound to its pointer in `a`. ModelConfig::memory_bytes calls it on a scratch.
     template <typename A>

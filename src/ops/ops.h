@@ -124,6 +124,18 @@ template <typename D, typename S>
 void crossentropy_backward(D* dlogits, const S* logits, const compute_t<S>* lse, const int32_t* targets, long N,
                            long V, compute_t<S> scale);
 
+// ---- LM head fused with cross-entropy, in row chunks (training and loss evaluation) -----------------
+// The mean cross-entropy of logits = x·wᵀ (x (N, D), w (V, D)) without storing the logits: for each
+// chunk of `chunk` rows, the head's GEMM writes the chunk's logits (in compute_t<A>, so they stay in
+// cache), then one pass gives losses[r] and lse[r] as crossentropy_forward does, and writes
+// dlogits[r] = (softmax − onehot(target_r)) / counted, the gradient of the mean loss (a zero row for
+// target < 0). dlogits (N, V) is the dout of the head's matmul_backward. scratch (chunk, V) holds a
+// bf16 run's float logits; full precision writes them into dlogits and needs none (null is fine).
+// Returns the number of counted rows.
+template <typename A>
+long head_crossentropy_forward(compute_t<A>* losses, compute_t<A>* lse, A* dlogits, compute_t<A>* scratch,
+                               const A* x, const A* w, const int32_t* targets, long N, long D, long V, long chunk);
+
 // ---- AttnRes: softmax attention over depth with a static pseudo-query (docs/attn_res.md) ------------
 // srcs[0..n) are (N, D) row-major sources (earlier sublayer outputs, block sums, the embedding). For
 // each row r, with u = w ⊙ γ (γ = all ones when gamma is null):

@@ -421,6 +421,58 @@ OpCase crossentropy_case(long N, long V, std::mt19937_64& g) {
     return c;
 }
 
+// The LM head fused with the mean cross-entropy, in row chunks (a chunk that does not divide N tests
+// the last, short one). Output: the mean loss; gradients of x and w through the fused dlogits.
+OpCase head_crossentropy_case(long N, long D, long V, long chunk, std::mt19937_64& g) {
+    OpCase c;
+    c.name = "head_crossentropy N=" + std::to_string(N) + " D=" + std::to_string(D) + " V=" + std::to_string(V) +
+             " chunk=" + std::to_string(chunk);
+    c.inputs = {randn(N * D, g), randn(V * D, g, 0.5)};
+    c.differentiable = {true, true};
+    std::vector<int32_t> tg(N);
+    for (long i = 0; i < N; i++) tg[i] = (i % 4 == 1) ? -1 : int32_t(g() % V);
+    auto f = [=](auto zero, const std::vector<Vec>& in) {
+        using T = decltype(zero);
+        auto x = cast<T>(in[0]), w = cast<T>(in[1]);
+        std::vector<T> loss(N), lse(N), dz(N * V);
+        const long counted = head_crossentropy_forward(loss.data(), lse.data(), dz.data(), static_cast<T*>(nullptr),
+                                                       x.data(), w.data(), tg.data(), N, D, V, chunk);
+        double s = 0;
+        for (T l : loss) s += double(l);
+        return Vec{s / double(counted)};
+    };
+    c.ref = [=](auto& in) {
+        double s = 0;
+        long counted = 0;
+        std::vector<double> z(V);
+        for (long n = 0; n < N; n++) {
+            if (tg[n] < 0) continue;
+            counted++;
+            double mx = -1e300, e = 0;
+            for (long v = 0; v < V; v++) {
+                z[v] = 0;
+                for (long k = 0; k < D; k++) z[v] += in[0][n * D + k] * in[1][v * D + k];
+                mx = std::max(mx, z[v]);
+            }
+            for (long v = 0; v < V; v++) e += std::exp(z[v] - mx);
+            s += mx + std::log(e) - z[tg[n]];
+        }
+        return Vec{s / double(counted)};
+    };
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T = decltype(zero);
+        auto x = cast<T>(in[0]), w = cast<T>(in[1]);
+        std::vector<T> loss(N), lse(N), dz(N * V), dx(N * D, T(0)), dw(V * D, T(0));
+        head_crossentropy_forward(loss.data(), lse.data(), dz.data(), static_cast<T*>(nullptr), x.data(), w.data(),
+                                  tg.data(), N, D, V, chunk);
+        for (T& v : dz) v *= T(dout[0]);
+        matmul_backward(dx.data(), dw.data(), dz.data(), x.data(), w.data(), N, D, V);
+        return std::vector<Vec>{dbl(dx), dbl(dw)};
+    };
+    set_ops(c, f, b);
+    return c;
+}
+
 OpCase embedding_case(long N, long V, long C, std::mt19937_64& g) {
     OpCase c;
     c.name = "embedding N=" + std::to_string(N) + " V=" + std::to_string(V) + " C=" + std::to_string(C);
@@ -633,6 +685,7 @@ std::vector<OpCase> table() {
         t.push_back(rope_case(2, T, 3, 8, g));
         t.push_back(swiglu_case(T, 20, g));
         t.push_back(crossentropy_case(T, 50, g));
+        t.push_back(head_crossentropy_case(T, 12, 37, 2, g));  // chunks of 2 rows, the last short at odd T
         t.push_back(embedding_case(T, 11, 16, g));
         t.push_back(attention_case(2, T, 4, 4, 8, g));   // G = 1
         t.push_back(attention_case(1, T, 4, 2, 16, g));  // G = 2

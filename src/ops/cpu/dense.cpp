@@ -1,5 +1,6 @@
 // Dense ops: matmul, embedding, RMSNorm, RoPE, SwiGLU, cross-entropy.
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -75,6 +76,17 @@ static inline S st(C x) {
     return S(x);
 }
 
+// One row's rstd. Not inlined, so that RMSNorm and the fused residual + RMSNorm run the same machine
+// code for it (inlined, the compiler may contract or schedule the sum differently in each) and agree
+// bit for bit.
+template <typename I>
+[[gnu::noinline]] static compute_t<I> row_rstd(const I* x, long C, double eps) {
+    using R = compute_t<I>;
+    R ss = 0;
+    for (long c = 0; c < C; c++) ss += ld<R>(x[c]) * ld<R>(x[c]);
+    return R(1) / std::sqrt(ss / R(C) + R(eps));
+}
+
 template <typename O, typename I, typename W>
 void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long N, long C, double eps) {
     using R = compute_t<I>;
@@ -83,9 +95,7 @@ void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long 
     for (long r = 0; r < N; r++) {
         const I* x = inp + r * C;
         O* y = out + r * C;
-        R ss = 0;
-        for (long c = 0; c < C; c++) ss += ld<R>(x[c]) * ld<R>(x[c]);
-        R s = R(1) / std::sqrt(ss / R(C) + R(eps));
+        const R s = row_rstd(x, C, eps);
         for (long c = 0; c < C; c++) y[c] = st<O>(ld<R>(x[c]) * s * R(w[c]));
         rstd[r] = s;
     }
@@ -102,12 +112,8 @@ void residual_rmsnorm_forward(T* out, O* normed, compute_t<T>* rstd, const T* a,
         const B* f = b + r * C;
         T* h = out + r * C;
         O* y = normed + r * C;
-        R ss = 0;
-        for (long c = 0; c < C; c++) {
-            h[c] = x[c] + T(f[c]);
-            ss += ld<R>(h[c]) * ld<R>(h[c]);
-        }
-        R s = R(1) / std::sqrt(ss / R(C) + R(eps));
+        for (long c = 0; c < C; c++) h[c] = x[c] + T(f[c]);
+        const R s = row_rstd(h, C, eps);
         for (long c = 0; c < C; c++) y[c] = st<O>(ld<R>(h[c]) * s * R(w[c]));
         rstd[r] = s;
     }
@@ -270,6 +276,49 @@ void crossentropy_backward(D* dlogits, const S* logits, const compute_t<S>* lse,
     }
 }
 
+// ---- LM head fused with cross-entropy, in row chunks ------------------------------------------------
+template <typename A>
+long head_crossentropy_forward(compute_t<A>* losses, compute_t<A>* lse, A* dlogits, compute_t<A>* scratch,
+                               const A* x, const A* w, const int32_t* targets, long N, long D, long V, long chunk) {
+    using T = compute_t<A>;
+    long counted = 0;
+    for (long r = 0; r < N; r++) counted += targets[r] >= 0;
+    const T scale = counted > 0 ? T(1) / T(counted) : T(0);
+    for (long r0 = 0; r0 < N; r0 += chunk) {
+        const long R = std::min(chunk, N - r0);
+        // In full precision the chunk's logits are computed where its gradient goes and overwritten
+        // in place; a bf16 run computes them in float in the scratch and rounds only the gradient.
+        T* z;
+        if constexpr (std::is_same_v<A, T>) z = dlogits + r0 * V;
+        else z = scratch;
+        matmul_forward(z, x + r0 * D, w, R, D, V);
+        OpTimer t_(OpFamily::xent);
+#pragma omp parallel for schedule(static)
+        for (long i = 0; i < R; i++) {
+            const long r = r0 + i;
+            const T* zr = z + i * V;
+            A* dz = dlogits + r * V;
+            T m = zr[0];
+            for (long j = 1; j < V; j++) m = zr[j] > m ? zr[j] : m;
+            T s = 0;
+#pragma omp simd reduction(+ : s)
+            for (long j = 0; j < V; j++) s += vexp(zr[j] - m);
+            const T l = m + std::log(s);
+            lse[r] = l;
+            const long tr = targets[r];
+            if (tr < 0) {
+                losses[r] = 0;
+                for (long j = 0; j < V; j++) dz[j] = A(0);
+                continue;
+            }
+            losses[r] = l - zr[tr];
+#pragma omp simd
+            for (long j = 0; j < V; j++) dz[j] = st<A>(scale * vexp(zr[j] - l) - (j == tr ? scale : T(0)));
+        }
+    }
+    return counted;
+}
+
 #define STRATA_INSTANTIATE(T)                                                                                  \
     template void matmul_forward<T, T>(T*, const T*, const T*, long, long, long);                              \
     template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, long, long, long);                  \
@@ -285,7 +334,9 @@ void crossentropy_backward(D* dlogits, const S* logits, const compute_t<S>* lse,
     template void swiglu_forward<T>(T*, const T*, long, long);                                                 \
     template void swiglu_backward<T, T>(T*, const T*, const T*, long, long);                                   \
     template long crossentropy_forward<T>(T*, T*, const T*, const int32_t*, long, long);                       \
-    template void crossentropy_backward<T, T>(T*, const T*, const T*, const int32_t*, long, long, T);
+    template void crossentropy_backward<T, T>(T*, const T*, const T*, const int32_t*, long, long, T);           \
+    template long head_crossentropy_forward<T>(T*, T*, T*, T*, const T*, const T*, const int32_t*, long, long, long, \
+                                               long);
 STRATA_INSTANTIATE(float)
 STRATA_INSTANTIATE(double)
 
@@ -306,6 +357,8 @@ template void swiglu_backward<bf16, bf16>(bf16*, const float*, const bf16*, long
 template void swiglu_backward<float, bf16>(float*, const float*, const bf16*, long, long);
 template long crossentropy_forward<bf16>(float*, float*, const bf16*, const int32_t*, long, long);
 template void crossentropy_backward<bf16, bf16>(bf16*, const bf16*, const float*, const int32_t*, long, long, float);
+template long head_crossentropy_forward<bf16>(float*, float*, bf16*, float*, const bf16*, const bf16*,
+                                              const int32_t*, long, long, long, long);
 template void crossentropy_backward<float, bf16>(float*, const bf16*, const float*, const int32_t*, long, long,
                                                  float);
 
