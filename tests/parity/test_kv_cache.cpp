@@ -125,3 +125,31 @@ TEST(Generate, SamplingIsSeededAndRespectsTopK) {
     o2.seed = o.seed + 1;
     EXPECT_NE(generate(m, prompt, o), generate(m, prompt, o2));
 }
+
+// A forward with targets fuses the LM head with the loss in row chunks and keeps no logits: its loss
+// equals the float64 cross-entropy of the logits of a forward without targets (more rows than one
+// chunk, ignored targets among them), and asking it for logits is an error.
+TEST(FusedHead, LossIsTheCrossEntropyOfTheUnfusedLogits) {
+    Model<float> m(tiny(NormPlacement::pre, 2, false));
+    const long B = 2, T = 80, N = B * T, V = m.cfg.vocab_size;  // 160 rows: two full chunks and a short one
+    static_assert(Model<float>::kHeadChunkRows < 80);
+    std::vector<int32_t> tok(N), tgt(N);
+    for (long i = 0; i < N; i++) tok[i] = int32_t((i * 7 + 3) % V), tgt[i] = i % 9 == 4 ? -1 : int32_t((i * 5 + 1) % V);
+    m.forward(tok.data(), nullptr, B, T);
+    std::vector<float> logits(size_t(N * V));
+    m.logits_to_host(logits.data(), 0, N);
+    double sum = 0;
+    long counted = 0;
+    for (long r = 0; r < N; r++) {
+        if (tgt[r] < 0) continue;
+        const float* z = logits.data() + r * V;
+        double mx = z[0], s = 0;
+        for (long v = 1; v < V; v++) mx = std::max(mx, double(z[v]));
+        for (long v = 0; v < V; v++) s += std::exp(double(z[v]) - mx);
+        sum += mx + std::log(s) - z[tgt[r]];
+        counted++;
+    }
+    const double loss = m.forward(tok.data(), tgt.data(), B, T);
+    EXPECT_NEAR(loss, sum / double(counted), 1e-5 * std::abs(loss));
+    EXPECT_THROW(m.logits_to_host(logits.data(), 0, 1), Error);
+}

@@ -90,11 +90,12 @@ def check(case):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("path", ["native", "emulated"])
 def test_bf16_parity_within_2x_of_naive_bf16(case, path):
-    if path == "emulated" and os.environ.get("STRATA_BF16_NATIVE") != "0":
-        # the switch is read once per process: run this case in a child with the emulation forced
-        env = dict(os.environ, STRATA_BF16_NATIVE="0")
+    want = {"native": "1", "emulated": "0"}[path]  # native: wherever the CPU has it, even if not the default
+    if os.environ.get("STRATA_BF16_NATIVE") != want:
+        # the switch is read once per process: run this case in a child with the path forced
+        env = dict(os.environ, STRATA_BF16_NATIVE=want)
         p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            f"{__file__}::test_bf16_parity_within_2x_of_naive_bf16[emulated-{case}]"],
+                            f"{__file__}::test_bf16_parity_within_2x_of_naive_bf16[{path}-{case}]"],
                            env=env, capture_output=True, text=True)
         assert p.returncode == 0, p.stdout + p.stderr
         return

@@ -377,6 +377,7 @@ TEST(Bf16Gemm, SwitchSelectsThePath) {
     EXPECT_NE(std::string(bf16_gemm_backend()).find("emulated"), std::string::npos);
     set_bf16_native(true);
     EXPECT_EQ(bf16_native(), cpu_has_native_bf16());
+    if (cpu_prefers_native_bf16()) EXPECT_TRUE(cpu_has_native_bf16());  // preferring needs having
 }
 
 TEST(Bf16, RoundsToNearestEvenAndKeepsSpecials) {

@@ -32,7 +32,9 @@ bool cpu_has_native_bf16() {
 }
 
 namespace {
-std::atomic<int> g_native_allowed{-1};  // −1: not decided yet (read STRATA_BF16_NATIVE once)
+// −1: not decided yet (read STRATA_BF16_NATIVE once); 0: emulated; 1: native where the CPU has it;
+// 2: native where it is the faster path (cpu_prefers_native_bf16).
+std::atomic<int> g_native_allowed{-1};
 std::atomic<int> g_in_library{0};
 struct InLibrary {
     InLibrary() { g_in_library.fetch_add(1, std::memory_order_relaxed); }
@@ -178,14 +180,31 @@ Emulated& emulated() {
 
 bool inside_gemm_library() { return g_in_library.load(std::memory_order_relaxed) > 0; }
 
-bool bf16_native() {
-    int allowed = g_native_allowed.load(std::memory_order_relaxed);
-    if (allowed < 0) {
+bool cpu_prefers_native_bf16() {
+    static const bool prefers = [] {
+        if (!cpu_has_native_bf16()) return false;
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        __get_cpuid_count(7, 0, &a, &b, &c, &d);
+        if ((d >> 22) & 1u) return true;  // AMX-BF16
+        __get_cpuid(0, &a, &b, &c, &d);   // vendor string in ebx, edx, ecx
+        return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "AuthenticAMD"
+    }();
+    return prefers;
+}
+
+static int bf16_mode() {
+    int mode = g_native_allowed.load(std::memory_order_relaxed);
+    if (mode < 0) {
         const char* env = std::getenv("STRATA_BF16_NATIVE");
-        allowed = !(env && std::strcmp(env, "0") == 0);
-        g_native_allowed.store(allowed, std::memory_order_relaxed);
+        mode = env && std::strcmp(env, "0") == 0 ? 0 : env && std::strcmp(env, "1") == 0 ? 1 : 2;
+        g_native_allowed.store(mode, std::memory_order_relaxed);
     }
-    return allowed && cpu_has_native_bf16();
+    return mode;
+}
+
+bool bf16_native() {
+    const int mode = bf16_mode();
+    return mode == 1 ? cpu_has_native_bf16() : mode == 2 ? cpu_prefers_native_bf16() : false;
 }
 
 void set_bf16_native(bool allowed) { g_native_allowed.store(allowed ? 1 : 0, std::memory_order_relaxed); }
@@ -201,8 +220,11 @@ const char* bf16_gemm_backend() {
 
 std::string bf16_speed_note() {
     if (bf16_native()) return "";
-    if (cpu_has_native_bf16())
+    if (cpu_has_native_bf16() && bf16_mode() == 0)
         return "note: bf16 runs emulated (STRATA_BF16_NATIVE=0): correct, but slower than fp32";
+    if (cpu_has_native_bf16())
+        return "note: bf16 GEMMs widen to float and run in sgemm: this CPU's AVX512-BF16 without AMX is slower "
+               "than its fp32 GEMMs (docs/precision.md); STRATA_BF16_NATIVE=1 uses it anyway";
     return "note: this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 is emulated, correct but slower than fp32";
 }
 

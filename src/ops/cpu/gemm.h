@@ -3,9 +3,11 @@
 //  - float and double: CBLAS (OpenBLAS). oneDNN's f32 matmul measured slower on the model's shapes
 //    (bench/README.md, "GEMM peaks"), so fp32 stays on OpenBLAS.
 //  - bf16 inputs with float accumulation, C float or bf16: oneDNN's matmul where the CPU multiplies
-//    bf16 natively (AVX512-BF16 or AMX), else an emulation that widens A and B to float and calls
-//    sgemm (correct, slower). set_bf16_native(false) or STRATA_BF16_NATIVE=0 forces the emulation, so
-//    both paths are tested on every machine.
+//    bf16 natively and that is faster than fp32 (AMX-BF16, or AVX512-BF16 on AMD), else an emulation
+//    that widens A and B to float and calls sgemm (correct; on Intel's AVX512-BF16 without AMX it
+//    measured faster than the native kernel, docs/precision.md). STRATA_BF16_NATIVE=0 forces the
+//    emulation and =1 the native path where the CPU has it; set_bf16_native does the same from code,
+//    so both paths are tested on every machine that has both.
 //
 // oneDNN primitives are created once per shape and kept; their scratchpads live in one buffer that
 // only grows, so a repeated shape allocates nothing of ours (oneDNN's execute itself makes a few small
@@ -44,13 +46,17 @@ bool inside_gemm_library();
 
 // Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16), read once from cpuid.
 bool cpu_has_native_bf16();
-// Whether bf16 GEMMs take the native path: the CPU has it, STRATA_BF16_NATIVE is not "0", and
-// set_bf16_native(false) was not called.
+// Whether the native path is also the faster one here: AMX-BF16, or AVX512-BF16 on an AMD CPU (Zen 4
+// runs it at twice its fp32 rate; Intel's AVX512-BF16 without AMX measured below its fp32 sgemm).
+bool cpu_prefers_native_bf16();
+// Whether bf16 GEMMs take the native path: by default where cpu_prefers_native_bf16();
+// STRATA_BF16_NATIVE=0 or set_bf16_native(false) never, =1 or set_bf16_native(true) wherever the CPU
+// has it.
 bool bf16_native();
 void set_bf16_native(bool allowed);
 // "oneDNN <version> matmul (native bf16)" or the emulation's name: for reports.
 const char* bf16_gemm_backend();
-// Empty where bf16 is native; else a one-line note for the user that bf16 will be slow here, and why.
+// Empty where bf16 is native; else a one-line note for the user on the path bf16 takes here, and why.
 std::string bf16_speed_note();
 
 }  // namespace strata
