@@ -238,8 +238,8 @@ void markdown_flops(std::ostringstream& md, const TrainBenchResult& r) {
 }
 
 void markdown_profile(std::ostringstream& md, const TrainBenchResult& r, const ProfileResult& p, double timed_ms) {
-    md << "## Profile: the training step by op family (the model's own op calls, mean of " << p.steps
-       << " profiled steps)\n\n";
+    md << "## Profile: the " << p.precision << " training step by op family (the model's own op calls, mean of "
+       << p.steps << " profiled steps)\n\n";
     md << "| op family | calls/step | ms/step | share of step | GFLOP/s |\n|---|---|---|---|---|\n";
     for (int f = 0; f < kOpFamilies; f++) {
         if (p.calls[f] == 0) continue;
@@ -251,9 +251,9 @@ void markdown_profile(std::ostringstream& md, const TrainBenchResult& r, const P
        << fmt("%.1f", 100.0 * p.families_ms() / p.step_ms) << " % | |\n";
     md << "| un-profiled remainder (step − sum) | | " << fmt("%.1f", p.remainder_ms()) << " | "
        << fmt("%.1f", 100.0 * p.remainder_ms() / p.step_ms) << " % | |\n";
-    md << "| profiled step (wall clock; the timed fp32 steps, mean: " << fmt("%.1f", timed_ms) << ") | | "
+    md << "| profiled step (wall clock; the timed " << p.precision << " steps, mean: " << fmt("%.1f", timed_ms) << ") | | "
        << fmt("%.1f", p.step_ms) << " | 100 % | |\n\n";
-    md << "Each public op times itself (src/ops/profile.h) inside real fp32 training steps run in the bench's own process after the repetitions. "
+    md << "Each public op times itself (src/ops/profile.h) inside real training steps of this precision, run in the bench's own process after the repetitions. "
           "GFLOP/s use the FLOP model's counts (attention backward does more real work: it recomputes the "
           "scores). The remainder is the step's time outside every op: input checks and staging, loops "
           "between the ops.\n\n";
@@ -399,7 +399,10 @@ std::string to_markdown(const TrainBenchResult& r) {
         md << "\n";
     }
 
-    if (r.profile) markdown_profile(md, r, *r.profile, sf && sf->measured ? stats_of(sf->step_seconds()).mean * 1e3 : 0.0);
+    for (const ProfileResult& p : r.profiles) {
+        const ConfigResult* c = r.find("strata-" + p.precision);
+        markdown_profile(md, r, p, c && c->measured ? stats_of(c->step_seconds()).mean * 1e3 : 0.0);
+    }
 
     md << "## sgemm (cblas_sgemm, " << o.threads << " threads, row-major, best and mean of repeated calls)\n\n";
     md << "| shape (M×K)·(K×N) | M, N, K | best GFLOP/s | mean GFLOP/s | calls |\n|---|---|---|---|---|\n";
@@ -583,24 +586,25 @@ json to_json(const TrainBenchResult& r) {
         for (const auto& x : an.ratios)
             if (ms && x.strata_id == ms->id && x.vs == eager->id && x.ok) j["strata_over_peer_tokens_per_s"] = x.ratio.median;
     }
-    if (r.profile) {
-        const ProfileResult& p = *r.profile;
-        json ms_ = json::object(), fam = json::object();
-        for (int f = 0; f < kOpFamilies; f++) {
-            const char* name = op_profile::family_name(OpFamily(f));
-            ms_[name] = p.ms[f];
-            const double flops = family_flops(fl, OpFamily(f));
-            fam[name] = {{"ms_per_step", p.ms[f]},
-                         {"calls_per_step", p.calls[f]},
-                         {"share_of_step", p.step_ms > 0 ? p.ms[f] / p.step_ms : 0.0},
-                         {"gflops", flops > 0 && p.ms[f] > 0 ? json(flops / (p.ms[f] / 1e3) / 1e9) : json(nullptr)}};
+    if (!r.profiles.empty()) {
+        json profiles = json::object();
+        for (const ProfileResult& p : r.profiles) {
+            json fam = json::object();
+            for (int f = 0; f < kOpFamilies; f++) {
+                const double flops = family_flops(fl, OpFamily(f));
+                fam[op_profile::family_name(OpFamily(f))] = {
+                    {"ms_per_step", p.ms[f]},
+                    {"calls_per_step", p.calls[f]},
+                    {"share_of_step", p.step_ms > 0 ? p.ms[f] / p.step_ms : 0.0},
+                    {"gflops", flops > 0 && p.ms[f] > 0 ? json(flops / (p.ms[f] / 1e3) / 1e9) : json(nullptr)}};
+            }
+            profiles[p.precision] = {{"steps", p.steps},
+                                     {"step_ms", p.step_ms},
+                                     {"families_ms", p.families_ms()},
+                                     {"remainder_ms", p.remainder_ms()},
+                                     {"families", fam}};
         }
-        j["profile_ms_per_step"] = ms_;
-        j["profile"] = {{"steps", p.steps},
-                        {"step_ms", p.step_ms},
-                        {"families_ms", p.families_ms()},
-                        {"remainder_ms", p.remainder_ms()},
-                        {"families", fam}};
+        j["profiles"] = profiles;
     }
     return j;
 }

@@ -464,16 +464,18 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     for (const auto& c : r.configs)
         if (c.kind == "strata" && c.info.contains("params") && r.params == 0) r.params = c.info["params"].get<size_t>();
 
-    if (o.profile) {
+    for (const auto& prec : o.profile ? o.precisions : std::vector<std::string>{}) {
         const int n = std::max(3, std::min(o.steps, 5));
-        std::fprintf(stderr, "profile: 1 warm-up and %d more fp32 steps with the op profiler on...\n", n);
+        std::fprintf(stderr, "profile: 1 warm-up and %d more %s steps with the op profiler on...\n", n, prec.c_str());
         Model<float> model(r.model);
+        model.set_precision(parse_precision(prec, "--precision"));
         AdamW<float> opt(model, AdamWConfig{});
         std::vector<int32_t> x, y;
         make_batch(o.batch, o.seq, r.model.vocab_size, x, y);
         const StepConfig sc{o.batch, o.seq, 1, 1.0, x.data(), y.data()};
         (void)train_step(model, opt, sc, {}, kLr);
-        r.profile = profile_train_steps(model, opt, sc, kLr, n);
+        r.profiles.push_back(profile_train_steps(model, opt, sc, kLr, n));
+        r.profiles.back().precision = prec;
         if (r.params == 0) r.params = model.num_params();
     }
     r.machine.loadavg_after = loadavg();

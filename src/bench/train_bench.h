@@ -33,6 +33,7 @@ void make_batch(long B, long T, long V, std::vector<int32_t>& x, std::vector<int
 
 // The op families of some training steps (ops/profile.h), per step.
 struct ProfileResult {
+    std::string precision = "fp32";           // the model's precision in the profiled steps
     int steps = 0;
     double step_ms = 0;                       // mean wall time of one profiled train_step
     std::array<double, kOpFamilies> ms{};     // per family, ms per step
@@ -80,7 +81,7 @@ struct TrainBenchResult {
     std::vector<ConfigResult> configs;     // strata precisions first, then the PyTorch configurations
     std::vector<std::string> schedule;     // the ids in the order their repetitions ran
     size_t params = 0;                     // of strata's bench model
-    std::optional<ProfileResult> profile;  // with --profile: fp32 steps after the repetitions
+    std::vector<ProfileResult> profiles;   // with --profile: steps of each strata precision, after the repetitions
     CpuUse cpu_gemm, cpu_configs;          // during the sgemm and the repetitions (warm-ups included)
     std::string peer_python;
     double tokens() const { return double(options.batch) * double(options.seq); }

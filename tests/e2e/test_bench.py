@@ -47,7 +47,7 @@ def test_report_goes_to_stdout_and_both_output_files(tmp_path):
     j = json.loads(js.read_text())
     assert j["suite"] == "train" and j["batch"] == 1 and j["seq"] == 8 and j["threads"] == 1
     assert j["peer"] == {"skipped": "skipped (--no-peer)"}
-    assert "profile_ms_per_step" not in j and "strata_over_peer_tokens_per_s" not in j
+    assert "profiles" not in j and "strata_over_peer_tokens_per_s" not in j
     assert j["strata"]["steps"] == 1 and j["strata"]["reps"] == 2 and j["strata"]["tokens_per_s"] > 0
     assert 0 < j["strata_over_sgemm_peak"] and j["sgemm"]["peak_gflops"] > 0
     assert j["model"]["d_model"] == 384 and j["model"]["n_layers"] == 8  # the bench model
@@ -91,13 +91,14 @@ def test_strata_bf16_is_recorded_as_failed_with_its_message_or_measured(tmp_path
 def test_profile_adds_the_op_family_table(tmp_path, model, own, calls):
     js = tmp_path / "r.json"
     p = bench("--no-peer", "--precision", "fp32", "--profile", *model, "--json-out", js)
-    assert "## Profile: the training step by op family (the model's own op calls" in p.stdout
+    assert "## Profile: the fp32 training step by op family (the model's own op calls" in p.stdout
     assert "| un-profiled remainder (step − sum) |" in p.stdout and f"| {own} |" in p.stdout
     j = json.loads(js.read_text())
-    prof = j["profile_ms_per_step"]
+    assert set(j["profiles"]) == {"fp32"}
+    detail = j["profiles"]["fp32"]
+    prof = {k: v["ms_per_step"] for k, v in detail["families"].items()}
     assert {"GEMM forward (matmul_forward)", "attention backward", "RMSNorm fwd+bwd"} <= set(prof)
     assert all(v >= 0 for v in prof.values()) and prof["GEMM forward (matmul_forward)"] > 0 and prof[own] > 0
-    detail = j["profile"]
     assert detail["steps"] == 3 and 0 < detail["families_ms"] <= detail["step_ms"]
     assert detail["remainder_ms"] == pytest.approx(detail["step_ms"] - detail["families_ms"])
     assert detail["families"][own]["calls_per_step"] == calls
