@@ -1,27 +1,29 @@
 // Causal grouped-query attention, flash-style, on the CPU.
 //
 // Forward: one task per (batch, query head, query tile). The task walks the key tiles the causal
-// mask lets it see; each tile's scores come from one small GEMM, then an online softmax rescales
-// the running output. Only a BQ×BK score tile per thread is ever held; the log-sum-exp per row is
+// mask lets it see; each tile's scores come from one small register-blocked GEMM (ops/cpu/tile_gemm.h,
+// against the tile's keys transposed once), then an online softmax rescales the running output. Only a BQ×BK score tile per thread is ever held; the log-sum-exp per row is
 // written out for the backward.
 //
 // Backward: one task per (batch, kv head), so dq, dk and dv of a task are written by that task
 // alone (no atomics, no reduction, a result independent of the thread count). For every query
 // head of the group and every visible (key tile, query tile) pair it recomputes P from the lse and
 // runs the five GEMMs of the FlashAttention-2 backward: S, dV += Pᵀ·dO, dP = dO·Vᵀ,
-// dS = P⊙(dP − D), dQ += s·dS·K, dK += s·dSᵀ·Q.
+// dS = P⊙(dP − D), dQ += s·dS·K, dK += s·dSᵀ·Q. In every tile GEMM a block of rows skips the keys
+// (or queries) the causal mask hides from all of its rows.
 //
 // MoDA (Mixture-of-Depths Attention, docs/moda.md) is the same kernel with one more set of keys per
 // query token: its own L depth keys/values from earlier layers, inside the same softmax. In the
 // forward they are folded into each row's online softmax after the sequence tiles; in the backward
 // the task of kv head kh owns the depth gradients of kh, so they too are written without atomics.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "core/error.h"
-#include "ops/cpu/gemm.h"
+#include "ops/cpu/tile_gemm.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
 #include "ops/profile.h"
@@ -29,8 +31,32 @@
 namespace strata {
 
 namespace {
-constexpr long BQ = 64;  // query rows per tile
-constexpr long BK = 128;  // keys per tile
+constexpr long BQ = 64;   // query rows per tile
+constexpr long BK = 128;  // keys per tile (a whole number of SIMD vectors)
+static_assert(BK % tile::Simd<double>::W == 0 && BK % tile::Simd<float>::W == 0);
+
+// n rounded up to whole SIMD vectors of T (the score tiles are BK wide, so this stays ≤ BK).
+template <typename T>
+long vec_ceil(long n) {
+    constexpr long W = tile::Simd<T>::W;
+    return (n + W - 1) / W * W;
+}
+// A leading dimension for n columns: whole vectors plus one more, so that the rows of a tile spread
+// over the cache's sets (at a power-of-two stride of 512 B or 1 KiB, the 64 or 128 rows a tile GEMM
+// streams through fall into a few sets and evict each other).
+template <typename T>
+long padded_ld(long n) {
+    return vec_ceil<T>(n) + tile::Simd<T>::W;
+}
+
+// The leading dimensions of one call: score tiles (ldS), rows of d (ldR), transposed K/V (ldT, over the
+// keys rounded up to whole tiles, the padding zero).
+template <typename T>
+struct Lds {
+    long S, R, T_;
+    explicit Lds(const AttnDims& a)
+        : S(padded_ld<T>(BK)), R(padded_ld<T>(a.d)), T_(padded_ld<T>((a.Tk + BK - 1) / BK * BK)) {}
+};
 
 template <typename T>
 T* thread_scratch(size_t n) {
@@ -41,12 +67,32 @@ T* thread_scratch(size_t n) {
 
 // Scratch per thread for both passes. Every thread of the team grows its buffer up front, so once a
 // shape has been seen no call allocates, whichever thread the dynamic schedule hands a task to.
+// Forward: the score tile and the running output; backward: P and dP tiles, this kv head's Kᵀ, Vᵀ
+// and K rows, one query head's Q and dO rows, and D.
 template <typename T>
-size_t reserve_scratch(long Tq, long d) {
-    const size_t n = size_t(2 * BQ * BK + BQ * d + 2 * BQ + Tq);
+size_t reserve_scratch(const AttnDims& a) {
+    const Lds<T> ld(a);
+    const long fwd = BQ * ld.S + BQ * a.d + 2 * BQ;
+    const long bwd = 2 * BQ * ld.S + 2 * a.d * ld.T_ + a.Tk * ld.R + 2 * a.Tq * ld.R + a.Tq;
+    const size_t n = size_t(std::max(fwd, bwd));
 #pragma omp parallel
     thread_scratch<T>(n);
     return n;
+}
+
+// dst (rows × cols, row stride ld_dst) = src (row stride ld_src).
+template <typename T>
+void copy_rows(T* dst, long ld_dst, const T* src, long ld_src, long rows, long cols) {
+    for (long r = 0; r < rows; r++)
+        for (long c = 0; c < cols; c++) dst[r * ld_dst + c] = src[r * ld_src + c];
+}
+
+// The forward's copies of K and V, made once per call for all its tasks: per (batch, kv head), Kᵀ
+// (d × ldT) and V's rows (Tk × ldR). The buffer only grows.
+template <typename T>
+std::vector<T>& forward_kv_buffer() {
+    thread_local std::vector<T> buf;
+    return buf;
 }
 }  // namespace
 
@@ -70,46 +116,61 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
     const long n_qt = (a.Tq + BQ - 1) / BQ;
     const T scale = T(1) / std::sqrt(T(d));
     const T neg_inf = -std::numeric_limits<T>::infinity();
-    const size_t scratch_n = reserve_scratch<T>(a.Tq, d);
+    const size_t scratch_n = reserve_scratch<T>(a);
+    const Lds<T> ld(a);
+    const long kt_n = d * ld.T_, vr_n = a.Tk * ld.R;  // per (batch, kv head)
+    std::vector<T>& kv = forward_kv_buffer<T>();
+    if (kv.size() < size_t(a.B * a.Hk * (kt_n + vr_n))) kv.resize(size_t(a.B * a.Hk * (kt_n + vr_n)));
+#pragma omp parallel for collapse(2) schedule(static)
+    for (long b = 0; b < a.B; b++)
+        for (long kh = 0; kh < a.Hk; kh++) {
+            T* kt = kv.data() + (b * a.Hk + kh) * (kt_n + vr_n);
+            tile::transpose_pad(kt, ld.T_, k + b * a.kv_bstride + kh * d, ks, a.Tk, d, ld.T_);
+            copy_rows(kt + kt_n, ld.R, v + b * a.kv_bstride + kh * d, ks, a.Tk, d);
+        }
 #pragma omp parallel for collapse(3) schedule(dynamic)
     for (long b = 0; b < a.B; b++)
         for (long h = 0; h < a.H; h++)
             for (long qt = 0; qt < n_qt; qt++) {
                 T* scratch = thread_scratch<T>(scratch_n);
-                T* S = scratch;
-                T* O = S + BQ * BK;
+                T* S = scratch;           // scores, then probabilities: BQ × ldS
+                T* O = S + BQ * ld.S;     // the running output: BQ × d
                 T* m = O + BQ * d;
                 T* l = m + BQ;
                 const long t0 = qt * BQ, tq = std::min(BQ, a.Tq - t0);
                 const long kh = h / G;
                 const T* Q = q + ((b * a.Tq + t0) * a.H + h) * d;
-                const T* K0 = k + b * a.kv_bstride + kh * d;
-                const T* V0 = v + b * a.kv_bstride + kh * d;
+                const T* KT = kv.data() + (b * a.Hk + kh) * (kt_n + vr_n);  // Kᵀ: d × ldT
+                const T* VR = KT + kt_n;                                      // V: Tk × ldR
                 for (long r = 0; r < tq; r++) m[r] = neg_inf, l[r] = 0;
                 for (long i = 0; i < tq * d; i++) O[i] = 0;
                 const long k_end = std::min(a.Tk, a.q_pos0 + t0 + tq);  // keys visible to the last row
                 for (long s0 = 0; s0 < k_end; s0 += BK) {
                     const long tk = std::min(BK, k_end - s0);
-                    gemm(false, true, tq, tk, d, scale, Q, qs, K0 + s0 * ks, ks, T(0), S, tk);
+                    // keys s0 .. s0 + vis(r) − 1 are visible to row r
+                    auto vis = [&](long r) { return std::clamp(a.q_pos0 + t0 + r + 1 - s0, 0L, tk); };
+                    tile::gemm(tq, scale, Q, qs, 1, KT + s0, ld.T_, false, S, ld.S, [&](long, long r1) {
+                        return tile::Bounds{0, d, vec_ceil<T>(vis(r1 - 1))};
+                    });
                     for (long r = 0; r < tq; r++) {
-                        T* srow = S + r * tk;
-                        const long vis = std::min(tk, a.q_pos0 + t0 + r + 1 - s0);  // keys s0..s0+vis-1 visible
-                        T mx = m[r];
-                        for (long c = 0; c < vis; c++) mx = srow[c] > mx ? srow[c] : mx;
+                        T* srow = S + r * ld.S;
+                        const long nv = vis(r);
+                        const T mx = tile::row_max(srow, nv, m[r]);
                         const T corr = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first tile
                         T sum = 0;
 #pragma omp simd reduction(+ : sum)
-                        for (long c = 0; c < vis; c++) {
+                        for (long c = 0; c < nv; c++) {
                             srow[c] = vexp(srow[c] - mx);
                             sum += srow[c];
                         }
-                        for (long c = vis > 0 ? vis : 0; c < tk; c++) srow[c] = 0;
+                        for (long c = nv; c < tk; c++) srow[c] = 0;
                         l[r] = l[r] * corr + sum;
                         m[r] = mx;
                         if (corr != T(1))
                             for (long i = 0; i < d; i++) O[r * d + i] *= corr;
                     }
-                    gemm(false, false, tq, d, tk, T(1), S, tk, V0 + s0 * ks, ks, T(1), O, d);
+                    tile::gemm(tq, T(1), S, ld.S, 1, VR + s0 * ld.R, ld.R, true, O, d,
+                               [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });
                 }
                 // MoDA: each row's own depth slots join its softmax (every row already saw its own key,
                 // so m[r] is finite here).
@@ -154,51 +215,75 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
                                     const T* q, const T* k, const T* v, const AttnDims& a, const Depth<T>& dep) {
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
     const T scale = T(1) / std::sqrt(T(d));
-    const size_t scratch_n = reserve_scratch<T>(a.Tq, d);
+    const size_t scratch_n = reserve_scratch<T>(a);
+    const Lds<T> ld(a);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (long b = 0; b < a.B; b++)
         for (long kh = 0; kh < a.Hk; kh++) {
             T* scratch = thread_scratch<T>(scratch_n);
-            T* P = scratch;
-            T* dP = P + BQ * BK;
-            T* D = dP + BQ * BK;
+            T* P = scratch;              // BQ × ldS
+            T* dP = P + BQ * ld.S;       // BQ × ldS, then dS
+            T* KT = dP + BQ * ld.S;      // this kv head's Kᵀ and Vᵀ: d × ldT each
+            T* VT = KT + d * ld.T_;
+            T* KR = VT + d * ld.T_;      // its K rows: Tk × ldR
+            T* QR = KR + a.Tk * ld.R;    // one query head's Q and dO rows: Tq × ldR each
+            T* GR = QR + a.Tq * ld.R;
+            T* D = GR + a.Tq * ld.R;     // Tq
+            const T* K0 = k + b * a.kv_bstride + kh * d;
+            const T* V0 = v + b * a.kv_bstride + kh * d;
+            tile::transpose_pad(KT, ld.T_, K0, ks, a.Tk, d, ld.T_);
+            tile::transpose_pad(VT, ld.T_, V0, ks, a.Tk, d, ld.T_);
+            copy_rows(KR, ld.R, K0, ks, a.Tk, d);
             for (long g = 0; g < G; g++) {
                 const long h = kh * G + g;
                 const T* L = lse + (b * a.H + h) * a.Tq;
+                copy_rows(QR, ld.R, q + (b * a.Tq * a.H + h) * d, qs, a.Tq, d);
+                copy_rows(GR, ld.R, dout + (b * a.Tq * a.H + h) * d, qs, a.Tq, d);
                 for (long t = 0; t < a.Tq; t++) {  // D_t = dO_t · O_t
                     const T* o = out + ((b * a.Tq + t) * a.H + h) * d;
-                    const T* go = dout + ((b * a.Tq + t) * a.H + h) * d;
+                    const T* go = GR + t * ld.R;
                     T s = 0;
                     for (long i = 0; i < d; i++) s += o[i] * go[i];
                     D[t] = s;
                 }
                 for (long s0 = 0; s0 < a.Tk; s0 += BK) {
                     const long tk = std::min(BK, a.Tk - s0);
-                    const T* K = k + b * a.kv_bstride + s0 * ks + kh * d;
-                    const T* V = v + b * a.kv_bstride + s0 * ks + kh * d;
                     T* dK = dk + b * a.kv_bstride + s0 * ks + kh * d;
                     T* dV = dv + b * a.kv_bstride + s0 * ks + kh * d;
                     // the first query row that sees key s0 sits at position s0
                     const long t_first = std::max(0L, s0 - a.q_pos0);
                     for (long t0 = (t_first / BQ) * BQ; t0 < a.Tq; t0 += BQ) {
                         const long tq = std::min(BQ, a.Tq - t0);
-                        const long off = ((b * a.Tq + t0) * a.H + h) * d;
-                        gemm(false, true, tq, tk, d, scale, q + off, qs, K, ks, T(0), P, tk);
+                        const T* Qt = QR + t0 * ld.R;
+                        const T* Gt = GR + t0 * ld.R;
+                        // keys s0 .. s0 + vis(r) − 1 are visible to row r; key c to rows ≥ first_row(c)
+                        auto vis = [&](long r) { return std::clamp(a.q_pos0 + t0 + r + 1 - s0, 0L, tk); };
+                        auto first_row = [&](long c) { return std::clamp(s0 + c - a.q_pos0 - t0, 0L, tq); };
+                        auto by_rows = [&](long, long r1) { return tile::Bounds{0, d, vec_ceil<T>(vis(r1 - 1))}; };
+                        auto by_keys = [&](long c0, long) { return tile::Bounds{first_row(c0), tq, d}; };
+                        tile::gemm(tq, scale, Qt, ld.R, 1, KT + s0, ld.T_, false, P, ld.S, by_rows);  // S
                         for (long r = 0; r < tq; r++) {
-                            const long vis = std::min(tk, a.q_pos0 + t0 + r + 1 - s0);
-                            T* prow = P + r * tk;
-                            const long nv = std::max(0L, vis);
+                            T* prow = P + r * ld.S;
+                            const long nv = vis(r);
                             const T lr = L[t0 + r];
 #pragma omp simd
                             for (long c = 0; c < nv; c++) prow[c] = vexp(prow[c] - lr);
                             for (long c = nv; c < tk; c++) prow[c] = T(0);
                         }
-                        gemm(true, false, tk, d, tq, T(1), P, tk, dout + off, qs, T(1), dV, ks);
-                        gemm(false, true, tq, tk, d, T(1), dout + off, qs, V, ks, T(0), dP, tk);
-                        for (long r = 0; r < tq; r++)
-                            for (long c = 0; c < tk; c++) dP[r * tk + c] = P[r * tk + c] * (dP[r * tk + c] - D[t0 + r]);
-                        gemm(false, false, tq, d, tk, scale, dP, tk, K, ks, T(1), dq + off, qs);
-                        gemm(true, false, tk, d, tq, scale, dP, tk, q + off, qs, T(1), dK, ks);
+                        tile::gemm(tk, T(1), P, 1, ld.S, Gt, ld.R, true, dV, ks, by_keys);              // dV += Pᵀ·dO
+                        tile::gemm(tq, T(1), Gt, ld.R, 1, VT + s0, ld.T_, false, dP, ld.S, by_rows);   // dP = dO·Vᵀ
+                        for (long r = 0; r < tq; r++) {
+                            T* ds = dP + r * ld.S;
+                            const T* pr = P + r * ld.S;
+                            const long nv = vis(r);
+                            const T Dr = D[t0 + r];
+#pragma omp simd
+                            for (long c = 0; c < nv; c++) ds[c] = pr[c] * (ds[c] - Dr);
+                            for (long c = nv; c < tk; c++) ds[c] = T(0);
+                        }
+                        tile::gemm(tq, scale, dP, ld.S, 1, KR + s0 * ld.R, ld.R, true, dq + ((b * a.Tq + t0) * a.H + h) * d,
+                                   qs, [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });  // dQ += s·dS·K
+                        tile::gemm(tk, scale, dP, 1, ld.S, Qt, ld.R, true, dK, ks, by_keys);           // dK += s·dSᵀ·Q
                     }
                 }
                 // MoDA: the depth slots of every query token t (seen by this head's row t only).
