@@ -420,11 +420,16 @@ std::string to_markdown(const TrainBenchResult& r) {
         md << "\n";
     };
     gemm_table("oneDNN f32 matmul", r.gemm_onednn);
-    gemm_table((std::string("bf16 GEMM: ") + bf16_gemm_backend()).c_str(), r.gemm_bf16);
+    gemm_table(("bf16 GEMM: " + r.bf16_backend).c_str(), r.gemm_bf16);
+    gemm_table(("bf16 GEMM, the path strata does not take on this CPU (for comparison, not in the peak): " +
+                r.bf16_other_backend).c_str(),
+               r.gemm_bf16_other);
     md << "Peaks by the protocol (the highest shape mean): fp32 " << fmt("%.1f", r.precision_peak("fp32"))
        << " GFLOP/s (OpenBLAS " << fmt("%.1f", highest_mean(r.gemm).mean_gflops) << ", oneDNN "
        << (r.gemm_onednn.empty() ? std::string("—") : fmt("%.1f", highest_mean(r.gemm_onednn).mean_gflops)) << ")";
     if (!r.gemm_bf16.empty()) md << "; bf16 " << fmt("%.1f", r.precision_peak("bf16")) << " GFLOP/s";
+    if (!r.gemm_bf16_other.empty())
+        md << " (the other bf16 path: " << fmt("%.1f", highest_mean(r.gemm_bf16_other).mean_gflops) << ")";
     md << ".\n\n";
     if (r.cpu_configs.others > 0.05 * r.cpu_configs.wall * o.threads)
         md << "**Warning:** other processes used more than 5 % of the CPU time during the measurements; the numbers "
@@ -564,9 +569,11 @@ json to_json(const TrainBenchResult& r) {
     j["gemm_peaks"] = {{"rule", "per precision, the highest shape mean over the libraries"},
                        {"fp32_gflops", r.precision_peak("fp32")},
                        {"bf16_gflops", r.precision_peak("bf16")},
-                       {"bf16_backend", bf16_gemm_backend()},
+                       {"bf16_backend", r.bf16_backend.empty() ? std::string(bf16_gemm_backend()) : r.bf16_backend},
                        {"onednn_f32", shapes_json(r.gemm_onednn)},
                        {"bf16", shapes_json(r.gemm_bf16)}};
+    if (!r.gemm_bf16_other.empty())
+        j["gemm_peaks"]["bf16_other"] = {{"backend", r.bf16_other_backend}, {"shapes", shapes_json(r.gemm_bf16_other)}};
     const ConfigResult* sf = r.find("strata-fp32");
     if (sf && sf->measured) j["strata_over_sgemm_peak"] = fl.total / (an.find(sf->id)->step_ms / 1e3) / 1e9 / best.best_gflops;
     const ConfigResult* eager = r.find("pytorch-eager");

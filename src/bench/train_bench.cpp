@@ -394,8 +394,17 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     std::fprintf(stderr, "oneDNN f32 peak...\n");
     r.gemm_onednn = gemm_peaks(o.batch * o.seq, r.model, Precision::fp32, GemmLib::onednn);
     if (std::find(o.precisions.begin(), o.precisions.end(), "bf16") != o.precisions.end()) {
-        std::fprintf(stderr, "bf16 GEMM peak (%s)...\n", bf16_gemm_backend());
+        r.bf16_backend = bf16_gemm_backend();
+        std::fprintf(stderr, "bf16 GEMM peak (%s)...\n", r.bf16_backend.c_str());
         r.gemm_bf16 = gemm_peaks(o.batch * o.seq, r.model, Precision::bf16, GemmLib::onednn);
+        if (cpu_has_native_bf16()) {  // the other path, for comparison; then back to the one in use
+            const bool native = bf16_native();
+            set_bf16_native(!native);
+            r.bf16_other_backend = bf16_gemm_backend();
+            std::fprintf(stderr, "bf16 GEMM, the path not taken (%s)...\n", r.bf16_other_backend.c_str());
+            r.gemm_bf16_other = gemm_peaks(o.batch * o.seq, r.model, Precision::bf16, GemmLib::onednn);
+            set_bf16_native(native);
+        }
     }
     const CpuSnapshot c1 = cpu_snapshot();
     r.cpu_gemm = cpu_use(c0, c1);

@@ -78,6 +78,10 @@ struct TrainBenchResult {
     std::vector<GemmResult> gemm;         // OpenBLAS f32
     std::vector<GemmResult> gemm_onednn;  // oneDNN f32
     std::vector<GemmResult> gemm_bf16;    // strata's bf16 GEMM (oneDNN, or its emulation); when bf16 is requested
+    // The bf16 path strata does not take here, for comparison (where the CPU has native bf16, both
+    // paths exist); not part of the peak.
+    std::vector<GemmResult> gemm_bf16_other;
+    std::string bf16_backend, bf16_other_backend;
     std::vector<ConfigResult> configs;     // strata precisions first, then the PyTorch configurations
     std::vector<std::string> schedule;     // the ids in the order their repetitions ran
     size_t params = 0;                     // of strata's bench model

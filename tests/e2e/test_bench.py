@@ -63,6 +63,15 @@ def test_report_goes_to_stdout_and_both_output_files(tmp_path):
     assert [t["what"].split()[1] for t in peak] == ["fp32", "bf16"], peak
     assert all(t.get("value", 0) > 0 for t in peak), peak
     assert j["gemm_peaks"]["fp32_gflops"] > 0 and j["gemm_peaks"]["bf16_gflops"] > 0
+    # Where the CPU multiplies bf16 natively both bf16 paths exist: the one not taken is measured too,
+    # for comparison, and kept out of the peak.
+    cpu = open("/proc/cpuinfo").read().split()
+    other = j["gemm_peaks"].get("bf16_other")
+    assert (other is not None) == ("avx512_bf16" in cpu or "amx_bf16" in cpu), j["gemm_peaks"]
+    if other:
+        assert other["backend"] != j["gemm_peaks"]["bf16_backend"]
+        assert [s["shape"] for s in other["shapes"]] == [s["shape"] for s in j["gemm_peaks"]["bf16"]]
+        assert "the path strata does not take on this CPU" in p.stdout
     assert [f.name for f in tmp_path.rglob("*.tmp.*")] == []
 
 
