@@ -284,6 +284,7 @@ std::string to_markdown(const TrainBenchResult& r) {
     md << "| strata commit | " << m.commit << " |\n";
     md << "| BLAS | OpenBLAS (" << m.openblas_config << "), kernel " << m.openblas_core << ", OPENBLAS_CORETYPE "
        << m.openblas_coretype << " |\n";
+    md << "| strata's GEMMs | fp32: " << f32_gemm_backend() << "; bf16: " << bf16_gemm_backend() << " |\n";
     md << "| environment | " << m.environment << " |\n";
     md << "| threads | " << o.threads << " (OpenMP and OpenBLAS; the peer: torch.set_num_threads) |\n";
     md << "| protocol | " << o.reps << " repetitions of " << o.steps << " timed steps per configuration, after "
@@ -569,6 +570,7 @@ json to_json(const TrainBenchResult& r) {
     j["gemm_peaks"] = {{"rule", "per precision, the highest shape mean over the libraries"},
                        {"fp32_gflops", r.precision_peak("fp32")},
                        {"bf16_gflops", r.precision_peak("bf16")},
+                       {"fp32_backend", f32_gemm_backend()},
                        {"bf16_backend", r.bf16_backend.empty() ? std::string(bf16_gemm_backend()) : r.bf16_backend},
                        {"onednn_f32", shapes_json(r.gemm_onednn)},
                        {"bf16", shapes_json(r.gemm_bf16)}};

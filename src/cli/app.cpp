@@ -206,6 +206,7 @@ int run_main(int argc, char** argv, bool dry) {
     }
 
     try {
+        check_gemm_environment();
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         if (e.get_exit_code() == 0) return app.exit(e, out, out);  // --help, --help-all, --version

@@ -52,8 +52,9 @@ static void print_model_line(const RunConfig& rc, const Model<float>& model) {
                  model.num_params(), rc.model.n_layers, rc.model.d_model, to_string(rc.model.norm_placement),
                  residual.c_str(), attention.c_str(), t.batch_size, t.seq_len, t.grad_accum, t.threads,
                  to_string(model.precision()),
-                 model.precision() == Precision::bf16 ? (std::string(" (GEMMs: ") + bf16_gemm_backend() + ")").c_str()
-                                                      : "");
+                 (std::string(" (GEMMs: ") +
+                  (model.precision() == Precision::bf16 ? bf16_gemm_backend() : f32_gemm_backend()) + ")")
+                     .c_str());
 }
 
 double divergence_threshold(int vocab_size, double first_logged_loss) {

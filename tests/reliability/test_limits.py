@@ -112,6 +112,16 @@ def test_malformed_memory_limit(tmp_path, value):
     fails(*train_args(tmp_path), env={"STRATA_MEMORY_LIMIT": value}, mention=["STRATA_MEMORY_LIMIT", value])
 
 
+@pytest.mark.parametrize("var,value,accepted", [
+    ("STRATA_F32_GEMM", "mkl", "openblas, onednn"),
+    ("STRATA_F32_GEMM", "", "openblas, onednn"),
+    ("STRATA_BF16_NATIVE", "yes", "0, 1"),
+])
+def test_malformed_gemm_library_choice(tmp_path, var, value, accepted):
+    fails(*train_args(tmp_path), env={var: value}, mention=[var, f'"{value}"', accepted])
+    assert not (tmp_path / "r").exists()
+
+
 # ---- train section -----------------------------------------------------------------------------
 @pytest.mark.parametrize("override,mention", [
     ("train.batch_size=0", "train.batch_size must be positive"),

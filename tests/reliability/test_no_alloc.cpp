@@ -1,5 +1,6 @@
 // Zero heap allocations in training steps 2–10: a counting operator new around forward, backward,
-// gradient clipping and the AdamW update, in fp32 and in bf16 (on both bf16 GEMM paths).
+// gradient clipping and the AdamW update, in fp32 (on both float GEMM libraries) and in bf16 (on both
+// bf16 GEMM paths).
 //
 // oneDNN's execute builds a small argument map on every call (a few allocations of tens of bytes,
 // whatever the scratchpad mode); those are counted apart, and must stay small and the same for
@@ -50,9 +51,10 @@ using namespace strata;
 class NoAlloc : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(NoAlloc, NoHeapAllocationsAfterTheFirstStep) {
-    const std::string mode = GetParam();  // fp32, bf16 (native where the CPU has it), bf16-emulated
-    const Precision prec = mode == "fp32" ? Precision::fp32 : Precision::bf16;
+    const std::string mode = GetParam();  // fp32-openblas, fp32-onednn, bf16 (native where the CPU has it), bf16-emulated
+    const Precision prec = mode.rfind("fp32", 0) == 0 ? Precision::fp32 : Precision::bf16;
     set_bf16_native(mode != "bf16-emulated");
+    set_f32_onednn(mode == "fp32-onednn");
     const std::tuple<NormPlacement, Residual, AttentionKind> variants[] = {
         {NormPlacement::pre, Residual::standard, AttentionKind::causal},
         {NormPlacement::post, Residual::standard, AttentionKind::causal},
@@ -101,12 +103,13 @@ TEST_P(NoAlloc, NoHeapAllocationsAfterTheFirstStep) {
         EXPECT_GT(before, 0) << "the counting allocator saw nothing: it is not installed";
         for (long n : lib_per_step) EXPECT_EQ(n, lib_step2) << "the GEMM library's allocations vary by step: " << what;
         EXPECT_LE(g_library_max.load(), 1024) << "the GEMM library allocated a buffer during a step: " << what;
-        if (prec == Precision::fp32 || !bf16_native()) EXPECT_EQ(lib_step2, 0) << what;
+        if (prec == Precision::fp32 ? !f32_onednn() : !bf16_native()) EXPECT_EQ(lib_step2, 0) << what;
     }
     set_bf16_native(true);
+    set_f32_onednn(cpu_prefers_onednn_f32());
 }
 
-INSTANTIATE_TEST_SUITE_P(Precisions, NoAlloc, ::testing::Values("fp32", "bf16", "bf16-emulated"),
+INSTANTIATE_TEST_SUITE_P(Precisions, NoAlloc, ::testing::Values("fp32-openblas", "fp32-onednn", "bf16", "bf16-emulated"),
                          [](const ::testing::TestParamInfo<std::string>& i) {
                              std::string n = i.param;
                              for (char& ch : n)

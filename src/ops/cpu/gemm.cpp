@@ -1,4 +1,5 @@
-// The bf16 GEMMs of gemm.h: oneDNN's matmul on CPUs with native bf16, a widening emulation elsewhere.
+// The GEMMs of gemm.h that are not plain CBLAS: oneDNN's matmul (f32 where it is the faster library,
+// bf16 on CPUs with native bf16) and the widening bf16 emulation.
 #include "ops/cpu/gemm.h"
 
 #include <cpuid.h>
@@ -7,6 +8,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <string>
@@ -35,6 +37,8 @@ namespace {
 // −1: not decided yet (read STRATA_BF16_NATIVE once); 0: emulated; 1: native where the CPU has it;
 // 2: native where it is the faster path (cpu_prefers_native_bf16).
 std::atomic<int> g_native_allowed{-1};
+// −1: not decided yet (read STRATA_F32_GEMM once); 0: OpenBLAS; 1: oneDNN; 2: by cpu_prefers_onednn_f32.
+std::atomic<int> g_f32_mode{-1};
 std::atomic<int> g_in_library{0};
 struct InLibrary {
     InLibrary() { g_in_library.fetch_add(1, std::memory_order_relaxed); }
@@ -159,12 +163,12 @@ struct Emulated {
         widen(a, A, ar, ac, lda);
         widen(b, B, br, bc, ldb);
         if constexpr (std::is_same_v<C, float>) {
-            gemm(ta, tb, M, N, K, alpha, a.data(), ac, b.data(), bc, beta, Cm, ldc);
+            gemm_openblas(ta, tb, M, N, K, alpha, a.data(), ac, b.data(), bc, beta, Cm, ldc);
         } else {
             if (c.size() < size_t(M * N)) c.resize(size_t(M * N));
             float* cf = c.data();
             if (beta != 0.0f) widen(c, Cm, M, N, ldc);
-            gemm(ta, tb, M, N, K, alpha, a.data(), ac, b.data(), bc, beta, cf, N);
+            gemm_openblas(ta, tb, M, N, K, alpha, a.data(), ac, b.data(), bc, beta, cf, N);
 #pragma omp parallel for schedule(static) if (M * N >= 65536)
             for (long r = 0; r < M; r++)
                 for (long j = 0; j < N; j++) Cm[r * ldc + j] = bf16(cf[r * N + j]);
@@ -180,14 +184,68 @@ Emulated& emulated() {
 
 bool inside_gemm_library() { return g_in_library.load(std::memory_order_relaxed) > 0; }
 
+static bool cpu_is_amd() {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    __get_cpuid(0, &a, &b, &c, &d);  // vendor string in ebx, edx, ecx
+    return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "AuthenticAMD"
+}
+
+bool cpu_prefers_onednn_f32() {
+    static const bool prefers = __builtin_cpu_supports("avx512f") && cpu_is_amd();
+    return prefers;
+}
+
+// A mode from an environment variable: the index of its value in `allowed`, `fallback` when unset;
+// any other value is an error naming the variable and what it accepts.
+static int env_mode(const char* var, std::initializer_list<const char*> allowed, int fallback) {
+    const char* env = std::getenv(var);
+    if (env == nullptr) return fallback;
+    int i = 0;
+    std::string list;
+    for (const char* a : allowed) {
+        if (std::strcmp(env, a) == 0) return i;
+        list += (i ? ", " : "") + std::string(a);
+        i++;
+    }
+    throw Error(std::string(var) + " = \"" + env + "\" is not one of " + list + " (or unset)");
+}
+
+static int f32_mode() {
+    int mode = g_f32_mode.load(std::memory_order_relaxed);
+    if (mode < 0) {
+        mode = env_mode("STRATA_F32_GEMM", {"openblas", "onednn"}, 2);
+        g_f32_mode.store(mode, std::memory_order_relaxed);
+    }
+    return mode;
+}
+
+bool f32_onednn() {
+    const int mode = f32_mode();
+    return mode == 1 || (mode == 2 && cpu_prefers_onednn_f32());
+}
+
+void set_f32_onednn(bool on) { g_f32_mode.store(on ? 1 : 0, std::memory_order_relaxed); }
+
+static const std::string& onednn_version() {
+    static const std::string v = [] {
+        const dnnl_version_t* x = dnnl_version();
+        return std::to_string(x->major) + "." + std::to_string(x->minor) + "." + std::to_string(x->patch);
+    }();
+    return v;
+}
+
+const char* f32_gemm_backend() {
+    static const std::string onednn = "oneDNN " + onednn_version() + " matmul (f32; OpenBLAS below 64 on a side)";
+    return f32_onednn() ? onednn.c_str() : "OpenBLAS sgemm";
+}
+
 bool cpu_prefers_native_bf16() {
     static const bool prefers = [] {
         if (!cpu_has_native_bf16()) return false;
         unsigned a = 0, b = 0, c = 0, d = 0;
         __get_cpuid_count(7, 0, &a, &b, &c, &d);
         if ((d >> 22) & 1u) return true;  // AMX-BF16
-        __get_cpuid(0, &a, &b, &c, &d);   // vendor string in ebx, edx, ecx
-        return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "AuthenticAMD"
+        return cpu_is_amd();
     }();
     return prefers;
 }
@@ -195,8 +253,7 @@ bool cpu_prefers_native_bf16() {
 static int bf16_mode() {
     int mode = g_native_allowed.load(std::memory_order_relaxed);
     if (mode < 0) {
-        const char* env = std::getenv("STRATA_BF16_NATIVE");
-        mode = env && std::strcmp(env, "0") == 0 ? 0 : env && std::strcmp(env, "1") == 0 ? 1 : 2;
+        mode = env_mode("STRATA_BF16_NATIVE", {"0", "1"}, 2);
         g_native_allowed.store(mode, std::memory_order_relaxed);
     }
     return mode;
@@ -207,14 +264,15 @@ bool bf16_native() {
     return mode == 1 ? cpu_has_native_bf16() : mode == 2 ? cpu_prefers_native_bf16() : false;
 }
 
+void check_gemm_environment() {
+    f32_mode();
+    bf16_mode();
+}
+
 void set_bf16_native(bool allowed) { g_native_allowed.store(allowed ? 1 : 0, std::memory_order_relaxed); }
 
 const char* bf16_gemm_backend() {
-    static std::string native = [] {
-        const dnnl_version_t* v = dnnl_version();
-        return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
-               " matmul (native bf16)";
-    }();
+    static const std::string native = "oneDNN " + onednn_version() + " matmul (native bf16)";
     return bf16_native() ? native.c_str() : "emulated: widened to float, OpenBLAS sgemm";
 }
 

@@ -1,7 +1,12 @@
 // Row-major GEMM for the ops: C (M×N, ldc) = alpha·op(A)·op(B) + beta·C, op(X) = Xᵀ when tX.
 //
-//  - float and double: CBLAS (OpenBLAS). oneDNN's f32 matmul measured slower on the model's shapes
-//    (bench/README.md, "GEMM peaks"), so fp32 stays on OpenBLAS.
+//  - double: CBLAS (OpenBLAS).
+//  - float: oneDNN's f32 matmul where it measured faster than OpenBLAS on the model's shapes (AMD
+//    CPUs with AVX-512: Zen 4 ran it at 160–194 GFLOP/s against OpenBLAS's 110–170 on 2 threads,
+//    bench/results/train-2026-12-02-amd.md), else OpenBLAS (faster on the Intel Xeons measured). Small
+//    GEMMs (a side under 64: decoding, tests' tiny shapes) stay on OpenBLAS, so oneDNN only keeps
+//    primitives for the model's large shapes. STRATA_F32_GEMM=openblas or =onednn forces one;
+//    set_f32_onednn does the same from code, so tests run both on every machine.
 //  - bf16 inputs with float accumulation, C float or bf16: oneDNN's matmul where the CPU multiplies
 //    bf16 natively and that is faster than fp32 (AMX-BF16, or AVX512-BF16 on AMD), else an emulation
 //    that widens A and B to float and calls sgemm (correct; on Intel's AVX512-BF16 without AMX it
@@ -21,10 +26,30 @@
 
 namespace strata {
 
-inline void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const float* A, long lda, const float* B,
-                 long ldb, float beta, float* C, long ldc) {
+inline void gemm_openblas(bool ta, bool tb, long M, long N, long K, float alpha, const float* A, long lda,
+                          const float* B, long ldb, float beta, float* C, long ldc) {
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
                 lda, B, ldb, beta, C, ldc);
+}
+// oneDNN's f32 matmul (also the benchmarks' second fp32 peak).
+void gemm_onednn(bool ta, bool tb, long M, long N, long K, float alpha, const float* A, long lda, const float* B,
+                 long ldb, float beta, float* C, long ldc);
+// Whether float GEMMs of at least kOnednnMinSide on every side go to oneDNN: by default where
+// cpu_prefers_onednn_f32(); STRATA_F32_GEMM=openblas or set_f32_onednn(false) never, =onednn or
+// set_f32_onednn(true) always.
+bool f32_onednn();
+void set_f32_onednn(bool on);
+bool cpu_prefers_onednn_f32();
+// "OpenBLAS sgemm" or "oneDNN <version> matmul (f32)": for reports.
+const char* f32_gemm_backend();
+constexpr long kOnednnMinSide = 64;
+
+inline void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const float* A, long lda, const float* B,
+                 long ldb, float beta, float* C, long ldc) {
+    if (M >= kOnednnMinSide && N >= kOnednnMinSide && K >= kOnednnMinSide && f32_onednn())
+        gemm_onednn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        gemm_openblas(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 inline void gemm(bool ta, bool tb, long M, long N, long K, double alpha, const double* A, long lda, const double* B,
                  long ldb, double beta, double* C, long ldc) {
@@ -36,13 +61,13 @@ void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, 
 void gemm(bool ta, bool tb, long M, long N, long K, float alpha, const bf16* A, long lda, const bf16* B, long ldb,
           float beta, bf16* C, long ldc);
 
-// oneDNN's f32 matmul, for the benchmarks' peak (the ops use OpenBLAS for float, which measured faster).
-void gemm_onednn(bool ta, bool tb, long M, long N, long K, float alpha, const float* A, long lda, const float* B,
-                 long ldb, float beta, float* C, long ldc);
-
 // True while a call into the GEMM library (oneDNN) is running: a counting allocator can tell the
 // library's own small per-call bookkeeping from allocations by strata (tests/reliability/test_no_alloc.cpp).
 bool inside_gemm_library();
+
+// Reads STRATA_F32_GEMM and STRATA_BF16_NATIVE now (else on the first GEMM); a value they do not
+// accept is an Error naming the variable.
+void check_gemm_environment();
 
 // Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16), read once from cpuid.
 bool cpu_has_native_bf16();
