@@ -109,7 +109,9 @@ void add_diagnose_command(CLI::App& app) {
         if (o->batches > 0) n_batches = std::min(n_batches, o->batches);
 
         DepthStats st;
+        m.keep_sublayer_outputs = true;  // for accumulate_depth_stats; off again for the gradients
         const double loss = evaluate(m, shard, B, T, o->batches, [&] { m.accumulate_depth_stats(st); });
+        m.keep_sublayer_outputs = false;
         const std::vector<double> grad = gradient_norms(m, shard, B, T, o->batches);
         std::vector<double> skip_loss;
         if (!o->no_skip) {

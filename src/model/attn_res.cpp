@@ -131,10 +131,11 @@ void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfin
         if (j % S != 0) {
             residual_backward(a_.dsub[j - 1], static_cast<T*>(nullptr), dp, N * D);
         }
+        const T* nw = is_attn ? p.attn_norm : p.mlp_norm;
+        rmsnorm_forward(s.x_in, s.rstd, s.mix.out, nw, N, D, cfg.norm_eps);  // f's input again (shared buffer)
         fill_zero(a_.dn, ND);
         if (is_attn) attn_backward(l, static_cast<const A*>(s.x_in), a_.dn, dp, N, ad);
         else mlp_backward(l, static_cast<const A*>(s.x_in), a_.dn, dp, N);
-        const T* nw = is_attn ? p.attn_norm : p.mlp_norm;
         fill_zero(a_.dmix, ND);
         rmsnorm_backward(a_.dmix, g(nw), a_.dn, s.mix.out, nw, s.rstd, N, D);
         const T* q = is_attn ? p.attn_res_query : p.mlp_res_query;

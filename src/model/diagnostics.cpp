@@ -22,6 +22,8 @@ void Model<T>::accumulate_depth_stats_impl(DepthStats& s) const {
     const long L = cfg.n_layers, D = cfg.d_model, N = B_ * T_;
     STRATA_CHECK(N > 0, "accumulate_depth_stats needs a forward first");
     STRATA_CHECK(skip_sublayer < 0, "accumulate_depth_stats describes the whole model: clear skip_sublayer");
+    STRATA_CHECK(keep_sublayer_outputs && plan_keep_,
+                 "accumulate_depth_stats reads every sublayer's output: set keep_sublayer_outputs before the forward");
     const bool attnres = cfg.residual != Residual::standard;
     const int S = attnres_sublayers_per_block(cfg);
     const long n_cols = attnres ? 1 + (2 * L + S - 1) / S + (S > 1 ? 1 : 0) : 0;

@@ -197,7 +197,8 @@ void Model<T>::logits_to_host(T* host, long first, long rows) const {
 // stream, unnormed q/k, f's input when it is h itself) are set after carving, in layout().
 template <typename T>
 template <typename A>
-void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N, bool training, ActsOf<A>& a) {
+void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N, bool training, ActsOf<A>& a,
+                                    bool keep_outputs) {
     const long D = c.d_model, H = c.n_heads, Hk = c.n_kv_heads, d = c.head_dim, F = c.ffn_hidden, V = c.vocab_size,
                L = c.n_layers;
     const long QKV = (H + 2 * Hk) * d, kvd = Hk * d;
@@ -207,6 +208,14 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     const bool attnres = c.residual != Residual::standard;
     constexpr bool same = std::is_same_v<A, T>;  // fp32 (fp64): no conversions, no converted copies
     const long slots = moda ? moda_slots(c) : 0, n_max = attnres_max_sources(c);
+    // Forward-only intermediates have one buffer for every layer (layer 0's; layout() points the other
+    // layers at it): the qkv projection (split into q, k, v at once), the SwiGLU output (the backward
+    // recomputes it from gu), and each sublayer's own output f(·) once the rule has added it to the
+    // stream — except under reordered norms, whose backward reads it, and with keep_outputs
+    // (diagnostics read every sublayer's output after the forward).
+    // Under pre-norm each sublayer's normed input x_in is shared too: the backward recomputes it from
+    // the norm's input, which it keeps (bit for bit: the same rmsnorm_forward on the same floats).
+    const bool share_f_out = !keep_outputs && c.norm_placement != NormPlacement::reordered;
     P.clear();
     auto t = [&](auto** where, const char* name, long n, int layer = -1) { P.add(name, layer, size_t(n), where); };
     auto mix = [&](MixActs& m, int layer) {
@@ -216,11 +225,13 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
         t(&m.lse, "mix.lse", N, layer);
     };
     auto sub = [&](SubActs<A>& s, int l) {
-        t(&s.f_out, "f_out", N * D, l);
+        s.f_out = nullptr;
+        if (!share_f_out) t(&s.f_out, "f_out", N * D, l);
+        else if (l == 0 && &s == &a.layers[0].attn) t(&s.f_out, "f_out (every sublayer's)", N * D);
         s.x_in = nullptr;
         s.n_out = s.sum = s.out = nullptr;
         if (pre) {
-            t(&s.x_in, "x_in", N * D, l);
+            if (l == 0 && &s == &a.layers[0].attn) t(&s.x_in, "x_in (every sublayer's)", N * D);
         } else {
             t(&s.n_out, "n_out", N * D, l);
             if (!same) t(&s.x_in, "x_in", N * D, l);
@@ -241,7 +252,8 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
         LayerActs<A>& la = a.layers[size_t(l)];
         sub(la.attn, l);
         sub(la.mlp, l);
-        t(&la.qkv, "qkv", N * QKV, l);
+        la.qkv = la.act = nullptr;
+        if (l == 0) t(&la.qkv, "qkv (every layer's)", N * QKV);
         t(&la.q_raw, "q_raw", N * H * d, l);
         t(&la.k_raw, "k_raw", N * kvd, l);
         t(&la.v, "v", N * kvd, l);
@@ -256,7 +268,7 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
         t(&la.att, "att", N * H * d, l);
         t(&la.lse, "lse", N * H, l);
         t(&la.gu, "gu", N * 2 * F, l);
-        t(&la.act, "act", N * F, l);
+        if (l == 0) t(&la.act, "act (every layer's)", N * F);
         la.ffn_kv = la.fk_raw = la.fk = nullptr;
         la.fk_rstd = nullptr;
         if (moda && c.moda_ffn_kv && l + 1 < L) {
@@ -332,23 +344,29 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
 template <typename T>
 template <typename A>
 void Model<T>::layout(long N, bool training) {
-    if (N == plan_N_ && training == plan_training_) return;
+    if (N == plan_N_ && training == plan_training_ && keep_sublayer_outputs == plan_keep_) return;
     ActsOf<A>& a = acts<A>();
-    describe_activations(plan_, cfg, N, training, a);
+    const bool pre = cfg.norm_placement == NormPlacement::pre;
+    describe_activations(plan_, cfg, N, training, a, keep_sublayer_outputs);
     if (arena_.bytes() < plan_.bytes()) {
         arena_ = Buffer();  // free the old arena before taking the larger one
         arena_ = Buffer(*backend_, DType::u8, plan_.bytes());
     }
     plan_.carve(arena_.raw());
     for (LayerActs<A>& la : a.layers) {  // the aliases
-        for (SubActs<A>* s : {&la.attn, &la.mlp})
+        for (SubActs<A>* s : {&la.attn, &la.mlp}) {
             if (!s->out) s->out = s->n_out;  // post-norm: the stream is the norm's output
+            if (!s->f_out) s->f_out = a.layers[0].attn.f_out;  // the shared ones
+            if (!s->x_in && pre) s->x_in = a.layers[0].attn.x_in;
+        }
+        if (!la.qkv) la.qkv = a.layers[0].qkv, la.act = a.layers[0].act;
         if (!la.q) la.q = la.q_raw, la.k = la.k_raw;  // no QK-norm: RoPE rotates the split q/k in place
         if (la.fk_raw && !la.fk) la.fk = la.fk_raw;
     }
     if (training && !a.dq_raw) a.dq_raw = a.dq, a.dk_raw = a.dk;
     plan_N_ = N;
     plan_training_ = training;
+    plan_keep_ = keep_sublayer_outputs;
 }
 
 // Copies a forward's host inputs into the arena: token ids, their positions (pos0 + i % seq) and the
@@ -478,6 +496,7 @@ void Model<T>::mlp_backward(long l, const A* in, T* din, const T* dout, long N) 
     ActsOf<A>& a = acts<A>();
     LayerActs<A>& la = a.layers[l];
     const long D = cfg.d_model, F = cfg.ffn_hidden;
+    swiglu_forward(la.act, la.gu, N, F);  // the forward's act, recomputed: every layer shares its buffer
     fill_zero(a.dact, size_t(N * F));
     matmul_backward(a.dact, g(p.wdown), as_act(dout, a.dy_a, N * D), la.act, W<A>(p.wdown), N, F, D);
     fill_zero(a.dgu, size_t(N * 2 * F));
@@ -570,6 +589,7 @@ void Model<T>::sublayer_backward(SubActs<A>& s, const T* h, T* dh, const T* dout
     switch (cfg.norm_placement) {
         case NormPlacement::pre:
             residual_backward(dh, static_cast<T*>(nullptr), dout, N * D);
+            rmsnorm_forward(s.x_in, s.rstd, h, nw, N, D, cfg.norm_eps);  // f's input again (shared buffer)
             fill_zero(a.dn, ND);
             fb(s.x_in, a.dn, dout);
             rmsnorm_backward(dh, dnw, a.dn, h, nw, s.rstd, N, D);
@@ -794,8 +814,10 @@ STRATA_MODEL_SUBLAYERS(float, float)
 STRATA_MODEL_SUBLAYERS(float, bf16)
 STRATA_MODEL_SUBLAYERS(double, double)
 template void Model<double>::describe_activations<double>(TensorPlan&, const ModelConfig&, long, bool,
-                                                          ActsOf<double>&);
-template void Model<float>::describe_activations<float>(TensorPlan&, const ModelConfig&, long, bool, ActsOf<float>&);
-template void Model<float>::describe_activations<bf16>(TensorPlan&, const ModelConfig&, long, bool, ActsOf<bf16>&);
+                                                          ActsOf<double>&, bool);
+template void Model<float>::describe_activations<float>(TensorPlan&, const ModelConfig&, long, bool, ActsOf<float>&,
+                                                        bool);
+template void Model<float>::describe_activations<bf16>(TensorPlan&, const ModelConfig&, long, bool, ActsOf<bf16>&,
+                                                       bool);
 
 }  // namespace strata

@@ -153,6 +153,10 @@ public:
     // Under AttnRes a source that this leaves empty is dropped from every mix (it is neither a key nor
     // counted in the softmax). backward() refuses to run while it is set.
     int skip_sublayer = -1;
+    // Diagnostics: when set, every sublayer's output f(·) keeps its own buffer after the forward, as
+    // accumulate_depth_stats needs. Off, they share one (the rule has added each to the stream, and
+    // no backward reads it), which saves (2·L − 1)·N·D activations.
+    bool keep_sublayer_outputs = false;
     // Adds the last forward's statistics to `s` (src/model/diagnostics.cpp).
     void accumulate_depth_stats(DepthStats& s) const;
 
@@ -176,9 +180,11 @@ public:
     };
     template <typename A>
     struct SubActs {  // one sublayer (attention or MLP) under the residual rule
-        A* f_out;     // (N, D) the sublayer's own output f(·)
-        A* x_in;      // (N, D) f's input: pre and AttnRes the norm's output; post and reordered h itself
-                      // (aliased when A is T, else h converted to A)
+        A* f_out;     // (N, D) the sublayer's own output f(·); one buffer for all but under reordered norms
+                      // and keep_sublayer_outputs
+        A* x_in;      // (N, D) f's input: pre and AttnRes the norm's output (one buffer for every sublayer,
+                      // recomputed by the backward); post and reordered h itself (aliased when A is T,
+                      // else h converted to A)
         T* n_out;     // (N, D) post and reordered: the norm's output in T (post: the stream)
         T* rstd;      // (N)
         T* sum;       // (N, D) post only: h + f(h), the norm's input
@@ -190,9 +196,9 @@ public:
         SubActs<A> attn, mlp;
         // attention: q_raw/k_raw are the split projection; q/k the normed (QK-norm) and rotated ones,
         // the same buffers as q_raw/k_raw without QK-norm
-        A *qkv, *q_raw, *k_raw, *q, *k, *v, *att;
+        A *qkv, *q_raw, *k_raw, *q, *k, *v, *att;  // qkv: one buffer for every layer (forward only)
         T *q_rstd, *k_rstd, *lse;
-        A *gu, *act;                // MLP
+        A *gu, *act;                // MLP; act: one buffer for every layer, recomputed in the backward
         A *ffn_kv, *fk_raw, *fk;    // MoDA FFN K/V: projection (N, 2·Hk·d), K raw/final (N, Hk·d)
         T* fk_rstd;
     };
@@ -223,8 +229,10 @@ public:
     static constexpr long kHeadChunkRows = 64;
     // The one description of the activations for N rows (the backward's too when training): adds each
     // tensor to `plan`, bound to its pointer in `a`. ModelConfig::memory_bytes calls it on a scratch.
+    // keep_outputs: as keep_sublayer_outputs.
     template <typename A>
-    static void describe_activations(TensorPlan& plan, const ModelConfig& c, long N, bool training, ActsOf<A>& a);
+    static void describe_activations(TensorPlan& plan, const ModelConfig& c, long N, bool training, ActsOf<A>& a,
+                                     bool keep_outputs = false);
 
 private:
     Backend* backend_;
@@ -237,6 +245,7 @@ private:
     TensorPlan plan_;
     long plan_N_ = -1;
     bool plan_training_ = false;
+    bool plan_keep_ = false;
 
     T* tok_emb_;
     T* final_norm_;
