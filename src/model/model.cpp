@@ -225,9 +225,8 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
         t(&m.lse, "mix.lse", N, layer);
     };
     auto sub = [&](SubActs<A>& s, int l) {
-        s.f_out = nullptr;
+        s.f_out = nullptr;  // shared: added with the forward-only buffers
         if (!share_f_out) t(&s.f_out, "f_out", N * D, l);
-        else if (l == 0 && &s == &a.layers[0].attn) t(&s.f_out, "f_out (every sublayer's)", N * D);
         s.x_in = nullptr;
         s.n_out = s.sum = s.out = nullptr;
         if (pre) {
@@ -252,8 +251,7 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
         LayerActs<A>& la = a.layers[size_t(l)];
         sub(la.attn, l);
         sub(la.mlp, l);
-        la.qkv = la.act = nullptr;
-        if (l == 0) t(&la.qkv, "qkv (every layer's)", N * QKV);
+        la.qkv = la.act = nullptr;  // qkv: added with the forward-only buffers
         t(&la.q_raw, "q_raw", N * H * d, l);
         t(&la.k_raw, "k_raw", N * kvd, l);
         t(&la.v, "v", N * kvd, l);
@@ -288,22 +286,34 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     }
     t(&a.lnf, "lnf", N * D);
     t(&a.lnf_rstd, "lnf_rstd", N);
-    // With targets the head is fused with the loss (head_crossentropy_forward): no (N, V) logits, the
-    // (N, V) gradient instead, and a one-chunk float scratch when the GEMM inputs are bf16.
-    a.logits = a.dlogits = nullptr;
-    a.head_scratch = nullptr;
-    if (training) {
-        t(&a.dlogits, "dlogits", N * V);
-        if (!same) t(&a.head_scratch, "head_scratch", std::min(N, kHeadChunkRows) * V);
-    } else {
-        t(&a.logits, "logits", N * V);
-    }
     t(&a.losses, "losses", N);
     t(&a.lse, "lse", N);
     a.out_mix = {};
     if (attnres) mix(a.out_mix, -1);
+    // The forward-only buffers: the shared qkv and f(·), and the head's output. With targets the head is
+    // fused with the loss (head_crossentropy_forward): no (N, V) logits, the (N, V) gradient instead,
+    // and a one-chunk float scratch when the GEMM inputs are bf16.
+    a.logits = a.dlogits = nullptr;
+    a.head_scratch = nullptr;
     a.dy_a = a.dqkv_a = nullptr;
-    if (!training) return;
+    auto forward_only = [&] {
+        t(&a.layers[0].qkv, "qkv (every layer's)", N * QKV);
+        if (share_f_out) t(&a.layers[0].attn.f_out, "f_out (every sublayer's)", N * D);
+    };
+    if (!training) {
+        forward_only();
+        t(&a.logits, "logits", N * V);
+        return;
+    }
+    t(&a.dlnf, "dlnf", N * D);
+    // The backward's scratch shares bytes with the forward-only buffers: backward() reads dlogits only
+    // in the head's GEMM, which writes dlnf alone, before any of its scratch is touched; and a
+    // backward consumes its forward (a second one needs a new forward).
+    P.overlay_begin();
+    forward_only();
+    t(&a.dlogits, "dlogits", N * V);
+    if (!same) t(&a.head_scratch, "head_scratch", std::min(N, kHeadChunkRows) * V);
+    P.overlay_next();
     t(&a.dres_a, "dres_a", N * D);
     t(&a.dres_b, "dres_b", N * D);
     t(&a.dn, "dn", N * D);
@@ -320,7 +330,6 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     t(&a.datt, "datt", N * H * d);
     t(&a.dgu, "dgu", N * 2 * F);
     t(&a.dact, "dact", N * F);
-    t(&a.dlnf, "dlnf", N * D);
     if (!same) {
         t(&a.dy_a, "dy_a", N * D);
         t(&a.dqkv_a, "dqkv_a", N * QKV);
@@ -337,6 +346,7 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
         t(&a.demb, "demb", N * D);
         t(&a.dmix, "dmix", N * D);
     }
+    P.overlay_end();
 }
 
 // Plans and carves the arena for N = B·T rows. The arena only grows and the plan keeps its capacity,
@@ -683,6 +693,7 @@ double Model<T>::forward_impl(const int32_t* targets, long B, long seq) {
     AttnDims ad{B, seq, seq, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, seq * cfg.n_kv_heads * cfg.head_dim};
     run_layers<A>(N, ad, nullptr);
     have_targets_ = targets != nullptr;
+    backward_pending_ = have_targets_;
     if (!have_targets_) {
         matmul_forward(a.logits, a.lnf, W<A>(lm_head_), N, cfg.d_model, cfg.vocab_size);
         return 0.0;
@@ -696,7 +707,10 @@ double Model<T>::forward_impl(const int32_t* targets, long B, long seq) {
 template <typename T>
 void Model<T>::backward(const std::function<void(int)>& layer_done) {
     if (!have_targets_) throw Error("backward() needs a forward() with targets first");
+    if (!backward_pending_)
+        throw Error("backward() consumes its forward's activations: run forward() with targets again first");
     if (skip_sublayer >= 0) throw Error("backward() is not defined with skip_sublayer set (a diagnostic)");
+    backward_pending_ = false;
     if constexpr (std::is_same_v<T, float>) {
         if (precision_ == Precision::bf16) return backward_impl<bf16>(layer_done);
     }
@@ -709,15 +723,16 @@ void Model<T>::backward_impl(const std::function<void(int)>& layer_done) {
     ActsOf<A>& a = acts<A>();
     const long N = B_ * T_, D = cfg.d_model, V = cfg.vocab_size;
     AttnDims ad{B_, T_, T_, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, T_ * cfg.n_kv_heads * cfg.head_dim};
+    // a.dlogits came with the loss (head_crossentropy_forward): the mean loss's gradient, zero when
+    // no row was counted. It shares bytes with the scratch below (describe_activations): nothing else
+    // is written until this GEMM is done.
+    fill_zero(a.dlnf, size_t(N * D));
+    matmul_backward(a.dlnf, g(lm_head_), a.dlogits, a.lnf, W<A>(lm_head_), N, D, V);
     if (cfg.attention == AttentionKind::moda) {
         const size_t n = size_t(N) * moda_slots(cfg) * cfg.n_kv_heads * cfg.head_dim;
         fill_zero(a.ddepth_k, n);
         fill_zero(a.ddepth_v, n);
     }
-    // a.dlogits came with the loss (head_crossentropy_forward): the mean loss's gradient, zero when
-    // no row was counted.
-    fill_zero(a.dlnf, size_t(N * D));
-    matmul_backward(a.dlnf, g(lm_head_), a.dlogits, a.lnf, W<A>(lm_head_), N, D, V);
     const bool attnres = cfg.residual != Residual::standard;
     const T* h_last = attnres ? a.out_mix.out : a.layers[cfg.n_layers - 1].mlp.out;
     T* dcur = a.dres_a;  // gradient w.r.t. the current residual stream

@@ -259,6 +259,7 @@ private:
     long B_ = 0, T_ = 0;
     long n_counted_ = 0;
     bool have_targets_ = false;
+    bool backward_pending_ = false;  // a forward with targets ran and no backward since
     std::vector<int32_t> pos_host_;  // staging for the positions
 
     template <typename A>

@@ -4,6 +4,8 @@
 // the optimizer allocates, are the remaining 2·P).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "model/model.h"
@@ -53,12 +55,28 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
             ASSERT_EQ(fresh.backend().live_bytes(), m.memory_bytes() + fresh.memory_bytes());  // no arena yet
             fresh.forward(x.data(), training ? y.data() : nullptr, B, T);
             if (training) fresh.backward();
-            // The arena is the plan's total, and the plan is the sum of its tensors (each aligned).
-            EXPECT_EQ(fresh.arena_bytes(), fresh.activation_plan().bytes());
-            size_t sum = 0;
-            for (const auto& e : fresh.activation_plan().entries())
-                sum += (e.numel * dtype_size(e.dtype) + Backend::kAlign - 1) / Backend::kAlign * Backend::kAlign;
-            EXPECT_EQ(sum, fresh.activation_plan().bytes());
+            // The arena is the plan's total, and the plan ends where its last tensor ends (each aligned).
+            // Two tensors share bytes only inside an overlay, from two of its groups (TensorPlan).
+            const TensorPlan& plan = fresh.activation_plan();
+            EXPECT_EQ(fresh.arena_bytes(), plan.bytes());
+            auto size_of = [](const TensorPlan::Entry& e) {
+                return (e.numel * dtype_size(e.dtype) + Backend::kAlign - 1) / Backend::kAlign * Backend::kAlign;
+            };
+            size_t end = 0;
+            bool shared = false;
+            for (const auto& e : plan.entries()) end = std::max(end, e.offset + size_of(e));
+            EXPECT_EQ(end, plan.bytes());
+            for (size_t i = 0; i < plan.entries().size(); i++)
+                for (size_t j = i + 1; j < plan.entries().size(); j++) {
+                    const auto &x = plan.entries()[i], &y = plan.entries()[j];
+                    const bool overlap = x.offset < y.offset + size_of(y) && y.offset < x.offset + size_of(x);
+                    if (!overlap || size_of(x) == 0 || size_of(y) == 0) continue;
+                    shared = true;
+                    EXPECT_TRUE(x.overlay != 0 && x.overlay == y.overlay && x.group != y.group)
+                        << x.name << " (layer " << x.layer << ") overlaps " << y.name << " (layer " << y.layer << ")";
+                }
+            // Training overlays the backward's scratch on the forward-only buffers.
+            EXPECT_EQ(shared, training);
             // memory_bytes() is every byte the model allocated: parameters, gradients, RoPE, arena.
             const double allocated = 4.0 * (2.0 * double(fresh.num_params()) + double(c.max_seq_len) * c.head_dim) +
                                      double(fresh.arena_bytes());
@@ -69,6 +87,52 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
             const double adamw = training ? 4.0 * 2 * c.num_params() : 0.0;
             EXPECT_EQ(double(fresh.memory_bytes()), c.memory_bytes(B, T, training) - adamw)
                 << (training ? "training" : "inference");
+        }
+    }
+}
+
+// The backward's scratch shares bytes with the forward's head gradient, so a backward consumes its
+// forward: a second backward is refused, and each forward + backward pair gives the same gradients.
+TEST(MemoryEstimate, BackwardConsumesItsForward) {
+    const std::pair<Residual, AttentionKind> variants[] = {{Residual::standard, AttentionKind::causal},
+                                                           {Residual::attnres_block, AttentionKind::causal},
+                                                           {Residual::standard, AttentionKind::moda}};
+    for (auto [res, att] : variants) {
+        ModelConfig c;
+        c.vocab_size = 97;
+        c.d_model = 32;
+        c.n_layers = 2;
+        c.n_heads = 4;
+        c.n_kv_heads = 2;
+        c.head_dim = 8;
+        c.ffn_hidden = 40;
+        c.max_seq_len = 40;
+        c.residual = res;
+        c.attnres_block_size = 2;
+        c.attention = att;
+        c.qk_norm = att == AttentionKind::moda;
+        for (Precision p : {Precision::fp32, Precision::bf16}) {
+            SCOPED_TRACE(std::string(to_string(res)) + " " + to_string(att) + " " + to_string(p));
+            Model<float> m(c);
+            m.init_weights(3);
+            m.set_precision(p);
+            const long B = 2, T = 17;
+            std::vector<int32_t> x(B * T), y(B * T);
+            for (long i = 0; i < B * T; i++) x[i] = int32_t((i * 5) % 97), y[i] = int32_t((i * 13 + 1) % 97);
+            std::vector<float> first(m.grads().numel()), second(m.grads().numel());
+            for (std::vector<float>* g : {&first, &second}) {
+                m.zero_grad();
+                m.forward(x.data(), y.data(), B, T);
+                m.backward();
+                m.grads().to_host(g->data(), 0, g->size());
+            }
+            EXPECT_EQ(first, second);
+            try {
+                m.backward();
+                ADD_FAILURE() << "a second backward after one forward ran";
+            } catch (const Error& e) {
+                EXPECT_NE(std::string(e.what()).find("run forward() with targets again"), std::string::npos) << e.what();
+            }
         }
     }
 }
