@@ -68,12 +68,13 @@ T* thread_scratch(size_t n) {
 // Scratch per thread for both passes. Every thread of the team grows its buffer up front, so once a
 // shape has been seen no call allocates, whichever thread the dynamic schedule hands a task to.
 // Forward: the score tile and the running output; backward: P and dP tiles, this kv head's Kᵀ, Vᵀ
-// and K rows, one query head's Q and dO rows, and D.
+// and K rows, one query head's Q and dO rows, D of every head of the group, and the depth gradient
+// accumulators of one slot.
 template <typename T>
-size_t reserve_scratch(const AttnDims& a) {
+size_t reserve_scratch(const AttnDims& a, long L_max = 0) {
     const Lds<T> ld(a);
     const long fwd = BQ * ld.S + BQ * a.d + 2 * BQ;
-    const long bwd = 2 * BQ * ld.S + 2 * a.d * ld.T_ + a.Tk * ld.R + 2 * a.Tq * ld.R + a.Tq;
+    const long bwd = 2 * BQ * ld.S + 2 * a.d * ld.T_ + a.Tk * ld.R + 2 * a.Tq * ld.R + (a.H / a.Hk) * a.Tq + 2 * a.d + 2 * (a.H / a.Hk) * L_max;
     const size_t n = size_t(std::max(fwd, bwd));
 #pragma omp parallel
     thread_scratch<T>(n);
@@ -96,22 +97,24 @@ std::vector<T>& forward_kv_buffer() {
 }
 }  // namespace
 
-// Depth keys/values of MoDA: (B, Tq, L_max, Hk, d), slots 0..L−1 of each query token used.
-template <typename T>
+// Depth keys/values of MoDA: (B, Tq, L_max, Hk, d), slots 0..L−1 of each query token used. They are
+// read in their storage type U (bf16 slots are widened as they are read: only the L used of L_max are
+// touched, where widening the whole buffer up front cost more than the depth attention itself).
+template <typename U>
 struct Depth {
-    const T *kd = nullptr, *vd = nullptr;
+    const U *kd = nullptr, *vd = nullptr;
     long L = 0, L_max = 0;
-    const T* key(const AttnDims& a, long b, long t, long i, long kh) const {
+    const U* key(const AttnDims& a, long b, long t, long i, long kh) const {
         return kd + (((b * a.Tq + t) * L_max + i) * a.Hk + kh) * a.d;
     }
-    const T* value(const AttnDims& a, long b, long t, long i, long kh) const {
+    const U* value(const AttnDims& a, long b, long t, long i, long kh) const {
         return vd + (((b * a.Tq + t) * L_max + i) * a.Hk + kh) * a.d;
     }
 };
 
-template <typename T>
+template <typename T, typename U>
 static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a,
-                                   const Depth<T>& dep) {
+                                   const Depth<U>& dep) {
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
     const long n_qt = (a.Tq + BQ - 1) / BQ;
     const T scale = T(1) / std::sqrt(T(d));
@@ -179,10 +182,10 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
                     T* sd = S;  // the score tile is free again: L ≤ BQ·BK scores for this row
                     T mx = m[r];
                     for (long i = 0; i < dep.L; i++) {
-                        const T* kd = dep.key(a, b, t0 + r, i, kh);
+                        const U* kd = dep.key(a, b, t0 + r, i, kh);
                         T s = 0;
 #pragma omp simd reduction(+ : s)
-                        for (long c = 0; c < d; c++) s += qr[c] * kd[c];
+                        for (long c = 0; c < d; c++) s += qr[c] * T(kd[c]);
                         sd[i] = s * scale;
                         mx = sd[i] > mx ? sd[i] : mx;
                     }
@@ -191,12 +194,16 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
                     if (corr != T(1))
                         for (long c = 0; c < d; c++) o[c] *= corr;
                     T sum = 0;
+#pragma omp simd reduction(+ : sum)
                     for (long i = 0; i < dep.L; i++) {
-                        const T p = std::exp(sd[i] - mx);
-                        const T* vd = dep.value(a, b, t0 + r, i, kh);
+                        sd[i] = vexp(sd[i] - mx);
+                        sum += sd[i];
+                    }
+                    for (long i = 0; i < dep.L; i++) {
+                        const T p = sd[i];
+                        const U* vd = dep.value(a, b, t0 + r, i, kh);
 #pragma omp simd
-                        for (long c = 0; c < d; c++) o[c] += p * vd[c];
-                        sum += p;
+                        for (long c = 0; c < d; c++) o[c] += p * T(vd[c]);
                     }
                     l[r] = l[r] * corr + sum;
                     m[r] = mx;
@@ -210,12 +217,12 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
             }
 }
 
-template <typename T>
+template <typename T, typename U>
 static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T* dout, const T* out, const T* lse,
-                                    const T* q, const T* k, const T* v, const AttnDims& a, const Depth<T>& dep) {
+                                    const T* q, const T* k, const T* v, const AttnDims& a, const Depth<U>& dep) {
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
     const T scale = T(1) / std::sqrt(T(d));
-    const size_t scratch_n = reserve_scratch<T>(a);
+    const size_t scratch_n = reserve_scratch<T>(a, dep.L_max);
     const Lds<T> ld(a);
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (long b = 0; b < a.B; b++)
@@ -228,7 +235,11 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
             T* KR = VT + d * ld.T_;      // its K rows: Tk × ldR
             T* QR = KR + a.Tk * ld.R;    // one query head's Q and dO rows: Tq × ldR each
             T* GR = QR + a.Tq * ld.R;
-            T* D = GR + a.Tq * ld.R;     // Tq
+            T* D0 = GR + a.Tq * ld.R;    // G × Tq: D of each query head of the group
+            T* gk = D0 + G * a.Tq;       // d: one depth slot's key gradient, summed over the group
+            T* gv = gk + d;              // d: its value gradient
+            T* pd = gv + d;              // G × L: one token's depth probabilities, then dS, per head
+            T* dpd = pd + G * dep.L;     // G × L: dP
             const T* K0 = k + b * a.kv_bstride + kh * d;
             const T* V0 = v + b * a.kv_bstride + kh * d;
             tile::transpose_pad(KT, ld.T_, K0, ks, a.Tk, d, ld.T_);
@@ -237,6 +248,7 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
             for (long g = 0; g < G; g++) {
                 const long h = kh * G + g;
                 const T* L = lse + (b * a.H + h) * a.Tq;
+                T* D = D0 + g * a.Tq;
                 copy_rows(QR, ld.R, q + (b * a.Tq * a.H + h) * d, qs, a.Tq, d);
                 copy_rows(GR, ld.R, dout + (b * a.Tq * a.H + h) * d, qs, a.Tq, d);
                 for (long t = 0; t < a.Tq; t++) {  // D_t = dO_t · O_t
@@ -286,41 +298,61 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
                         tile::gemm(tk, scale, dP, 1, ld.S, Qt, ld.R, true, dK, ks, by_keys);           // dK += s·dSᵀ·Q
                     }
                 }
-                // MoDA: the depth slots of every query token t (seen by this head's row t only).
-                for (long t = 0; t < a.Tq && dep.L > 0; t++) {
-                    const long off = ((b * a.Tq + t) * a.H + h) * d;
+            }
+            // MoDA: the depth slots of every query token t, seen by row t of each head of the group. A
+            // slot's key and value gradients are summed over the group first, so each is written once.
+            for (long t = 0; t < a.Tq && dep.L > 0; t++) {
+                const long n = G * dep.L;
+                for (long g = 0; g < G; g++) {
+                    const long off = ((b * a.Tq + t) * a.H + kh * G + g) * d;
                     const T *qr = q + off, *go = dout + off;
-                    T* gq = dq + off;
                     for (long i = 0; i < dep.L; i++) {
-                        const T* kd = dep.key(a, b, t, i, kh);
-                        const T* vd = dep.value(a, b, t, i, kh);
+                        const U* kd = dep.key(a, b, t, i, kh);
+                        const U* vd = dep.value(a, b, t, i, kh);
                         T s = 0, dp = 0;
 #pragma omp simd reduction(+ : s, dp)
-                        for (long c = 0; c < d; c++) s += qr[c] * kd[c], dp += go[c] * vd[c];
-                        const T p = std::exp(s * scale - L[t]);
-                        const T ds = p * (dp - D[t]) * scale;
-                        const long slot = (((b * a.Tq + t) * dep.L_max + i) * a.Hk + kh) * d;
-                        T* gkd = dkd + slot;
-                        T* gvd = dvd + slot;
+                        for (long c = 0; c < d; c++) s += qr[c] * T(kd[c]), dp += go[c] * T(vd[c]);
+                        pd[g * dep.L + i] = s * scale - lse[(b * a.H + kh * G + g) * a.Tq + t];
+                        dpd[g * dep.L + i] = dp - D0[g * a.Tq + t];
+                    }
+                }
+#pragma omp simd
+                for (long j = 0; j < n; j++) {
+                    pd[j] = vexp(pd[j]);        // P
+                    dpd[j] *= pd[j] * scale;    // s·dS
+                }
+                for (long i = 0; i < dep.L; i++) {
+                    const U* kd = dep.key(a, b, t, i, kh);
+                    for (long c = 0; c < d; c++) gk[c] = gv[c] = T(0);
+                    for (long g = 0; g < G; g++) {
+                        const long off = ((b * a.Tq + t) * a.H + kh * G + g) * d;
+                        const T *qr = q + off, *go = dout + off;
+                        T* gq = dq + off;
+                        const T p = pd[g * dep.L + i], ds = dpd[g * dep.L + i];
 #pragma omp simd
                         for (long c = 0; c < d; c++) {
-                            gq[c] += ds * kd[c];
-                            gkd[c] += ds * qr[c];
-                            gvd[c] += p * go[c];
+                            gq[c] += ds * T(kd[c]);
+                            gk[c] += ds * qr[c];
+                            gv[c] += p * go[c];
                         }
                     }
+                    const long slot = (((b * a.Tq + t) * dep.L_max + i) * a.Hk + kh) * d;
+                    T* gkd = dkd + slot;
+                    T* gvd = dvd + slot;
+#pragma omp simd
+                    for (long c = 0; c < d; c++) gkd[c] += gk[c], gvd[c] += gv[c];
                 }
             }
         }
 }
 
-// bf16 storage: q, k, v (and out, the depth K/V) are widened to float once per call, the float kernel
-// runs, and the output is rounded back. Every score, softmax statistic and gradient is float, as in
+// bf16 storage: q, k, v (and out) are widened to float once per call, the depth K/V as they are read;
+// the float kernel runs, and the output is rounded back. Every score, softmax statistic and gradient is float, as in
 // the float op; only the stored tensors are bf16. The widened copies live in per-thread buffers that
 // only grow.
 namespace {
 struct Widened {
-    std::vector<float> q, k, v, o, kd, vd;
+    std::vector<float> q, k, v, o;
 };
 Widened& widened() {
     thread_local Widened w;
@@ -337,7 +369,6 @@ const float* widen(std::vector<float>& dst, const bf16* src, size_t n) {
 }
 size_t q_elems(const AttnDims& a) { return size_t(a.B * a.Tq * a.H * a.d); }
 size_t kv_elems(const AttnDims& a) { return size_t((a.B - 1) * a.kv_bstride + a.Tk * a.Hk * a.d); }
-size_t depth_elems(const AttnDims& a, long L_max) { return size_t(a.B * a.Tq * L_max * a.Hk * a.d); }
 
 template <typename S>
 void forward_any(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a, const S* kd,
@@ -347,10 +378,8 @@ void forward_any(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, 
         const float* qf = widen(w.q, q, q_elems(a));
         const float* kf = widen(w.k, k, kv_elems(a));
         const float* vf = widen(w.v, v, kv_elems(a));
-        const float* kdf = L > 0 ? widen(w.kd, kd, depth_elems(a, L_max)) : nullptr;
-        const float* vdf = L > 0 ? widen(w.vd, vd, depth_elems(a, L_max)) : nullptr;
         if (w.o.size() < q_elems(a)) w.o.resize(q_elems(a));
-        attention_forward_impl(w.o.data(), lse, qf, kf, vf, a, Depth<float>{kdf, vdf, L, L_max});
+        attention_forward_impl(w.o.data(), lse, qf, kf, vf, a, Depth<bf16>{kd, vd, L, L_max});
         convert_forward(out, w.o.data(), q_elems(a));
     } else {
         attention_forward_impl(out, lse, q, k, v, a, Depth<S>{kd, vd, L, L_max});
@@ -367,9 +396,7 @@ void backward_any(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_
         const float* qf = widen(w.q, q, q_elems(a));
         const float* kf = widen(w.k, k, kv_elems(a));
         const float* vf = widen(w.v, v, kv_elems(a));
-        const float* kdf = L > 0 ? widen(w.kd, kd, depth_elems(a, L_max)) : nullptr;
-        const float* vdf = L > 0 ? widen(w.vd, vd, depth_elems(a, L_max)) : nullptr;
-        attention_backward_impl(dq, dk, dv, dkd, dvd, dout, of, lse, qf, kf, vf, a, Depth<float>{kdf, vdf, L, L_max});
+        attention_backward_impl(dq, dk, dv, dkd, dvd, dout, of, lse, qf, kf, vf, a, Depth<bf16>{kd, vd, L, L_max});
     } else {
         attention_backward_impl(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, a, Depth<S>{kd, vd, L, L_max});
     }
