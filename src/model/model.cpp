@@ -314,30 +314,36 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     t(&a.dlogits, "dlogits", N * V);
     if (!same) t(&a.head_scratch, "head_scratch", std::min(N, kHeadChunkRows) * V);
     P.overlay_next();
+    // Common to every sublayer's backward, and the MoDA FFN's depth slot (mlp_backward) borrows dk,
+    // dk_raw, dqkv and dqkv_a.
     t(&a.dres_a, "dres_a", N * D);
     t(&a.dres_b, "dres_b", N * D);
     t(&a.dn, "dn", N * D);
     t(&a.dy, "dy", N * D);
-    t(&a.dqkv, "dqkv", N * QKV);
-    t(&a.dq, "dq", N * H * d);
-    t(&a.dk, "dk", N * kvd);
-    t(&a.dv, "dv", N * kvd);
+    if (!same) t(&a.dy_a, "dy_a", N * D);
     a.dq_raw = a.dk_raw = nullptr;
-    if (c.qk_norm) {
-        t(&a.dq_raw, "dq_raw", N * H * d);
-        t(&a.dk_raw, "dk_raw", N * kvd);
-    }
-    t(&a.datt, "datt", N * H * d);
-    t(&a.dgu, "dgu", N * 2 * F);
-    t(&a.dact, "dact", N * F);
-    if (!same) {
-        t(&a.dy_a, "dy_a", N * D);
-        t(&a.dqkv_a, "dqkv_a", N * QKV);
-    }
+    auto attn_kv = [&] {
+        t(&a.dqkv, "dqkv", N * QKV);
+        t(&a.dk, "dk", N * kvd);
+        t(&a.dv, "dv", N * kvd);
+        if (c.qk_norm) t(&a.dk_raw, "dk_raw", N * kvd);
+        if (!same) t(&a.dqkv_a, "dqkv_a", N * QKV);
+    };
     if (moda) {
+        attn_kv();
         t(&a.ddepth_k, "ddepth_k", N * slots * kvd);
         t(&a.ddepth_v, "ddepth_v", N * slots * kvd);
     }
+    // Only one sublayer's backward runs at a time: the attention's scratch and the MLP's share bytes.
+    P.overlay_begin();
+    t(&a.datt, "datt", N * H * d);
+    t(&a.dq, "dq", N * H * d);
+    if (c.qk_norm) t(&a.dq_raw, "dq_raw", N * H * d);
+    if (!moda) attn_kv();
+    P.overlay_next();
+    t(&a.dgu, "dgu", N * 2 * F);
+    t(&a.dact, "dact", N * F);
+    P.overlay_end();
     a.dsub.clear();
     a.demb = a.dmix = nullptr;
     if (attnres) {

@@ -13,6 +13,7 @@ namespace strata {
 
 class TensorPlan {
 public:
+    static constexpr int kMaxNest = 2;  // overlays inside overlays, at most this deep
     struct Entry {
         const char* name;  // a static string; with `layer` it names the tensor
         int layer;         // −1 for tensors that belong to no layer
@@ -21,43 +22,43 @@ public:
         size_t offset;  // bytes from the start of the buffer, a multiple of Backend::kAlign
         void* where;    // the pointer carve() sets (a T**), null when the plan only counts
         void (*set)(void* where, void* p);
-        int overlay, group;  // overlay 0: none; else the entry's overlay (1, 2, …) and group in it
+        // The overlays the entry is in, outermost first, and its group in each (overlay id 0: none).
+        // Two entries may share bytes only where, in one overlay they are both in, their groups differ.
+        int overlay[kMaxNest], group[kMaxNest];
     };
 
     // Keeps the capacity: re-planning a model of the same shape allocates nothing.
     void clear() {
         entries_.clear();
         bytes_ = 0;
-        overlay_ = group_ = 0;
-        in_overlay_ = false;
+        n_overlays_ = depth_ = 0;
     }
     template <typename T>
     void add(const char* name, int layer, size_t numel, T** where) {
-        entries_.push_back({name, layer, numel, dtype_of<T>(), bytes_, where,
-                            [](void* w, void* p) { *static_cast<T**>(w) = static_cast<T*>(p); },
-                            in_overlay_ ? overlay_ : 0, group_});
+        Entry e{name, layer, numel, dtype_of<T>(), bytes_, where,
+                [](void* w, void* p) { *static_cast<T**>(w) = static_cast<T*>(p); }, {}, {}};
+        for (int i = 0; i < depth_; i++) e.overlay[i] = open_[i].id, e.group[i] = open_[i].group;
+        entries_.push_back(e);
         const size_t b = numel * sizeof(T);
         bytes_ += (b + Backend::kAlign - 1) / Backend::kAlign * Backend::kAlign;
     }
     // Tensors that are never live at the same time share bytes. Between overlay_begin() and
     // overlay_end(), overlay_next() starts another group at the overlay's first byte; overlay_end()
     // goes on after the largest group. Entries of one group never overlap each other; an entry may
-    // overlap entries of the overlay's other groups, and nothing else.
+    // overlap entries of the overlay's other groups, and nothing else. A group may hold an overlay.
     void overlay_begin() {
-        overlay_++;
-        group_ = 0;
-        in_overlay_ = true;
-        overlay_start_ = overlay_end_ = bytes_;
+        if (depth_ == kMaxNest) throw Error("TensorPlan: overlays nested too deep");
+        open_[depth_++] = {++n_overlays_, 0, bytes_, bytes_};
     }
     void overlay_next() {
-        overlay_end_ = std::max(overlay_end_, bytes_);
-        bytes_ = overlay_start_;
-        group_++;
+        Open& o = open_[depth_ - 1];
+        o.end = std::max(o.end, bytes_);
+        bytes_ = o.start;
+        o.group++;
     }
     void overlay_end() {
-        bytes_ = std::max(overlay_end_, bytes_);
-        in_overlay_ = false;
-        group_ = 0;
+        bytes_ = std::max(open_[depth_ - 1].end, bytes_);
+        depth_--;
     }
     size_t bytes() const { return bytes_; }
     const std::vector<Entry>& entries() const { return entries_; }
@@ -70,9 +71,12 @@ public:
 private:
     std::vector<Entry> entries_;
     size_t bytes_ = 0;
-    int overlay_ = 0, group_ = 0;
-    bool in_overlay_ = false;
-    size_t overlay_start_ = 0, overlay_end_ = 0;
+    struct Open {
+        int id, group;
+        size_t start, end;
+    };
+    Open open_[kMaxNest] = {};
+    int n_overlays_ = 0, depth_ = 0;
 };
 
 }  // namespace strata
