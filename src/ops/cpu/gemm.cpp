@@ -210,14 +210,18 @@ static int env_mode(const char* var, std::initializer_list<const char*> allowed,
     throw Error(std::string(var) + " = \"" + env + "\" is not one of " + list + " (or unset)");
 }
 
-static int f32_mode() {
-    int mode = g_f32_mode.load(std::memory_order_relaxed);
+// A mode held in `slot`: read from the environment (env_mode, 2 when unset) the first time, unless a
+// setter stored one first.
+static int cached_mode(std::atomic<int>& slot, const char* var, std::initializer_list<const char*> allowed) {
+    int mode = slot.load(std::memory_order_relaxed);
     if (mode < 0) {
-        mode = env_mode("STRATA_F32_GEMM", {"openblas", "onednn"}, 2);
-        g_f32_mode.store(mode, std::memory_order_relaxed);
+        mode = env_mode(var, allowed, 2);
+        slot.store(mode, std::memory_order_relaxed);
     }
     return mode;
 }
+
+static int f32_mode() { return cached_mode(g_f32_mode, "STRATA_F32_GEMM", {"openblas", "onednn"}); }
 
 bool f32_onednn() {
     const int mode = f32_mode();
@@ -250,14 +254,7 @@ bool cpu_prefers_native_bf16() {
     return prefers;
 }
 
-static int bf16_mode() {
-    int mode = g_native_allowed.load(std::memory_order_relaxed);
-    if (mode < 0) {
-        mode = env_mode("STRATA_BF16_NATIVE", {"0", "1"}, 2);
-        g_native_allowed.store(mode, std::memory_order_relaxed);
-    }
-    return mode;
-}
+static int bf16_mode() { return cached_mode(g_native_allowed, "STRATA_BF16_NATIVE", {"0", "1"}); }
 
 bool bf16_native() {
     const int mode = bf16_mode();
