@@ -11,8 +11,24 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/config.h"
 
 namespace strata::testing {
+
+// The small model the model-level tests start from: 2 layers, d_model 32, 4 query / 2 kv heads of
+// dim 8, SwiGLU hidden 40. Each test sets what it varies on top.
+inline ModelConfig tiny_model(int vocab_size, int max_seq_len) {
+    ModelConfig c;
+    c.vocab_size = vocab_size;
+    c.d_model = 32;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 8;
+    c.ffn_hidden = 40;
+    c.max_seq_len = max_seq_len;
+    return c;
+}
 
 struct TempDir {
     std::string path;

@@ -8,20 +8,13 @@
 #include "core/rng.h"
 #include "infer/generate.h"
 #include "model/model.h"
+#include "../test_util.h"
 
 using namespace strata;
 
 namespace {
 ModelConfig tiny(int max_seq_len, Residual res, AttentionKind att) {
-    ModelConfig c;
-    c.vocab_size = 61;
-    c.d_model = 32;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.head_dim = 8;
-    c.ffn_hidden = 40;
-    c.max_seq_len = max_seq_len;
+    ModelConfig c = strata::testing::tiny_model(61, max_seq_len);
     c.residual = res;
     c.attention = att;
     c.attnres_block_size = 3;

@@ -10,21 +10,15 @@
 #include "infer/generate.h"
 #include "core/rng.h"
 #include "model/model.h"
+#include "../test_util.h"
 
 using namespace strata;
 
 namespace {
 ModelConfig tiny(NormPlacement np, int kv_heads, bool qk_norm, Residual res = Residual::standard,
                  AttentionKind att = AttentionKind::causal) {
-    ModelConfig c;
-    c.vocab_size = 61;
-    c.d_model = 32;
-    c.n_layers = 2;
-    c.n_heads = 4;
+    ModelConfig c = strata::testing::tiny_model(61, 96);
     c.n_kv_heads = kv_heads;
-    c.head_dim = 8;
-    c.ffn_hidden = 40;
-    c.max_seq_len = 96;
     c.norm_placement = np;
     c.qk_norm = qk_norm;
     c.residual = res;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "../test_util.h"
 
 using namespace strata;
 
@@ -29,15 +30,8 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
                                 {NormPlacement::post, Residual::standard, 4, 3, AttentionKind::moda, false},
                                 {NormPlacement::pre, Residual::attnres_block, 2, 3, AttentionKind::moda}};
     for (const auto& v : variants) {
-        ModelConfig c;
-        c.vocab_size = 97;
-        c.d_model = 32;
+        ModelConfig c = strata::testing::tiny_model(97, 40);
         c.n_layers = v.layers;
-        c.n_heads = 4;
-        c.n_kv_heads = 2;
-        c.head_dim = 8;
-        c.ffn_hidden = 40;
-        c.max_seq_len = 40;
         c.norm_placement = v.np;
         c.residual = v.res;
         c.attnres_block_size = v.block;
@@ -103,15 +97,7 @@ TEST(MemoryEstimate, BackwardConsumesItsForward) {
                                                            {Residual::attnres_block, AttentionKind::causal},
                                                            {Residual::standard, AttentionKind::moda}};
     for (auto [res, att] : variants) {
-        ModelConfig c;
-        c.vocab_size = 97;
-        c.d_model = 32;
-        c.n_layers = 2;
-        c.n_heads = 4;
-        c.n_kv_heads = 2;
-        c.head_dim = 8;
-        c.ffn_hidden = 40;
-        c.max_seq_len = 40;
+        ModelConfig c = strata::testing::tiny_model(97, 40);
         c.residual = res;
         c.attnres_block_size = 2;
         c.attention = att;
