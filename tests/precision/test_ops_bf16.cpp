@@ -359,11 +359,14 @@ TEST_P(Bf16Ops, Attention) {
     check_attention(2, 37, 4, 4, 16, 0, 0, g);   // G = 1
     check_attention(1, 71, 4, 2, 16, 0, 0, g);   // G = 2, two key tiles' worth of rows
     check_attention(2, 13, 8, 2, 32, 0, 0, g);   // G = 4
+    check_attention(1, 203, 6, 2, 64, 0, 0, g);  // the bench model's heads: two key tiles, an odd tail
+    check_attention(2, 21, 2, 1, 9, 0, 0, g);    // an odd head size below one vector
 }
 
 TEST_P(Bf16Ops, MoDA) {
     check_attention(2, 19, 4, 2, 16, 3, 4, g);
     check_attention(1, 9, 8, 1, 16, 1, 2, g);
+    check_attention(1, 150, 4, 2, 64, 5, 6, g);
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, Bf16Ops, ::testing::Values(true, false),

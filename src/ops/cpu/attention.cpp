@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/cpu/attention_shared.h"
 #include "ops/cpu/tile_gemm.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
@@ -31,8 +32,8 @@
 namespace strata {
 
 namespace {
-constexpr long BQ = 64;   // query rows per tile
-constexpr long BK = 128;  // keys per tile (a whole number of SIMD vectors)
+using attn::BK;
+using attn::BQ;
 static_assert(BK % tile::Simd<double>::W == 0 && BK % tile::Simd<float>::W == 0);
 
 // n rounded up to whole SIMD vectors of T (the score tiles are BK wide, so this stays ≤ BK).
@@ -58,12 +59,7 @@ struct Lds {
         : S(padded_ld<T>(BK)), R(padded_ld<T>(a.d)), T_(padded_ld<T>((a.Tk + BK - 1) / BK * BK)) {}
 };
 
-template <typename T>
-T* thread_scratch(size_t n) {
-    thread_local std::vector<T> buf;
-    if (buf.size() < n) buf.resize(n);
-    return buf.data();
-}
+using attn::thread_scratch;
 
 // Scratch per thread for both passes. Every thread of the team grows its buffer up front, so once a
 // shape has been seen no call allocates, whichever thread the dynamic schedule hands a task to.
@@ -97,20 +93,7 @@ std::vector<T>& forward_kv_buffer() {
 }
 }  // namespace
 
-// Depth keys/values of MoDA: (B, Tq, L_max, Hk, d), slots 0..L−1 of each query token used. They are
-// read in their storage type U (bf16 slots are widened as they are read: only the L used of L_max are
-// touched, where widening the whole buffer up front cost more than the depth attention itself).
-template <typename U>
-struct Depth {
-    const U *kd = nullptr, *vd = nullptr;
-    long L = 0, L_max = 0;
-    const U* key(const AttnDims& a, long b, long t, long i, long kh) const {
-        return kd + (((b * a.Tq + t) * L_max + i) * a.Hk + kh) * a.d;
-    }
-    const U* value(const AttnDims& a, long b, long t, long i, long kh) const {
-        return vd + (((b * a.Tq + t) * L_max + i) * a.Hk + kh) * a.d;
-    }
-};
+using attn::Depth;
 
 template <typename T, typename U>
 static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a,
@@ -177,37 +160,8 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
                 }
                 // MoDA: each row's own depth slots join its softmax (every row already saw its own key,
                 // so m[r] is finite here).
-                for (long r = 0; r < tq && dep.L > 0; r++) {
-                    const T* qr = Q + r * qs;
-                    T* sd = S;  // the score tile is free again: L ≤ BQ·BK scores for this row
-                    T mx = m[r];
-                    for (long i = 0; i < dep.L; i++) {
-                        const U* kd = dep.key(a, b, t0 + r, i, kh);
-                        T s = 0;
-#pragma omp simd reduction(+ : s)
-                        for (long c = 0; c < d; c++) s += qr[c] * T(kd[c]);
-                        sd[i] = s * scale;
-                        mx = sd[i] > mx ? sd[i] : mx;
-                    }
-                    const T corr = std::exp(m[r] - mx);
-                    T* o = O + r * d;
-                    if (corr != T(1))
-                        for (long c = 0; c < d; c++) o[c] *= corr;
-                    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-                    for (long i = 0; i < dep.L; i++) {
-                        sd[i] = vexp(sd[i] - mx);
-                        sum += sd[i];
-                    }
-                    for (long i = 0; i < dep.L; i++) {
-                        const T p = sd[i];
-                        const U* vd = dep.value(a, b, t0 + r, i, kh);
-#pragma omp simd
-                        for (long c = 0; c < d; c++) o[c] += p * T(vd[c]);
-                    }
-                    l[r] = l[r] * corr + sum;
-                    m[r] = mx;
-                }
+                for (long r = 0; r < tq && dep.L > 0; r++)
+                    attn::depth_forward_row(Q + r * qs, O + r * d, m[r], l[r], S, dep, a, b, t0 + r, kh, scale);
                 for (long r = 0; r < tq; r++) {
                     T* o = out + ((b * a.Tq + t0 + r) * a.H + h) * d;
                     const T inv = T(1) / l[r];
@@ -301,48 +255,8 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
             }
             // MoDA: the depth slots of every query token t, seen by row t of each head of the group. A
             // slot's key and value gradients are summed over the group first, so each is written once.
-            for (long t = 0; t < a.Tq && dep.L > 0; t++) {
-                const long n = G * dep.L;
-                for (long g = 0; g < G; g++) {
-                    const long off = ((b * a.Tq + t) * a.H + kh * G + g) * d;
-                    const T *qr = q + off, *go = dout + off;
-                    for (long i = 0; i < dep.L; i++) {
-                        const U* kd = dep.key(a, b, t, i, kh);
-                        const U* vd = dep.value(a, b, t, i, kh);
-                        T s = 0, dp = 0;
-#pragma omp simd reduction(+ : s, dp)
-                        for (long c = 0; c < d; c++) s += qr[c] * T(kd[c]), dp += go[c] * T(vd[c]);
-                        pd[g * dep.L + i] = s * scale - lse[(b * a.H + kh * G + g) * a.Tq + t];
-                        dpd[g * dep.L + i] = dp - D0[g * a.Tq + t];
-                    }
-                }
-#pragma omp simd
-                for (long j = 0; j < n; j++) {
-                    pd[j] = vexp(pd[j]);        // P
-                    dpd[j] *= pd[j] * scale;    // s·dS
-                }
-                for (long i = 0; i < dep.L; i++) {
-                    const U* kd = dep.key(a, b, t, i, kh);
-                    for (long c = 0; c < d; c++) gk[c] = gv[c] = T(0);
-                    for (long g = 0; g < G; g++) {
-                        const long off = ((b * a.Tq + t) * a.H + kh * G + g) * d;
-                        const T *qr = q + off, *go = dout + off;
-                        T* gq = dq + off;
-                        const T p = pd[g * dep.L + i], ds = dpd[g * dep.L + i];
-#pragma omp simd
-                        for (long c = 0; c < d; c++) {
-                            gq[c] += ds * T(kd[c]);
-                            gk[c] += ds * qr[c];
-                            gv[c] += p * go[c];
-                        }
-                    }
-                    const long slot = (((b * a.Tq + t) * dep.L_max + i) * a.Hk + kh) * d;
-                    T* gkd = dkd + slot;
-                    T* gvd = dvd + slot;
-#pragma omp simd
-                    for (long c = 0; c < d; c++) gkd[c] += gk[c], gvd[c] += gv[c];
-                }
-            }
+            for (long t = 0; t < a.Tq && dep.L > 0; t++)
+                attn::depth_backward_token(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, gk, gv, dep, a, b, t, kh, scale);
         }
 }
 
@@ -374,6 +288,8 @@ template <typename S>
 void forward_any(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a, const S* kd,
                  const S* vd, long L, long L_max) {
     if constexpr (std::is_same_v<S, bf16>) {
+        if (attn::bf16_attention_native())
+            return attn::forward_bf16_native(out, lse, q, k, v, a, Depth<bf16>{kd, vd, L, L_max});
         Widened& w = widened();
         const float* qf = widen(w.q, q, q_elems(a));
         const float* kf = widen(w.k, k, kv_elems(a));
@@ -391,6 +307,9 @@ void backward_any(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_
                   const compute_t<S>* dout, const S* out, const compute_t<S>* lse, const S* q, const S* k, const S* v,
                   const S* kd, const S* vd, long L, long L_max, const AttnDims& a) {
     if constexpr (std::is_same_v<S, bf16>) {
+        if (attn::bf16_attention_native())
+            return attn::backward_bf16_native(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, a,
+                                              Depth<bf16>{kd, vd, L, L_max});
         Widened& w = widened();
         const float* of = widen(w.o, out, q_elems(a));
         const float* qf = widen(w.q, q, q_elems(a));

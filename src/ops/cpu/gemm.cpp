@@ -20,15 +20,23 @@
 
 namespace strata {
 
+bool cpu_has_avx512_bf16() {
+    static const bool has = [] {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return false;
+        if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+        return bool((a >> 5) & 1u);
+    }();
+    return has;
+}
+
 bool cpu_has_native_bf16() {
     static const bool has = [] {
         unsigned a = 0, b = 0, c = 0, d = 0;
         if (!__builtin_cpu_supports("avx512f")) return false;
-        if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
-        const bool avx512_bf16 = (a >> 5) & 1u;
         __get_cpuid_count(7, 0, &a, &b, &c, &d);
         const bool amx_bf16 = (d >> 22) & 1u;
-        return avx512_bf16 || amx_bf16;
+        return cpu_has_avx512_bf16() || amx_bf16;
     }();
     return has;
 }

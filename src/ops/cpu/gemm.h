@@ -71,6 +71,8 @@ void check_gemm_environment();
 
 // Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16), read once from cpuid.
 bool cpu_has_native_bf16();
+// Whether it has AVX512-BF16 itself (VDPBF16PS): what the bf16 attention kernel runs on.
+bool cpu_has_avx512_bf16();
 // Whether the native path is also the faster one here: AMX-BF16, or AVX512-BF16 on an AMD CPU (Zen 4
 // runs it at twice its fp32 rate; Intel's AVX512-BF16 without AMX measured below its fp32 sgemm).
 bool cpu_prefers_native_bf16();
