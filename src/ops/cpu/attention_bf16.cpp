@@ -136,9 +136,11 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
                 for (long r = 0; r < tq && dep.L > 0; r++)
                     depth_forward_row(Q + r * qs, O + r * d, m[r], l[r], S, dep, a, b, t0 + r, kh, scale);
                 for (long r = 0; r < tq; r++) {
-                    bf16* o = out + ((b * a.Tq + t0 + r) * a.H + h) * d;
+                    float* orow = O + r * d;
                     const float inv = 1.0f / l[r];
-                    for (long i = 0; i < d; i++) o[i] = bf16(O[r * d + i] * inv);
+#pragma omp simd
+                    for (long i = 0; i < d; i++) orow[i] *= inv;
+                    tile_bf16::round_row(out + ((b * a.Tq + t0 + r) * a.H + h) * d, orow, d);
                     lse[(b * a.H + h) * a.Tq + t0 + r] = m[r] + std::log(l[r]);
                 }
             }
@@ -193,6 +195,7 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
                     const bf16* o = out + ((b * a.Tq + t) * a.H + h) * d;
                     const float* go = Gh + t * qs;
                     float s = 0;
+#pragma omp simd reduction(+ : s)
                     for (long i = 0; i < d; i++) s += float(o[i]) * go[i];
                     D[t] = s;
                 }

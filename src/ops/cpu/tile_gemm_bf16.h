@@ -26,7 +26,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
+#include "core/precision.h"
 #include "ops/cpu/tile_gemm.h"
 
 #pragma GCC push_options
@@ -103,6 +106,14 @@ inline uint16_t bits(bf16 x) { return x.bits; }
 inline uint16_t bits(float x) { return bf16::round(x); }
 inline Pair pair(uint16_t lo, uint16_t hi) { return Pair(lo) | (Pair(hi) << 16); }
 
+// dst[0..n) = src rounded to bf16.
+inline void round_row(bf16* dst, const float* src, long n) {
+    long i = 0;
+    for (; i + W <= n; i += W)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+    for (; i < n; i++) dst[i] = bf16(src[i]);
+}
+
 // dst (rows × ⌈cols/2⌉ words, row stride ld_dst words) = src's rows rounded to bf16, an odd last
 // column paired with 0, words [⌈cols/2⌉, pad) zeroed: A with k along its rows.
 template <typename X>
@@ -112,11 +123,15 @@ void bf16_rows(Pair* dst, long ld_dst, const X* src, long ld_src, long rows, lon
         const X* s = src + r * ld_src;
         Pair* o = dst + r * ld_dst;
         long p = 0;
-        if constexpr (std::is_same_v<X, float>)
+        if constexpr (std::is_same_v<X, float>) {
             for (; p + W <= full; p += W) {  // 32 floats → 32 bf16
                 const __m512 x0 = _mm512_loadu_ps(s + 2 * p), x1 = _mm512_loadu_ps(s + 2 * p + W);
                 _mm512_storeu_si512(o + p, (__m512i)_mm512_cvtne2ps_pbh(x1, x0));
             }
+        } else {
+            std::memcpy(o, s, size_t(full) * sizeof(Pair));  // bf16 pairs are already words
+            p = full;
+        }
         for (; p < full; p++) o[p] = pair(bits(s[2 * p]), bits(s[2 * p + 1]));
         if (cols % 2) o[p++] = pair(bits(s[cols - 1]), 0);
         for (; p < pad; p++) o[p] = 0;
@@ -144,6 +159,19 @@ void pair_rows(Pair* dst, long ld_dst, const X* src, long ld_src, long rows, lon
                 _mm512_storeu_si512(o + n, _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(x1, x0)));
             }
         }
+        if constexpr (std::is_same_v<X, bf16>) {
+            // 32 bf16 of each row: the low 16 of both interleaved, then the high 16
+            alignas(64) static const uint16_t lo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+            alignas(64) static const uint16_t hi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                        24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+            const __m512i ilo = _mm512_load_si512(lo), ihi = _mm512_load_si512(hi);
+            for (; n + 2 * W <= cols; n += 2 * W) {
+                const __m512i x0 = _mm512_loadu_si512(s0 + n), x1 = s1 ? _mm512_loadu_si512(s1 + n) : _mm512_setzero_si512();
+                _mm512_storeu_si512(o + n, _mm512_permutex2var_epi16(x0, ilo, x1));
+                _mm512_storeu_si512(o + n + W, _mm512_permutex2var_epi16(x0, ihi, x1));
+            }
+        }
         for (; n < cols; n++) o[n] = pair(bits(s0[n]), s1 ? bits(s1[n]) : uint16_t(0));
         for (; n < pad; n++) o[n] = 0;
     }
@@ -156,10 +184,13 @@ void pair_columns(Pair* dst, long ld_dst, const X* src, long ld_src, long rows, 
     for (long p = 0; p < (cols + 1) / 2; p++) {
         Pair* o = dst + p * ld_dst;
         const bool two = 2 * p + 1 < cols;
-        for (long n = 0; n < rows; n++) {
-            const X* s = src + n * ld_src + 2 * p;
-            o[n] = pair(bits(s[0]), two ? bits(s[1]) : uint16_t(0));
-        }
+        if (std::is_same_v<X, bf16> && two)
+            for (long n = 0; n < rows; n++) std::memcpy(o + n, src + n * ld_src + 2 * p, sizeof(Pair));
+        else
+            for (long n = 0; n < rows; n++) {
+                const X* s = src + n * ld_src + 2 * p;
+                o[n] = pair(bits(s[0]), two ? bits(s[1]) : uint16_t(0));
+            }
         for (long n = rows; n < pad; n++) o[n] = 0;
     }
 }
