@@ -133,9 +133,8 @@ void Model<T>::attnres_layers_backward(long N, const AttnDims& ad, const T* dfin
         }
         const T* nw = is_attn ? p.attn_norm : p.mlp_norm;
         rmsnorm_forward(s.x_in, s.rstd, s.mix.out, nw, N, D, cfg.norm_eps);  // f's input again (shared buffer)
-        fill_zero(a_.dn, ND);
-        if (is_attn) attn_backward(l, static_cast<const A*>(s.x_in), a_.dn, dp, N, ad);
-        else mlp_backward(l, static_cast<const A*>(s.x_in), a_.dn, dp, N);
+        if (is_attn) attn_backward(l, static_cast<const A*>(s.x_in), a_.dn, dp, N, ad, Into::overwrite);
+        else mlp_backward(l, static_cast<const A*>(s.x_in), a_.dn, dp, N, Into::overwrite);
         fill_zero(a_.dmix, ND);
         rmsnorm_backward(a_.dmix, g(nw), a_.dn, s.mix.out, nw, s.rstd, N, D);
         const T* q = is_attn ? p.attn_res_query : p.mlp_res_query;

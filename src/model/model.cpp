@@ -449,13 +449,12 @@ void Model<T>::attn_forward(long l, const A* in, A* out, long N, const AttnDims&
 
 template <typename T>
 template <typename A>
-void Model<T>::attn_backward(long l, const A* in, T* din, const T* dout, long N, const AttnDims& ad) {
+void Model<T>::attn_backward(long l, const A* in, T* din, const T* dout, long N, const AttnDims& ad, Into din_into) {
     const LayerParams<T>& p = layers_[l];
     ActsOf<A>& a = acts<A>();
     LayerActs<A>& la = a.layers[l];
     const long D = cfg.d_model, H = cfg.n_heads, Hk = cfg.n_kv_heads, d = cfg.head_dim, QKV = (H + 2 * Hk) * d;
-    fill_zero(a.datt, size_t(N * H * d));
-    matmul_backward(a.datt, g(p.wo), as_act(dout, a.dy_a, N * D), la.att, W<A>(p.wo), N, H * d, D);
+    matmul_backward(a.datt, g(p.wo), as_act(dout, a.dy_a, N * D), la.att, W<A>(p.wo), N, H * d, D, Into::overwrite);
     fill_zero(a.dq, size_t(N * H * d));
     fill_zero(a.dk, size_t(N * Hk * d));
     fill_zero(a.dv, size_t(N * Hk * d));
@@ -479,7 +478,7 @@ void Model<T>::attn_backward(long l, const A* in, T* din, const T* dout, long N,
         rmsnorm_backward(a.dk_raw, g(p.k_norm), a.dk, la.k_raw, p.k_norm, la.k_rstd, N * Hk, d);
     }
     qkv_split_backward(a.dqkv, a.dq_raw, a.dk_raw, a.dv, N, H * d, Hk * d, Hk * d);
-    matmul_backward(din, g(p.wqkv), as_act(a.dqkv, a.dqkv_a, N * QKV), in, W<A>(p.wqkv), N, D, QKV);
+    matmul_backward(din, g(p.wqkv), as_act(a.dqkv, a.dqkv_a, N * QKV), in, W<A>(p.wqkv), N, D, QKV, din_into);
 }
 
 // ---- MLP sublayer f(in) ----------------------------------------------------------------------
@@ -507,17 +506,15 @@ void Model<T>::mlp_forward(long l, const A* in, A* out, long N) {
 
 template <typename T>
 template <typename A>
-void Model<T>::mlp_backward(long l, const A* in, T* din, const T* dout, long N) {
+void Model<T>::mlp_backward(long l, const A* in, T* din, const T* dout, long N, Into din_into) {
     const LayerParams<T>& p = layers_[l];
     ActsOf<A>& a = acts<A>();
     LayerActs<A>& la = a.layers[l];
     const long D = cfg.d_model, F = cfg.ffn_hidden;
     swiglu_forward(la.act, la.gu, N, F);  // the forward's act, recomputed: every layer shares its buffer
-    fill_zero(a.dact, size_t(N * F));
-    matmul_backward(a.dact, g(p.wdown), as_act(dout, a.dy_a, N * D), la.act, W<A>(p.wdown), N, F, D);
-    fill_zero(a.dgu, size_t(N * 2 * F));
-    swiglu_backward(a.dgu, a.dact, la.gu, N, F);
-    matmul_backward(din, g(p.wgu), a.dgu, in, W<A>(p.wgu), N, D, 2 * F);
+    matmul_backward(a.dact, g(p.wdown), as_act(dout, a.dy_a, N * D), la.act, W<A>(p.wdown), N, F, D, Into::overwrite);
+    swiglu_backward(a.dgu, a.dact, la.gu, N, F, Into::overwrite);
+    matmul_backward(din, g(p.wgu), a.dgu, in, W<A>(p.wgu), N, D, 2 * F, din_into);
     if (p.wffn) {  // MoDA: the gradient the later layers sent back through this FFN's depth slot
         const long Hk = cfg.n_kv_heads, d = cfg.head_dim, kvd = Hk * d, slots = moda_slots(cfg);
         const long slot = moda_slots_read(cfg, l) + 1;
@@ -594,9 +591,9 @@ void Model<T>::sublayer_backward(SubActs<A>& s, const T* h, T* dh, const T* dout
     const LayerParams<T>& p = layers_[l];
     const T* nw = is_attn ? p.attn_norm : p.mlp_norm;
     T* dnw = g(nw);
-    auto fb = [&](const A* in, T* din, const T* dy) {
-        if (is_attn) attn_backward(l, in, din, dy, N, ad);
-        else mlp_backward(l, in, din, dy, N);
+    auto fb = [&](const A* in, T* din, const T* dy, Into into) {
+        if (is_attn) attn_backward(l, in, din, dy, N, ad, into);
+        else mlp_backward(l, in, din, dy, N, into);
     };
     const A* h_in = nullptr;  // f's input where it is h (post, reordered)
     if constexpr (std::is_same_v<A, T>) h_in = h;
@@ -606,21 +603,20 @@ void Model<T>::sublayer_backward(SubActs<A>& s, const T* h, T* dh, const T* dout
         case NormPlacement::pre:
             residual_backward(dh, static_cast<T*>(nullptr), dout, N * D);
             rmsnorm_forward(s.x_in, s.rstd, h, nw, N, D, cfg.norm_eps);  // f's input again (shared buffer)
-            fill_zero(a.dn, ND);
-            fb(s.x_in, a.dn, dout);
+            fb(s.x_in, a.dn, dout, Into::overwrite);
             rmsnorm_backward(dh, dnw, a.dn, h, nw, s.rstd, N, D);
             break;
         case NormPlacement::post:
             fill_zero(a.dy, ND);
             rmsnorm_backward(a.dy, dnw, dout, s.sum, nw, s.rstd, N, D);
             residual_backward(dh, static_cast<T*>(nullptr), a.dy, N * D);
-            fb(h_in, dh, a.dy);
+            fb(h_in, dh, a.dy, Into::add);
             break;
         case NormPlacement::reordered:
             residual_backward(dh, static_cast<T*>(nullptr), dout, N * D);
             fill_zero(a.dy, ND);
             rmsnorm_backward(a.dy, dnw, dout, s.f_out, nw, s.rstd, N, D);
-            fb(h_in, dh, a.dy);
+            fb(h_in, dh, a.dy, Into::add);
             break;
     }
 }
@@ -828,9 +824,9 @@ template class Model<double>;
 // The sublayers, called from attn_res.cpp too, at each (master, activation) type pair.
 #define STRATA_MODEL_SUBLAYERS(T, A)                                                                          \
     template void Model<T>::attn_forward<A>(long, const A*, A*, long, const AttnDims&, A*, A*);              \
-    template void Model<T>::attn_backward<A>(long, const A*, T*, const T*, long, const AttnDims&);           \
+    template void Model<T>::attn_backward<A>(long, const A*, T*, const T*, long, const AttnDims&, Into);           \
     template void Model<T>::mlp_forward<A>(long, const A*, A*, long);                                        \
-    template void Model<T>::mlp_backward<A>(long, const A*, T*, const T*, long);
+    template void Model<T>::mlp_backward<A>(long, const A*, T*, const T*, long, Into);
 STRATA_MODEL_SUBLAYERS(float, float)
 STRATA_MODEL_SUBLAYERS(float, bf16)
 STRATA_MODEL_SUBLAYERS(double, double)

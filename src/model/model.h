@@ -309,11 +309,12 @@ private:
     template <typename A>
     void attn_forward(long l, const A* in, A* out, long N, const AttnDims& ad, A* kc, A* vc);
     template <typename A>
-    void attn_backward(long l, const A* in, T* din, const T* dout, long N, const AttnDims& ad);
+    // din_into: f's input gradient is added into din, or written over it (a buffer nothing else has written)
+    void attn_backward(long l, const A* in, T* din, const T* dout, long N, const AttnDims& ad, Into din_into);
     template <typename A>
     void mlp_forward(long l, const A* in, A* out, long N);
     template <typename A>
-    void mlp_backward(long l, const A* in, T* din, const T* dout, long N);
+    void mlp_backward(long l, const A* in, T* din, const T* dout, long N, Into din_into);
     template <typename A>
     void run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
     template <typename A>

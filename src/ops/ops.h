@@ -32,15 +32,21 @@ struct compute_type<bf16> {
 template <typename S>
 using compute_t = typename compute_type<S>::type;
 
+// Where a backward writes an input gradient: added to what is there (the convention above), or written
+// over it, for a buffer the caller would otherwise zero just before (one pass over memory fewer, and a
+// GEMM that need not read its output).
+enum class Into { add, overwrite };
+
 // ---- matmul: out (N, OC) = inp (N, IC) · w (OC, IC)ᵀ ----------------------------------------------
 // The inputs inp and w have one storage type A (bf16 GEMMs take bf16 weight copies); out may be A or
 // compute_t<A> (a bf16 GEMM accumulates in float and can write float).
 template <typename O, typename A>
 void matmul_forward(O* out, const A* inp, const A* w, long N, long IC, long OC);
-// dinp (N, IC) += dout·w ; dw (OC, IC) += doutᵀ·inp. dinp may be null (no input gradient wanted).
+// dinp (N, IC) += dout·w ; dw (OC, IC) += doutᵀ·inp. dinp may be null (no input gradient wanted);
+// with Into::overwrite, dinp = dout·w.
 template <typename A>
 void matmul_backward(compute_t<A>* dinp, compute_t<A>* dw, const A* dout, const A* inp, const A* w, long N, long IC,
-                     long OC);
+                     long OC, Into dinp_into = Into::add);
 
 // ---- embedding: out (N, C) = table[tokens] -----------------------------------------------------------
 template <typename T, typename W = T>
@@ -78,7 +84,7 @@ template <typename S>
 void swiglu_forward(S* out, const S* gu, long N, long F);
 // dgu may be stored as S or compute_t<S> (it feeds a GEMM's backward).
 template <typename D, typename S>
-void swiglu_backward(D* dgu, const compute_t<S>* dout, const S* gu, long N, long F);
+void swiglu_backward(D* dgu, const compute_t<S>* dout, const S* gu, long N, long F, Into into = Into::add);
 
 // ---- causal grouped-query attention, flash-style -------------------------------------------------
 // q, out: (B, Tq, H, d) contiguous. k, v: (B, ·, Hk, d) with batch stride kv_bstride elements (a KV

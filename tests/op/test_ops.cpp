@@ -909,6 +909,30 @@ void check_accumulate() {
 }
 TEST(Glue, BackwardsAccumulate) { check_accumulate<float>(), check_accumulate<double>(); }
 
+// Into::overwrite: the input gradient written over whatever the buffer held (NaN here, so a read of
+// it shows) equals the gradient added into zeros, bit for bit; the weight gradient still accumulates.
+template <typename T>
+void check_overwrite() {
+    SCOPED_TRACE(sizeof(T) == 4 ? "float" : "double");
+    std::mt19937_64 g(6);
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    const long N = 7, IC = 5, OC = 9, F = 6;
+    auto x = cast<T>(randn(N * IC, g)), w = cast<T>(randn(OC * IC, g)), dy = cast<T>(randn(N * OC, g));
+    auto dw0 = cast<T>(randn(OC * IC, g));
+    std::vector<T> dx_add(N * IC, T(0)), dx_over(N * IC, nan);
+    auto dw_add = dw0, dw_over = dw0;
+    matmul_backward(dx_add.data(), dw_add.data(), dy.data(), x.data(), w.data(), N, IC, OC);
+    matmul_backward(dx_over.data(), dw_over.data(), dy.data(), x.data(), w.data(), N, IC, OC, Into::overwrite);
+    EXPECT_EQ(dx_over, dx_add);
+    EXPECT_EQ(dw_over, dw_add);
+    auto gu = cast<T>(randn(N * 2 * F, g)), da = cast<T>(randn(N * F, g));
+    std::vector<T> dgu_add(N * 2 * F, T(0)), dgu_over(N * 2 * F, nan);
+    swiglu_backward(dgu_add.data(), da.data(), gu.data(), N, F);
+    swiglu_backward(dgu_over.data(), da.data(), gu.data(), N, F, Into::overwrite);
+    EXPECT_EQ(dgu_over, dgu_add);
+}
+TEST(Backward, OverwriteIgnoresWhatIsThere) { check_overwrite<float>(), check_overwrite<double>(); }
+
 // KV append: row t of batch b of (B, n, W) lands at position pos0 + t of caches whose batches are
 // bstride apart (padded here); every other cache element stays as it was.
 template <typename T>

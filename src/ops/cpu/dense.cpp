@@ -26,10 +26,10 @@ void matmul_forward(O* out, const A* inp, const A* w, long N, long IC, long OC) 
 
 template <typename A>
 void matmul_backward(compute_t<A>* dinp, compute_t<A>* dw, const A* dout, const A* inp, const A* w, long N, long IC,
-                     long OC) {
+                     long OC, Into dinp_into) {
     using C = compute_t<A>;
     OpTimer t_(OpFamily::gemm_bwd);
-    if (dinp) gemm(false, false, N, IC, OC, C(1), dout, OC, w, IC, C(1), dinp, IC);
+    if (dinp) gemm(false, false, N, IC, OC, C(1), dout, OC, w, IC, C(dinp_into == Into::add), dinp, IC);
     if (dw) gemm(true, false, OC, IC, N, C(1), dout, OC, inp, IC, C(1), dw, IC);
 }
 
@@ -212,10 +212,9 @@ void swiglu_forward(S* out, const S* gu, long N, long F) {
 }
 
 // silu'(z) = σ(z)·(1 + z·(1 − σ(z)))
-template <typename D, typename S>
-void swiglu_backward(D* dgu, const compute_t<S>* dout, const S* gu, long N, long F) {
+template <bool Add, typename D, typename S>
+static void swiglu_backward_rows(D* dgu, const compute_t<S>* dout, const S* gu, long N, long F) {
     using T = compute_t<S>;
-    OpTimer t_(OpFamily::swiglu);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < N; r++) {
         const S* g = gu + r * 2 * F;
@@ -227,10 +226,18 @@ void swiglu_backward(D* dgu, const compute_t<S>* dout, const S* gu, long N, long
         for (long i = 0; i < F; i++) {
             const T gi = ld<T>(g[i]), ui = ld<T>(u[i]);
             T sg = T(1) / (T(1) + vexp(-gi));
-            du[i] = st<D>(ld<T>(du[i]) + dy[i] * gi * sg);
-            dg[i] = st<D>(ld<T>(dg[i]) + dy[i] * ui * sg * (T(1) + gi * (T(1) - sg)));
+            const T gu_ = dy[i] * gi * sg, gg = dy[i] * ui * sg * (T(1) + gi * (T(1) - sg));
+            du[i] = st<D>(Add ? ld<T>(du[i]) + gu_ : gu_);
+            dg[i] = st<D>(Add ? ld<T>(dg[i]) + gg : gg);
         }
     }
+}
+
+template <typename D, typename S>
+void swiglu_backward(D* dgu, const compute_t<S>* dout, const S* gu, long N, long F, Into into) {
+    OpTimer t_(OpFamily::swiglu);
+    if (into == Into::add) swiglu_backward_rows<true>(dgu, dout, gu, N, F);
+    else swiglu_backward_rows<false>(dgu, dout, gu, N, F);
 }
 
 // ---- cross-entropy --------------------------------------------------------------------------------
@@ -321,7 +328,7 @@ long head_crossentropy_forward(compute_t<A>* losses, compute_t<A>* lse, A* dlogi
 
 #define STRATA_INSTANTIATE(T)                                                                                  \
     template void matmul_forward<T, T>(T*, const T*, const T*, long, long, long);                              \
-    template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, long, long, long);                  \
+    template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, long, long, long, Into);                  \
     template void embedding_forward<T, T>(T*, const int32_t*, const T*, long, long);                           \
     template void embedding_backward<T, T>(T*, const T*, const int32_t*, long, long);                          \
     template void rmsnorm_forward<T, T, T>(T*, T*, const T*, const T*, long, long, double);                    \
@@ -332,7 +339,7 @@ long head_crossentropy_forward(compute_t<A>* losses, compute_t<A>* lse, A* dlogi
     template void rope_forward<T, T>(T*, const int32_t*, const T*, const T*, long, long, long);                \
     template void rope_backward<T>(T*, const int32_t*, const T*, const T*, long, long, long);                  \
     template void swiglu_forward<T>(T*, const T*, long, long);                                                 \
-    template void swiglu_backward<T, T>(T*, const T*, const T*, long, long);                                   \
+    template void swiglu_backward<T, T>(T*, const T*, const T*, long, long, Into);                                   \
     template long crossentropy_forward<T>(T*, T*, const T*, const int32_t*, long, long);                       \
     template void crossentropy_backward<T, T>(T*, const T*, const T*, const int32_t*, long, long, T);           \
     template long head_crossentropy_forward<T>(T*, T*, T*, T*, const T*, const T*, const int32_t*, long, long, long, \
@@ -343,7 +350,7 @@ STRATA_INSTANTIATE(double)
 // Mixed precision: bf16 storage, float statistics and gradients.
 template void matmul_forward<bf16, bf16>(bf16*, const bf16*, const bf16*, long, long, long);
 template void matmul_forward<float, bf16>(float*, const bf16*, const bf16*, long, long, long);
-template void matmul_backward<bf16>(float*, float*, const bf16*, const bf16*, const bf16*, long, long, long);
+template void matmul_backward<bf16>(float*, float*, const bf16*, const bf16*, const bf16*, long, long, long, Into);
 template void rmsnorm_forward<bf16, float, float>(bf16*, float*, const float*, const float*, long, long, double);
 template void rmsnorm_forward<bf16, bf16, float>(bf16*, float*, const bf16*, const float*, long, long, double);
 template void rmsnorm_forward<float, bf16, float>(float*, float*, const bf16*, const float*, long, long, double);
@@ -353,8 +360,8 @@ template void rmsnorm_backward<bf16, float>(float*, float*, const float*, const 
                                             long, long);
 template void rope_forward<bf16, float>(bf16*, const int32_t*, const float*, const float*, long, long, long);
 template void swiglu_forward<bf16>(bf16*, const bf16*, long, long);
-template void swiglu_backward<bf16, bf16>(bf16*, const float*, const bf16*, long, long);
-template void swiglu_backward<float, bf16>(float*, const float*, const bf16*, long, long);
+template void swiglu_backward<bf16, bf16>(bf16*, const float*, const bf16*, long, long, Into);
+template void swiglu_backward<float, bf16>(float*, const float*, const bf16*, long, long, Into);
 template long crossentropy_forward<bf16>(float*, float*, const bf16*, const int32_t*, long, long);
 template void crossentropy_backward<bf16, bf16>(bf16*, const bf16*, const float*, const int32_t*, long, long, float);
 template long head_crossentropy_forward<bf16>(float*, float*, bf16*, float*, const bf16*, const bf16*,
