@@ -260,10 +260,11 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
         }
 }
 
-// bf16 storage: q, k, v (and out) are widened to float once per call, the depth K/V as they are read;
-// the float kernel runs, and the output is rounded back. Every score, softmax statistic and gradient is float, as in
-// the float op; only the stored tensors are bf16. The widened copies live in per-thread buffers that
-// only grow.
+// bf16 storage: on AVX512-BF16 with native bf16 GEMMs, the bf16 kernel (attention_bf16.cpp). Elsewhere
+// q, k, v (and out) are widened to float once per call, the depth K/V as they are read; the float
+// kernel runs, and the output is rounded back. Every score, softmax statistic and gradient is float, as
+// in the float op; only the stored tensors are bf16. The widened copies live in per-thread buffers
+// that only grow.
 namespace {
 struct Widened {
     std::vector<float> q, k, v, o;
