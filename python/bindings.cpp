@@ -4,8 +4,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cctype>
+#include <map>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "core/error.h"
 #include "model/model.h"
@@ -35,6 +39,84 @@ nlohmann::json to_json(const py::handle& h) {
 }
 
 F32 make(const std::vector<long>& shape) { return F32(std::vector<py::ssize_t>(shape.begin(), shape.end())); }
+std::vector<long> shape_of(const py::array& a) { return std::vector<long>(a.shape(), a.shape() + a.ndim()); }
+
+std::string shape_str(const std::vector<long>& v) {
+    std::string r = "(";
+    for (size_t i = 0; i < v.size(); i++) r += (i ? ", " : "") + std::to_string(v[i]);
+    return r + (v.size() == 1 ? ",)" : ")");
+}
+
+// The shapes of one binding's arguments, by name: each array is matched against a list of axis names,
+// a name seen before must have the size it had, and "*N" as the first name matches any number of
+// leading axes (none included) whose product is N. A mismatch is a strata.Error (a ValueError) that
+// names the op, the argument, the expected shape and the one it got, so a wrong shape never reaches
+// an op (whose pointers would read past the array, or garbage).
+class Shapes {
+  public:
+    explicit Shapes(std::string op) : op_(std::move(op)) {}
+    Shapes& operator()(const py::array& a, const std::string& arg, const std::vector<std::string>& names) {
+        const std::vector<long> got = shape_of(a);
+        const bool lead = !names.empty() && names[0].size() > 1 && names[0][0] == '*';
+        const size_t fixed = lead ? names.size() - 1 : names.size();
+        bool ok = lead ? got.size() >= fixed : got.size() == fixed;
+        if (ok) {
+            const size_t off = got.size() - fixed;
+            if (lead) {
+                long n = 1;
+                for (size_t i = 0; i < off; i++) n *= got[i];
+                ok = match(names[0].substr(1), n);
+            }
+            for (size_t i = 0; ok && i < fixed; i++) ok = match(names[i + (lead ? 1 : 0)], got[off + i]);
+        }
+        if (!ok) throw Error(op_ + ": " + arg + " must have shape " + expected(names) + ", got " + shape_str(got));
+        return *this;
+    }
+    long operator[](const std::string& name) const { return dims_.at(name); }
+    // An extra condition on the sizes bound so far, with its message.
+    void require(bool cond, const std::string& what) const {
+        if (!cond) throw Error(op_ + ": " + what);
+    }
+
+  private:
+    // a size written as digits ("3"), not a name
+    static bool literal(const std::string& name) {
+        return std::all_of(name.begin(), name.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+    }
+    bool match(const std::string& name, long n) {
+        if (literal(name)) return n == std::stol(name);
+        auto it = dims_.find(name);
+        if (it == dims_.end()) return dims_.emplace(name, n), true;
+        return it->second == n;
+    }
+    std::string expected(const std::vector<std::string>& names) const {
+        std::string r = "(";
+        for (size_t i = 0; i < names.size(); i++) {
+            const std::string& n = names[i];
+            std::string v = n;
+            if (n[0] == '*') {
+                auto it = dims_.find(n.substr(1));
+                v = it == dims_.end() ? "..." : "... [" + n.substr(1) + "=" + std::to_string(it->second) + "]";
+            }
+            else if (auto it = dims_.find(n); it != dims_.end() && !literal(n))
+                v = n + "=" + std::to_string(it->second);
+            r += (i ? ", " : "") + v;
+        }
+        return r + ")";
+    }
+    std::string op_;
+    std::map<std::string, long> dims_;
+};
+
+// Sizes of attention's arguments, checked: q (B, Tq, H, d) and k, v (B, Tk, Hk, d), every size ≥ 1
+// and H a multiple of Hk.
+AttnDims attention_dims(Shapes& s, const F32& q, const F32& k, const F32& v) {
+    s(q, "q", {"B", "Tq", "H", "d"})(k, "k", {"B", "Tk", "Hk", "d"})(v, "v", {"B", "Tk", "Hk", "d"});
+    for (const char* n : {"B", "Tq", "Tk", "H", "Hk", "d"}) s.require(s[n] >= 1, std::string(n) + " must be at least 1");
+    s.require(s["H"] % s["Hk"] == 0, "H (" + std::to_string(s["H"]) + ") must be a multiple of Hk (" +
+                                         std::to_string(s["Hk"]) + ")");
+    return AttnDims{s["B"], s["Tq"], s["Tk"], s["H"], s["Hk"], s["d"], 0, s["Tk"] * s["Hk"] * s["d"]};
+}
 
 struct PyModel {
     std::unique_ptr<Model<float>> m;
@@ -62,14 +144,16 @@ struct PyModel {
     }
     void set_param(const std::string& name, F32 a) {
         const ParamSpec& s = m->spec(name);
-        if (size_t(a.size()) != s.numel) throw Error("set_param(" + name + "): wrong number of elements");
+        if (shape_of(a) != s.shape)
+            throw Error("set_param: " + name + " must have shape " + shape_str(s.shape) + ", got " + shape_str(shape_of(a)));
         m->param_from_host(s, a.data());
     }
     py::tuple forward(I32 tokens, std::optional<I32> targets) {
-        if (tokens.ndim() != 2) throw Error("tokens must be (B, T)");
-        long B = tokens.shape(0), T = tokens.shape(1);
-        if (targets && (targets->ndim() != 2 || targets->shape(0) != B || targets->shape(1) != T))
-            throw Error("targets must have the shape of tokens");
+        Shapes sh("Model.forward");
+        sh(tokens, "tokens", {"B", "T"});
+        if (targets) sh(*targets, "targets", {"B", "T"});
+        const long B = sh["B"], T = sh["T"];
+        sh.require(B >= 1 && T >= 1, "tokens must hold at least one token");
         // A forward with targets fuses the LM head with the loss and keeps no logits: take them from a
         // forward without targets first, then the loss (and what backward needs) from one with them.
         m->forward(tokens.data(), nullptr, B, T);
@@ -129,44 +213,56 @@ PYBIND11_MODULE(strata, mod) {
 
     auto ops = mod.def_submodule("ops", "each op's forward and backward on float32 arrays");
     ops.def("rmsnorm_forward", [](F32 x, F32 w, double eps) {
-        long C = w.size(), N = x.size() / C;
-        F32 y = make(std::vector<long>(x.shape(), x.shape() + x.ndim())), rstd = make({N});
+        Shapes s("rmsnorm_forward");
+        s(x, "x", {"*N", "C"})(w, "w", {"C"});
+        const long N = s["N"], C = s["C"];
+        F32 y = make(shape_of(x)), rstd = make({N});
         rmsnorm_forward(y.mutable_data(), rstd.mutable_data(), x.data(), w.data(), N, C, eps);
         return py::make_tuple(y, rstd);
     });
     ops.def("rmsnorm_backward", [](F32 dy, F32 x, F32 w, F32 rstd) {
-        long C = w.size(), N = x.size() / C;
-        F32 dx = make(std::vector<long>(x.shape(), x.shape() + x.ndim())), dw = make({C});
+        Shapes s("rmsnorm_backward");
+        s(x, "x", {"*N", "C"})(dy, "dy", {"*N", "C"})(w, "w", {"C"})(rstd, "rstd", {"N"});
+        const long N = s["N"], C = s["C"];
+        F32 dx = make(shape_of(x)), dw = make({C});
         std::fill_n(dx.mutable_data(), dx.size(), 0.f);
         std::fill_n(dw.mutable_data(), C, 0.f);
         rmsnorm_backward(dx.mutable_data(), dw.mutable_data(), dy.data(), x.data(), w.data(), rstd.data(), N, C);
         return py::make_tuple(dx, dw);
     });
-    ops.def("swiglu_forward", [](F32 gu) {
-        long F = gu.shape(gu.ndim() - 1) / 2, N = gu.size() / (2 * F);
+    // gu (..., 2F) = [gate | up]
+    auto swiglu_dims = [](Shapes& s, const F32& gu) {
+        s(gu, "gu", {"*N", "2F"});
+        s.require(s["2F"] % 2 == 0 && s["2F"] > 0, "gu's last axis (" + std::to_string(s["2F"]) +
+                                                      ") must be even and positive: [gate | up]");
+        return std::pair<long, long>{s["N"], s["2F"] / 2};
+    };
+    ops.def("swiglu_forward", [=](F32 gu) {
+        Shapes s("swiglu_forward");
+        const auto [N, F] = swiglu_dims(s, gu);
         F32 y = make({N, F});
         swiglu_forward(y.mutable_data(), gu.data(), N, F);
         return y;
     });
-    ops.def("swiglu_backward", [](F32 dy, F32 gu) {
-        long F = gu.shape(gu.ndim() - 1) / 2, N = gu.size() / (2 * F);
+    ops.def("swiglu_backward", [=](F32 dy, F32 gu) {
+        Shapes s("swiglu_backward");
+        const auto [N, F] = swiglu_dims(s, gu);
+        s(dy, "dy", {"*N", std::to_string(F)});
         F32 dgu = make({N, 2 * F});
-        std::fill_n(dgu.mutable_data(), dgu.size(), 0.f);
-        swiglu_backward(dgu.mutable_data(), dy.data(), gu.data(), N, F);
+        swiglu_backward(dgu.mutable_data(), dy.data(), gu.data(), N, F, Into::overwrite);
         return dgu;
     });
     ops.def("attention_forward", [](F32 q, F32 k, F32 v) {  // q (B,T,H,d), k/v (B,T,Hk,d)
-        if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4) throw Error("attention: q, k, v must be 4-D");
-        AttnDims a{q.shape(0), q.shape(1), k.shape(1), q.shape(2), k.shape(2), q.shape(3), 0,
-                   k.shape(1) * k.shape(2) * k.shape(3)};
-        if (a.H % a.Hk) throw Error("attention: H must be a multiple of Hk");
+        Shapes s("attention_forward");
+        const AttnDims a = attention_dims(s, q, k, v);
         F32 o = make({a.B, a.Tq, a.H, a.d}), lse = make({a.B, a.H, a.Tq});
         attention_forward(o.mutable_data(), lse.mutable_data(), q.data(), k.data(), v.data(), a);
         return py::make_tuple(o, lse);
     });
     ops.def("attention_backward", [](F32 dout, F32 out, F32 lse, F32 q, F32 k, F32 v) {
-        AttnDims a{q.shape(0), q.shape(1), k.shape(1), q.shape(2), k.shape(2), q.shape(3), 0,
-                   k.shape(1) * k.shape(2) * k.shape(3)};
+        Shapes s("attention_backward");
+        const AttnDims a = attention_dims(s, q, k, v);
+        s(dout, "dout", {"B", "Tq", "H", "d"})(out, "out", {"B", "Tq", "H", "d"})(lse, "lse", {"B", "H", "Tq"});
         F32 dq = make({a.B, a.Tq, a.H, a.d}), dk = make({a.B, a.Tk, a.Hk, a.d}), dv = make({a.B, a.Tk, a.Hk, a.d});
         for (F32* t : {&dq, &dk, &dv}) std::fill_n(t->mutable_data(), t->size(), 0.f);
         attention_backward(dq.mutable_data(), dk.mutable_data(), dv.mutable_data(), dout.data(), out.data(),
@@ -174,25 +270,24 @@ PYBIND11_MODULE(strata, mod) {
         return py::make_tuple(dq, dk, dv);
     });
     // MoDA: q (B,T,H,d), k/v (B,T,Hk,d), kd/vd (B,T,L,Hk,d): every depth slot used.
-    auto moda_dims = [](F32 q, F32 k, F32 kd) {
-        if (q.ndim() != 4 || k.ndim() != 4 || kd.ndim() != 5) throw Error("moda: q, k must be 4-D and kd 5-D");
-        AttnDims a{q.shape(0), q.shape(1), k.shape(1), q.shape(2), k.shape(2), q.shape(3), 0,
-                   k.shape(1) * k.shape(2) * k.shape(3)};
-        if (a.H % a.Hk) throw Error("moda: H must be a multiple of Hk");
-        if (kd.shape(0) != a.B || kd.shape(1) != a.Tq || kd.shape(3) != a.Hk || kd.shape(4) != a.d)
-            throw Error("moda: kd must be (B, T, L, Hk, d)");
+    auto moda_dims = [](Shapes& s, const F32& q, const F32& k, const F32& v, const F32& kd, const F32& vd) {
+        AttnDims a = attention_dims(s, q, k, v);
+        s(kd, "kd", {"B", "Tq", "L", "Hk", "d"})(vd, "vd", {"B", "Tq", "L", "Hk", "d"});
         return a;
     };
     ops.def("moda_forward", [=](F32 q, F32 k, F32 v, F32 kd, F32 vd) {
-        AttnDims a = moda_dims(q, k, kd);
-        const long L = kd.shape(2);
+        Shapes s("moda_forward");
+        const AttnDims a = moda_dims(s, q, k, v, kd, vd);
+        const long L = s["L"];
         F32 o = make({a.B, a.Tq, a.H, a.d}), lse = make({a.B, a.H, a.Tq});
         moda_forward(o.mutable_data(), lse.mutable_data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L, a);
         return py::make_tuple(o, lse);
     });
     ops.def("moda_backward", [=](F32 dout, F32 out, F32 lse, F32 q, F32 k, F32 v, F32 kd, F32 vd) {
-        AttnDims a = moda_dims(q, k, kd);
-        const long L = kd.shape(2);
+        Shapes s("moda_backward");
+        const AttnDims a = moda_dims(s, q, k, v, kd, vd);
+        s(dout, "dout", {"B", "Tq", "H", "d"})(out, "out", {"B", "Tq", "H", "d"})(lse, "lse", {"B", "H", "Tq"});
+        const long L = s["L"];
         F32 dq = make({a.B, a.Tq, a.H, a.d}), dk = make({a.B, a.Tk, a.Hk, a.d}), dv = make({a.B, a.Tk, a.Hk, a.d});
         F32 dkd = make({a.B, a.Tq, L, a.Hk, a.d}), dvd = make({a.B, a.Tq, L, a.Hk, a.d});
         for (F32* t : {&dq, &dk, &dv, &dkd, &dvd}) std::fill_n(t->mutable_data(), t->size(), 0.f);
@@ -200,95 +295,116 @@ PYBIND11_MODULE(strata, mod) {
                       dout.data(), out.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L, a);
         return py::make_tuple(dq, dk, dv, dkd, dvd);
     });
-    ops.def("matmul_forward", [](F32 x, F32 w) {
-        long IC = w.shape(1), OC = w.shape(0), N = x.size() / IC;
+    ops.def("matmul_forward", [](F32 x, F32 w) {  // x (..., IC), w (OC, IC): y = x·wᵀ, (N, OC)
+        Shapes s("matmul_forward");
+        s(w, "w", {"OC", "IC"})(x, "x", {"*N", "IC"});
+        const long N = s["N"], IC = s["IC"], OC = s["OC"];
         F32 y = make({N, OC});
         matmul_forward(y.mutable_data(), x.data(), w.data(), N, IC, OC);
         return y;
     });
     ops.def("matmul_backward", [](F32 dy, F32 x, F32 w) {
-        long IC = w.shape(1), OC = w.shape(0), N = x.size() / IC;
+        Shapes s("matmul_backward");
+        s(w, "w", {"OC", "IC"})(x, "x", {"*N", "IC"})(dy, "dy", {"*N", "OC"});
+        const long N = s["N"], IC = s["IC"], OC = s["OC"];
         F32 dx = make({N, IC}), dw = make({OC, IC});
-        std::fill_n(dx.mutable_data(), dx.size(), 0.f);
         std::fill_n(dw.mutable_data(), dw.size(), 0.f);
-        matmul_backward(dx.mutable_data(), dw.mutable_data(), dy.data(), x.data(), w.data(), N, IC, OC);
+        matmul_backward(dx.mutable_data(), dw.mutable_data(), dy.data(), x.data(), w.data(), N, IC, OC, Into::overwrite);
         return py::make_tuple(dx, dw);
     });
-    ops.def("rope_forward", [](F32 x, double theta) {  // x (B, T, H, d), positions 0..T-1
-        if (x.ndim() != 4) throw Error("rope: x must be (B, T, H, d)");
-        long B = x.shape(0), T = x.shape(1), H = x.shape(2), d = x.shape(3);
-        if (d % 2) throw Error("rope: d must be even");
-        std::vector<float> cs(T * d / 2), sn(T * d / 2);
-        std::vector<int32_t> pos(B * T);
+    // RoPE on x (B, T, H, d) at positions 0..T-1, d even; the backward is the inverse rotation.
+    auto rope = [](const char* op, const char* arg, const F32& x, double theta, bool backward) {
+        Shapes s(op);
+        s(x, arg, {"B", "T", "H", "d"});
+        s.require(s["d"] % 2 == 0, "d (" + std::to_string(s["d"]) + ") must be even: RoPE rotates pairs");
+        const long B = s["B"], T = s["T"], H = s["H"], d = s["d"];
+        std::vector<float> cs(size_t(T * d / 2)), sn(size_t(T * d / 2));
+        std::vector<int32_t> pos(size_t(B * T));
         for (long i = 0; i < B * T; i++) pos[i] = int32_t(i % T);
         rope_table(cs.data(), sn.data(), T, d, theta);
         F32 y = make({B, T, H, d});
         std::memcpy(y.mutable_data(), x.data(), x.size() * sizeof(float));
-        rope_forward(y.mutable_data(), pos.data(), cs.data(), sn.data(), B * T, H, d);
+        if (backward) rope_backward(y.mutable_data(), pos.data(), cs.data(), sn.data(), B * T, H, d);
+        else rope_forward(y.mutable_data(), pos.data(), cs.data(), sn.data(), B * T, H, d);
         return y;
-    });
-    ops.def("rope_backward", [](F32 dy, double theta) {
-        long B = dy.shape(0), T = dy.shape(1), H = dy.shape(2), d = dy.shape(3);
-        std::vector<float> cs(T * d / 2), sn(T * d / 2);
-        std::vector<int32_t> pos(B * T);
-        for (long i = 0; i < B * T; i++) pos[i] = int32_t(i % T);
-        rope_table(cs.data(), sn.data(), T, d, theta);
-        F32 dx = make({B, T, H, d});
-        std::memcpy(dx.mutable_data(), dy.data(), dy.size() * sizeof(float));
-        rope_backward(dx.mutable_data(), pos.data(), cs.data(), sn.data(), B * T, H, d);
-        return dx;
-    });
-    ops.def("embedding_forward", [](I32 tokens, F32 table) {
-        long N = tokens.size(), V = table.shape(0), C = table.shape(1);
-        for (long i = 0; i < N; i++)
-            if (tokens.data()[i] < 0 || tokens.data()[i] >= V) throw Error("embedding: token out of range");
+    };
+    ops.def("rope_forward", [=](F32 x, double theta) { return rope("rope_forward", "x", x, theta, false); });
+    ops.def("rope_backward", [=](F32 dy, double theta) { return rope("rope_backward", "dy", dy, theta, true); });
+    auto check_tokens = [](const I32& tokens, long V, const std::string& op, const char* arg) {
+        for (long i = 0; i < long(tokens.size()); i++)
+            if (tokens.data()[i] < 0 || tokens.data()[i] >= V)
+                throw Error(op + ": " + arg + "[" + std::to_string(i) + "] = " + std::to_string(tokens.data()[i]) +
+                            " is outside [0, " + std::to_string(V) + ")");
+    };
+    ops.def("embedding_forward", [=](I32 tokens, F32 table) {
+        Shapes s("embedding_forward");
+        s(table, "table", {"V", "C"})(tokens, "tokens", {"*N"});
+        const long N = s["N"], C = s["C"];
+        check_tokens(tokens, s["V"], "embedding_forward", "tokens");
         F32 y = make({N, C});
         embedding_forward(y.mutable_data(), tokens.data(), table.data(), N, C);
         return y;
     });
-    ops.def("embedding_backward", [](F32 dy, I32 tokens, long V) {
-        long N = tokens.size(), C = dy.shape(dy.ndim() - 1);
-        for (long i = 0; i < N; i++)
-            if (tokens.data()[i] < 0 || tokens.data()[i] >= V) throw Error("embedding: token out of range");
+    ops.def("embedding_backward", [=](F32 dy, I32 tokens, long V) {
+        Shapes s("embedding_backward");
+        s(tokens, "tokens", {"*N"})(dy, "dy", {"*N", "C"});
+        s.require(V >= 1, "V must be at least 1");
+        const long N = s["N"], C = s["C"];
+        check_tokens(tokens, V, "embedding_backward", "tokens");
         F32 dt = make({V, C});
         std::fill_n(dt.mutable_data(), dt.size(), 0.f);
         embedding_backward(dt.mutable_data(), dy.data(), tokens.data(), N, C);
         return dt;
     });
-    ops.def("crossentropy_forward", [](F32 logits, I32 targets) {  // per-row losses and lse
-        long V = logits.shape(logits.ndim() - 1), N = logits.size() / V;
-        if (targets.size() != N) throw Error("crossentropy: one target per row");
-        for (long i = 0; i < N; i++)
-            if (targets.data()[i] >= V) throw Error("crossentropy: target out of range");
+    // Targets < 0 are ignored rows (ops.h); any other target must be a vocabulary index.
+    auto check_targets = [](const I32& targets, long V, const std::string& op) {
+        for (long i = 0; i < long(targets.size()); i++)
+            if (targets.data()[i] >= V)
+                throw Error(op + ": targets[" + std::to_string(i) + "] = " + std::to_string(targets.data()[i]) +
+                            " is not below V = " + std::to_string(V) + " (negative targets are ignored rows)");
+    };
+    ops.def("crossentropy_forward", [=](F32 logits, I32 targets) {  // per-row losses and lse
+        Shapes s("crossentropy_forward");
+        s(logits, "logits", {"*N", "V"})(targets, "targets", {"N"});
+        const long N = s["N"], V = s["V"];
+        s.require(V >= 1, "V must be at least 1");
+        check_targets(targets, V, "crossentropy_forward");
         F32 loss = make({N}), lse = make({N});
         crossentropy_forward(loss.mutable_data(), lse.mutable_data(), logits.data(), targets.data(), N, V);
         return py::make_tuple(loss, lse);
     });
-    ops.def("crossentropy_backward", [](F32 logits, F32 lse, I32 targets, float scale) {
-        long V = logits.shape(logits.ndim() - 1), N = logits.size() / V;
+    ops.def("crossentropy_backward", [=](F32 logits, F32 lse, I32 targets, float scale) {
+        Shapes s("crossentropy_backward");
+        s(logits, "logits", {"*N", "V"})(lse, "lse", {"N"})(targets, "targets", {"N"});
+        const long N = s["N"], V = s["V"];
+        check_targets(targets, V, "crossentropy_backward");
         F32 dz = make({N, V});
         std::fill_n(dz.mutable_data(), dz.size(), 0.f);
         crossentropy_backward(dz.mutable_data(), logits.data(), lse.data(), targets.data(), N, V, scale);
         return dz;
     });
     // AttnRes: sources is a list of n arrays of one shape (..., D); w and gamma are (D).
-    auto sources_of = [](const py::list& srcs, long D, long& N) {
-        if (srcs.empty()) throw Error("attnres: at least one source");
+    auto sources_of = [](Shapes& s, const py::list& srcs, const F32& w, const F32& gamma) {
+        s(w, "w", {"D"})(gamma, "gamma", {"D"});
+        s.require(!srcs.empty(), "sources must hold at least one array");
         std::vector<F32> arrays;
         for (auto h : srcs) arrays.push_back(h.cast<F32>());
-        N = arrays[0].size() / D;
-        for (auto& a : arrays)
-            if (a.size() != N * D) throw Error("attnres: every source must have the same shape (..., D)");
+        s(arrays[0], "sources[0]", {"*N", "D"});
+        const std::vector<long> shape = shape_of(arrays[0]);
+        for (size_t i = 1; i < arrays.size(); i++)
+            if (shape_of(arrays[i]) != shape)
+                throw Error("attnres: sources[" + std::to_string(i) + "] must have the shape of sources[0], " +
+                            shape_str(shape) + ", got " + shape_str(shape_of(arrays[i])));
         return arrays;
     };
     ops.def("attnres_forward", [=](const py::list& srcs, F32 w, F32 gamma, double eps) {
-        long D = w.size(), N = 0;
-        auto arrays = sources_of(srcs, D, N);
-        if (gamma.size() != D) throw Error("attnres: gamma must have the size of w");
+        Shapes s("attnres_forward");
+        auto arrays = sources_of(s, srcs, w, gamma);
+        const long N = s["N"], D = s["D"];
         std::vector<const float*> ptr;
         for (auto& a : arrays) ptr.push_back(a.data());
         const long n = long(ptr.size());
-        F32 out = make(std::vector<long>(arrays[0].shape(), arrays[0].shape() + arrays[0].ndim()));
+        F32 out = make(shape_of(arrays[0]));
         F32 logit = make({n, N}), rstd = make({n, N}), lse = make({N});
         attnres_forward(out.mutable_data(), logit.mutable_data(), rstd.mutable_data(), lse.mutable_data(), ptr.data(),
                         int(n), w.data(), gamma.data(), N, D, eps);
@@ -296,14 +412,17 @@ PYBIND11_MODULE(strata, mod) {
     });
     ops.def("attnres_backward", [=](F32 dout, F32 out, F32 logit, F32 rstd, F32 lse, const py::list& srcs, F32 w,
                                     F32 gamma) {
-        long D = w.size(), N = 0;
-        auto arrays = sources_of(srcs, D, N);
+        Shapes s("attnres_backward");
+        auto arrays = sources_of(s, srcs, w, gamma);
+        const long N = s["N"], D = s["D"], n = long(arrays.size());
+        s(dout, "dout", {"*N", "D"})(out, "out", {"*N", "D"})(lse, "lse", {"N"});
+        s(logit, "logit", {std::to_string(n), "N"})(rstd, "rstd", {std::to_string(n), "N"});
         std::vector<const float*> ptr;
         py::list dsrcs;
         std::vector<float*> dptr;
         for (auto& a : arrays) {
             ptr.push_back(a.data());
-            F32 d = make(std::vector<long>(a.shape(), a.shape() + a.ndim()));
+            F32 d = make(shape_of(a));
             std::fill_n(d.mutable_data(), d.size(), 0.f);
             dptr.push_back(d.mutable_data());
             dsrcs.append(d);

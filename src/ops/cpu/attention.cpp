@@ -138,23 +138,7 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
                     tile::gemm(tq, scale, Q, qs, 1, KT + s0, ld.T_, false, S, ld.S, [&](long, long r1) {
                         return tile::Bounds{0, d, vec_ceil<T>(vis(r1 - 1))};
                     });
-                    for (long r = 0; r < tq; r++) {
-                        T* srow = S + r * ld.S;
-                        const long nv = vis(r);
-                        const T mx = tile::row_max(srow, nv, m[r]);
-                        const T corr = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first tile
-                        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-                        for (long c = 0; c < nv; c++) {
-                            srow[c] = vexp(srow[c] - mx);
-                            sum += srow[c];
-                        }
-                        for (long c = nv; c < tk; c++) srow[c] = 0;
-                        l[r] = l[r] * corr + sum;
-                        m[r] = mx;
-                        if (corr != T(1))
-                            for (long i = 0; i < d; i++) O[r * d + i] *= corr;
-                    }
+                    for (long r = 0; r < tq; r++) attn::softmax_row(S + r * ld.S, vis(r), tk, m[r], l[r], O + r * d, d);
                     tile::gemm(tq, T(1), S, ld.S, 1, VR + s0 * ld.R, ld.R, true, O, d,
                                [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });
                 }
@@ -228,25 +212,11 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
                         auto by_rows = [&](long, long r1) { return tile::Bounds{0, d, vec_ceil<T>(vis(r1 - 1))}; };
                         auto by_keys = [&](long c0, long) { return tile::Bounds{first_row(c0), tq, d}; };
                         tile::gemm(tq, scale, Qt, ld.R, 1, KT + s0, ld.T_, false, P, ld.S, by_rows);  // S
-                        for (long r = 0; r < tq; r++) {
-                            T* prow = P + r * ld.S;
-                            const long nv = vis(r);
-                            const T lr = L[t0 + r];
-#pragma omp simd
-                            for (long c = 0; c < nv; c++) prow[c] = vexp(prow[c] - lr);
-                            for (long c = nv; c < tk; c++) prow[c] = T(0);
-                        }
+                        for (long r = 0; r < tq; r++) attn::probabilities_row(P + r * ld.S, vis(r), tk, L[t0 + r]);
                         tile::gemm(tk, T(1), P, 1, ld.S, Gt, ld.R, true, dV, ks, by_keys);              // dV += Pᵀ·dO
                         tile::gemm(tq, T(1), Gt, ld.R, 1, VT + s0, ld.T_, false, dP, ld.S, by_rows);   // dP = dO·Vᵀ
-                        for (long r = 0; r < tq; r++) {
-                            T* ds = dP + r * ld.S;
-                            const T* pr = P + r * ld.S;
-                            const long nv = vis(r);
-                            const T Dr = D[t0 + r];
-#pragma omp simd
-                            for (long c = 0; c < nv; c++) ds[c] = pr[c] * (ds[c] - Dr);
-                            for (long c = nv; c < tk; c++) ds[c] = T(0);
-                        }
+                        for (long r = 0; r < tq; r++)  // dS = P ⊙ (dP − D)
+                            attn::score_grad_row(dP + r * ld.S, P + r * ld.S, vis(r), tk, D[t0 + r]);
                         tile::gemm(tq, scale, dP, ld.S, 1, KR + s0 * ld.R, ld.R, true, dq + ((b * a.Tq + t0) * a.H + h) * d,
                                    qs, [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });  // dQ += s·dS·K
                         tile::gemm(tk, scale, dP, 1, ld.S, Qt, ld.R, true, dK, ks, by_keys);           // dK += s·dSᵀ·Q

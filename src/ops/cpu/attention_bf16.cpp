@@ -112,23 +112,7 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
                     tile_bf16::gemm(tq, scale, QA, ld.A, 1, KD + s0, ld.T, false, S, ld.S, [&](long, long r1) {
                         return tile::Bounds{0, d, vceil(vis(r1 - 1))};
                     });
-                    for (long r = 0; r < tq; r++) {
-                        float* srow = S + r * ld.S;
-                        const long nv = vis(r);
-                        const float mx = tile::row_max(srow, nv, m[r]);
-                        const float corr = std::exp(m[r] - mx);  // exp(-inf) = 0 on the first tile
-                        float sum = 0;
-#pragma omp simd reduction(+ : sum)
-                        for (long c = 0; c < nv; c++) {
-                            srow[c] = vexp(srow[c] - mx);
-                            sum += srow[c];
-                        }
-                        for (long c = nv; c < tkv; c++) srow[c] = 0;
-                        l[r] = l[r] * corr + sum;
-                        m[r] = mx;
-                        if (corr != 1.0f)
-                            for (long i = 0; i < d; i++) O[r * d + i] *= corr;
-                    }
+                    for (long r = 0; r < tq; r++) softmax_row(S + r * ld.S, vis(r), tkv, m[r], l[r], O + r * d, d);
                     tile_bf16::bf16_rows(PA, ld.PA, S, ld.S, tq, tkv, ld.PA);
                     tile_bf16::gemm(tq, 1.0f, PA, ld.PA, 1, VK + (s0 / 2) * ld.V, ld.V, true, O, d,
                                     [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });
@@ -212,28 +196,14 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
                         auto by_keys = [&](long c0, long) { return tile::Bounds{first_row(c0), tq, d}; };
                         auto to_vis = [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; };
                         tile_bf16::gemm(tq, scale, QA + t0 * ld.A, ld.A, 1, KD + s0, ld.T, false, P, ld.S, by_rows);
-                        for (long r = 0; r < tq; r++) {  // P = exp(S − lse)
-                            float* prow = P + r * ld.S;
-                            const long nv = vis(r);
-                            const float lr = L[t0 + r];
-#pragma omp simd
-                            for (long c = 0; c < nv; c++) prow[c] = vexp(prow[c] - lr);
-                            for (long c = nv; c < tkv; c++) prow[c] = 0;
-                        }
+                        for (long r = 0; r < tq; r++) probabilities_row(P + r * ld.S, vis(r), tkv, L[t0 + r]);
                         tile_bf16::pair_rows(PQ, ld.PQ, P, ld.S, tq, tkv, ld.PQ);
                         tile_bf16::gemm(tk, 1.0f, PQ, 1, ld.PQ, GQ + (t0 / 2) * ld.V, ld.V, true, dV, ks,
                                         by_keys);  // dV += Pᵀ·dO
                         tile_bf16::gemm(tq, 1.0f, GA + t0 * ld.A, ld.A, 1, VD + s0, ld.T, false, dP, ld.S,
                                         by_rows);  // dP = dO·Vᵀ
-                        for (long r = 0; r < tq; r++) {  // dS = P ⊙ (dP − D)
-                            float* ds = dP + r * ld.S;
-                            const float* pr = P + r * ld.S;
-                            const long nv = vis(r);
-                            const float Dr = D[t0 + r];
-#pragma omp simd
-                            for (long c = 0; c < nv; c++) ds[c] = pr[c] * (ds[c] - Dr);
-                            for (long c = nv; c < tkv; c++) ds[c] = 0;
-                        }
+                        for (long r = 0; r < tq; r++)  // dS = P ⊙ (dP − D)
+                            score_grad_row(dP + r * ld.S, P + r * ld.S, vis(r), tkv, D[t0 + r]);
                         tile_bf16::bf16_rows(SA, ld.PA, dP, ld.S, tq, tkv, ld.PA);
                         tile_bf16::pair_rows(SQ, ld.PQ, dP, ld.S, tq, tkv, ld.PQ);
                         tile_bf16::gemm(tq, scale, SA, ld.PA, 1, KK + (s0 / 2) * ld.V, ld.V, true,

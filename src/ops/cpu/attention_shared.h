@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops/cpu/tile_gemm.h"
 #include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
 
@@ -53,6 +54,45 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
 void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dvd, const float* dout, const bf16* out,
                           const float* lse, const bf16* q, const bf16* k, const bf16* v, const AttnDims& a,
                           const Depth<bf16>& dep);
+
+// ---- per-row steps on a score tile (both kernels) ---------------------------------------------------
+// Row r of a score tile sees its first nv keys; columns [nv, end) are set to 0 so the next GEMM, which
+// may read a few of them, adds nothing.
+
+// Forward: the online softmax of one row. srow holds scores and becomes exp(s − m_new); m, l are the
+// row's running max and sum, o (d) its running output, rescaled when the max moves.
+template <typename T>
+inline void softmax_row(T* srow, long nv, long end, T& m, T& l, T* o, long d) {
+    const T mx = tile::row_max(srow, nv, m);
+    const T corr = std::exp(m - mx);  // exp(-inf) = 0 on the first tile
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (long c = 0; c < nv; c++) {
+        srow[c] = vexp(srow[c] - mx);
+        sum += srow[c];
+    }
+    for (long c = nv; c < end; c++) srow[c] = 0;
+    l = l * corr + sum;
+    m = mx;
+    if (corr != T(1))
+        for (long i = 0; i < d; i++) o[i] *= corr;
+}
+
+// Backward: P = exp(S − lse) of one row, in place.
+template <typename T>
+inline void probabilities_row(T* prow, long nv, long end, T lse) {
+#pragma omp simd
+    for (long c = 0; c < nv; c++) prow[c] = vexp(prow[c] - lse);
+    for (long c = nv; c < end; c++) prow[c] = T(0);
+}
+
+// Backward: dS = P ⊙ (dP − D) of one row, in place over dP.
+template <typename T>
+inline void score_grad_row(T* ds, const T* p, long nv, long end, T D) {
+#pragma omp simd
+    for (long c = 0; c < nv; c++) ds[c] = p[c] * (ds[c] - D);
+    for (long c = nv; c < end; c++) ds[c] = T(0);
+}
 
 // Forward, one query row (token t of batch b, kv head kh) after its sequence tiles: its depth slots
 // join the row's online softmax. qr: the query row (storage type Q); o: its running output; m, l: the
