@@ -96,14 +96,9 @@ ModelConfig bench_model_config(const TrainBenchOptions& o) {
     c.qk_norm = false;
     c.tie_embeddings = true;
     c.seed = 1337;
-    if (o.residual == "standard") c.residual = Residual::standard;
-    else if (o.residual == "attnres_full") c.residual = Residual::attnres_full;
-    else if (o.residual == "attnres_block") c.residual = Residual::attnres_block;
-    else throw Error("--residual must be standard, attnres_full or attnres_block, not \"" + o.residual + "\"");
+    c.residual = parse_name<Residual>(o.residual, "--residual");
     c.attnres_block_size = o.attnres_block_size;
-    if (o.attention == "causal") c.attention = AttentionKind::causal;
-    else if (o.attention == "moda") c.attention = AttentionKind::moda;
-    else throw Error("--attention must be causal or moda, not \"" + o.attention + "\"");
+    c.attention = parse_name<AttentionKind>(o.attention, "--attention");
     c.validate("bench model");
     return c;
 }

@@ -9,29 +9,82 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
+#include <utility>
 
 #include "core/error.h"
 #include "core/json_fields.h"
 
 namespace strata {
 
-const char* to_string(NormPlacement p) {
-    switch (p) {
-        case NormPlacement::pre: return "pre";
-        case NormPlacement::post: return "post";
-        case NormPlacement::reordered: return "reordered";
-    }
+namespace {
+template <typename E>
+struct Names;  // Names<E>::table: every value of E with its name, in declaration order
+template <>
+struct Names<NormPlacement> {
+    static constexpr std::pair<NormPlacement, const char*> table[] = {
+        {NormPlacement::pre, "pre"}, {NormPlacement::post, "post"}, {NormPlacement::reordered, "reordered"}};
+};
+template <>
+struct Names<Residual> {
+    static constexpr std::pair<Residual, const char*> table[] = {{Residual::standard, "standard"},
+                                                                 {Residual::attnres_full, "attnres_full"},
+                                                                 {Residual::attnres_block, "attnres_block"}};
+};
+template <>
+struct Names<AttentionKind> {
+    static constexpr std::pair<AttentionKind, const char*> table[] = {{AttentionKind::causal, "causal"},
+                                                                      {AttentionKind::moda, "moda"}};
+};
+
+// Each table lists its enum's values in order, so the last one's index is the count less one: an
+// enumerator added without a name stops the build here (as long as it is added last, as C++ numbers
+// them).
+template <typename E>
+constexpr bool complete(E last) {
+    long i = 0;
+    for (const auto& [e, n] : Names<E>::table)
+        if (long(e) != i++ || n == nullptr) return false;
+    return long(last) == i - 1;
+}
+static_assert(complete(NormPlacement::reordered));
+static_assert(complete(Residual::attnres_block));
+static_assert(complete(AttentionKind::moda));
+
+template <typename E>
+const char* name_of(E e) {
+    for (const auto& [v, n] : Names<E>::table)
+        if (v == e) return n;
     return "?";
+}
+}  // namespace
+
+const char* to_string(NormPlacement p) { return name_of(p); }
+const char* to_string(Residual r) { return name_of(r); }
+const char* to_string(AttentionKind a) { return name_of(a); }
+
+template <typename E>
+std::string allowed_names() {
+    std::string r;
+    const size_t n = std::size(Names<E>::table);
+    for (size_t i = 0; i < n; i++)
+        r += (i == 0 ? "" : i + 1 == n ? " or " : ", ") + std::string("\"") + Names<E>::table[i].second + "\"";
+    return r;
 }
 
-const char* to_string(Residual r) {
-    switch (r) {
-        case Residual::standard: return "standard";
-        case Residual::attnres_full: return "attnres_full";
-        case Residual::attnres_block: return "attnres_block";
-    }
-    return "?";
+template <typename E>
+E parse_name(const std::string& name, const std::string& what) {
+    for (const auto& [v, n] : Names<E>::table)
+        if (name == n) return v;
+    throw Error(what + " must be " + allowed_names<E>() + ", not \"" + name + "\"");
 }
+
+template NormPlacement parse_name<NormPlacement>(const std::string&, const std::string&);
+template Residual parse_name<Residual>(const std::string&, const std::string&);
+template AttentionKind parse_name<AttentionKind>(const std::string&, const std::string&);
+template std::string allowed_names<NormPlacement>();
+template std::string allowed_names<Residual>();
+template std::string allowed_names<AttentionKind>();
 
 int attnres_sublayers_per_block(const ModelConfig& c) {
     switch (c.residual) {
@@ -42,7 +95,6 @@ int attnres_sublayers_per_block(const ModelConfig& c) {
     return 0;
 }
 
-const char* to_string(AttentionKind a) { return a == AttentionKind::moda ? "moda" : "causal"; }
 
 long moda_slots_read(const ModelConfig& c, long layer) {
     if (c.attention != AttentionKind::moda) return 0;
@@ -71,25 +123,15 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& o
     f.get("norm_eps", c.norm_eps);
     std::string np = to_string(c.norm_placement);
     f.get("norm_placement", np);
-    if (np == "pre") c.norm_placement = NormPlacement::pre;
-    else if (np == "post") c.norm_placement = NormPlacement::post;
-    else if (np == "reordered") c.norm_placement = NormPlacement::reordered;
-    else throw Error(origin + ": norm_placement must be \"pre\", \"post\" or \"reordered\", not \"" + np + "\"");
+    c.norm_placement = parse_name<NormPlacement>(np, origin + ": norm_placement");
     f.get("qk_norm", c.qk_norm);
     std::string res = to_string(c.residual);
     f.get("residual", res);
-    if (res == "standard") c.residual = Residual::standard;
-    else if (res == "attnres_full") c.residual = Residual::attnres_full;
-    else if (res == "attnres_block") c.residual = Residual::attnres_block;
-    else
-        throw Error(origin + ": residual must be \"standard\", \"attnres_full\" or \"attnres_block\", not \"" + res +
-                    "\"");
+    c.residual = parse_name<Residual>(res, origin + ": residual");
     f.get("attnres_block_size", c.attnres_block_size);
     std::string att = to_string(c.attention);
     f.get("attention", att);
-    if (att == "causal") c.attention = AttentionKind::causal;
-    else if (att == "moda") c.attention = AttentionKind::moda;
-    else throw Error(origin + ": attention must be \"causal\" or \"moda\", not \"" + att + "\"");
+    c.attention = parse_name<AttentionKind>(att, origin + ": attention");
     f.get("moda_ffn_kv", c.moda_ffn_kv);
     f.get("tie_embeddings", c.tie_embeddings);
     f.get("init_std", c.init_std);

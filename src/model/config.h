@@ -64,9 +64,18 @@ double usable_memory_bytes();
 // would only end in std::bad_alloc or the kernel's OOM killer.
 void check_memory(double bytes, const std::string& origin, const std::string& what);
 
+// The names of each enum's values, one table per enum (config.cpp), read both ways: to_string for
+// configs, checkpoints and reports, parse_name for configs and CLI flags. A value missing from its
+// table is a build error at the table, not a wrong name in a checkpoint.
 const char* to_string(NormPlacement p);
 const char* to_string(Residual r);
 const char* to_string(AttentionKind a);
+// The value named `name`; an unknown name throws Error "<what> must be "a", "b" or "c", not "x"".
+template <typename E>
+E parse_name(const std::string& name, const std::string& what);
+// The allowed names of E, as "a", "b" or "c" (for help text and errors).
+template <typename E>
+std::string allowed_names();
 
 // MoDA's depth slots per token: layer b reads the first moda_slots_read(c, b) of them; the whole
 // buffer holds moda_slots(c) = moda_slots_read(c, n_layers − 1) (the last layer writes none).

@@ -35,7 +35,7 @@ def test_the_peer_builds_the_same_moda_model(tmp_path):
 
 
 @pytest.mark.parametrize("flags,mention", [
-    (["--attention", "flash"], "--attention must be causal or moda"),
+    (["--attention", "flash"], "--attention must be \"causal\" or \"moda\", not \"flash\""),
 ])
 def test_bad_attention_flags(flags, mention):
     p = run(*QUICK, "--no-peer", *flags, check=False, timeout=60)
