@@ -12,6 +12,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/version.h"
 #include "model/model.h"
 #include "ops/ops.h"
 #include "train/optimizer.h"
@@ -178,6 +179,7 @@ struct PyModel {
 
 PYBIND11_MODULE(strata, mod) {
     mod.doc() = "strata: a C++ engine for decoder-only Transformers (bindings)";
+    mod.attr("__version__") = STRATA_VERSION;
     static py::exception<Error> exc(mod, "Error", PyExc_ValueError);
     py::register_exception_translator([](std::exception_ptr p) {
         try {

@@ -1,5 +1,6 @@
 """Every op binding (and the model's) called with a wrong shape: a strata.Error (a ValueError) that
-names the argument and the shape it expected, never a crash or an array of garbage."""
+names the argument and the shape it expected, never a crash or an array of garbage; and the
+module's __version__."""
 import numpy as np
 import pytest
 
@@ -134,3 +135,11 @@ def test_model():
     raises(m.set_param, name, p.reshape(-1), names=[name, "must have shape"])
     raises(m.forward, np.zeros((2,), np.int32), names=["tokens"])
     raises(m.forward, np.zeros((2, 3), np.int32), np.zeros((2, 4), np.int32), names=["targets", "T=3"])
+
+
+def test_version_is_the_projects():
+    import pathlib
+    import re
+
+    cmake = (pathlib.Path(__file__).resolve().parents[2] / "CMakeLists.txt").read_text()
+    assert strata.__version__ == re.search(r"project\(strata VERSION ([0-9.]+)", cmake).group(1)
