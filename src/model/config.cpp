@@ -95,7 +95,6 @@ int attnres_sublayers_per_block(const ModelConfig& c) {
     return 0;
 }
 
-
 long moda_slots_read(const ModelConfig& c, long layer) {
     if (c.attention != AttentionKind::moda) return 0;
     return (c.moda_ffn_kv ? 2 : 1) * layer;  // attention K/V (and FFN K/V) of each earlier layer
