@@ -4,6 +4,7 @@
 
 #include "bench/flops.h"
 #include "bench/train_bench.h"
+#include "../test_util.h"
 
 using namespace strata;
 using namespace strata::bench;
@@ -11,15 +12,9 @@ using namespace strata::bench;
 namespace {
 
 ModelConfig small(Residual residual, int block, AttentionKind attention) {
-    ModelConfig c;
-    c.vocab_size = 64;
-    c.d_model = 32;
+    ModelConfig c = strata::testing::tiny_model(64, 5);
     c.n_layers = 3;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.head_dim = 8;
     c.ffn_hidden = 48;
-    c.max_seq_len = 5;
     c.residual = residual;
     c.attnres_block_size = block;
     c.attention = attention;

@@ -13,6 +13,7 @@
 #include "ops/profile.h"
 #include "train/optimizer.h"
 #include "train/step.h"
+#include "../test_util.h"
 
 using namespace strata;
 
@@ -21,15 +22,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 ModelConfig tiny(Residual residual, AttentionKind attention) {
-    ModelConfig c;
-    c.vocab_size = 64;
-    c.d_model = 32;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.head_dim = 8;
+    ModelConfig c = strata::testing::tiny_model(64, 8);
     c.ffn_hidden = 48;
-    c.max_seq_len = 8;
     c.residual = residual;
     c.attnres_block_size = 2;
     c.attention = attention;

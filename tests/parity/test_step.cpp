@@ -9,20 +9,14 @@
 
 #include "model/model.h"
 #include "train/step.h"
+#include "../test_util.h"
 
 using namespace strata;
 
 namespace {
 ModelConfig small(Residual res, AttentionKind att) {
-    ModelConfig c;
-    c.vocab_size = 67;
-    c.d_model = 32;
+    ModelConfig c = strata::testing::tiny_model(67, 24);
     c.n_layers = 3;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.head_dim = 8;
-    c.ffn_hidden = 40;
-    c.max_seq_len = 24;
     c.qk_norm = true;
     c.residual = res;
     c.attnres_block_size = 3;
