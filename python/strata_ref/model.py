@@ -40,7 +40,8 @@ DEFAULT_CONFIG = OrderedDict(
 )
 
 NORM_PLACEMENTS = ("pre", "post", "reordered")
-RESIDUALS = ("standard", "attnres_full", "attnres_block")
+RESIDUALS = ("standard", "attnres_full", "attnres_block", "rezero", "layernorm_scaling", "denseformer")
+ATTNRES = ("attnres_full", "attnres_block")
 ATTENTIONS = ("causal", "moda")
 
 
@@ -72,7 +73,7 @@ def resolve_config(config: dict | None) -> dict:
     if cfg["attention"] not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}")
     if cfg["residual"] != "standard" and cfg["norm_placement"] != "pre":
-        raise ValueError("AttnRes needs norm_placement 'pre'")
+        raise ValueError(f"residual {cfg['residual']!r} needs norm_placement 'pre'")
     return cfg
 
 
@@ -99,11 +100,16 @@ def param_shapes(cfg: dict) -> "OrderedDict[str, tuple]":
         if cfg["attention"] == "moda" and cfg["moda_ffn_kv"] and l + 1 < L:
             shapes[p + "w_ffn_k"] = (Hk * d, D)
             shapes[p + "w_ffn_v"] = (Hk * d, D)
-        if cfg["residual"] != "standard":
+        if cfg["residual"] in ATTNRES:
             for side in ("attn", "mlp"):
                 shapes[p + side + "_res_query"] = (D,)
                 shapes[p + side + "_res_norm"] = (D,)
-    if cfg["residual"] != "standard":
+        elif cfg["residual"] == "rezero":
+            shapes[p + "attn_alpha"] = (1,)
+            shapes[p + "mlp_alpha"] = (1,)
+        elif cfg["residual"] == "denseformer":
+            shapes[p + "dwa"] = (l + 2,)  # the weights of X_0 .. X_{l+1} in Y_{l+1}
+    if cfg["residual"] in ATTNRES:
         shapes["out_res_query"] = (D,)
         shapes["out_res_norm"] = (D,)
     shapes["final_norm"] = (D,)
@@ -220,7 +226,8 @@ class RefModel(nn.Module):
 
     # -- parameters --------------------------------------------------------------------------
     def _init_params(self):
-        """Init per the doc: norms 1; matrices N(0, std), wo/w_down N(0, std/sqrt(2L)).
+        """Init per the doc: norms 1; matrices N(0, std), wo/w_down N(0, std/sqrt(2L)) (N(0, std) under
+        layernorm_scaling); AttnRes pseudo-queries and ReZero gates 0; DenseFormer weights the identity.
 
         The random stream is torch's (seeded with cfg['seed']); it is not meant to match the C++ engine,
         whose values are copied in with load_strata_params for parity tests.
@@ -228,9 +235,14 @@ class RefModel(nn.Module):
         gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
         std = self.cfg["init_std"]
         out_std = std / math.sqrt(2 * self.cfg["n_layers"])
+        if self.cfg["residual"] == "layernorm_scaling":
+            out_std = std
         for name, shape in self._shapes.items():
-            if name.endswith("_res_query"):  # AttnRes pseudo-queries start at zero: a uniform mix
+            if name.endswith("_res_query") or name.endswith("_alpha"):  # a uniform mix; ReZero's closed gates
                 t = torch.zeros(shape, dtype=torch.float64)
+            elif name.endswith(".dwa"):  # Y_i = X_i at the start
+                t = torch.zeros(shape, dtype=torch.float64)
+                t[-1] = 1.0
             elif len(shape) == 1:
                 t = torch.ones(shape, dtype=torch.float64)
             else:
@@ -343,7 +355,15 @@ class RefModel(nn.Module):
         attn = (lambda x: 0 * self._attention(x, l)) if skip == 2 * l else (lambda x: self._attention(x, l))
         mlp = (lambda x: 0 * self._mlp(x, l)) if skip == 2 * l + 1 else (lambda x: self._mlp(x, l))
         placement = self.cfg["norm_placement"]
-        if placement == "pre":
+        residual = self.cfg["residual"]
+        if residual == "rezero":  # h + alpha_j f_j(N(h))
+            h = h + self.param(p + "attn_alpha") * attn(rms_norm(h, wa, eps))
+            h = h + self.param(p + "mlp_alpha") * mlp(rms_norm(h, wm, eps))
+        elif residual == "layernorm_scaling":  # h + f_j(N(h) / sqrt(l + 1))
+            c = 1.0 / math.sqrt(l + 1)
+            h = h + attn(rms_norm(h, wa, eps) * c)
+            h = h + mlp(rms_norm(h, wm, eps) * c)
+        elif placement == "pre":
             h = h + attn(rms_norm(h, wa, eps))
             h = h + mlp(rms_norm(h, wm, eps))
         elif placement == "post":
@@ -382,6 +402,16 @@ class RefModel(nn.Module):
             blocks.append(partial)
         return attn_res(blocks, self.param("out_res_query"), self.param("out_res_norm"), eps)
 
+    def _denseformer_layers(self, emb: torch.Tensor, skip=None) -> torch.Tensor:
+        """DenseFormer: X_0 = emb, X_i = block_i(Y_{i-1}) (a pre-norm block), Y_i = sum_j dwa_i[j] X_j.
+        Returns Y_L."""
+        X, y = [emb], emb
+        for l in range(self.cfg["n_layers"]):
+            X.append(self._block(y, l, skip))
+            w = self.param(f"blocks.{l}.dwa")
+            y = sum(w[j] * X[j] for j in range(l + 2))
+        return y
+
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, skip_sublayer=None):
         """tokens (B, T) int64 -> (logits (B, T, V), mean CE loss or None).
 
@@ -393,11 +423,13 @@ class RefModel(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg['max_seq_len']}")
         h = self.param("tok_emb")[tokens]  # (B, T, D)
         self._depth = []  # MoDA's depth stream, filled layer by layer
-        if self.cfg["residual"] == "standard":
+        if self.cfg["residual"] in ATTNRES:
+            h = self._attn_res_layers(h, skip_sublayer)
+        elif self.cfg["residual"] == "denseformer":
+            h = self._denseformer_layers(h, skip_sublayer)
+        else:
             for l in range(self.cfg["n_layers"]):
                 h = self._block(h, l, skip_sublayer)
-        else:
-            h = self._attn_res_layers(h, skip_sublayer)
         h = rms_norm(h, self.param("final_norm"), self.cfg["norm_eps"])
         w_out = self.param("tok_emb") if self.cfg["tie_embeddings"] else self.param("lm_head")
         logits = linear(h, w_out)

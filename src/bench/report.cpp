@@ -231,7 +231,7 @@ void markdown_flops(std::ostringstream& md, const TrainBenchResult& r) {
     if (fl.moda)
         md << "| MoDA depth scores (Σ slots over the layers = " << long(fl.moda_slots) << ") | 12·B·T·H·d·Σ slots | "
            << fmt("%.2f", fl.moda_depth / 1e9) << " |\n";
-    if (r.model.residual != Residual::standard)
+    if (is_attnres(r.model))
         md << "| AttnRes depth mixes (Σ sources over the " << 2 * r.model.n_layers + 1 << " ops = "
            << long(fl.attnres_sources) << ") | 12·B·T·D·Σ sources | " << fmt("%.2f", fl.attnres_mix / 1e9) << " |\n";
     md << "| **total** | | **" << fmt("%.2f", fl.total / 1e9) << "** |\n\n";

@@ -375,6 +375,10 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
     openblas_set_num_threads(o.threads);
 
     r.model = bench_model_config(o);
+    if (!o.no_peer && r.model.residual != Residual::standard && !is_attnres(r.model))
+        throw Error(std::string("bench train: the PyTorch peer builds the standard and AttnRes models only, not "
+                                "--residual ") +
+                    to_string(r.model.residual) + "; pass --no-peer to time strata alone");
     check_memory(r.model.memory_bytes(o.batch, o.seq, /*training=*/true), "bench train",
                  "batch " + std::to_string(o.batch) + " x seq " + std::to_string(o.seq));
     r.flops = training_flops(r.model, o.batch, o.seq);

@@ -158,9 +158,13 @@ void add_diagnose_command(CLI::App& app) {
         std::printf("%-9s %10.4g\n", "final", rms(st.final_ms));
         js["sublayers"] = subs;
         js["final_input_rms"] = rms(st.final_ms);
+        const char* state = is_attnres(c) ? ", or under AttnRes its block's partial sum"
+                            : c.residual == Residual::denseformer
+                                ? ", or under DenseFormer the depth-weighted average after its block"
+                                : "";
         std::printf("\n(input: what the sublayer normalises and reads; state: the residual stream after it%s;\n"
                     " grad norm: of the sublayer's parameters, RMS over the batches)\n",
-                    c.residual == Residual::standard ? "" : ", or under AttnRes its block's partial sum");
+                    state);
 
         if (!st.alpha.empty()) {
             const auto cols = alpha_columns(c);

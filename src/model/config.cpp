@@ -27,9 +27,10 @@ struct Names<NormPlacement> {
 };
 template <>
 struct Names<Residual> {
-    static constexpr std::pair<Residual, const char*> table[] = {{Residual::standard, "standard"},
-                                                                 {Residual::attnres_full, "attnres_full"},
-                                                                 {Residual::attnres_block, "attnres_block"}};
+    static constexpr std::pair<Residual, const char*> table[] = {
+        {Residual::standard, "standard"},   {Residual::attnres_full, "attnres_full"},
+        {Residual::attnres_block, "attnres_block"}, {Residual::rezero, "rezero"},
+        {Residual::layernorm_scaling, "layernorm_scaling"}, {Residual::denseformer, "denseformer"}};
 };
 template <>
 struct Names<AttentionKind> {
@@ -48,7 +49,7 @@ constexpr bool complete(E last) {
     return long(last) == i - 1;
 }
 static_assert(complete(NormPlacement::reordered));
-static_assert(complete(Residual::attnres_block));
+static_assert(complete(Residual::denseformer));
 static_assert(complete(AttentionKind::moda));
 
 template <typename E>
@@ -88,11 +89,10 @@ template std::string allowed_names<AttentionKind>();
 
 int attnres_sublayers_per_block(const ModelConfig& c) {
     switch (c.residual) {
-        case Residual::standard: return 0;
         case Residual::attnres_full: return 1;
         case Residual::attnres_block: return c.attnres_block_size;
+        default: return 0;
     }
-    return 0;
 }
 
 long moda_slots_read(const ModelConfig& c, long layer) {
@@ -174,9 +174,7 @@ void ModelConfig::validate(const std::string& origin) const {
                     std::to_string(n_kv_heads) + ")");
     if (head_dim % 2 != 0) throw Error(origin + ": head_dim must be even for RoPE");
     positive("attnres_block_size", attnres_block_size, 2048);
-    if (residual != Residual::standard && norm_placement != NormPlacement::pre)
-        throw Error(origin + ": residual \"" + to_string(residual) +
-                    "\" needs norm_placement \"pre\" (each sublayer normalises its own input)");
+    residual_validate(*this, origin);
     if (!(rope_theta > 0)) throw Error(origin + ": rope_theta must be positive");
     // The largest RoPE angle, position × theta^(-2i/head_dim), must be finite or the tables hold NaN.
     const double worst_freq = rope_theta >= 1 ? 1.0 : std::pow(rope_theta, -double(head_dim - 2) / double(head_dim));
@@ -192,11 +190,9 @@ void ModelConfig::validate(const std::string& origin) const {
 
 double ModelConfig::num_params() const {
     const double V = vocab_size, D = d_model, H = n_heads, Hk = n_kv_heads, d = head_dim, F = ffn_hidden;
-    const bool attnres = residual != Residual::standard;  // a query and a key-norm weight per sublayer
-    const double per_layer = 2 * D + (H + 2 * Hk) * d * D + (qk_norm ? 2 * d : 0) + D * H * d + 3 * F * D +
-                             (attnres ? 4 * D : 0);
+    const double per_layer = 2 * D + (H + 2 * Hk) * d * D + (qk_norm ? 2 * d : 0) + D * H * d + 3 * F * D;
     const double ffn_kv = attention == AttentionKind::moda && moda_ffn_kv ? double(n_layers - 1) * 2 * Hk * d * D : 0;
-    return V * D * (tie_embeddings ? 1 : 2) + double(n_layers) * per_layer + D + (attnres ? 2 * D : 0) + ffn_kv;
+    return V * D * (tie_embeddings ? 1 : 2) + double(n_layers) * per_layer + D + ffn_kv + residual_num_params(*this);
 }
 
 double ModelConfig::memory_bytes(long B, long T, bool training, Precision precision) const {
@@ -209,10 +205,12 @@ double ModelConfig::memory_bytes(long B, long T, bool training, Precision precis
         TensorPlan plan;
         if (precision == Precision::bf16) {
             Model<float>::ActsOf<bf16> scratch{};
-            Model<float>::describe_activations(plan, *this, B * T, training, scratch);
+            auto rule = make_residual_rule<float, bf16>(*this);
+            Model<float>::describe_activations(plan, *this, B * T, training, scratch, *rule);
         } else {
             Model<float>::Acts scratch{};
-            Model<float>::describe_activations(plan, *this, B * T, training, scratch);
+            auto rule = make_residual_rule<float, float>(*this);
+            Model<float>::describe_activations(plan, *this, B * T, training, scratch, *rule);
         }
         arena = double(plan.bytes());
     }

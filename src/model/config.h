@@ -10,12 +10,16 @@ namespace strata {
 
 enum class NormPlacement { pre, post, reordered };
 
-// How each sublayer's input is formed from what came before (docs/attn_res.md):
-//   standard       the residual stream h + f(h), shaped by norm_placement;
-//   attnres_full   a softmax over depth of the embedding and every earlier sublayer output;
-//   attnres_block  the same over the embedding, completed block sums and the current partial sum,
-//                  with attnres_block_size sublayers (attention and MLP each count) per block.
-enum class Residual { standard, attnres_full, attnres_block };
+// How each sublayer's input is formed from what came before (docs/residual.md; each rule is one file
+// in src/model/residual/):
+//   standard           the residual stream h + f(h), shaped by norm_placement;
+//   attnres_full       a softmax over depth of the embedding and every earlier sublayer output;
+//   attnres_block      the same over the embedding, completed block sums and the current partial sum,
+//                      with attnres_block_size sublayers (attention and MLP each count) per block;
+//   rezero             h + α_j·f_j(norm(h)), one learned scalar α_j per sublayer, starting at 0;
+//   layernorm_scaling  pre-norm with each norm's output in layer ℓ scaled by 1/√ℓ;
+//   denseformer        after each block, a learned weighted average of every block's output state.
+enum class Residual { standard, attnres_full, attnres_block, rezero, layernorm_scaling, denseformer };
 
 // The attention kind (docs/moda.md): "causal" is causal GQA over the sequence; "moda" adds, inside the
 // same softmax, each token's own keys/values from earlier layers (Mixture-of-Depths Attention).
@@ -82,8 +86,12 @@ std::string allowed_names();
 long moda_slots_read(const ModelConfig& c, long layer);
 inline long moda_slots(const ModelConfig& c) { return moda_slots_read(c, c.n_layers - 1); }
 
+// Whether the rule is AttnRes (Full or Block).
+inline bool is_attnres(const ModelConfig& c) {
+    return c.residual == Residual::attnres_full || c.residual == Residual::attnres_block;
+}
 // AttnRes's block size in sublayers: 1 for attnres_full, attnres_block_size for attnres_block, 0 for
-// the standard residual.
+// every other rule.
 int attnres_sublayers_per_block(const ModelConfig& c);
 // The most sources any AttnRes op of the model mixes (the output op's count), 0 without AttnRes.
 int attnres_max_sources(const ModelConfig& c);

@@ -11,8 +11,9 @@ namespace strata {
 std::vector<ParamSpec> param_specs(const ModelConfig& c) {
     c.validate("model config");
     const long V = c.vocab_size, D = c.d_model, H = c.n_heads, Hk = c.n_kv_heads, d = c.head_dim, F = c.ffn_hidden;
-    // GPT-2's depth-scaled init for the projections that write into the residual stream.
-    const double resid_std = c.init_std / std::sqrt(2.0 * c.n_layers);
+    // GPT-2's depth-scaled init for the projections that write into the residual stream (a rule may
+    // drop it).
+    const double resid_std = residual_scaled_init(c) ? c.init_std / std::sqrt(2.0 * c.n_layers) : c.init_std;
     std::vector<ParamSpec> specs;
     size_t off = 0;
     using Init = ParamSpec::Init;
@@ -31,6 +32,9 @@ std::vector<ParamSpec> param_specs(const ModelConfig& c) {
         specs.push_back(s);
     };
     const double w = c.init_std;
+    const ParamAdd rule_add = [&](const std::string& name, std::vector<long> shape, int sublayer, Init init) {
+        add(name, std::move(shape), sublayer, init, init == Init::normal ? w : 0.0);
+    };
     add("tok_emb", {V, D}, -1, Init::normal, w);
     for (int l = 0; l < c.n_layers; l++) {
         std::string p = "blocks." + std::to_string(l) + ".";
@@ -52,18 +56,9 @@ std::vector<ParamSpec> param_specs(const ModelConfig& c) {
             add(p + "w_ffn_k", {Hk * d, D}, jm, Init::normal, w);  // adjacent: the fused wffn view relies on it
             add(p + "w_ffn_v", {Hk * d, D}, jm, Init::normal, w);
         }
-        if (c.residual != Residual::standard) {
-            // Pseudo-queries start at 0, so every mix starts as a plain mean; key norms at 1.
-            add(p + "attn_res_query", {D}, ja, Init::zeros);
-            add(p + "attn_res_norm", {D}, ja, Init::ones);
-            add(p + "mlp_res_query", {D}, jm, Init::zeros);
-            add(p + "mlp_res_norm", {D}, jm, Init::ones);
-        }
+        residual_layer_params(c, l, rule_add);
     }
-    if (c.residual != Residual::standard) {
-        add("out_res_query", {D}, -1, Init::zeros);
-        add("out_res_norm", {D}, -1, Init::ones);
-    }
+    residual_model_params(c, rule_add);
     add("final_norm", {D}, -1, Init::ones);
     if (!c.tie_embeddings) add("lm_head", {V, D}, -1, Init::normal, w);
     return specs;
@@ -79,7 +74,6 @@ Model<T>::Model(const ModelConfig& c, Device device) : cfg(c), specs(param_specs
     T* base = params_.data<T>();
     auto param = [&](const std::string& name) { return base + spec(name).offset; };
     tok_emb_ = param("tok_emb");
-    final_norm_ = param("final_norm");
     lm_head_ = c.tie_embeddings ? tok_emb_ : param("lm_head");
     for (int l = 0; l < c.n_layers; l++) {
         std::string p = "blocks." + std::to_string(l) + ".";
@@ -94,24 +88,14 @@ Model<T>::Model(const ModelConfig& c, Device device) : cfg(c), specs(param_specs
         lp.wdown = param(p + "w_down");
         lp.wffn = c.attention == AttentionKind::moda && c.moda_ffn_kv && l + 1 < c.n_layers ? param(p + "w_ffn_k")
                                                                                              : nullptr;
-        if (c.residual != Residual::standard) {
-            lp.attn_res_query = param(p + "attn_res_query");
-            lp.attn_res_norm = param(p + "attn_res_norm");
-            lp.mlp_res_query = param(p + "mlp_res_query");
-            lp.mlp_res_norm = param(p + "mlp_res_norm");
-        }
         layers_.push_back(lp);
     }
-    if (c.residual != Residual::standard) {
-        out_res_query_ = param("out_res_query");
-        out_res_norm_ = param("out_res_norm");
-        const int n_max = attnres_max_sources(c);
-        mix_src_.resize(size_t(n_max));
-        mix_dsrc_.resize(size_t(n_max));
-        const size_t S = size_t(std::min(attnres_sublayers_per_block(c), 2 * c.n_layers));
-        for (auto* v : {&ph1_.out, &ph1_.logit, &ph1_.rstd, &ph1_.lse}) v->resize(S);
-        ph1_.w.resize(S);
-        ph1_.gamma.resize(S);
+    const ParamView<T> view{&specs, base, grads_.data<T>()};
+    rule_ = make_residual_rule<T, T>(c);
+    rule_->bind(view);
+    if constexpr (std::is_same_v<T, float>) {
+        rule_lp_ = make_residual_rule<T, bf16>(c);
+        rule_lp_->bind(view);
     }
     const size_t half = size_t(c.max_seq_len) * d / 2;
     rope_ = Buffer(*backend_, dtype_of<T>(), 2 * half);  // the tables stay in T at every precision
@@ -139,6 +123,7 @@ void Model<T>::init_weights(uint64_t seed) {
         switch (s.init) {
             case ParamSpec::Init::ones: std::fill(host.begin(), host.end(), T(1)); break;
             case ParamSpec::Init::zeros: break;
+            case ParamSpec::Init::unit_last: host.back() = T(1); break;
             case ParamSpec::Init::normal:
                 for (size_t i = 0; i < s.numel; i++) host[i] = T(rng.normal() * s.init_std);
                 break;
@@ -193,64 +178,39 @@ void Model<T>::logits_to_host(T* host, long first, long rows) const {
     backend_->copy_to_host(host, a_.logits + first * V, size_t(rows * V) * sizeof(T));
 }
 
-// The activations for N = B·T rows, in arena order. Buffers that only alias another (the post-norm
-// stream, unnormed q/k, f's input when it is h itself) are set after carving, in layout().
+// The activations for N = B·T rows, in arena order: the model's, with the residual rule's state and
+// scratch where they belong. Buffers that only alias another (unnormed q/k, the shared ones) are set
+// after carving, in layout().
 template <typename T>
 template <typename A>
 void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N, bool training, ActsOf<A>& a,
-                                    bool keep_outputs) {
+                                    ResidualRule<T, A>& rule, bool keep_outputs) {
     const long D = c.d_model, H = c.n_heads, Hk = c.n_kv_heads, d = c.head_dim, F = c.ffn_hidden, V = c.vocab_size,
                L = c.n_layers;
     const long QKV = (H + 2 * Hk) * d, kvd = Hk * d;
-    const bool pre = c.norm_placement == NormPlacement::pre;
-    const bool post = c.norm_placement == NormPlacement::post;
     const bool moda = c.attention == AttentionKind::moda;
-    const bool attnres = c.residual != Residual::standard;
     constexpr bool same = std::is_same_v<A, T>;  // fp32 (fp64): no conversions, no converted copies
-    const long slots = moda ? moda_slots(c) : 0, n_max = attnres_max_sources(c);
+    const long slots = moda ? moda_slots(c) : 0;
     // Forward-only intermediates have one buffer for every layer (layer 0's; layout() points the other
     // layers at it): the qkv projection (split into q, k, v at once), the SwiGLU output (the backward
-    // recomputes it from gu), and each sublayer's own output f(·) once the rule has added it to the
-    // stream — except under reordered norms, whose backward reads it, and with keep_outputs
+    // recomputes it from gu), and each sublayer's own output f(·) once the rule has taken it into its
+    // state — unless the rule's backward reads it (reordered norms, ReZero), or keep_outputs
     // (diagnostics read every sublayer's output after the forward).
-    // Under pre-norm each sublayer's normed input x_in is shared too: the backward recomputes it from
-    // the norm's input, which it keeps (bit for bit: the same rmsnorm_forward on the same floats).
-    const bool share_f_out = !keep_outputs && c.norm_placement != NormPlacement::reordered;
+    const bool share_f_out = !keep_outputs && !rule.backward_reads_outputs();
     P.clear();
     auto t = [&](auto** where, const char* name, long n, int layer = -1) { P.add(name, layer, size_t(n), where); };
-    auto mix = [&](MixActs& m, int layer) {
-        t(&m.out, "mix.out", N * D, layer);
-        t(&m.logit, "mix.logit", n_max * N, layer);
-        t(&m.rstd, "mix.rstd", n_max * N, layer);
-        t(&m.lse, "mix.lse", N, layer);
-    };
-    auto sub = [&](SubActs<A>& s, int l) {
-        s.f_out = nullptr;  // shared: added with the forward-only buffers
-        if (!share_f_out) t(&s.f_out, "f_out", N * D, l);
-        s.x_in = nullptr;
-        s.n_out = s.sum = s.out = nullptr;
-        if (pre) {
-            if (l == 0 && &s == &a.layers[0].attn) t(&s.x_in, "x_in (every sublayer's)", N * D);
-        } else {
-            t(&s.n_out, "n_out", N * D, l);
-            if (!same) t(&s.x_in, "x_in", N * D, l);
-        }
-        t(&s.rstd, "rstd", N, l);
-        if (post) t(&s.sum, "sum", N * D, l);
-        else t(&s.out, "out", N * D, l);
-        s.mix = {};
-        if (attnres) mix(s.mix, l);
-    };
     t(&a.tokens, "tokens", N);
     t(&a.pos, "pos", N);
     a.targets = nullptr;
     if (training) t(&a.targets, "targets", N);
     t(&a.x0, "x0", N * D);
+    rule.describe(P, N, training);
     a.layers.resize(size_t(L));  // no-op after the first call
+    a.f_out.assign(size_t(2 * L), nullptr);  // capacity kept: no allocation after the first call
+    if (!share_f_out)
+        for (long j = 0; j < 2 * L; j++) t(&a.f_out[size_t(j)], "f_out", N * D, int(j / 2));
     for (int l = 0; l < L; l++) {
         LayerActs<A>& la = a.layers[size_t(l)];
-        sub(la.attn, l);
-        sub(la.mlp, l);
         la.qkv = la.act = nullptr;  // qkv: added with the forward-only buffers
         t(&la.q_raw, "q_raw", N * H * d, l);
         t(&la.k_raw, "k_raw", N * kvd, l);
@@ -288,8 +248,6 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     t(&a.lnf_rstd, "lnf_rstd", N);
     t(&a.losses, "losses", N);
     t(&a.lse, "lse", N);
-    a.out_mix = {};
-    if (attnres) mix(a.out_mix, -1);
     // The forward-only buffers: the shared qkv and f(·), and the head's output. With targets the head is
     // fused with the loss (head_crossentropy_forward): no (N, V) logits, the (N, V) gradient instead,
     // and a one-chunk float scratch when the GEMM inputs are bf16.
@@ -298,7 +256,7 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     a.dy_a = a.dqkv_a = nullptr;
     auto forward_only = [&] {
         t(&a.layers[0].qkv, "qkv (every layer's)", N * QKV);
-        if (share_f_out) t(&a.layers[0].attn.f_out, "f_out (every sublayer's)", N * D);
+        if (share_f_out) t(&a.f_out[0], "f_out (every sublayer's)", N * D);
     };
     if (!training) {
         forward_only();
@@ -314,12 +272,9 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     t(&a.dlogits, "dlogits", N * V);
     if (!same) t(&a.head_scratch, "head_scratch", std::min(N, kHeadChunkRows) * V);
     P.overlay_next();
-    // Common to every sublayer's backward, and the MoDA FFN's depth slot (mlp_backward) borrows dk,
-    // dk_raw, dqkv and dqkv_a.
-    t(&a.dres_a, "dres_a", N * D);
-    t(&a.dres_b, "dres_b", N * D);
-    t(&a.dn, "dn", N * D);
-    t(&a.dy, "dy", N * D);
+    // The rule's scratch, then what every sublayer's backward shares; the MoDA FFN's depth slot
+    // (mlp_backward) borrows dk, dk_raw, dqkv and dqkv_a.
+    rule.describe_backward(P, N);
     if (!same) t(&a.dy_a, "dy_a", N * D);
     a.dq_raw = a.dk_raw = nullptr;
     auto attn_kv = [&] {
@@ -344,14 +299,6 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
     t(&a.dgu, "dgu", N * 2 * F);
     t(&a.dact, "dact", N * F);
     P.overlay_end();
-    a.dsub.clear();
-    a.demb = a.dmix = nullptr;
-    if (attnres) {
-        a.dsub.resize(size_t(2 * L));  // capacity kept: no allocation after the first call
-        for (long j = 0; j < 2 * L; j++) t(&a.dsub[size_t(j)], "dsub", N * D, int(j / 2));
-        t(&a.demb, "demb", N * D);
-        t(&a.dmix, "dmix", N * D);
-    }
     P.overlay_end();
 }
 
@@ -362,24 +309,23 @@ template <typename A>
 void Model<T>::layout(long N, bool training) {
     if (N == plan_N_ && training == plan_training_ && keep_sublayer_outputs == plan_keep_) return;
     ActsOf<A>& a = acts<A>();
-    const bool pre = cfg.norm_placement == NormPlacement::pre;
-    describe_activations(plan_, cfg, N, training, a, keep_sublayer_outputs);
+    ResidualRule<T, A>& r = rule<A>();
+    describe_activations(plan_, cfg, N, training, a, r, keep_sublayer_outputs);
     if (arena_.bytes() < plan_.bytes()) {
         arena_ = Buffer();  // free the old arena before taking the larger one
         arena_ = Buffer(*backend_, DType::u8, plan_.bytes());
     }
     plan_.carve(arena_.raw());
-    for (LayerActs<A>& la : a.layers) {  // the aliases
-        for (SubActs<A>* s : {&la.attn, &la.mlp}) {
-            if (!s->out) s->out = s->n_out;  // post-norm: the stream is the norm's output
-            if (!s->f_out) s->f_out = a.layers[0].attn.f_out;  // the shared ones
-            if (!s->x_in && pre) s->x_in = a.layers[0].attn.x_in;
-        }
+    for (A*& f : a.f_out)  // the aliases
+        if (!f) f = a.f_out[0];
+    for (LayerActs<A>& la : a.layers) {
         if (!la.qkv) la.qkv = a.layers[0].qkv, la.act = a.layers[0].act;
         if (!la.q) la.q = la.q_raw, la.k = la.k_raw;  // no QK-norm: RoPE rotates the split q/k in place
         if (la.fk_raw && !la.fk) la.fk = la.fk_raw;
     }
     if (training && !a.dq_raw) a.dq_raw = a.dq, a.dk_raw = a.dk;
+    r.io = RuleIO<T, A>{N, a.x0, a.lnf, a.lnf_rstd};
+    r.carved();
     plan_N_ = N;
     plan_training_ = training;
     plan_keep_ = keep_sublayer_outputs;
@@ -537,121 +483,51 @@ void Model<T>::mlp_backward(long l, const A* in, T* din, const T* dout, long N, 
     }
 }
 
-// ---- the residual rule around a sublayer -----------------------------------------------------
-//   pre:       out = h + f(N(h))
-//   post:      out = N(h + f(h))
-//   reordered: out = h + N(f(h))
-// Under mixed precision h and out are float; f reads and writes A. Where f reads h itself (post,
-// reordered) it reads h converted to A (x_in), and its input gradient adds straight into dh.
+// ---- the sublayer loop: f_j inside the residual rule (src/model/residual/rule.h) ------------------
 template <typename T>
 template <typename A>
-void Model<T>::sublayer_forward(SubActs<A>& s, const T* h, const T* nw, long N, bool is_attn, long l,
-                                const AttnDims& ad, A* kc, A* vc, bool input_normed, const NextNorm<A>* next) {
-    const long D = cfg.d_model;
-    auto f = [&](const A* in, A* out) {
-        if (is_attn) attn_forward(l, in, out, N, ad, kc, vc);
-        else mlp_forward(l, in, out, N);
-        if (2 * l + (is_attn ? 0 : 1) == skip_sublayer) fill_zero(out, size_t(N * D));
-    };
-    auto h_as_input = [&]() -> const A* {
-        if constexpr (std::is_same_v<A, T>) {
-            return h;
-        } else {
-            convert_forward(s.x_in, h, size_t(N * D));
-            return s.x_in;
-        }
-    };
-    switch (cfg.norm_placement) {
-        case NormPlacement::pre:
-            if (!input_normed) rmsnorm_forward(s.x_in, s.rstd, h, nw, N, D, cfg.norm_eps);
-            f(s.x_in, s.f_out);
-            if (next) residual_rmsnorm_forward(s.out, next->out, next->rstd, h, s.f_out, next->w, N, D, cfg.norm_eps);
-            else residual_forward(s.out, h, s.f_out, N * D);
-            break;
-        case NormPlacement::post:
-            f(h_as_input(), s.f_out);
-            residual_forward(s.sum, h, s.f_out, N * D);
-            rmsnorm_forward(s.n_out, s.rstd, s.sum, nw, N, D, cfg.norm_eps);  // s.out aliases s.n_out
-            break;
-        case NormPlacement::reordered:
-            f(h_as_input(), s.f_out);
-            rmsnorm_forward(s.n_out, s.rstd, s.f_out, nw, N, D, cfg.norm_eps);
-            residual_forward(s.out, h, s.n_out, N * D);
-            break;
-    }
-}
-
-// dh (the gradient w.r.t. the sublayer's input h) is accumulated; dout is the gradient w.r.t. out.
-template <typename T>
-template <typename A>
-void Model<T>::sublayer_backward(SubActs<A>& s, const T* h, T* dh, const T* dout, long N, bool is_attn, long l,
-                                 const AttnDims& ad) {
-    const long D = cfg.d_model;
+void Model<T>::layers_forward(long N, const AttnDims& ad, KVCache<T>* cache) {
     ActsOf<A>& a = acts<A>();
-    const LayerParams<T>& p = layers_[l];
-    const T* nw = is_attn ? p.attn_norm : p.mlp_norm;
-    T* dnw = g(nw);
-    auto fb = [&](const A* in, T* din, const T* dy, Into into) {
-        if (is_attn) attn_backward(l, in, din, dy, N, ad, into);
-        else mlp_backward(l, in, din, dy, N, into);
-    };
-    const A* h_in = nullptr;  // f's input where it is h (post, reordered)
-    if constexpr (std::is_same_v<A, T>) h_in = h;
-    else h_in = s.x_in;
-    const size_t ND = size_t(N * D);
-    switch (cfg.norm_placement) {
-        case NormPlacement::pre:
-            residual_backward(dh, static_cast<T*>(nullptr), dout, N * D);
-            rmsnorm_forward(s.x_in, s.rstd, h, nw, N, D, cfg.norm_eps);  // f's input again (shared buffer)
-            fb(s.x_in, a.dn, dout, Into::overwrite);
-            rmsnorm_backward(dh, dnw, a.dn, h, nw, s.rstd, N, D);
-            break;
-        case NormPlacement::post:
-            fill_zero(a.dy, ND);
-            rmsnorm_backward(a.dy, dnw, dout, s.sum, nw, s.rstd, N, D);
-            residual_backward(dh, static_cast<T*>(nullptr), a.dy, N * D);
-            fb(h_in, dh, a.dy, Into::add);
-            break;
-        case NormPlacement::reordered:
-            residual_backward(dh, static_cast<T*>(nullptr), dout, N * D);
-            fill_zero(a.dy, ND);
-            rmsnorm_backward(a.dy, dnw, dout, s.f_out, nw, s.rstd, N, D);
-            fb(h_in, dh, a.dy, Into::add);
-            break;
-    }
-}
-
-template <typename T>
-template <typename A>
-void Model<T>::run_layers(long N, const AttnDims& ad, KVCache<T>* cache) {
-    ActsOf<A>& a = acts<A>();
+    ResidualRule<T, A>& r = rule<A>();
     const long per_layer = cache ? cache->B * cache->max_T * cfg.n_kv_heads * cfg.head_dim : 0;
-    const T* h = a.x0;
-    if (cfg.residual != Residual::standard) {  // src/model/attn_res.cpp
-        attnres_run_layers<A>(N, ad, cache);
-        h = a.out_mix.out;
-    } else {
-        // Pre-norm: each residual add is fused with the norm after it (the last one with the final norm).
-        const bool fuse = cfg.norm_placement == NormPlacement::pre;
-        const long L = cfg.n_layers;
-        for (long l = 0; l < L; l++) {
-            LayerActs<A>& la = a.layers[l];
+    r.begin(skip_sublayer);
+    for (int j = 0; j < 2 * cfg.n_layers; j++) {
+        const long l = j / 2;
+        const A* in = r.input(j);
+        A* f = a.f_out[size_t(j)];
+        if (j % 2 == 0) {
             A* kc = cache ? cache->k.template data<A>() + l * per_layer : nullptr;
             A* vc = cache ? cache->v.template data<A>() + l * per_layer : nullptr;
-            const NextNorm<A> to_mlp{la.mlp.x_in, la.mlp.rstd, layers_[l].mlp_norm};
-            const NextNorm<A> to_next = l + 1 < L ? NextNorm<A>{a.layers[l + 1].attn.x_in, a.layers[l + 1].attn.rstd,
-                                                                layers_[l + 1].attn_norm}
-                                                  : NextNorm<A>{a.lnf, a.lnf_rstd, final_norm_};
-            sublayer_forward(la.attn, h, layers_[l].attn_norm, N, true, l, ad, kc, vc, fuse && l > 0,
-                             fuse ? &to_mlp : nullptr);
-            sublayer_forward(la.mlp, la.attn.out, layers_[l].mlp_norm, N, false, l, ad, static_cast<A*>(nullptr),
-                             static_cast<A*>(nullptr), fuse, fuse ? &to_next : nullptr);
-            h = la.mlp.out;
+            attn_forward(l, in, f, N, ad, kc, vc);
+        } else {
+            mlp_forward(l, in, f, N);
         }
-        if (!fuse) rmsnorm_forward(a.lnf, a.lnf_rstd, h, final_norm_, N, cfg.d_model, cfg.norm_eps);
+        if (j == skip_sublayer) fill_zero(f, size_t(N * cfg.d_model));
+        r.output(j, f);
     }
-    if (cfg.residual != Residual::standard)
-        rmsnorm_forward(a.lnf, a.lnf_rstd, h, final_norm_, N, cfg.d_model, cfg.norm_eps);
+    r.finish();
+}
+
+// dlnf (the gradient w.r.t. the head's input) is in a.dlnf; leaves the embeddings' gradient with the
+// rule (embedding_grad).
+template <typename T>
+template <typename A>
+void Model<T>::layers_backward(long N, const AttnDims& ad, const std::function<void(int)>& layer_done) {
+    ActsOf<A>& a = acts<A>();
+    ResidualRule<T, A>& r = rule<A>();
+    r.finish_backward(a.dlnf);
+    for (int j = 2 * cfg.n_layers - 1; j >= 0; j--) {
+        const long l = j / 2;
+        const A* f = a.f_out[size_t(j)];
+        const T* dout = r.output_grad(j, f);
+        const A* in = r.input_again(j);
+        Into into = Into::add;
+        T* din = r.input_grad(j, &into);
+        if (j % 2 == 0) attn_backward(l, in, din, dout, N, ad, into);
+        else mlp_backward(l, in, din, dout, N, into);
+        r.input_backward(j);
+        if (j % 2 == 0 && layer_done) layer_done(int(l));  // sublayer 2l is the layer's last to finish
+    }
 }
 
 template <typename T>
@@ -693,7 +569,7 @@ double Model<T>::forward_impl(const int32_t* targets, long B, long seq) {
     }
     embedding_forward(a.x0, a.tokens, tok_emb_, N, cfg.d_model);
     AttnDims ad{B, seq, seq, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, seq * cfg.n_kv_heads * cfg.head_dim};
-    run_layers<A>(N, ad, nullptr);
+    layers_forward<A>(N, ad, nullptr);
     have_targets_ = targets != nullptr;
     backward_pending_ = have_targets_;
     if (!have_targets_) {
@@ -735,29 +611,8 @@ void Model<T>::backward_impl(const std::function<void(int)>& layer_done) {
         fill_zero(a.ddepth_k, n);
         fill_zero(a.ddepth_v, n);
     }
-    const bool attnres = cfg.residual != Residual::standard;
-    const T* h_last = attnres ? a.out_mix.out : a.layers[cfg.n_layers - 1].mlp.out;
-    T* dcur = a.dres_a;  // gradient w.r.t. the current residual stream
-    T* dprev = a.dres_b;
-    fill_zero(dcur, size_t(N * D));
-    rmsnorm_backward(dcur, g(final_norm_), a.dlnf, h_last, final_norm_, a.lnf_rstd, N, D);
-    if (attnres) {
-        attnres_layers_backward<A>(N, ad, dcur, layer_done);
-        embedding_backward(g(tok_emb_), a.demb, a.tokens, N, D);
-        return;
-    }
-    for (long l = cfg.n_layers - 1; l >= 0; l--) {
-        LayerActs<A>& la = a.layers[l];
-        const T* h_in = l > 0 ? a.layers[l - 1].mlp.out : a.x0;
-        fill_zero(dprev, size_t(N * D));
-        sublayer_backward(la.mlp, la.attn.out, dprev, dcur, N, false, l, ad);
-        std::swap(dcur, dprev);
-        fill_zero(dprev, size_t(N * D));
-        sublayer_backward(la.attn, h_in, dprev, dcur, N, true, l, ad);
-        std::swap(dcur, dprev);
-        if (layer_done) layer_done(int(l));
-    }
-    embedding_backward(g(tok_emb_), dcur, a.tokens, N, D);
+    layers_backward<A>(N, ad, layer_done);
+    embedding_backward(g(tok_emb_), rule<A>().embedding_grad(), a.tokens, N, D);
 }
 
 template <typename T>
@@ -814,27 +669,18 @@ void Model<T>::forward_cached_impl(long B, long n, KVCache<T>& cache) {
     embedding_forward(a.x0, a.tokens, tok_emb_, B * n, cfg.d_model);
     AttnDims ad{B, n, cache.len + n, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cache.len,
                 cache.max_T * cfg.n_kv_heads * cfg.head_dim};
-    run_layers<A>(B * n, ad, &cache);
+    layers_forward<A>(B * n, ad, &cache);
     matmul_forward(a.logits, a.lnf, W<A>(lm_head_), B * n, cfg.d_model, cfg.vocab_size);
     cache.len += n;
 }
 
 template class Model<float>;
 template class Model<double>;
-// The sublayers, called from attn_res.cpp too, at each (master, activation) type pair.
-#define STRATA_MODEL_SUBLAYERS(T, A)                                                                          \
-    template void Model<T>::attn_forward<A>(long, const A*, A*, long, const AttnDims&, A*, A*);              \
-    template void Model<T>::attn_backward<A>(long, const A*, T*, const T*, long, const AttnDims&, Into);           \
-    template void Model<T>::mlp_forward<A>(long, const A*, A*, long);                                        \
-    template void Model<T>::mlp_backward<A>(long, const A*, T*, const T*, long, Into);
-STRATA_MODEL_SUBLAYERS(float, float)
-STRATA_MODEL_SUBLAYERS(float, bf16)
-STRATA_MODEL_SUBLAYERS(double, double)
 template void Model<double>::describe_activations<double>(TensorPlan&, const ModelConfig&, long, bool,
-                                                          ActsOf<double>&, bool);
+                                                          ActsOf<double>&, ResidualRule<double, double>&, bool);
 template void Model<float>::describe_activations<float>(TensorPlan&, const ModelConfig&, long, bool, ActsOf<float>&,
-                                                        bool);
+                                                        ResidualRule<float, float>&, bool);
 template void Model<float>::describe_activations<bf16>(TensorPlan&, const ModelConfig&, long, bool, ActsOf<bf16>&,
-                                                       bool);
+                                                       ResidualRule<float, bf16>&, bool);
 
 }  // namespace strata

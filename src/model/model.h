@@ -1,14 +1,16 @@
 // The strata model: parameters in one contiguous buffer with named views, activations in one arena
 // sized per (B, T), and an explicit forward/backward that calls the ops in order and in reverse.
 //
-// Two independent axes shape a block: the residual rule and the attention kind (here causal GQA).
-// The residual rule is either the standard stream, shaped by the norm placement (pre, post,
-// reordered) in sublayer_forward/backward, or AttnRes (Full or Block), where every sublayer's input
-// is a softmax over depth (src/model/attn_res.cpp). A sublayer is "f" (attention or MLP); the
-// attention kind lives in attn_forward/backward.
+// Two independent axes shape a block: the residual rule and the attention kind (causal GQA or MoDA).
+// The residual rule says how each sublayer's input is formed from what came before and what becomes
+// of its output: the standard stream under each norm placement, ReZero, LayerNorm-Scaling, AttnRes
+// or DenseFormer, one file each in src/model/residual/ behind one interface, which the model's one
+// sublayer loop calls (layers_forward/backward). A sublayer is "f" (attention or MLP); the attention
+// kind lives in attn_forward/backward.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -16,27 +18,11 @@
 #include "backend/backend.h"
 #include "model/config.h"
 #include "model/plan.h"
+#include "model/residual/rule.h"
+#include "model/spec.h"
 #include "ops/ops.h"
 
 namespace strata {
-
-// Everything the engine needs to know about one parameter tensor, so that nothing (the init, the
-// optimizer, diagnose) has to read meaning into its name.
-struct ParamSpec {
-    enum class Init { normal, ones, zeros };
-    std::string name;
-    std::vector<long> shape;
-    size_t offset = 0;  // in elements, into the parameter buffer
-    size_t numel = 0;
-    Init init = Init::normal;
-    double init_std = 0;  // Init::normal only
-    bool decay = true;    // AdamW weight decay applies: the 2-D weights (docs/model.md); train.no_decay adds exemptions
-    int sublayer = -1;    // 2l (attention of layer l), 2l+1 (its MLP), −1: none (embedding, final norm, output mix, head)
-};
-
-// The parameters a config implies, in buffer order, without allocating them (a checkpoint's tensors
-// are checked against this before a model is built). Throws Error for an invalid config.
-std::vector<ParamSpec> param_specs(const ModelConfig& cfg);
 
 template <typename T>
 struct LayerParams {
@@ -49,8 +35,6 @@ struct LayerParams {
     T* wgu;        // (2F, D): w_gate then w_up, one GEMM
     T* wdown;      // (D, F)
     T* wffn;       // MoDA with FFN K/V, layers before the last: (2·Hk·d, D), w_ffn_k then w_ffn_v; else null
-    // AttnRes only (null otherwise): each sublayer's pseudo-query and key-norm weight
-    T *attn_res_query, *attn_res_norm, *mlp_res_query, *mlp_res_norm;  // (D) each
 };
 
 // Per-layer key/value cache for generation: (B, max_T, Hk, d) per layer for K and V, on the model's
@@ -59,20 +43,6 @@ template <typename T>
 struct KVCache {
     long B = 0, max_T = 0, len = 0;
     Buffer k, v;  // (L, B, max_T, Hk, d), stored in the activation type of the model's precision
-};
-
-// Depth statistics summed over the rows (tokens) of one or more forwards (strata diagnose, docs/
-// diagnostics.md); divide by `rows` to report. Sublayers are j = 0..2L−1 (attention 2l, MLP 2l+1).
-struct DepthStats {
-    long rows = 0;
-    std::vector<double> input_ms;   // (2L) mean square of each sublayer's input (AttnRes: its mix)
-    std::vector<double> output_ms;  // (2L) of each sublayer's output f_j
-    std::vector<double> state_ms;   // (2L) standard: the residual stream after j; AttnRes: j's block partial sum
-    double final_ms = 0;            // of the final norm's input
-    // AttnRes: (2L+1 ops) × (columns) summed softmax weights. Column 0 is the embedding, column 1+k
-    // block k (for attnres_full, sublayer k's output), and for attnres_block the last column is the
-    // op's own block partial sum.
-    std::vector<std::vector<double>> alpha;
 };
 
 template <typename T>
@@ -151,11 +121,12 @@ public:
 
     // Diagnostics, forward only: when ≥ 0, sublayer j = skip_sublayer's output is replaced by zero.
     // Under AttnRes a source that this leaves empty is dropped from every mix (it is neither a key nor
-    // counted in the softmax). backward() refuses to run while it is set.
+    // counted in the softmax); under DenseFormer the block's state still enters the averages.
+    // backward() refuses to run while it is set.
     int skip_sublayer = -1;
     // Diagnostics: when set, every sublayer's output f(·) keeps its own buffer after the forward, as
-    // accumulate_depth_stats needs. Off, they share one (the rule has added each to the stream, and
-    // no backward reads it), which saves (2·L − 1)·N·D activations.
+    // accumulate_depth_stats needs. Off, they share one where the rule's backward reads none (it has
+    // taken each into its state), which saves (2·L − 1)·N·D activations.
     bool keep_sublayer_outputs = false;
     // Adds the last forward's statistics to `s` (src/model/diagnostics.cpp).
     void accumulate_depth_stats(DepthStats& s) const;
@@ -170,30 +141,11 @@ public:
 
     // ---- activations: pointers into the arena, set by describe_activations + TensorPlan::carve ----
     // A is the activations' storage type: T, or bf16 under mixed precision. Tensors typed T* stay in
-    // T whatever A is: the residual stream, the AttnRes sources and mixes (the rule's state), the
-    // saved statistics, and every gradient. Tensors typed A* are GEMM inputs and outputs and what
-    // the attention saves.
-    struct MixActs {  // one AttnRes op (src/model/attn_res.cpp)
-        T* out;       // (N, D) the mix: the sublayer's input h
-        T *logit, *rstd;  // (n_max, N)
-        T* lse;       // (N)
-    };
-    template <typename A>
-    struct SubActs {  // one sublayer (attention or MLP) under the residual rule
-        A* f_out;     // (N, D) the sublayer's own output f(·); one buffer for all but under reordered norms
-                      // and keep_sublayer_outputs
-        A* x_in;      // (N, D) f's input: pre and AttnRes the norm's output (one buffer for every sublayer,
-                      // recomputed by the backward); post and reordered h itself (aliased when A is T,
-                      // else h converted to A)
-        T* n_out;     // (N, D) post and reordered: the norm's output in T (post: the stream)
-        T* rstd;      // (N)
-        T* sum;       // (N, D) post only: h + f(h), the norm's input
-        T* out;       // (N, D) the residual stream after this sublayer; AttnRes: the block's partial sum
-        MixActs mix;  // AttnRes only: the sublayer's input
-    };
+    // T whatever A is: the saved statistics and every gradient, and in the rule's state the stream,
+    // the AttnRes sources and mixes. Tensors typed A* are GEMM inputs and outputs and what the
+    // attention saves.
     template <typename A>
     struct LayerActs {
-        SubActs<A> attn, mlp;
         // attention: q_raw/k_raw are the split projection; q/k the normed (QK-norm) and rotated ones,
         // the same buffers as q_raw/k_raw without QK-norm
         A *qkv, *q_raw, *k_raw, *q, *k, *v, *att;  // qkv: one buffer for every layer (forward only)
@@ -207,19 +159,19 @@ public:
         int32_t *tokens, *targets, *pos;  // (N) each; targets only when training
         T* x0;  // (N, D) embeddings
         std::vector<LayerActs<A>> layers;
+        // (2L) each sublayer's own output f(·): one buffer for all, unless the rule's backward reads them
+        // or keep_sublayer_outputs (the rule has taken each into its state, and no backward reads it)
+        std::vector<A*> f_out;
         A* lnf;  // the final norm's output, the head's input
         T* lnf_rstd;
         A* logits;             // (N, V), forwards without targets only (generation, logits_to_host)
         T *losses, *lse;
         A* dlogits;            // (N, V), forwards with targets: the head's gradient, from the fused loss
         T* head_scratch;       // (head_chunk_rows, V): a bf16 run's float logits of one row chunk
-        MixActs out_mix;       // AttnRes: the output op, over every block, before the final norm
         A *depth_k, *depth_v;  // MoDA: (B·T, slots, Hk·d) each; layer b's K/V go to slot moda_slots_read(b)
         T *ddepth_k, *ddepth_v;  // MoDA backward: their gradients
-        std::vector<T*> dsub;  // AttnRes backward: (N, D) gradient of each sublayer's partial sum
-        T *demb, *dmix;        // AttnRes backward: (N, D) each
-        // backward scratch (gradients in T)
-        T *dres_a, *dres_b, *dn, *dy, *dqkv, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dact, *dlnf;
+        // backward scratch (gradients in T); the residual rule has its own
+        T *dqkv, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dact, *dlnf;
         A* dgu;            // written as A by its op: the GEMM backward's dout
         A *dy_a, *dqkv_a;  // a T gradient converted to A for a GEMM backward (aliases when A is T)
     };
@@ -228,11 +180,11 @@ public:
     // between the head's GEMM and the softmax over them.
     static constexpr long kHeadChunkRows = 64;
     // The one description of the activations for N rows (the backward's too when training): adds each
-    // tensor to `plan`, bound to its pointer in `a`. ModelConfig::memory_bytes calls it on a scratch.
-    // keep_outputs: as keep_sublayer_outputs.
+    // tensor to `plan`, bound to its pointer in `a` or in the residual rule's state. ModelConfig::
+    // memory_bytes calls it on a scratch. keep_outputs: as keep_sublayer_outputs.
     template <typename A>
     static void describe_activations(TensorPlan& plan, const ModelConfig& c, long N, bool training, ActsOf<A>& a,
-                                     bool keep_outputs = false);
+                                     ResidualRule<T, A>& rule, bool keep_outputs = false);
 
 private:
     Backend* backend_;
@@ -248,14 +200,16 @@ private:
     bool plan_keep_ = false;
 
     T* tok_emb_;
-    T* final_norm_;
-    T *out_res_query_ = nullptr, *out_res_norm_ = nullptr;  // AttnRes output op
     T* lm_head_;  // == tok_emb_ when tied
     std::vector<LayerParams<T>> layers_;
     const T *rope_cos_, *rope_sin_;
 
     ActsOf<T> a_{};      // fp32 (and fp64) runs
     ActsOf<bf16> ab_{};  // bf16 runs
+    // The residual rule (src/model/residual/), one per activation type; it holds its own state.
+    using LowA = std::conditional_t<std::is_same_v<T, float>, bf16, T>;
+    std::unique_ptr<ResidualRule<T, T>> rule_;
+    std::unique_ptr<ResidualRule<T, LowA>> rule_lp_;  // bf16 runs (float models only)
     long B_ = 0, T_ = 0;
     long n_counted_ = 0;
     bool have_targets_ = false;
@@ -271,6 +225,11 @@ private:
     const ActsOf<A>& acts() const {
         if constexpr (std::is_same_v<A, T>) return a_;
         else return ab_;
+    }
+    template <typename A>
+    ResidualRule<T, A>& rule() const {
+        if constexpr (std::is_same_v<A, T>) return *rule_;
+        else return *rule_lp_;
     }
     // Calls f with a null pointer of the activation type of the current precision (A = T or bf16).
     template <typename F>
@@ -292,20 +251,6 @@ private:
     void backward_impl(const std::function<void(int)>& layer_done);
     template <typename A>
     void forward_cached_impl(long B, long n, KVCache<T>& cache);
-    // Pre-norm: the next norm, fused with this sublayer's residual add (its input is ready when the
-    // next sublayer starts).
-    template <typename A>
-    struct NextNorm {
-        A* out;
-        T* rstd;
-        const T* w;
-    };
-    template <typename A>
-    void sublayer_forward(SubActs<A>& s, const T* h, const T* norm_w, long N, bool is_attn, long l, const AttnDims& ad,
-                          A* kc, A* vc, bool input_normed, const NextNorm<A>* next);
-    template <typename A>
-    void sublayer_backward(SubActs<A>& s, const T* h, T* dh, const T* dout, long N, bool is_attn, long l,
-                           const AttnDims& ad);
     template <typename A>
     void attn_forward(long l, const A* in, A* out, long N, const AttnDims& ad, A* kc, A* vc);
     template <typename A>
@@ -315,27 +260,13 @@ private:
     void mlp_forward(long l, const A* in, A* out, long N);
     template <typename A>
     void mlp_backward(long l, const A* in, T* din, const T* dout, long N, Into din_into);
+    // The one sublayer loop: the residual rule around each f_j, from the embeddings to the head's input.
     template <typename A>
-    void run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
+    void layers_forward(long N, const AttnDims& ad, KVCache<T>* cache);
+    template <typename A>
+    void layers_backward(long N, const AttnDims& ad, const std::function<void(int)>& layer_done);
     template <typename A>
     void accumulate_depth_stats_impl(DepthStats& s) const;
-    // AttnRes (src/model/attn_res.cpp): the layers' forward and backward under the depth-softmax rule.
-    std::vector<const T*> mix_src_;  // source pointers of one op, sized once
-    std::vector<T*> mix_dsrc_;
-    struct Phase1Args {  // pointers for attnres_phase1 over one block's sublayers, sized once
-        std::vector<T*> out, logit, rstd, lse;
-        std::vector<const T*> w, gamma;
-    } ph1_;
-    template <typename A>
-    int mix_sources(long j, bool grads);  // fills mix_src_ (and mix_dsrc_) for sublayer j (2L: output)
-    bool mix_has_partial_ = false;        // whether the last mix_sources() ended with a partial sum
-    bool skipped_empty(long e) const;     // sublayer e's partial sum is empty under skip_sublayer
-    template <typename A>
-    void phase1(long j0, int n, long N);
-    template <typename A>
-    void attnres_run_layers(long N, const AttnDims& ad, KVCache<T>* cache);
-    template <typename A>
-    void attnres_layers_backward(long N, const AttnDims& ad, const T* dfinal, const std::function<void(int)>& layer_done);
 };
 
 extern template class Model<float>;

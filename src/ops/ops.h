@@ -54,20 +54,23 @@ void embedding_forward(T* out, const int32_t* tokens, const W* table, long N, lo
 template <typename T, typename W = T>
 void embedding_backward(W* dtable, const T* dout, const int32_t* tokens, long N, long C);
 
-// ---- RMSNorm over rows of width C: out = inp · rstd · w, rstd = (mean(inp²) + eps)^-½ ----------------
-// out and inp may differ in storage type (a float stream normed into a bf16 GEMM input).
+// ---- RMSNorm over rows of width C: out = inp · rstd · w · scale, rstd = (mean(inp²) + eps)^-½ ---------
+// out and inp may differ in storage type (a float stream normed into a bf16 GEMM input). `scale` is a
+// constant factor on the output (LayerNorm-Scaling's 1/√ℓ); rstd is saved without it, and the
+// backward takes the same scale. At scale 1 the results are those of the unscaled norm, bit for bit.
 template <typename O, typename I, typename W>
-void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long N, long C, double eps);
+void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long N, long C, double eps,
+                     double scale = 1.0);
 template <typename I, typename W>
 void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const I* inp, const W* w,
-                      const compute_t<I>* rstd, long N, long C);
+                      const compute_t<I>* rstd, long N, long C, double scale = 1.0);
 
 // ---- residual add fused with the next RMSNorm (pre-norm): out = a + b, then normed = RMSNorm(out)·w
 // with its rstd, in one pass over the rows (the sum is normed while still in cache). Equal, bit for
 // bit, to residual_forward followed by rmsnorm_forward; its backward is theirs.
 template <typename O, typename T, typename B, typename W>
 void residual_rmsnorm_forward(T* out, O* normed, compute_t<T>* rstd, const T* a, const B* b, const W* w, long N,
-                              long C, double eps);
+                              long C, double eps, double scale = 1.0);
 
 // ---- RoPE, rotate-half layout, in place on (rows, n_heads, d) ----------------------------------------
 // pos[r] is the absolute position of row r; cos/sin tables are (max_pos, d/2).
@@ -198,6 +201,24 @@ template <typename T, typename B>
 void residual_forward(T* out, const T* a, const B* b, long n);
 template <typename T>
 void residual_backward(T* da, T* db, const T* dout, long n);
+
+// gated residual add (ReZero): out = a + alpha[0]·b, with the gate a one-element tensor (out may alias
+// a). Backward: db = alpha[0]·dout, OVERWRITTEN (a buffer of its own, like a GEMM's Into::overwrite),
+// and dalpha[0] += Σ dout·b in double over fixed chunks, added in order (the same bits at any thread
+// count); da is residual_backward's.
+template <typename T, typename B>
+void gated_residual_forward(T* out, const T* a, const B* b, const T* alpha, long n);
+template <typename T, typename B>
+void gated_residual_backward(T* db, T* dalpha, const T* dout, const B* b, const T* alpha, long n);
+
+// weighted sum of n sources (DenseFormer's depth-weighted average): out = Σ_i alpha[i]·srcs[i], each
+// source n_elem long. Backward: dsrcs[i] += alpha[i]·dout (a null dsrcs[i] is skipped) and
+// dalpha[i] += Σ dout·srcs[i], reduced as in gated_residual_backward.
+template <typename T>
+void weighted_sum_forward(T* out, const T* const* srcs, int n, const T* alpha, long n_elem);
+template <typename T>
+void weighted_sum_backward(T* const* dsrcs, T* dalpha, const T* dout, const T* const* srcs, int n, const T* alpha,
+                           long n_elem);
 
 // qkv split: the fused projection qkv (N, Wq + Wk + Wv) into contiguous q (N, Wq), k (N, Wk), v (N, Wv).
 // Its backward is the merge: dqkv = [dq | dk | dv]. Every element of dqkv is written once, so the

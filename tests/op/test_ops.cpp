@@ -154,9 +154,11 @@ OpCase matmul_case(long N, long IC, long OC, std::mt19937_64& g) {
     return c;
 }
 
-OpCase rmsnorm_case(long N, long C, std::mt19937_64& g) {
+// scale ≠ 1: LayerNorm-Scaling's constant factor on the output (y = x·rstd·w·scale).
+OpCase rmsnorm_case(long N, long C, std::mt19937_64& g, double scale = 1.0) {
     OpCase c;
-    c.name = "rmsnorm N=" + std::to_string(N) + " C=" + std::to_string(C);
+    c.name = "rmsnorm N=" + std::to_string(N) + " C=" + std::to_string(C) +
+             (scale != 1.0 ? " scale=" + std::to_string(scale) : "");
     Vec w = randn(C, g, 0.3);
     for (auto& x : w) x += 1.0;
     c.inputs = {randn(N * C, g), w};
@@ -166,7 +168,7 @@ OpCase rmsnorm_case(long N, long C, std::mt19937_64& g) {
         using T = decltype(zero);
         auto x = cast<T>(in[0]), wt = cast<T>(in[1]);
         std::vector<T> y(N * C), r(N);
-        rmsnorm_forward(y.data(), r.data(), x.data(), wt.data(), N, C, eps);
+        rmsnorm_forward(y.data(), r.data(), x.data(), wt.data(), N, C, eps, scale);
         return Vec(y.begin(), y.end());
     };
     c.ref = [=](auto& in) {
@@ -174,7 +176,7 @@ OpCase rmsnorm_case(long N, long C, std::mt19937_64& g) {
         for (long n = 0; n < N; n++) {
             double ms = 0;
             for (long i = 0; i < C; i++) ms += in[0][n * C + i] * in[0][n * C + i] / C;
-            for (long i = 0; i < C; i++) y[n * C + i] = in[0][n * C + i] / std::sqrt(ms + eps) * in[1][i];
+            for (long i = 0; i < C; i++) y[n * C + i] = in[0][n * C + i] / std::sqrt(ms + eps) * in[1][i] * scale;
         }
         return y;
     };
@@ -182,8 +184,8 @@ OpCase rmsnorm_case(long N, long C, std::mt19937_64& g) {
         using T = decltype(zero);
         auto x = cast<T>(in[0]), wt = cast<T>(in[1]), dy = cast<T>(dout);
         std::vector<T> y(N * C), r(N), dx(N * C, T(0)), dw(C, T(0));
-        rmsnorm_forward(y.data(), r.data(), x.data(), wt.data(), N, C, eps);
-        rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), wt.data(), r.data(), N, C);
+        rmsnorm_forward(y.data(), r.data(), x.data(), wt.data(), N, C, eps, scale);
+        rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), wt.data(), r.data(), N, C, scale);
         return std::vector<Vec>{dbl(dx), dbl(dw)};
     };
     set_ops(c, f, b);
@@ -609,6 +611,82 @@ OpCase residual_case(long n, int alias, std::mt19937_64& g) {
     return c;
 }
 
+// ReZero's gated residual, out = a + alpha·b, alpha one element.
+OpCase gated_residual_case(long n, std::mt19937_64& g) {
+    OpCase c;
+    c.name = "gated_residual n=" + std::to_string(n);
+    c.inputs = {randn(n, g), randn(n, g), randn(1, g)};
+    c.differentiable = {true, true, true};
+    auto f = [=](auto zero, const std::vector<Vec>& in) {
+        using T = decltype(zero);
+        auto a = cast<T>(in[0]), b = cast<T>(in[1]), al = cast<T>(in[2]);
+        std::vector<T> y(n);
+        gated_residual_forward(y.data(), a.data(), b.data(), al.data(), n);
+        return dbl(y);
+    };
+    c.ref = [=](auto& in) {
+        Vec y(n);
+        for (long i = 0; i < n; i++) y[i] = in[0][i] + in[2][0] * in[1][i];
+        return y;
+    };
+    // db is overwritten: it starts as NaN. da is residual_backward's (the model's pass-through).
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T = decltype(zero);
+        auto bb = cast<T>(in[1]), al = cast<T>(in[2]), dy = cast<T>(dout);
+        std::vector<T> da(n, T(0)), db(n, T(NAN)), dal(1, T(0.5));
+        residual_backward(da.data(), static_cast<T*>(nullptr), dy.data(), n);
+        gated_residual_backward(db.data(), dal.data(), dy.data(), bb.data(), al.data(), n);
+        dal[0] -= T(0.5);  // it accumulates
+        return std::vector<Vec>{dbl(da), dbl(db), dbl(dal)};
+    };
+    set_ops(c, f, b);
+    return c;
+}
+
+// DenseFormer's weighted sum of k sources: out = Σ alpha_i·src_i.
+OpCase weighted_sum_case(long n, int k, std::mt19937_64& g) {
+    OpCase c;
+    c.name = "weighted_sum n=" + std::to_string(n) + " k=" + std::to_string(k);
+    for (int i = 0; i < k; i++) c.inputs.push_back(randn(n, g));
+    c.inputs.push_back(randn(k, g));
+    c.differentiable.assign(size_t(k + 1), true);
+    auto f = [=](auto zero, const std::vector<Vec>& in) {
+        using T = decltype(zero);
+        std::vector<std::vector<T>> src;
+        std::vector<const T*> ptr;
+        for (int i = 0; i < k; i++) src.push_back(cast<T>(in[i]));
+        for (auto& x : src) ptr.push_back(x.data());
+        auto al = cast<T>(in[k]);
+        std::vector<T> y(n);
+        weighted_sum_forward(y.data(), ptr.data(), k, al.data(), n);
+        return dbl(y);
+    };
+    c.ref = [=](auto& in) {
+        Vec y(n, 0.0);
+        for (int i = 0; i < k; i++)
+            for (long e = 0; e < n; e++) y[e] += in[k][i] * in[i][e];
+        return y;
+    };
+    auto b = [=](auto zero, const std::vector<Vec>& in, const Vec& dout) {
+        using T = decltype(zero);
+        std::vector<std::vector<T>> src, dsrc(size_t(k), std::vector<T>(n, T(0)));
+        std::vector<const T*> ptr;
+        std::vector<T*> dptr;
+        for (int i = 0; i < k; i++) src.push_back(cast<T>(in[i]));
+        for (auto& x : src) ptr.push_back(x.data());
+        for (auto& x : dsrc) dptr.push_back(x.data());
+        auto al = cast<T>(in[k]), dy = cast<T>(dout);
+        std::vector<T> dal(k, T(0));
+        weighted_sum_backward(dptr.data(), dal.data(), dy.data(), ptr.data(), k, al.data(), n);
+        std::vector<Vec> grads;
+        for (auto& x : dsrc) grads.push_back(dbl(x));
+        grads.push_back(dbl(dal));
+        return grads;
+    };
+    set_ops(c, f, b);
+    return c;
+}
+
 // qkv split of (N, Wq + Wk + Wv); the output is q (N, Wq), k (N, Wk), v (N, Wv) one after another.
 OpCase qkv_split_case(long N, long Wq, long Wk, long Wv, std::mt19937_64& g) {
     OpCase c;
@@ -715,6 +793,13 @@ std::vector<OpCase> table() {
     t.push_back(residual_case(65 * 13, 2, g));
     t.push_back(residual_case(40001, 0, g));  // above the single-thread cutoff
     t.push_back(residual_case(40001, 1, g));
+    t.push_back(rmsnorm_case(3, 48, g, 1.0 / std::sqrt(3.0)));   // LayerNorm-Scaling, layer 3
+    t.push_back(rmsnorm_case(65, 48, g, 1.0 / std::sqrt(8.0)));
+    for (long n : {1L, 13L * 65, 40001L, 3 * 4096L + 7}) {  // one chunk, several, above the thread cutoff
+        t.push_back(gated_residual_case(n, g));
+        t.push_back(weighted_sum_case(n, 1, g));
+        t.push_back(weighted_sum_case(n, 4, g));
+    }
     return t;
 }
 

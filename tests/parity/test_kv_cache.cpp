@@ -41,11 +41,14 @@ class KVCache_ : public ::testing::TestWithParam<std::tuple<NormPlacement, int, 
 TEST_P(KVCache_, GreedyMatchesFullForward) {
     auto [np, kv, qk, res, att] = GetParam();
     Model<float> m(tiny(np, kv, qk, res, att));
-    Rng rng(11);  // AttnRes queries start at 0 (a uniform mix); give them values so the mix matters
+    // AttnRes queries and ReZero gates start at 0 and DenseFormer weights at the identity; give them
+    // values so that what they do matters
+    Rng rng(11);
     for (const auto& s : m.specs)
-        if (s.name.ends_with("_res_query")) {
+        if (s.name.ends_with("_res_query") || s.name.ends_with("_alpha") || s.name.ends_with(".dwa")) {
             std::vector<float> q(s.numel);
-            for (float& x : q) x = float(0.5 * rng.normal());
+            for (float& x : q) x = float(0.5 * rng.normal()) + (s.name.ends_with("_alpha") ? 0.5f : 0.0f);
+            if (s.name.ends_with(".dwa")) q.back() += 1.0f;
             m.param_from_host(s, q.data());
         }
     const int V = m.cfg.vocab_size;
@@ -87,7 +90,12 @@ INSTANTIATE_TEST_SUITE_P(Placements, KVCache_,
                                            std::make_tuple(NormPlacement::pre, 1, true, Residual::attnres_block, AttentionKind::causal),
                                            std::make_tuple(NormPlacement::pre, 2, true, Residual::standard, AttentionKind::moda),
                                            std::make_tuple(NormPlacement::post, 1, false, Residual::standard, AttentionKind::moda),
-                                           std::make_tuple(NormPlacement::pre, 2, false, Residual::attnres_full, AttentionKind::moda)));
+                                           std::make_tuple(NormPlacement::pre, 2, false, Residual::attnres_full, AttentionKind::moda),
+                                           std::make_tuple(NormPlacement::pre, 2, false, Residual::rezero, AttentionKind::causal),
+                                           std::make_tuple(NormPlacement::pre, 1, true, Residual::layernorm_scaling, AttentionKind::causal),
+                                           std::make_tuple(NormPlacement::pre, 2, false, Residual::denseformer, AttentionKind::causal),
+                                           std::make_tuple(NormPlacement::pre, 2, true, Residual::rezero, AttentionKind::moda),
+                                           std::make_tuple(NormPlacement::pre, 1, false, Residual::denseformer, AttentionKind::moda)));
 
 TEST(Generate, RejectsPromptLongerThanMaxSeqLen) {
     Model<float> m(tiny(NormPlacement::pre, 2, false));

@@ -48,6 +48,15 @@ CASES = [
          tie_embeddings=False, ignore=False),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, attention="moda", qk_norm=True, residual="attnres_block",
          attnres_block_size=2, ignore=False),
+] + [  # the baseline rules (pre-norm only), alone and with MoDA
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="rezero", ignore=False),
+    dict(norm_placement="pre", n_kv_heads=1, n_layers=3, residual="rezero", qk_norm=True, tie_embeddings=False,
+         attention="moda", ignore=True),
+    dict(norm_placement="pre", n_kv_heads=4, n_layers=3, residual="layernorm_scaling", ignore=False),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="layernorm_scaling", qk_norm=True, ignore=True),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="denseformer", ignore=False),
+    dict(norm_placement="pre", n_kv_heads=1, n_layers=4, residual="denseformer", attention="moda", qk_norm=True,
+         ignore=True),
 ]
 
 
@@ -98,13 +107,16 @@ def engine_and_reference(cfg):
     ref = RefModel(cfg, dtype=torch.float64)
     names = list(m.param_names())
     assert names == ref.strata_param_names()
-    # Norm weights start at 1 and AttnRes queries at 0; perturb them (through set_param) so that the
-    # multiply by each is exercised and the depth softmax is not uniform.
+    # Norm weights start at 1, AttnRes queries and ReZero gates at 0 and DenseFormer weights at the
+    # identity; perturb them (through set_param) so that the multiply by each is exercised, the depth
+    # softmax is not uniform and every gradient flows.
     rng = np.random.default_rng(7)
     for n in names:
         p = m.get_param(n)
-        if n.endswith("_res_query"):
+        if n.endswith("_res_query") or n.endswith("_alpha"):
             m.set_param(n, (0.3 * rng.standard_normal(p.shape)).astype(np.float32))
+        elif n.endswith(".dwa"):
+            m.set_param(n, (p + 0.3 * rng.standard_normal(p.shape)).astype(np.float32))
         elif p.ndim == 1:
             m.set_param(n, (1.0 + 0.2 * rng.standard_normal(p.shape)).astype(np.float32))
     arrays = {}
@@ -267,6 +279,9 @@ SKIP_CASES = [
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_full"),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=2),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=4),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="rezero"),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="layernorm_scaling"),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="denseformer"),
 ]
 
 

@@ -46,6 +46,11 @@ std::vector<ModelConfig> configs() {
     c = base;
     c.residual = Residual::attnres_full;
     cs.push_back(c);
+    for (Residual r : {Residual::rezero, Residual::layernorm_scaling, Residual::denseformer}) {
+        c = base;
+        c.residual = r;
+        cs.push_back(c);
+    }
     return cs;
 }
 
@@ -56,7 +61,7 @@ int sublayer_by_name(const std::string& name) {
     const int l = std::stoi(name.substr(7, dot - 7));
     const std::string p = name.substr(dot + 1);
     const bool attn = p == "attn_norm" || p == "wq" || p == "wk" || p == "wv" || p == "q_norm" || p == "k_norm" ||
-                      p == "wo" || p.rfind("attn_res_", 0) == 0;
+                      p == "wo" || p.rfind("attn_res_", 0) == 0 || p == "attn_alpha";
     return 2 * l + (attn ? 0 : 1);
 }
 
@@ -67,15 +72,18 @@ TEST(ParamSpecs, InitIsBitIdenticalToTheNameBasedRule) {
         SCOPED_TRACE(std::string(to_string(c.residual)) + " " + to_string(c.attention));
         Model<float> m(c);
         const std::vector<float> got = m.params().host<float>();
-        // One normal stream over the 2-D tensors in buffer order; wo and w_down at std/√(2L); 1-D
-        // tensors are ones, except the AttnRes pseudo-queries (zeros).
+        // One normal stream over the 2-D tensors in buffer order; wo and w_down at std/√(2L) (std
+        // under LayerNorm-Scaling); 1-D tensors are ones, except the AttnRes pseudo-queries and the
+        // ReZero gates (zeros) and the DenseFormer weights (zeros but the last).
         Rng rng(c.seed);
-        const double resid = c.init_std / std::sqrt(2.0 * c.n_layers);
+        const double resid =
+            c.residual == Residual::layernorm_scaling ? c.init_std : c.init_std / std::sqrt(2.0 * c.n_layers);
         size_t checked = 0;
         for (const ParamSpec& s : m.specs) {
             for (size_t i = 0; i < s.numel; i++) {
                 float want;
-                if (s.shape.size() == 1) want = s.name.ends_with("_res_query") ? 0.0f : 1.0f;
+                if (s.name.ends_with(".dwa")) want = i + 1 == s.numel ? 1.0f : 0.0f;
+                else if (s.shape.size() == 1) want = s.name.ends_with("_res_query") || s.name.ends_with("_alpha") ? 0.0f : 1.0f;
                 else {
                     const bool r = s.name.ends_with(".wo") || s.name.ends_with(".w_down");
                     want = float(rng.normal() * (r ? resid : c.init_std));

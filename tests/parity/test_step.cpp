@@ -29,7 +29,10 @@ TEST(TrainStep, LayerCallbackSeesEachLayersFinalGradients) {
     for (auto [res, att] : {std::pair{Residual::standard, AttentionKind::causal},
                             std::pair{Residual::attnres_block, AttentionKind::causal},
                             std::pair{Residual::attnres_full, AttentionKind::moda},
-                            std::pair{Residual::standard, AttentionKind::moda}}) {
+                            std::pair{Residual::standard, AttentionKind::moda},
+                            std::pair{Residual::rezero, AttentionKind::causal},
+                            std::pair{Residual::layernorm_scaling, AttentionKind::causal},
+                            std::pair{Residual::denseformer, AttentionKind::moda}}) {
         SCOPED_TRACE(std::string(to_string(res)) + " " + to_string(att));
         Model<float> m(small(res, att));
         const long B = 2, T = 19, L = m.cfg.n_layers;

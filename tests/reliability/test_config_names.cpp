@@ -27,18 +27,23 @@ void check_round_trip(std::initializer_list<E> values, const std::string& allowe
 TEST(ConfigNames, EveryValueRoundTrips) {
     check_round_trip({NormPlacement::pre, NormPlacement::post, NormPlacement::reordered},
                      "\"pre\", \"post\" or \"reordered\"");
-    check_round_trip({Residual::standard, Residual::attnres_full, Residual::attnres_block},
-                     "\"standard\", \"attnres_full\" or \"attnres_block\"");
+    check_round_trip({Residual::standard, Residual::attnres_full, Residual::attnres_block, Residual::rezero,
+                      Residual::layernorm_scaling, Residual::denseformer},
+                     "\"standard\", \"attnres_full\", \"attnres_block\", \"rezero\", \"layernorm_scaling\" or "
+                     "\"denseformer\"");
     check_round_trip({AttentionKind::causal, AttentionKind::moda}, "\"causal\" or \"moda\"");
 }
 
-// A config's JSON (what checkpoints store) reads back to the same kinds.
+// A config's JSON (what checkpoints store) reads back to the same kinds, for every rule.
 TEST(ConfigNames, ConfigJsonKeepsTheKinds) {
-    ModelConfig c;
-    c.residual = Residual::attnres_block;
-    c.attention = AttentionKind::moda;
-    const ModelConfig r = ModelConfig::from_json(c.to_json(), "test");
-    EXPECT_EQ(r.residual, Residual::attnres_block);
-    EXPECT_EQ(r.attention, AttentionKind::moda);
-    EXPECT_EQ(r.to_json(), c.to_json());
+    for (Residual res : {Residual::attnres_block, Residual::rezero, Residual::layernorm_scaling,
+                         Residual::denseformer}) {
+        ModelConfig c;
+        c.residual = res;
+        c.attention = AttentionKind::moda;
+        const ModelConfig r = ModelConfig::from_json(c.to_json(), "test");
+        EXPECT_EQ(r.residual, res);
+        EXPECT_EQ(r.attention, AttentionKind::moda);
+        EXPECT_EQ(r.to_json(), c.to_json());
+    }
 }

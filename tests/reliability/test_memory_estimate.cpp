@@ -28,7 +28,11 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
                                 {NormPlacement::pre, Residual::attnres_block, 5, 2},
                                 {NormPlacement::pre, Residual::standard, 4, 3, AttentionKind::moda},
                                 {NormPlacement::post, Residual::standard, 4, 3, AttentionKind::moda, false},
-                                {NormPlacement::pre, Residual::attnres_block, 2, 3, AttentionKind::moda}};
+                                {NormPlacement::pre, Residual::attnres_block, 2, 3, AttentionKind::moda},
+                                {NormPlacement::pre, Residual::rezero, 4, 3},
+                                {NormPlacement::pre, Residual::layernorm_scaling, 4, 2},
+                                {NormPlacement::pre, Residual::denseformer, 4, 3},
+                                {NormPlacement::pre, Residual::denseformer, 4, 3, AttentionKind::moda}};
     for (const auto& v : variants) {
         ModelConfig c = strata::testing::tiny_model(97, 40);
         c.n_layers = v.layers;

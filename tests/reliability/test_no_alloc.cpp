@@ -62,7 +62,10 @@ TEST_P(NoAlloc, NoHeapAllocationsAfterTheFirstStep) {
         {NormPlacement::pre, Residual::attnres_full, AttentionKind::causal},
         {NormPlacement::pre, Residual::attnres_block, AttentionKind::causal},
         {NormPlacement::pre, Residual::standard, AttentionKind::moda},
-        {NormPlacement::pre, Residual::attnres_block, AttentionKind::moda}};
+        {NormPlacement::pre, Residual::attnres_block, AttentionKind::moda},
+        {NormPlacement::pre, Residual::rezero, AttentionKind::causal},
+        {NormPlacement::pre, Residual::layernorm_scaling, AttentionKind::causal},
+        {NormPlacement::pre, Residual::denseformer, AttentionKind::moda}};
     for (auto [np, res, att] : variants) {
         ModelConfig c;
         c.vocab_size = 97;

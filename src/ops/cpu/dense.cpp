@@ -88,7 +88,8 @@ template <typename I>
 }
 
 template <typename O, typename I, typename W>
-void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long N, long C, double eps) {
+void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long N, long C, double eps,
+                     double scale) {
     using R = compute_t<I>;
     OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
@@ -96,14 +97,15 @@ void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long 
         const I* x = inp + r * C;
         O* y = out + r * C;
         const R s = row_rstd(x, C, eps);
-        for (long c = 0; c < C; c++) y[c] = st<O>(ld<R>(x[c]) * s * R(w[c]));
+        const R ss = s * R(scale);  // = s at scale 1
+        for (long c = 0; c < C; c++) y[c] = st<O>(ld<R>(x[c]) * ss * R(w[c]));
         rstd[r] = s;
     }
 }
 
 template <typename O, typename T, typename B, typename W>
 void residual_rmsnorm_forward(T* out, O* normed, compute_t<T>* rstd, const T* a, const B* b, const W* w, long N,
-                              long C, double eps) {
+                              long C, double eps, double scale) {
     using R = compute_t<T>;
     OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
@@ -114,15 +116,18 @@ void residual_rmsnorm_forward(T* out, O* normed, compute_t<T>* rstd, const T* a,
         O* y = normed + r * C;
         for (long c = 0; c < C; c++) h[c] = x[c] + T(f[c]);
         const R s = row_rstd(h, C, eps);
-        for (long c = 0; c < C; c++) y[c] = st<O>(ld<R>(h[c]) * s * R(w[c]));
+        const R ss = s * R(scale);
+        for (long c = 0; c < C; c++) y[c] = st<O>(ld<R>(h[c]) * ss * R(w[c]));
         rstd[r] = s;
     }
 }
 
-// y = x·s·w with s = (mean(x²)+eps)^-½, so with g = dy⊙w:  dx = s·g − s³·x·(g·x)/C,  dw = Σ_rows dy·x·s.
+// y = x·s·w·a with s = (mean(x²)+eps)^-½ and a the constant scale, so with g = a·dy⊙w:
+//   dx = s·g − s³·x·(g·x)/C,  dw = a·Σ_rows dy·x·s.
+// The scale multiplies dy as it is read (a no-op at a = 1).
 template <typename I, typename W>
 void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const I* inp, const W* w,
-                      const compute_t<I>* rstd, long N, long C) {
+                      const compute_t<I>* rstd, long N, long C, double scale) {
     using R = compute_t<I>;
     OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
@@ -130,11 +135,11 @@ void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const
         const I* x = inp + r * C;
         const R* dy = dout + r * C;
         R* dx = dinp + r * C;
-        R s = rstd[r];
+        R s = rstd[r], sa = s * R(scale);
         R gx = 0;
         for (long c = 0; c < C; c++) gx += dy[c] * R(w[c]) * ld<R>(x[c]);
-        R k = s * s * s * gx / R(C);
-        for (long c = 0; c < C; c++) dx[c] += s * dy[c] * R(w[c]) - k * ld<R>(x[c]);
+        R k = sa * s * s * gx / R(C);
+        for (long c = 0; c < C; c++) dx[c] += sa * dy[c] * R(w[c]) - k * ld<R>(x[c]);
     }
     // dw: a column reduction; split columns across threads so the sum order is fixed.
 #pragma omp parallel
@@ -143,8 +148,8 @@ void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const
         for (long r = 0; r < N; r++) {
             const I* x = inp + r * C;
             const R* dy = dout + r * C;
-            R s = rstd[r];
-            for (long c = c0; c < c1; c++) dw[c] += W(dy[c] * ld<R>(x[c]) * s);
+            R sa = rstd[r] * R(scale);
+            for (long c = c0; c < c1; c++) dw[c] += W(dy[c] * ld<R>(x[c]) * sa);
         }
     }
 }
@@ -331,10 +336,10 @@ long head_crossentropy_forward(compute_t<A>* losses, compute_t<A>* lse, A* dlogi
     template void matmul_backward<T>(T*, T*, const T*, const T*, const T*, long, long, long, Into);                  \
     template void embedding_forward<T, T>(T*, const int32_t*, const T*, long, long);                           \
     template void embedding_backward<T, T>(T*, const T*, const int32_t*, long, long);                          \
-    template void rmsnorm_forward<T, T, T>(T*, T*, const T*, const T*, long, long, double);                    \
-    template void rmsnorm_backward<T, T>(T*, T*, const T*, const T*, const T*, const T*, long, long);          \
+    template void rmsnorm_forward<T, T, T>(T*, T*, const T*, const T*, long, long, double, double);            \
+    template void rmsnorm_backward<T, T>(T*, T*, const T*, const T*, const T*, const T*, long, long, double);  \
     template void residual_rmsnorm_forward<T, T, T, T>(T*, T*, T*, const T*, const T*, const T*, long, long,   \
-                                                       double);                                                \
+                                                       double, double);                                        \
     template void rope_table<T>(T*, T*, long, long, double);                                                   \
     template void rope_forward<T, T>(T*, const int32_t*, const T*, const T*, long, long, long);                \
     template void rope_backward<T>(T*, const int32_t*, const T*, const T*, long, long, long);                  \
@@ -351,13 +356,15 @@ STRATA_INSTANTIATE(double)
 template void matmul_forward<bf16, bf16>(bf16*, const bf16*, const bf16*, long, long, long);
 template void matmul_forward<float, bf16>(float*, const bf16*, const bf16*, long, long, long);
 template void matmul_backward<bf16>(float*, float*, const bf16*, const bf16*, const bf16*, long, long, long, Into);
-template void rmsnorm_forward<bf16, float, float>(bf16*, float*, const float*, const float*, long, long, double);
-template void rmsnorm_forward<bf16, bf16, float>(bf16*, float*, const bf16*, const float*, long, long, double);
-template void rmsnorm_forward<float, bf16, float>(float*, float*, const bf16*, const float*, long, long, double);
+template void rmsnorm_forward<bf16, float, float>(bf16*, float*, const float*, const float*, long, long, double,
+                                                  double);
+template void rmsnorm_forward<bf16, bf16, float>(bf16*, float*, const bf16*, const float*, long, long, double, double);
+template void rmsnorm_forward<float, bf16, float>(float*, float*, const bf16*, const float*, long, long, double,
+                                                   double);
 template void residual_rmsnorm_forward<bf16, float, bf16, float>(float*, bf16*, float*, const float*, const bf16*,
-                                                                 const float*, long, long, double);
+                                                                 const float*, long, long, double, double);
 template void rmsnorm_backward<bf16, float>(float*, float*, const float*, const bf16*, const float*, const float*,
-                                            long, long);
+                                            long, long, double);
 template void rope_forward<bf16, float>(bf16*, const int32_t*, const float*, const float*, long, long, long);
 template void swiglu_forward<bf16>(bf16*, const bf16*, long, long);
 template void swiglu_backward<bf16, bf16>(bf16*, const float*, const bf16*, long, long, Into);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -49,6 +50,72 @@ void residual_backward(T* da, T* db, const T* dout, long n) {
     for (long i = 0; i < n; i++) {
         if (da) da[i] += dout[i];
         if (db) db[i] += dout[i];
+    }
+}
+
+namespace {
+// Σ_i a[i]·b[i] in double: fixed chunks summed in parallel, their partials added in chunk order, so
+// the result does not depend on the thread count.
+template <typename T, typename B>
+double chunked_dot(const T* a, const B* b, long n) {
+    constexpr long kChunk = 4096;
+    const long chunks = (n + kChunk - 1) / kChunk;
+    constexpr long kMaxStack = 256;
+    double stack[kMaxStack];
+    std::vector<double> heap;
+    double* part = stack;
+    if (chunks > kMaxStack) heap.resize(size_t(chunks)), part = heap.data();
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (long c = 0; c < chunks; c++) {
+        double s = 0;
+        for (long i = c * kChunk; i < std::min(n, (c + 1) * kChunk); i++) s += double(a[i]) * to_double(b[i]);
+        part[c] = s;
+    }
+    double s = 0;
+    for (long c = 0; c < chunks; c++) s += part[c];
+    return s;
+}
+}  // namespace
+
+template <typename T, typename B>
+void gated_residual_forward(T* out, const T* a, const B* b, const T* alpha, long n) {
+    OpTimer t_(OpFamily::glue);
+    const T g = alpha[0];
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (long i = 0; i < n; i++) out[i] = a[i] + g * T(b[i]);
+}
+
+template <typename T, typename B>
+void gated_residual_backward(T* db, T* dalpha, const T* dout, const B* b, const T* alpha, long n) {
+    OpTimer t_(OpFamily::glue);
+    const T g = alpha[0];
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (long i = 0; i < n; i++) db[i] = g * dout[i];
+    dalpha[0] += T(chunked_dot(dout, b, n));
+}
+
+template <typename T>
+void weighted_sum_forward(T* out, const T* const* srcs, int n, const T* alpha, long n_elem) {
+    OpTimer t_(OpFamily::glue);
+#pragma omp parallel for schedule(static) if (n_elem >= kParallelMin)
+    for (long i = 0; i < n_elem; i++) {
+        T s = alpha[0] * srcs[0][i];
+        for (int k = 1; k < n; k++) s += alpha[k] * srcs[k][i];
+        out[i] = s;
+    }
+}
+
+template <typename T>
+void weighted_sum_backward(T* const* dsrcs, T* dalpha, const T* dout, const T* const* srcs, int n, const T* alpha,
+                           long n_elem) {
+    OpTimer t_(OpFamily::glue);
+    for (int k = 0; k < n; k++) dalpha[k] += T(chunked_dot(dout, srcs[k], n_elem));
+    for (int k = 0; k < n; k++) {
+        if (!dsrcs[k]) continue;
+        T* d = dsrcs[k];
+        const T a = alpha[k];
+#pragma omp parallel for schedule(static) if (n_elem >= kParallelMin)
+        for (long i = 0; i < n_elem; i++) d[i] += a * dout[i];
     }
 }
 
@@ -198,6 +265,10 @@ void adamw_update(T* p, const T* g, S* m, S* v, long n, const AdamWArgs& a, bool
     template void copy_forward<T>(T*, const T*, size_t);                                                    \
     template void residual_forward<T, T>(T*, const T*, const T*, long);                                     \
     template void residual_backward<T>(T*, T*, const T*, long);                                             \
+    template void gated_residual_forward<T, T>(T*, const T*, const T*, const T*, long);                     \
+    template void gated_residual_backward<T, T>(T*, T*, const T*, const T*, const T*, long);                \
+    template void weighted_sum_forward<T>(T*, const T* const*, int, const T*, long);                        \
+    template void weighted_sum_backward<T>(T* const*, T*, const T*, const T* const*, int, const T*, long);  \
     template void qkv_split_forward<T>(T*, T*, T*, const T*, long, long, long, long);                       \
     template void qkv_split_backward<T>(T*, const T*, const T*, const T*, long, long, long, long);          \
     template void depth_slot_forward<T>(T*, long, long, const T*, long, long, long);                        \
@@ -218,6 +289,8 @@ template void fill_zero<bf16>(bf16*, size_t);
 template void convert_forward<bf16, float>(bf16*, const float*, size_t);
 template void convert_forward<float, bf16>(float*, const bf16*, size_t);
 template void residual_forward<float, bf16>(float*, const float*, const bf16*, long);
+template void gated_residual_forward<float, bf16>(float*, const float*, const bf16*, const float*, long);
+template void gated_residual_backward<float, bf16>(float*, float*, const float*, const bf16*, const float*, long);
 template void qkv_split_forward<bf16>(bf16*, bf16*, bf16*, const bf16*, long, long, long, long);
 template void depth_slot_forward<bf16>(bf16*, long, long, const bf16*, long, long, long);
 template void kv_append_forward<bf16>(bf16*, bf16*, const bf16*, const bf16*, long, long, long, long, long);
