@@ -35,6 +35,8 @@ DEFAULT_CONFIG = OrderedDict(
     seed=1337,
     residual="standard",
     attnres_block_size=4,
+    attnres_key_norm="learned",
+    attnres_gate="softmax",
     attention="causal",
     moda_ffn_kv=True,
 )
@@ -72,6 +74,12 @@ def resolve_config(config: dict | None) -> dict:
         raise ValueError("attnres_block_size must be a positive integer")
     if cfg["attention"] not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}")
+    for key, allowed, default in (("attnres_key_norm", ("learned", "none"), "learned"),
+                                  ("attnres_gate", ("softmax", "sigmoid"), "softmax")):
+        if cfg[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}")
+        if cfg[key] != default and cfg["residual"] not in ATTNRES:
+            raise ValueError(f"{key} {cfg[key]!r} is an AttnRes ablation")
     if cfg["residual"] != "standard" and cfg["norm_placement"] != "pre":
         raise ValueError(f"residual {cfg['residual']!r} needs norm_placement 'pre'")
     return cfg
@@ -103,7 +111,8 @@ def param_shapes(cfg: dict) -> "OrderedDict[str, tuple]":
         if cfg["residual"] in ATTNRES:
             for side in ("attn", "mlp"):
                 shapes[p + side + "_res_query"] = (D,)
-                shapes[p + side + "_res_norm"] = (D,)
+                if cfg["attnres_key_norm"] == "learned":
+                    shapes[p + side + "_res_norm"] = (D,)
         elif cfg["residual"] == "rezero":
             shapes[p + "attn_alpha"] = (1,)
             shapes[p + "mlp_alpha"] = (1,)
@@ -111,7 +120,8 @@ def param_shapes(cfg: dict) -> "OrderedDict[str, tuple]":
             shapes[p + "dwa"] = (l + 2,)  # the weights of X_0 .. X_{l+1} in Y_{l+1}
     if cfg["residual"] in ATTNRES:
         shapes["out_res_query"] = (D,)
-        shapes["out_res_norm"] = (D,)
+        if cfg["attnres_key_norm"] == "learned":
+            shapes["out_res_norm"] = (D,)
     shapes["final_norm"] = (D,)
     if not cfg["tie_embeddings"]:
         shapes["lm_head"] = (V, D)
@@ -156,16 +166,20 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x @ w.t()
 
 
-def attn_res(sources: list[torch.Tensor], w: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+def attn_res(sources: list[torch.Tensor], w: torch.Tensor, gamma, eps: float, gate: str = "softmax") -> torch.Tensor:
     """Softmax attention over depth, per token: sources are (B, T, D) tensors, w the pseudo-query.
 
-    The keys are RMSNorm(source) (weight gamma); the values are the sources themselves.
+    The keys are RMSNorm(source) (weight gamma; None: no weight); the values are the sources
+    themselves. gate "sigmoid" (an ablation) weights each source by sigmoid(logit), unnormalised.
     """
     V = torch.stack(sources)            # (n, B, T, D)
-    K = rms_norm(V, gamma, eps)
+    K = rms_norm(V, gamma if gamma is not None else torch.ones_like(w), eps)
     s = (K * w).sum(dim=-1)             # (n, B, T) logits
-    e = torch.exp(s - s.max(dim=0, keepdim=True).values.detach())
-    alpha = e / e.sum(dim=0, keepdim=True)
+    if gate == "sigmoid":
+        alpha = torch.sigmoid(s)
+    else:
+        e = torch.exp(s - s.max(dim=0, keepdim=True).values.detach())
+        alpha = e / e.sum(dim=0, keepdim=True)
     return (alpha[..., None] * V).sum(dim=0)
 
 
@@ -393,14 +407,18 @@ class RefModel(nn.Module):
                 partial = None
             sources = blocks + ([partial] if partial is not None else [])
             p = f"blocks.{l}."
-            h = attn_res(sources, self.param(p + side + "_res_query"), self.param(p + side + "_res_norm"), eps)
+            h = attn_res(sources, self.param(p + side + "_res_query"), self._key_norm(p + side + "_res_norm"), eps,
+                         cfg["attnres_gate"])
             x = rms_norm(h, self.param(p + side + "_norm"), eps)
             f = self._attention(x, l) if side == "attn" else self._mlp(x, l)
             if j != skip:
                 partial = f if partial is None else partial + f
         if partial is not None:
             blocks.append(partial)
-        return attn_res(blocks, self.param("out_res_query"), self.param("out_res_norm"), eps)
+        return attn_res(blocks, self.param("out_res_query"), self._key_norm("out_res_norm"), eps, cfg["attnres_gate"])
+
+    def _key_norm(self, name):
+        return self.param(name) if self.cfg["attnres_key_norm"] == "learned" else None
 
     def _denseformer_layers(self, emb: torch.Tensor, skip=None) -> torch.Tensor:
         """DenseFormer: X_0 = emb, X_i = block_i(Y_{i-1}) (a pre-norm block), Y_i = sum_j dwa_i[j] X_j.

@@ -180,7 +180,9 @@ void add_bench_command(CLI::App& app) {
     // --batch and --seq: the earlier spellings, kept as aliases.
     train->add_option("--batch-size,--batch", o->batch, "Batch size")->capture_default_str()->check(at_least(1));
     train->add_option("--seq-len,--seq", o->seq, "Sequence length")->capture_default_str()->check(at_least(1));
-    train->add_option("--residual", o->residual, "Residual rule of the bench model: standard, attnres_full, attnres_block")
+    train->add_option("--residual", o->residual,
+                      "Residual rule of the bench model: " + allowed_names<Residual>() +
+                          " (the PyTorch peer builds the first three; time the others with --no-peer)")
         ->capture_default_str();
     train->add_option("--attnres-block-size", o->attnres_block_size, "Sublayers per block for attnres_block")
         ->capture_default_str();

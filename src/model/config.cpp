@@ -33,6 +33,16 @@ struct Names<Residual> {
         {Residual::layernorm_scaling, "layernorm_scaling"}, {Residual::denseformer, "denseformer"}};
 };
 template <>
+struct Names<AttnResKeyNorm> {
+    static constexpr std::pair<AttnResKeyNorm, const char*> table[] = {{AttnResKeyNorm::learned, "learned"},
+                                                                       {AttnResKeyNorm::none, "none"}};
+};
+template <>
+struct Names<AttnResGate> {
+    static constexpr std::pair<AttnResGate, const char*> table[] = {{AttnResGate::softmax, "softmax"},
+                                                                    {AttnResGate::sigmoid, "sigmoid"}};
+};
+template <>
 struct Names<AttentionKind> {
     static constexpr std::pair<AttentionKind, const char*> table[] = {{AttentionKind::causal, "causal"},
                                                                       {AttentionKind::moda, "moda"}};
@@ -51,6 +61,8 @@ constexpr bool complete(E last) {
 static_assert(complete(NormPlacement::reordered));
 static_assert(complete(Residual::denseformer));
 static_assert(complete(AttentionKind::moda));
+static_assert(complete(AttnResKeyNorm::none));
+static_assert(complete(AttnResGate::sigmoid));
 
 template <typename E>
 const char* name_of(E e) {
@@ -63,6 +75,8 @@ const char* name_of(E e) {
 const char* to_string(NormPlacement p) { return name_of(p); }
 const char* to_string(Residual r) { return name_of(r); }
 const char* to_string(AttentionKind a) { return name_of(a); }
+const char* to_string(AttnResKeyNorm k) { return name_of(k); }
+const char* to_string(AttnResGate g) { return name_of(g); }
 
 template <typename E>
 std::string allowed_names() {
@@ -83,9 +97,13 @@ E parse_name(const std::string& name, const std::string& what) {
 template NormPlacement parse_name<NormPlacement>(const std::string&, const std::string&);
 template Residual parse_name<Residual>(const std::string&, const std::string&);
 template AttentionKind parse_name<AttentionKind>(const std::string&, const std::string&);
+template AttnResKeyNorm parse_name<AttnResKeyNorm>(const std::string&, const std::string&);
+template AttnResGate parse_name<AttnResGate>(const std::string&, const std::string&);
 template std::string allowed_names<NormPlacement>();
 template std::string allowed_names<Residual>();
 template std::string allowed_names<AttentionKind>();
+template std::string allowed_names<AttnResKeyNorm>();
+template std::string allowed_names<AttnResGate>();
 
 int attnres_sublayers_per_block(const ModelConfig& c) {
     switch (c.residual) {
@@ -128,6 +146,12 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& o
     f.get("residual", res);
     c.residual = parse_name<Residual>(res, origin + ": residual");
     f.get("attnres_block_size", c.attnres_block_size);
+    std::string kn = to_string(c.attnres_key_norm);
+    f.get("attnres_key_norm", kn);
+    c.attnres_key_norm = parse_name<AttnResKeyNorm>(kn, origin + ": attnres_key_norm");
+    std::string gate = to_string(c.attnres_gate);
+    f.get("attnres_gate", gate);
+    c.attnres_gate = parse_name<AttnResGate>(gate, origin + ": attnres_gate");
     std::string att = to_string(c.attention);
     f.get("attention", att);
     c.attention = parse_name<AttentionKind>(att, origin + ": attention");
@@ -147,7 +171,8 @@ nlohmann::json ModelConfig::to_json() const {
             {"norm_eps", norm_eps},       {"norm_placement", to_string(norm_placement)},
             {"qk_norm", qk_norm},         {"tie_embeddings", tie_embeddings}, {"init_std", init_std},
             {"seed", seed},               {"residual", to_string(residual)},
-            {"attnres_block_size", attnres_block_size}, {"attention", to_string(attention)},
+            {"attnres_block_size", attnres_block_size}, {"attnres_key_norm", to_string(attnres_key_norm)},
+            {"attnres_gate", to_string(attnres_gate)},  {"attention", to_string(attention)},
             {"moda_ffn_kv", moda_ffn_kv}};
 }
 

@@ -2,6 +2,7 @@
 // every key checked.
 #pragma once
 #include "core/precision.h"
+#include "ops/attn_res_gate.h"
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -20,6 +21,10 @@ enum class NormPlacement { pre, post, reordered };
 //   layernorm_scaling  pre-norm with each norm's output in layer ℓ scaled by 1/√ℓ;
 //   denseformer        after each block, a learned weighted average of every block's output state.
 enum class Residual { standard, attnres_full, attnres_block, rezero, layernorm_scaling, denseformer };
+
+// AttnRes ablations (docs/attn_res.md), each valid with the AttnRes rules only: the key norm's weight
+// is learned or absent (a parameter-free RMSNorm); the gate is AttnResGate (ops/attn_res_gate.h).
+enum class AttnResKeyNorm { learned, none };
 
 // The attention kind (docs/moda.md): "causal" is causal GQA over the sequence; "moda" adds, inside the
 // same softmax, each token's own keys/values from earlier layers (Mixture-of-Depths Attention).
@@ -40,6 +45,8 @@ struct ModelConfig {
     bool qk_norm = false;
     Residual residual = Residual::standard;
     int attnres_block_size = 4;  // sublayers per block (attnres_block); 1 is the same as attnres_full
+    AttnResKeyNorm attnres_key_norm = AttnResKeyNorm::learned;
+    AttnResGate attnres_gate = AttnResGate::softmax;
     AttentionKind attention = AttentionKind::causal;
     bool moda_ffn_kv = true;  // MoDA: each FFN also writes a depth slot through its own K/V projection
     bool tie_embeddings = true;
@@ -74,6 +81,8 @@ void check_memory(double bytes, const std::string& origin, const std::string& wh
 const char* to_string(NormPlacement p);
 const char* to_string(Residual r);
 const char* to_string(AttentionKind a);
+const char* to_string(AttnResKeyNorm k);
+const char* to_string(AttnResGate g);
 // The value named `name`; an unknown name throws Error "<what> must be "a", "b" or "c", not "x"".
 template <typename E>
 E parse_name(const std::string& name, const std::string& what);

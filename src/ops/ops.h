@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "core/precision.h"
+#include "ops/attn_res_gate.h"
 
 namespace strata {
 
@@ -151,15 +152,18 @@ long head_crossentropy_forward(compute_t<A>* losses, compute_t<A>* lse, A* dlogi
 //   rstd_i = (mean(v_i²) + eps)^-½,  s_i = rstd_i · (u · v_i),  α = softmax_i(s),  out = Σ_i α_i v_i.
 // The values enter raw; the RMSNorm only shapes the logits. Saves logit and rstd, each (n, N), and
 // lse (N) for the backward. n must be at least 1.
+// The sigmoid gate (an ablation, attnres_gate = "sigmoid") replaces the softmax with unnormalised
+// gates α_i = σ(s_i); lse is then written as 0 and not read (AttnResGate: ops/attn_res_gate.h).
 template <typename T>
 void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
-                     long N, long D, double eps);
+                     long N, long D, double eps, AttnResGate gate = AttnResGate::softmax);
 // dsrcs[i] (N, D) accumulate (a null entry skips that source); dw (D) and dgamma (D, may be null)
 // accumulate. out is the forward's output. The sum over rows runs column by column, so it does not
 // depend on the thread count.
 template <typename T>
 void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
-                      const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D);
+                      const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D,
+                      AttnResGate gate = AttnResGate::softmax);
 
 // ---- AttnRes, two-phase (Block AttnRes; the paper's Algorithm 1) -----------------------------------
 // The S sublayers of a block mix the same completed sources (plus each one's partial sum), and their
@@ -262,9 +266,10 @@ long nonfinite_count(const T* x, long n);
 // Σ_r mean_c(x[r, c]²) over the N rows of x (N, C), in double (depth diagnostics).
 template <typename T>
 double row_mean_square_sum(const T* x, long N, long C);
-// Σ_r exp(logit[r] − lse[r]) over N rows, in double: the summed softmax weight of one source.
+// Σ_r exp(logit[r] − lse[r]) over N rows, in double: the summed softmax weight of one source (with
+// the sigmoid gate, Σ_r σ(logit[r]); lse is not read).
 template <typename T>
-double softmax_weight_sum(const T* logit, const T* lse, long N);
+double softmax_weight_sum(const T* logit, const T* lse, long N, AttnResGate gate = AttnResGate::softmax);
 
 // AdamW (decoupled weight decay, torch.optim.AdamW) on one tensor of n elements, at the 1-based step
 // `step`: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g², p ← p·(1 − lr·wd·decay) − lr/bc1 · m / (√v/√bc2 + ε).

@@ -507,10 +507,12 @@ OpCase embedding_case(long N, long V, long C, std::mt19937_64& g) {
 }
 
 // AttnRes over n sources of (N, D); inputs are the n sources, then w, then γ (when with_gamma).
-OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g) {
+// sigmoid: the ablation's unnormalised gates σ(s_i) in place of the softmax.
+OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g, bool sigmoid = false) {
     OpCase c;
     c.name = "attnres N=" + std::to_string(N) + " D=" + std::to_string(D) + " n=" + std::to_string(n) +
-             (with_gamma ? " gamma" : "");
+             (with_gamma ? " gamma" : "") + (sigmoid ? " sigmoid" : "");
+    const AttnResGate gate = sigmoid ? AttnResGate::sigmoid : AttnResGate::softmax;
     for (int i = 0; i < n; i++) c.inputs.push_back(randn(N * D, g, 1.0 + 0.25 * i));  // sources of different scales
     c.inputs.push_back(randn(D, g, 0.15));  // logits of order 1: far from uniform, but smooth enough for FD
     if (with_gamma) {
@@ -530,7 +532,7 @@ OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g) 
         std::vector<T> gm = with_gamma ? cast<T>(in[n + 1]) : std::vector<T>();
         std::vector<T> y(N * D), lg(n * N), rs(n * N), lse(N);
         attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, w.data(),
-                        with_gamma ? gm.data() : nullptr, N, D, eps);
+                        with_gamma ? gm.data() : nullptr, N, D, eps, gate);
         return Vec(y.begin(), y.end());
     };
     c.ref = [=](auto& in) {
@@ -550,8 +552,10 @@ OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g) 
             }
             double z = 0;
             for (int i = 0; i < n; i++) z += std::exp(s[i] - m);
-            for (int i = 0; i < n; i++)
-                for (long k = 0; k < D; k++) y[r * D + k] += std::exp(s[i] - m) / z * in[i][r * D + k];
+            for (int i = 0; i < n; i++) {
+                const double a = sigmoid ? 1.0 / (1.0 + std::exp(-s[i])) : std::exp(s[i] - m) / z;
+                for (long k = 0; k < D; k++) y[r * D + k] += a * in[i][r * D + k];
+            }
         }
         return y;
     };
@@ -567,9 +571,9 @@ OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g) 
         std::vector<T> gm = with_gamma ? cast<T>(in[n + 1]) : std::vector<T>();
         const T* gp = with_gamma ? gm.data() : nullptr;
         std::vector<T> y(N * D), lg(n * N), rs(n * N), lse(N), dw(D, T(0)), dg(D, T(0));
-        attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D, eps);
+        attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D, eps, gate);
         attnres_backward(dptr.data(), dw.data(), with_gamma ? dg.data() : nullptr, dy.data(), y.data(), lg.data(),
-                         rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D);
+                         rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D, gate);
         std::vector<Vec> grads;
         for (auto& s : dsrc) grads.push_back(dbl(s));
         grads.push_back(dbl(dw));
@@ -780,6 +784,8 @@ std::vector<OpCase> table() {
         t.push_back(attnres_case(T, 24, 1, true, g));   // one source: out = v exactly, zero logit gradient
         t.push_back(attnres_case(T, 24, 3, false, g));  // parameter-free key norm
         t.push_back(attnres_case(T, 40, 7, true, g));
+        t.push_back(attnres_case(T, 24, 1, true, g, true));   // sigmoid gates: one source is no longer out = v
+        t.push_back(attnres_case(T, 40, 5, false, g, true));  // with the parameter-free key norm
     }
     for (long N : {1, 3, 65}) {
         t.push_back(residual_case(N * 13, 0, g));

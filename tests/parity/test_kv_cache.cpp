@@ -38,9 +38,32 @@ double max_rel(const float* a, const float* b, long n) {
 
 class KVCache_ : public ::testing::TestWithParam<std::tuple<NormPlacement, int, bool, Residual, AttentionKind>> {};
 
+namespace {
+void check_greedy_matches_full_forward(Model<float>& m);
+}
+
 TEST_P(KVCache_, GreedyMatchesFullForward) {
     auto [np, kv, qk, res, att] = GetParam();
     Model<float> m(tiny(np, kv, qk, res, att));
+    check_greedy_matches_full_forward(m);
+}
+
+// The AttnRes ablations: the parameter-free key norm and the sigmoid gate (one-phase under Block).
+TEST(KVCache, AttnResAblationsMatchFullForward) {
+    for (auto [res, kn, gate] : {std::tuple{Residual::attnres_block, AttnResKeyNorm::none, AttnResGate::softmax},
+                                 std::tuple{Residual::attnres_block, AttnResKeyNorm::learned, AttnResGate::sigmoid},
+                                 std::tuple{Residual::attnres_full, AttnResKeyNorm::none, AttnResGate::sigmoid}}) {
+        ModelConfig c = tiny(NormPlacement::pre, 2, false, res);
+        c.attnres_key_norm = kn;
+        c.attnres_gate = gate;
+        SCOPED_TRACE(std::string(to_string(res)) + " " + to_string(kn) + " " + to_string(gate));
+        Model<float> m(c);
+        check_greedy_matches_full_forward(m);
+    }
+}
+
+namespace {
+void check_greedy_matches_full_forward(Model<float>& m) {
     // AttnRes queries and ReZero gates start at 0 and DenseFormer weights at the identity; give them
     // values so that what they do matters
     Rng rng(11);
@@ -80,6 +103,7 @@ TEST_P(KVCache_, GreedyMatchesFullForward) {
         m.logits_to_host(cached.data(), 0, 1);
     }
 }
+}  // namespace
 
 INSTANTIATE_TEST_SUITE_P(Placements, KVCache_,
                          ::testing::Values(std::make_tuple(NormPlacement::pre, 4, false, Residual::standard, AttentionKind::causal),

@@ -48,6 +48,13 @@ CASES = [
          tie_embeddings=False, ignore=False),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, attention="moda", qk_norm=True, residual="attnres_block",
          attnres_block_size=2, ignore=False),
+] + [  # the AttnRes ablations: the parameter-free key norm and the sigmoid gate
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=2,
+         attnres_key_norm="none", ignore=False),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_full", attnres_gate="sigmoid",
+         ignore=True),
+    dict(norm_placement="pre", n_kv_heads=1, n_layers=3, residual="attnres_block", attnres_block_size=4,
+         attnres_gate="sigmoid", attnres_key_norm="none", attention="moda", ignore=False),
 ] + [  # the baseline rules (pre-norm only), alone and with MoDA
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="rezero", ignore=False),
     dict(norm_placement="pre", n_kv_heads=1, n_layers=3, residual="rezero", qk_norm=True, tie_embeddings=False,
@@ -66,6 +73,10 @@ def case_id(case):
         parts.append("moda" + ("" if case.get("moda_ffn_kv", True) else "-attnkv"))
     if case.get("residual", "standard") != "standard":
         parts.append(case["residual"] + (f"{case['attnres_block_size']}" if "attnres_block_size" in case else ""))
+    if case.get("attnres_key_norm") == "none":
+        parts.append("keynorm-none")
+    if case.get("attnres_gate") == "sigmoid":
+        parts.append("sigmoid")
     if case.get("qk_norm"):
         parts.append("qknorm")
     if case.get("tie_embeddings") is False:
@@ -279,6 +290,8 @@ SKIP_CASES = [
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_full"),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=2),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=4),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=2,
+         attnres_gate="sigmoid", attnres_key_norm="none"),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="rezero"),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="layernorm_scaling"),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="denseformer"),
@@ -286,7 +299,7 @@ SKIP_CASES = [
 
 
 @pytest.mark.parametrize("case", SKIP_CASES, ids=lambda c: c.get("residual", "standard") + "-" + c["norm_placement"]
-                         + str(c.get("attnres_block_size", "")))
+                         + str(c.get("attnres_block_size", "")) + ("-sigmoid" if "attnres_gate" in c else ""))
 def test_skip_sublayer_matches_the_reference(case):
     # strata diagnose's ablation: sublayer j's output zeroed, and under AttnRes an emptied source dropped.
     cfg = dict(BASE, **case)

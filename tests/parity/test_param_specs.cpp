@@ -46,6 +46,10 @@ std::vector<ModelConfig> configs() {
     c = base;
     c.residual = Residual::attnres_full;
     cs.push_back(c);
+    c = base;
+    c.residual = Residual::attnres_block;
+    c.attnres_key_norm = AttnResKeyNorm::none;
+    cs.push_back(c);
     for (Residual r : {Residual::rezero, Residual::layernorm_scaling, Residual::denseformer}) {
         c = base;
         c.residual = r;

@@ -25,6 +25,11 @@ ROWS = {
                       "model.out_res_norm"}, set()),
     "attnres_block": (rule("attnres_block", "--set", "model.attnres_block_size=3", *L3),
                       {"model.blocks.2.mlp_res_query", "model.out_res_norm"}, set()),
+    "attnres_full-sigmoid": (rule("attnres_full", "--set", "model.attnres_gate=sigmoid"),
+                             {"model.blocks.0.attn_res_norm"}, set()),
+    "attnres_block-keynorm-none": (rule("attnres_block", "--set", "model.attnres_key_norm=none", *L3),
+                                   {"model.blocks.0.attn_res_query"}, {"model.blocks.0.attn_res_norm",
+                                                                       "model.out_res_norm"}),
     "rezero": (rule("rezero"), {"model.blocks.0.attn_alpha", "model.blocks.1.mlp_alpha"}, {"model.out_res_query"}),
     "layernorm_scaling": (rule("layernorm_scaling"), set(), {"model.blocks.0.attn_alpha"}),
     "denseformer": (rule("denseformer"), {"model.blocks.0.dwa", "model.blocks.1.dwa"}, {"model.blocks.0.attn_alpha"}),
@@ -49,8 +54,8 @@ def test_trains_resumes_evaluates_generates_and_diagnoses(base, tmp_path, row):
     args = [*base, *overrides]
     a, b = tmp_path / "a", tmp_path / "b"
     p = run("train", *args, "--set", "train.steps=16", "--set", f"train.out_dir={a}")
-    residual = row.split("+")[-1] if "+" in row else (row if not row.startswith("moda") else "standard")
-    assert f"residual {residual}" in p.stderr, p.stderr
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("model.residual=")]
+    assert f"residual {named[0] if named else 'standard'}" in p.stderr, p.stderr
     curve = losses(a)
     assert len(curve) == 16 and min(curve[-3:]) < curve[0] - 0.3, curve  # it learns
     names = tensor_names(a)
@@ -70,7 +75,7 @@ def test_trains_resumes_evaluates_generates_and_diagnoses(base, tmp_path, row):
     d = json.loads(js.read_text())
     n_layers = 3 if "model.n_layers=3" in overrides else 2
     assert len(d["sublayers"]) == 2 * n_layers
-    assert ("alpha" in d) == row.split("+")[-1].startswith("attnres")
+    assert ("alpha" in d) == any(o.startswith("model.residual=attnres") for o in overrides)
 
 
 def test_a_checkpoint_of_another_rule_is_refused(base, tmp_path):
@@ -91,6 +96,11 @@ def test_a_checkpoint_of_another_rule_is_refused(base, tmp_path):
     (rule("rezero", "--set", "model.norm_placement=post"), "residual \"rezero\" needs norm_placement \"pre\", not \"post\""),
     (rule("denseformer", "--set", "model.norm_placement=reordered"), "residual \"denseformer\" needs norm_placement"),
     (rule("layernorm_scaling", "--set", "model.norm_placement=post"), "residual \"layernorm_scaling\" needs"),
+    (rule("rezero", "--set", "model.attnres_gate=sigmoid"), "attnres_gate \"sigmoid\" is an AttnRes ablation; "
+                                                          "residual \"rezero\" has no depth softmax"),
+    (["--set", "model.attnres_key_norm=none"], "attnres_key_norm \"none\" is an AttnRes ablation"),
+    (rule("attnres_full", "--set", "model.attnres_gate=tanh"), "attnres_gate must be \"softmax\" or \"sigmoid\", "
+                                                             "not \"tanh\""),
     (["--set", "model.attention=\"flash\""], "attention must be \"causal\" or \"moda\""),
     (["--set", "model.attention=moda", "--set", "model.moda_ffn_kv=1"], "\"moda_ffn_kv\" must be a boolean"),
 ])

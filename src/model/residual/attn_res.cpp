@@ -13,19 +13,20 @@
 
 namespace strata {
 
+// Pseudo-queries start at 0, so every mix starts as a plain mean; key norms at 1 (none with the
+// parameter-free key norm).
 void attnres_layer_params(const ModelConfig& c, int l, const ParamAdd& add) {
-    (void)c;
-    // Pseudo-queries start at 0, so every mix starts as a plain mean; key norms at 1.
+    const bool learned = c.attnres_key_norm == AttnResKeyNorm::learned;
     const std::string p = "blocks." + std::to_string(l) + ".";
     add(p + "attn_res_query", {c.d_model}, 2 * l, ParamSpec::Init::zeros);
-    add(p + "attn_res_norm", {c.d_model}, 2 * l, ParamSpec::Init::ones);
+    if (learned) add(p + "attn_res_norm", {c.d_model}, 2 * l, ParamSpec::Init::ones);
     add(p + "mlp_res_query", {c.d_model}, 2 * l + 1, ParamSpec::Init::zeros);
-    add(p + "mlp_res_norm", {c.d_model}, 2 * l + 1, ParamSpec::Init::ones);
+    if (learned) add(p + "mlp_res_norm", {c.d_model}, 2 * l + 1, ParamSpec::Init::ones);
 }
 
 void attnres_model_params(const ModelConfig& c, const ParamAdd& add) {
     add("out_res_query", {c.d_model}, -1, ParamSpec::Init::zeros);
-    add("out_res_norm", {c.d_model}, -1, ParamSpec::Init::ones);
+    if (c.attnres_key_norm == AttnResKeyNorm::learned) add("out_res_norm", {c.d_model}, -1, ParamSpec::Init::ones);
 }
 
 namespace {
@@ -33,7 +34,9 @@ namespace {
 template <typename T, typename A>
 class AttnResRule final : public ResidualRule<T, A> {
 public:
-    explicit AttnResRule(const ModelConfig& c) : ResidualRule<T, A>(c), S_(attnres_sublayers_per_block(c)) {
+    explicit AttnResRule(const ModelConfig& c)
+        : ResidualRule<T, A>(c), S_(attnres_sublayers_per_block(c)), gate_(c.attnres_gate),
+          two_phase_(S_ > 1 && gate_ == AttnResGate::softmax) {
         const int n = 2 * c.n_layers;
         sub_.resize(size_t(n));
         dsub_.resize(size_t(n));
@@ -52,11 +55,12 @@ public:
             Sub& s = sub_[size_t(j)];
             const std::string side = "blocks." + std::to_string(j / 2) + (j % 2 == 0 ? ".attn" : ".mlp");
             s.norm = p(this->norm_name(j));
+            const bool learned = cfg.attnres_key_norm == AttnResKeyNorm::learned;
             s.query = p(side + "_res_query");
-            s.key_norm = p(side + "_res_norm");
+            s.key_norm = learned ? p(side + "_res_norm") : nullptr;
         }
         out_.query = p("out_res_query");
-        out_.key_norm = p("out_res_norm");
+        out_.key_norm = cfg.attnres_key_norm == AttnResKeyNorm::learned ? p("out_res_norm") : nullptr;
         final_w_ = p("final_norm");
     }
 
@@ -98,9 +102,9 @@ public:
         Sub& s = sub_[size_t(j)];
         const long N = io.N, D = cfg.d_model;
         const int n = sources(j, false);
-        if (S_ == 1) {  // Full: every op has its own sources
+        if (!two_phase_) {  // Full, and the sigmoid gate: every op mixes its own sources
             attnres_forward(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, src_.data(), n, s.query, s.key_norm, N, D,
-                            cfg.norm_eps);
+                            cfg.norm_eps, gate_);
         } else {  // Block, two-phase: the block's completed sources once for all its sublayers, then the partial
             if (j % S_ == 0) phase1(j, n);
             else if (has_partial_)
@@ -126,7 +130,7 @@ public:
         const long N = io.N, D = cfg.d_model;
         const int n = sources(int(sub_.size()), false);
         attnres_forward(out_.mix.out, out_.mix.logit, out_.mix.rstd, out_.mix.lse, src_.data(), n, out_.query,
-                        out_.key_norm, N, D, cfg.norm_eps);
+                        out_.key_norm, N, D, cfg.norm_eps, gate_);
         rmsnorm_forward(io.lnf, io.lnf_rstd, out_.mix.out, final_w_, N, D, cfg.norm_eps);
     }
 
@@ -138,8 +142,9 @@ public:
         fill_zero(dmix_, nd);
         rmsnorm_backward(dmix_, pv_.grad(final_w_), dlnf, out_.mix.out, final_w_, io.lnf_rstd, N, D);
         const int n = sources(int(sub_.size()), true);
-        attnres_backward(dsrc_.data(), pv_.grad(out_.query), pv_.grad(out_.key_norm), dmix_, out_.mix.out,
-                         out_.mix.logit, out_.mix.rstd, out_.mix.lse, src_.data(), n, out_.query, out_.key_norm, N, D);
+        attnres_backward(dsrc_.data(), pv_.grad(out_.query), grad_or_null(out_.key_norm), dmix_, out_.mix.out,
+                         out_.mix.logit, out_.mix.rstd, out_.mix.lse, src_.data(), n, out_.query, out_.key_norm, N, D,
+                         gate_);
     }
 
     // dsub_[j] is complete: every later op and p_{j+1} have contributed.
@@ -165,8 +170,8 @@ public:
         fill_zero(dmix_, size_t(N * D));
         rmsnorm_backward(dmix_, pv_.grad(s.norm), dn_, s.mix.out, s.norm, s.rstd, N, D);
         const int n = sources(j, true);
-        attnres_backward(dsrc_.data(), pv_.grad(s.query), pv_.grad(s.key_norm), dmix_, s.mix.out, s.mix.logit,
-                         s.mix.rstd, s.mix.lse, src_.data(), n, s.query, s.key_norm, N, D);
+        attnres_backward(dsrc_.data(), pv_.grad(s.query), grad_or_null(s.key_norm), dmix_, s.mix.out, s.mix.logit,
+                         s.mix.rstd, s.mix.lse, src_.data(), n, s.query, s.key_norm, N, D, gate_);
     }
 
     const T* embedding_grad() const override { return demb_; }
@@ -188,7 +193,7 @@ public:
             for (long i = 0; i < 1 + completed + (partial ? 1 : 0); i++) {
                 // the output op's trailing partial sum is the last (short) block
                 const long col = i <= completed || j == L2 ? i : n_cols - 1;
-                s.alpha[size_t(j)][size_t(col)] += softmax_weight_sum(m.logit + i * N, m.lse, N);
+                s.alpha[size_t(j)][size_t(col)] += softmax_weight_sum(m.logit + i * N, m.lse, N, gate_);
             }
         }
     }
@@ -197,7 +202,10 @@ private:
     using ResidualRule<T, A>::cfg;
     using ResidualRule<T, A>::io;
     const int S_;  // sublayers per block
+    const AttnResGate gate_;
+    const bool two_phase_;  // Block with the softmax: the paper's two-phase computation
     ParamView<T> pv_;
+    T* grad_or_null(const T* p) const { return p ? pv_.grad(p) : nullptr; }
     struct Mix {  // one AttnRes op
         T* out;           // (N, D) the mix: the sublayer's input h
         T *logit, *rstd;  // (n_max, N)

@@ -33,6 +33,13 @@ double residual_num_params(const ModelConfig& c) {
 bool residual_scaled_init(const ModelConfig& c) { return c.residual != Residual::layernorm_scaling; }
 
 void residual_validate(const ModelConfig& c, const std::string& origin) {
+    auto ablation = [&](const char* key, bool set, const char* value) {
+        if (set && !is_attnres(c))
+            throw Error(origin + ": " + key + " \"" + value + "\" is an AttnRes ablation; residual \"" +
+                        to_string(c.residual) + "\" has no depth softmax (use attnres_full or attnres_block)");
+    };
+    ablation("attnres_key_norm", c.attnres_key_norm != AttnResKeyNorm::learned, to_string(c.attnres_key_norm));
+    ablation("attnres_gate", c.attnres_gate != AttnResGate::softmax, to_string(c.attnres_gate));
     if (c.residual != Residual::standard && c.norm_placement != NormPlacement::pre)
         throw Error(origin + ": residual \"" + to_string(c.residual) + "\" needs norm_placement \"pre\", not \"" +
                     to_string(c.norm_placement) + "\" (each sublayer normalises its own input)");

@@ -2,7 +2,7 @@
 // learned input-independent query w and an RMSNorm (weight γ) applied to the keys only.
 //
 // Backward, per row (g = dout, h = out, u = w ⊙ γ, k_i = γ ⊙ v_i · rstd_i):
-//   g_s_i = α_i · (g·v_i − g·h)
+//   g_s_i = α_i · (g·v_i − g·h)           (softmax; the sigmoid gate: α_i (1 − α_i) · g·v_i)
 //   dv_i += α_i g + g_s_i · (rstd_i u − s_i rstd_i² / D · v_i)        (∂rstd/∂v = −rstd³ v / D)
 //   du   += Σ_rows Σ_i g_s_i rstd_i v_i,   dw = du ⊙ γ,   dγ = du ⊙ w
 #include <algorithm>
@@ -30,7 +30,7 @@ const T* fold_query(const T* w, const T* gamma, long D) {
 
 template <typename T>
 void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
-                     long N, long D, double eps) {
+                     long N, long D, double eps, AttnResGate gate) {
     OpTimer t_(OpFamily::attnres_fwd);
     STRATA_CHECK(n >= 1, "attnres_forward needs at least one source");
     const T* u = fold_query(w, gamma, D);
@@ -47,17 +47,25 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
             logit[i * N + r] = rs * uv;
             m = std::max(m, rs * uv);
         }
-        T denom = 0;
-        for (int i = 0; i < n; i++) denom += std::exp(logit[i * N + r] - m);
-        const T l = m + std::log(denom);
+        const bool sig = gate == AttnResGate::sigmoid;
+        T l = 0;
+        if (!sig) {
+            T denom = 0;
+            for (int i = 0; i < n; i++) denom += std::exp(logit[i * N + r] - m);
+            l = m + std::log(denom);
+        }
         lse[r] = l;
+        auto weight = [&](int i) {
+            const T s = logit[i * N + r];
+            return sig ? T(1) / (T(1) + std::exp(-s)) : std::exp(s - l);
+        };
         T* o = out + r * D;
-        const T a0 = std::exp(logit[r] - l);
+        const T a0 = weight(0);
         const T* v0 = srcs[0] + r * D;
 #pragma omp simd
         for (long c = 0; c < D; c++) o[c] = a0 * v0[c];
         for (int i = 1; i < n; i++) {
-            const T a = std::exp(logit[i * N + r] - l);
+            const T a = weight(i);
             const T* v = srcs[i] + r * D;
 #pragma omp simd
             for (long c = 0; c < D; c++) o[c] += a * v[c];
@@ -67,8 +75,10 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
 
 template <typename T>
 void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
-                      const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D) {
+                      const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D,
+                      AttnResGate gate) {
     OpTimer t_(OpFamily::attnres_bwd);
+    const bool sig = gate == AttnResGate::sigmoid;
     STRATA_CHECK(n >= 1, "attnres_backward needs at least one source");
     const T* u = fold_query(w, gamma, D);
     // g_s for every (source, row), then the per-row value gradients.
@@ -87,8 +97,9 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
             T gv = 0;
 #pragma omp simd reduction(+ : gv)
             for (long c = 0; c < D; c++) gv += g[c] * v[c];
-            const T a = std::exp(logit[i * N + r] - lse[r]);
-            const T g_s = a * (gv - gh);
+            const T s = logit[i * N + r];
+            const T a = sig ? T(1) / (T(1) + std::exp(-s)) : std::exp(s - lse[r]);
+            const T g_s = sig ? a * (T(1) - a) * gv : a * (gv - gh);
             gs[i * N + r] = g_s;
             if (!dsrcs[i]) continue;
             const T rs = rstd[i * N + r];
@@ -197,9 +208,9 @@ void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const 
 
 #define STRATA_INSTANTIATE(T)                                                                                   \
     template void attnres_forward<T>(T*, T*, T*, T*, const T* const*, int, const T*, const T*, long, long,      \
-                                     double);                                                                   \
+                                     double, AttnResGate);                                                      \
     template void attnres_backward<T>(T* const*, T*, T*, const T*, const T*, const T*, const T*, const T*,      \
-                                      const T* const*, int, const T*, const T*, long, long);                    \
+                                      const T* const*, int, const T*, const T*, long, long, AttnResGate);       \
     template void attnres_phase1<T>(T* const*, T* const*, T* const*, T* const*, const T* const*, int,          \
                                     const T* const*, const T* const*, int, long, long, double);               \
     template void attnres_phase2<T>(T*, T*, T*, T*, const T*, int, const T*, const T*, long, long, double);

@@ -235,10 +235,13 @@ double row_mean_square_sum(const T* x, long N, long C) {
 }
 
 template <typename T>
-double softmax_weight_sum(const T* logit, const T* lse, long N) {
+double softmax_weight_sum(const T* logit, const T* lse, long N, AttnResGate gate) {
     OpTimer t_(OpFamily::glue);
     double a = 0;
-    for (long r = 0; r < N; r++) a += std::exp(double(logit[r]) - double(lse[r]));
+    if (gate == AttnResGate::sigmoid)
+        for (long r = 0; r < N; r++) a += 1.0 / (1.0 + std::exp(-double(logit[r])));
+    else
+        for (long r = 0; r < N; r++) a += std::exp(double(logit[r]) - double(lse[r]));
     return a;
 }
 
@@ -279,7 +282,7 @@ void adamw_update(T* p, const T* g, S* m, S* v, long n, const AdamWArgs& a, bool
     template double sum_ordered<T>(const T*, long);                                                         \
     template long nonfinite_count<T>(const T*, long);                                                       \
     template double row_mean_square_sum<T>(const T*, long, long);                                           \
-    template double softmax_weight_sum<T>(const T*, const T*, long);                                        \
+    template double softmax_weight_sum<T>(const T*, const T*, long, AttnResGate);                                        \
     template void adamw_update<T, T>(T*, const T*, T*, T*, long, const AdamWArgs&, bool);
 STRATA_GLUE(float)
 STRATA_GLUE(double)
