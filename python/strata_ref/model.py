@@ -37,6 +37,7 @@ DEFAULT_CONFIG = OrderedDict(
     attnres_block_size=4,
     attnres_key_norm="learned",
     attnres_gate="softmax",
+    attnres_query="static",
     attention="causal",
     moda_ffn_kv=True,
 )
@@ -75,7 +76,8 @@ def resolve_config(config: dict | None) -> dict:
     if cfg["attention"] not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}")
     for key, allowed, default in (("attnres_key_norm", ("learned", "none"), "learned"),
-                                  ("attnres_gate", ("softmax", "sigmoid"), "softmax")):
+                                  ("attnres_gate", ("softmax", "sigmoid"), "softmax"),
+                                  ("attnres_query", ("static", "input"), "static")):
         if cfg[key] not in allowed:
             raise ValueError(f"{key} must be one of {allowed}")
         if cfg[key] != default and cfg["residual"] not in ATTNRES:
@@ -110,7 +112,10 @@ def param_shapes(cfg: dict) -> "OrderedDict[str, tuple]":
             shapes[p + "w_ffn_v"] = (Hk * d, D)
         if cfg["residual"] in ATTNRES:
             for side in ("attn", "mlp"):
-                shapes[p + side + "_res_query"] = (D,)
+                if cfg["attnres_query"] == "input":  # q = W RMSNorm(p), W (D, D) zero at init
+                    shapes[p + side + "_res_wq"] = (D, D)
+                else:
+                    shapes[p + side + "_res_query"] = (D,)
                 if cfg["attnres_key_norm"] == "learned":
                     shapes[p + side + "_res_norm"] = (D,)
         elif cfg["residual"] == "rezero":
@@ -252,7 +257,7 @@ class RefModel(nn.Module):
         if self.cfg["residual"] == "layernorm_scaling":
             out_std = std
         for name, shape in self._shapes.items():
-            if name.endswith("_res_query") or name.endswith("_alpha"):  # a uniform mix; ReZero's closed gates
+            if name.endswith(("_res_query", "_res_wq", "_alpha")):  # a uniform mix; ReZero's closed gates
                 t = torch.zeros(shape, dtype=torch.float64)
             elif name.endswith(".dwa"):  # Y_i = X_i at the start
                 t = torch.zeros(shape, dtype=torch.float64)
@@ -407,8 +412,12 @@ class RefModel(nn.Module):
                 partial = None
             sources = blocks + ([partial] if partial is not None else [])
             p = f"blocks.{l}."
-            h = attn_res(sources, self.param(p + side + "_res_query"), self._key_norm(p + side + "_res_norm"), eps,
-                         cfg["attnres_gate"])
+            if cfg["attnres_query"] == "input":  # per token, from the block's partial sum (else the embedding)
+                base = partial if partial is not None else emb
+                q = linear(rms_norm(base, torch.ones_like(base[0, 0]), eps), self.param(p + side + "_res_wq"))
+            else:
+                q = self.param(p + side + "_res_query")
+            h = attn_res(sources, q, self._key_norm(p + side + "_res_norm"), eps, cfg["attnres_gate"])
             x = rms_norm(h, self.param(p + side + "_norm"), eps)
             f = self._attention(x, l) if side == "attn" else self._mlp(x, l)
             if j != skip:

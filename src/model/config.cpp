@@ -43,6 +43,11 @@ struct Names<AttnResGate> {
                                                                     {AttnResGate::sigmoid, "sigmoid"}};
 };
 template <>
+struct Names<AttnResQuery> {
+    static constexpr std::pair<AttnResQuery, const char*> table[] = {{AttnResQuery::fixed, "static"},
+                                                                     {AttnResQuery::input, "input"}};
+};
+template <>
 struct Names<AttentionKind> {
     static constexpr std::pair<AttentionKind, const char*> table[] = {{AttentionKind::causal, "causal"},
                                                                       {AttentionKind::moda, "moda"}};
@@ -63,6 +68,7 @@ static_assert(complete(Residual::denseformer));
 static_assert(complete(AttentionKind::moda));
 static_assert(complete(AttnResKeyNorm::none));
 static_assert(complete(AttnResGate::sigmoid));
+static_assert(complete(AttnResQuery::input));
 
 template <typename E>
 const char* name_of(E e) {
@@ -77,6 +83,7 @@ const char* to_string(Residual r) { return name_of(r); }
 const char* to_string(AttentionKind a) { return name_of(a); }
 const char* to_string(AttnResKeyNorm k) { return name_of(k); }
 const char* to_string(AttnResGate g) { return name_of(g); }
+const char* to_string(AttnResQuery q) { return name_of(q); }
 
 template <typename E>
 std::string allowed_names() {
@@ -99,11 +106,13 @@ template Residual parse_name<Residual>(const std::string&, const std::string&);
 template AttentionKind parse_name<AttentionKind>(const std::string&, const std::string&);
 template AttnResKeyNorm parse_name<AttnResKeyNorm>(const std::string&, const std::string&);
 template AttnResGate parse_name<AttnResGate>(const std::string&, const std::string&);
+template AttnResQuery parse_name<AttnResQuery>(const std::string&, const std::string&);
 template std::string allowed_names<NormPlacement>();
 template std::string allowed_names<Residual>();
 template std::string allowed_names<AttentionKind>();
 template std::string allowed_names<AttnResKeyNorm>();
 template std::string allowed_names<AttnResGate>();
+template std::string allowed_names<AttnResQuery>();
 
 int attnres_sublayers_per_block(const ModelConfig& c) {
     switch (c.residual) {
@@ -152,6 +161,9 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& o
     std::string gate = to_string(c.attnres_gate);
     f.get("attnres_gate", gate);
     c.attnres_gate = parse_name<AttnResGate>(gate, origin + ": attnres_gate");
+    std::string query = to_string(c.attnres_query);
+    f.get("attnres_query", query);
+    c.attnres_query = parse_name<AttnResQuery>(query, origin + ": attnres_query");
     std::string att = to_string(c.attention);
     f.get("attention", att);
     c.attention = parse_name<AttentionKind>(att, origin + ": attention");
@@ -172,7 +184,8 @@ nlohmann::json ModelConfig::to_json() const {
             {"qk_norm", qk_norm},         {"tie_embeddings", tie_embeddings}, {"init_std", init_std},
             {"seed", seed},               {"residual", to_string(residual)},
             {"attnres_block_size", attnres_block_size}, {"attnres_key_norm", to_string(attnres_key_norm)},
-            {"attnres_gate", to_string(attnres_gate)},  {"attention", to_string(attention)},
+            {"attnres_gate", to_string(attnres_gate)},  {"attnres_query", to_string(attnres_query)},
+            {"attention", to_string(attention)},
             {"moda_ffn_kv", moda_ffn_kv}};
 }
 

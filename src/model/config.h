@@ -25,6 +25,9 @@ enum class Residual { standard, attnres_full, attnres_block, rezero, layernorm_s
 // AttnRes ablations (docs/attn_res.md), each valid with the AttnRes rules only: the key norm's weight
 // is learned or absent (a parameter-free RMSNorm); the gate is AttnResGate (ops/attn_res_gate.h).
 enum class AttnResKeyNorm { learned, none };
+// The query of each sublayer's mix: a learned vector ("static", the paper's pseudo-query) or
+// W_j·RMSNorm(p) of the block's current partial sum p ("input").
+enum class AttnResQuery { fixed, input };
 
 // The attention kind (docs/moda.md): "causal" is causal GQA over the sequence; "moda" adds, inside the
 // same softmax, each token's own keys/values from earlier layers (Mixture-of-Depths Attention).
@@ -47,6 +50,7 @@ struct ModelConfig {
     int attnres_block_size = 4;  // sublayers per block (attnres_block); 1 is the same as attnres_full
     AttnResKeyNorm attnres_key_norm = AttnResKeyNorm::learned;
     AttnResGate attnres_gate = AttnResGate::softmax;
+    AttnResQuery attnres_query = AttnResQuery::fixed;
     AttentionKind attention = AttentionKind::causal;
     bool moda_ffn_kv = true;  // MoDA: each FFN also writes a depth slot through its own K/V projection
     bool tie_embeddings = true;
@@ -83,6 +87,7 @@ const char* to_string(Residual r);
 const char* to_string(AttentionKind a);
 const char* to_string(AttnResKeyNorm k);
 const char* to_string(AttnResGate g);
+const char* to_string(AttnResQuery q);
 // The value named `name`; an unknown name throws Error "<what> must be "a", "b" or "c", not "x"".
 template <typename E>
 E parse_name(const std::string& name, const std::string& what);

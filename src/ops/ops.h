@@ -154,16 +154,18 @@ long head_crossentropy_forward(compute_t<A>* losses, compute_t<A>* lse, A* dlogi
 // lse (N) for the backward. n must be at least 1.
 // The sigmoid gate (an ablation, attnres_gate = "sigmoid") replaces the softmax with unnormalised
 // gates α_i = σ(s_i); lse is then written as 0 and not read (AttnResGate: ops/attn_res_gate.h).
+// query_per_row (the input-dependent query ablation): w is (N, D), one query per row, in place of
+// one (D) query for every row.
 template <typename T>
 void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
-                     long N, long D, double eps, AttnResGate gate = AttnResGate::softmax);
-// dsrcs[i] (N, D) accumulate (a null entry skips that source); dw (D) and dgamma (D, may be null)
-// accumulate. out is the forward's output. The sum over rows runs column by column, so it does not
-// depend on the thread count.
+                     long N, long D, double eps, AttnResGate gate = AttnResGate::softmax, bool query_per_row = false);
+// dsrcs[i] (N, D) accumulate (a null entry skips that source); dw (D, or (N, D) with query_per_row)
+// and dgamma (D, may be null) accumulate. out is the forward's output. Every sum over rows runs column
+// by column, so it does not depend on the thread count.
 template <typename T>
 void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
                       const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D,
-                      AttnResGate gate = AttnResGate::softmax);
+                      AttnResGate gate = AttnResGate::softmax, bool query_per_row = false);
 
 // ---- AttnRes, two-phase (Block AttnRes; the paper's Algorithm 1) -----------------------------------
 // The S sublayers of a block mix the same completed sources (plus each one's partial sum), and their
@@ -189,6 +191,9 @@ void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const 
 // zero fill: x[0..n) = 0
 template <typename T>
 void fill_zero(T* x, size_t n);
+// fill: x[0..n) = value
+template <typename T>
+void fill_value(T* x, size_t n, double value);
 
 // copy: dst[0..n) = src[0..n) (no backward: callers add the gradient back with residual_backward)
 template <typename T>

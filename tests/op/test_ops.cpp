@@ -508,13 +508,16 @@ OpCase embedding_case(long N, long V, long C, std::mt19937_64& g) {
 
 // AttnRes over n sources of (N, D); inputs are the n sources, then w, then γ (when with_gamma).
 // sigmoid: the ablation's unnormalised gates σ(s_i) in place of the softmax.
-OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g, bool sigmoid = false) {
+// per_row: the input-dependent query ablation, one (D) query per row.
+OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g, bool sigmoid = false,
+                    bool per_row = false) {
     OpCase c;
     c.name = "attnres N=" + std::to_string(N) + " D=" + std::to_string(D) + " n=" + std::to_string(n) +
-             (with_gamma ? " gamma" : "") + (sigmoid ? " sigmoid" : "");
+             (with_gamma ? " gamma" : "") + (sigmoid ? " sigmoid" : "") + (per_row ? " query-per-row" : "");
     const AttnResGate gate = sigmoid ? AttnResGate::sigmoid : AttnResGate::softmax;
+    const long WQ = per_row ? N * D : D;  // the query's size
     for (int i = 0; i < n; i++) c.inputs.push_back(randn(N * D, g, 1.0 + 0.25 * i));  // sources of different scales
-    c.inputs.push_back(randn(D, g, 0.15));  // logits of order 1: far from uniform, but smooth enough for FD
+    c.inputs.push_back(randn(WQ, g, 0.15));  // logits of order 1: far from uniform, but smooth enough for FD
     if (with_gamma) {
         Vec gm = randn(D, g, 0.3);
         for (auto& x : gm) x += 1.0;
@@ -532,7 +535,7 @@ OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g, 
         std::vector<T> gm = with_gamma ? cast<T>(in[n + 1]) : std::vector<T>();
         std::vector<T> y(N * D), lg(n * N), rs(n * N), lse(N);
         attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, w.data(),
-                        with_gamma ? gm.data() : nullptr, N, D, eps, gate);
+                        with_gamma ? gm.data() : nullptr, N, D, eps, gate, per_row);
         return Vec(y.begin(), y.end());
     };
     c.ref = [=](auto& in) {
@@ -545,7 +548,7 @@ OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g, 
                 for (long k = 0; k < D; k++) ms += in[i][r * D + k] * in[i][r * D + k] / D;
                 for (long k = 0; k < D; k++) {
                     double key = in[i][r * D + k] / std::sqrt(ms + eps) * (with_gamma ? in[n + 1][k] : 1.0);
-                    dot += in[n][k] * key;
+                    dot += in[n][(per_row ? r * D : 0) + k] * key;
                 }
                 s[i] = dot;
                 m = std::max(m, dot);
@@ -570,10 +573,11 @@ OpCase attnres_case(long N, long D, int n, bool with_gamma, std::mt19937_64& g, 
         auto w = cast<T>(in[n]), dy = cast<T>(dout);
         std::vector<T> gm = with_gamma ? cast<T>(in[n + 1]) : std::vector<T>();
         const T* gp = with_gamma ? gm.data() : nullptr;
-        std::vector<T> y(N * D), lg(n * N), rs(n * N), lse(N), dw(D, T(0)), dg(D, T(0));
-        attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D, eps, gate);
+        std::vector<T> y(N * D), lg(n * N), rs(n * N), lse(N), dw(WQ, T(0)), dg(D, T(0));
+        attnres_forward(y.data(), lg.data(), rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D, eps, gate,
+                        per_row);
         attnres_backward(dptr.data(), dw.data(), with_gamma ? dg.data() : nullptr, dy.data(), y.data(), lg.data(),
-                         rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D, gate);
+                         rs.data(), lse.data(), ptr.data(), n, w.data(), gp, N, D, gate, per_row);
         std::vector<Vec> grads;
         for (auto& s : dsrc) grads.push_back(dbl(s));
         grads.push_back(dbl(dw));
@@ -786,6 +790,8 @@ std::vector<OpCase> table() {
         t.push_back(attnres_case(T, 40, 7, true, g));
         t.push_back(attnres_case(T, 24, 1, true, g, true));   // sigmoid gates: one source is no longer out = v
         t.push_back(attnres_case(T, 40, 5, false, g, true));  // with the parameter-free key norm
+        t.push_back(attnres_case(T, 24, 3, true, g, false, true));   // a query per row
+        t.push_back(attnres_case(T, 40, 4, false, g, true, true));   // ... with the sigmoid, no key-norm weight
     }
     for (long N : {1, 3, 65}) {
         t.push_back(residual_case(N * 13, 0, g));

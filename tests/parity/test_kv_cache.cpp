@@ -48,16 +48,28 @@ TEST_P(KVCache_, GreedyMatchesFullForward) {
     check_greedy_matches_full_forward(m);
 }
 
-// The AttnRes ablations: the parameter-free key norm and the sigmoid gate (one-phase under Block).
+// The AttnRes ablations: the parameter-free key norm, the sigmoid gate and the input-dependent query
+// (the last two one-phase under Block).
 TEST(KVCache, AttnResAblationsMatchFullForward) {
-    for (auto [res, kn, gate] : {std::tuple{Residual::attnres_block, AttnResKeyNorm::none, AttnResGate::softmax},
-                                 std::tuple{Residual::attnres_block, AttnResKeyNorm::learned, AttnResGate::sigmoid},
-                                 std::tuple{Residual::attnres_full, AttnResKeyNorm::none, AttnResGate::sigmoid}}) {
+    using Q = AttnResQuery;
+    for (auto [res, kn, gate, q] :
+         {std::tuple{Residual::attnres_block, AttnResKeyNorm::none, AttnResGate::softmax, Q::fixed},
+          std::tuple{Residual::attnres_block, AttnResKeyNorm::learned, AttnResGate::sigmoid, Q::fixed},
+          std::tuple{Residual::attnres_full, AttnResKeyNorm::none, AttnResGate::sigmoid, Q::fixed},
+          std::tuple{Residual::attnres_block, AttnResKeyNorm::learned, AttnResGate::softmax, Q::input}}) {
         ModelConfig c = tiny(NormPlacement::pre, 2, false, res);
         c.attnres_key_norm = kn;
         c.attnres_gate = gate;
-        SCOPED_TRACE(std::string(to_string(res)) + " " + to_string(kn) + " " + to_string(gate));
+        c.attnres_query = q;
+        SCOPED_TRACE(std::string(to_string(res)) + " " + to_string(kn) + " " + to_string(gate) + " " + to_string(q));
         Model<float> m(c);
+        Rng rng(3);  // the input-dependent query's W starts at 0: give it values (small: q is a sum over D)
+        for (const auto& s : m.specs)
+            if (s.name.ends_with("_res_wq")) {
+                std::vector<float> w(s.numel);
+                for (float& x : w) x = float(0.1 * rng.normal());
+                m.param_from_host(s, w.data());
+            }
         check_greedy_matches_full_forward(m);
     }
 }

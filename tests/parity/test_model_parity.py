@@ -55,6 +55,10 @@ CASES = [
          ignore=True),
     dict(norm_placement="pre", n_kv_heads=1, n_layers=3, residual="attnres_block", attnres_block_size=4,
          attnres_gate="sigmoid", attnres_key_norm="none", attention="moda", ignore=False),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=3,
+         attnres_query="input", ignore=True),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_full", attnres_query="input",
+         attnres_gate="sigmoid", qk_norm=True, ignore=False),
 ] + [  # the baseline rules (pre-norm only), alone and with MoDA
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="rezero", ignore=False),
     dict(norm_placement="pre", n_kv_heads=1, n_layers=3, residual="rezero", qk_norm=True, tie_embeddings=False,
@@ -77,6 +81,8 @@ def case_id(case):
         parts.append("keynorm-none")
     if case.get("attnres_gate") == "sigmoid":
         parts.append("sigmoid")
+    if case.get("attnres_query") == "input":
+        parts.append("input-query")
     if case.get("qk_norm"):
         parts.append("qknorm")
     if case.get("tie_embeddings") is False:
@@ -128,6 +134,8 @@ def engine_and_reference(cfg):
             m.set_param(n, (0.3 * rng.standard_normal(p.shape)).astype(np.float32))
         elif n.endswith(".dwa"):
             m.set_param(n, (p + 0.3 * rng.standard_normal(p.shape)).astype(np.float32))
+        elif n.endswith("_res_wq"):  # the input-dependent query's W, zero at init
+            m.set_param(n, (0.3 * rng.standard_normal(p.shape)).astype(np.float32))
         elif p.ndim == 1:
             m.set_param(n, (1.0 + 0.2 * rng.standard_normal(p.shape)).astype(np.float32))
     arrays = {}
@@ -292,6 +300,8 @@ SKIP_CASES = [
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=4),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=2,
          attnres_gate="sigmoid", attnres_key_norm="none"),
+    dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="attnres_block", attnres_block_size=3,
+         attnres_query="input"),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="rezero"),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="layernorm_scaling"),
     dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="denseformer"),
@@ -299,7 +309,8 @@ SKIP_CASES = [
 
 
 @pytest.mark.parametrize("case", SKIP_CASES, ids=lambda c: c.get("residual", "standard") + "-" + c["norm_placement"]
-                         + str(c.get("attnres_block_size", "")) + ("-sigmoid" if "attnres_gate" in c else ""))
+                         + str(c.get("attnres_block_size", "")) + ("-sigmoid" if "attnres_gate" in c else "")
+                         + ("-input-query" if "attnres_query" in c else ""))
 def test_skip_sublayer_matches_the_reference(case):
     # strata diagnose's ablation: sublayer j's output zeroed, and under AttnRes an emptied source dropped.
     cfg = dict(BASE, **case)

@@ -49,6 +49,7 @@ std::vector<ModelConfig> configs() {
     c = base;
     c.residual = Residual::attnres_block;
     c.attnres_key_norm = AttnResKeyNorm::none;
+    c.attnres_query = AttnResQuery::input;
     cs.push_back(c);
     for (Residual r : {Residual::rezero, Residual::layernorm_scaling, Residual::denseformer}) {
         c = base;
@@ -78,7 +79,8 @@ TEST(ParamSpecs, InitIsBitIdenticalToTheNameBasedRule) {
         const std::vector<float> got = m.params().host<float>();
         // One normal stream over the 2-D tensors in buffer order; wo and w_down at std/√(2L) (std
         // under LayerNorm-Scaling); 1-D tensors are ones, except the AttnRes pseudo-queries and the
-        // ReZero gates (zeros) and the DenseFormer weights (zeros but the last).
+        // ReZero gates (zeros), the DenseFormer weights (zeros but the last) and the input-dependent
+        // AttnRes query's W (zeros, drawing nothing).
         Rng rng(c.seed);
         const double resid =
             c.residual == Residual::layernorm_scaling ? c.init_std : c.init_std / std::sqrt(2.0 * c.n_layers);
@@ -87,6 +89,7 @@ TEST(ParamSpecs, InitIsBitIdenticalToTheNameBasedRule) {
             for (size_t i = 0; i < s.numel; i++) {
                 float want;
                 if (s.name.ends_with(".dwa")) want = i + 1 == s.numel ? 1.0f : 0.0f;
+                else if (s.name.ends_with("_res_wq")) want = 0.0f;  // the input-dependent query's W starts at 0
                 else if (s.shape.size() == 1) want = s.name.ends_with("_res_query") || s.name.ends_with("_alpha") ? 0.0f : 1.0f;
                 else {
                     const bool r = s.name.ends_with(".wo") || s.name.ends_with(".w_down");

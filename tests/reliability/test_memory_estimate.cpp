@@ -20,6 +20,7 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
         int block, layers;
         AttentionKind att = AttentionKind::causal;
         bool ffn_kv = true;
+        AttnResQuery query = AttnResQuery::fixed;
     };
     const Variant variants[] = {{NormPlacement::pre, Residual::standard, 4, 2},
                                 {NormPlacement::post, Residual::standard, 4, 3},
@@ -32,7 +33,9 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
                                 {NormPlacement::pre, Residual::rezero, 4, 3},
                                 {NormPlacement::pre, Residual::layernorm_scaling, 4, 2},
                                 {NormPlacement::pre, Residual::denseformer, 4, 3},
-                                {NormPlacement::pre, Residual::denseformer, 4, 3, AttentionKind::moda}};
+                                {NormPlacement::pre, Residual::denseformer, 4, 3, AttentionKind::moda},
+                                {NormPlacement::pre, Residual::attnres_block, 3, 3, AttentionKind::causal, true,
+                                 AttnResQuery::input}};
     for (const auto& v : variants) {
         ModelConfig c = strata::testing::tiny_model(97, 40);
         c.n_layers = v.layers;
@@ -41,6 +44,7 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
         c.attnres_block_size = v.block;
         c.attention = v.att;
         c.moda_ffn_kv = v.ffn_kv;
+        c.attnres_query = v.query;
         c.qk_norm = v.att == AttentionKind::moda;
         SCOPED_TRACE(std::string(to_string(v.np)) + " " + to_string(v.res) + " S=" + std::to_string(v.block) + " " +
                      to_string(v.att) + (v.ffn_kv ? "" : " (no FFN K/V)"));

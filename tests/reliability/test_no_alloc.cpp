@@ -55,18 +55,19 @@ TEST_P(NoAlloc, NoHeapAllocationsAfterTheFirstStep) {
     const Precision prec = mode.rfind("fp32", 0) == 0 ? Precision::fp32 : Precision::bf16;
     set_bf16_native(mode != "bf16-emulated");
     set_f32_onednn(mode == "fp32-onednn");
-    const std::tuple<NormPlacement, Residual, AttentionKind> variants[] = {
-        {NormPlacement::pre, Residual::standard, AttentionKind::causal},
-        {NormPlacement::post, Residual::standard, AttentionKind::causal},
-        {NormPlacement::reordered, Residual::standard, AttentionKind::causal},
-        {NormPlacement::pre, Residual::attnres_full, AttentionKind::causal},
-        {NormPlacement::pre, Residual::attnres_block, AttentionKind::causal},
-        {NormPlacement::pre, Residual::standard, AttentionKind::moda},
-        {NormPlacement::pre, Residual::attnres_block, AttentionKind::moda},
-        {NormPlacement::pre, Residual::rezero, AttentionKind::causal},
-        {NormPlacement::pre, Residual::layernorm_scaling, AttentionKind::causal},
-        {NormPlacement::pre, Residual::denseformer, AttentionKind::moda}};
-    for (auto [np, res, att] : variants) {
+    const std::tuple<NormPlacement, Residual, AttentionKind, AttnResQuery> variants[] = {
+        {NormPlacement::pre, Residual::standard, AttentionKind::causal, AttnResQuery::fixed},
+        {NormPlacement::post, Residual::standard, AttentionKind::causal, AttnResQuery::fixed},
+        {NormPlacement::reordered, Residual::standard, AttentionKind::causal, AttnResQuery::fixed},
+        {NormPlacement::pre, Residual::attnres_full, AttentionKind::causal, AttnResQuery::fixed},
+        {NormPlacement::pre, Residual::attnres_block, AttentionKind::causal, AttnResQuery::fixed},
+        {NormPlacement::pre, Residual::standard, AttentionKind::moda, AttnResQuery::fixed},
+        {NormPlacement::pre, Residual::attnres_block, AttentionKind::moda, AttnResQuery::fixed},
+        {NormPlacement::pre, Residual::rezero, AttentionKind::causal, AttnResQuery::fixed},
+        {NormPlacement::pre, Residual::layernorm_scaling, AttentionKind::causal, AttnResQuery::fixed},
+        {NormPlacement::pre, Residual::denseformer, AttentionKind::moda, AttnResQuery::fixed},
+        {NormPlacement::pre, Residual::attnres_block, AttentionKind::causal, AttnResQuery::input}};
+    for (auto [np, res, att, query] : variants) {
         ModelConfig c;
         c.vocab_size = 97;
         c.d_model = 64;
@@ -81,6 +82,7 @@ TEST_P(NoAlloc, NoHeapAllocationsAfterTheFirstStep) {
         c.residual = res;
         c.attnres_block_size = 3;
         c.attention = att;
+        c.attnres_query = query;
         Model<float> m(c);
         m.set_precision(prec);
         AdamW<float> opt(m, AdamWConfig{});

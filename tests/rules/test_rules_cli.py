@@ -30,6 +30,8 @@ ROWS = {
     "attnres_block-keynorm-none": (rule("attnres_block", "--set", "model.attnres_key_norm=none", *L3),
                                    {"model.blocks.0.attn_res_query"}, {"model.blocks.0.attn_res_norm",
                                                                        "model.out_res_norm"}),
+    "attnres_block-input-query": (rule("attnres_block", "--set", "model.attnres_query=input", *L3),
+                                  {"model.blocks.0.attn_res_wq", "model.out_res_query"}, {"model.blocks.0.attn_res_query"}),
     "rezero": (rule("rezero"), {"model.blocks.0.attn_alpha", "model.blocks.1.mlp_alpha"}, {"model.out_res_query"}),
     "layernorm_scaling": (rule("layernorm_scaling"), set(), {"model.blocks.0.attn_alpha"}),
     "denseformer": (rule("denseformer"), {"model.blocks.0.dwa", "model.blocks.1.dwa"}, {"model.blocks.0.attn_alpha"}),
@@ -99,6 +101,8 @@ def test_a_checkpoint_of_another_rule_is_refused(base, tmp_path):
     (rule("rezero", "--set", "model.attnres_gate=sigmoid"), "attnres_gate \"sigmoid\" is an AttnRes ablation; "
                                                           "residual \"rezero\" has no depth softmax"),
     (["--set", "model.attnres_key_norm=none"], "attnres_key_norm \"none\" is an AttnRes ablation"),
+    (rule("denseformer", "--set", "model.attnres_query=input"), "attnres_query \"input\" is an AttnRes ablation"),
+    (rule("attnres_block", "--set", "model.attnres_query=dynamic"), "attnres_query must be \"static\" or \"input\""),
     (rule("attnres_full", "--set", "model.attnres_gate=tanh"), "attnres_gate must be \"softmax\" or \"sigmoid\", "
                                                              "not \"tanh\""),
     (["--set", "model.attention=\"flash\""], "attention must be \"causal\" or \"moda\""),

@@ -15,13 +15,17 @@ namespace strata {
 
 // Pseudo-queries start at 0, so every mix starts as a plain mean; key norms at 1 (none with the
 // parameter-free key norm).
+// The input-dependent query's W_j (D, D) starts at 0 too, and replaces the sublayer's pseudo-query.
 void attnres_layer_params(const ModelConfig& c, int l, const ParamAdd& add) {
     const bool learned = c.attnres_key_norm == AttnResKeyNorm::learned;
     const std::string p = "blocks." + std::to_string(l) + ".";
-    add(p + "attn_res_query", {c.d_model}, 2 * l, ParamSpec::Init::zeros);
-    if (learned) add(p + "attn_res_norm", {c.d_model}, 2 * l, ParamSpec::Init::ones);
-    add(p + "mlp_res_query", {c.d_model}, 2 * l + 1, ParamSpec::Init::zeros);
-    if (learned) add(p + "mlp_res_norm", {c.d_model}, 2 * l + 1, ParamSpec::Init::ones);
+    const long D = c.d_model;
+    for (int side = 0; side < 2; side++) {
+        const std::string s = p + (side == 0 ? "attn" : "mlp");
+        if (c.attnres_query == AttnResQuery::input) add(s + "_res_wq", {D, D}, 2 * l + side, ParamSpec::Init::zeros);
+        else add(s + "_res_query", {D}, 2 * l + side, ParamSpec::Init::zeros);
+        if (learned) add(s + "_res_norm", {D}, 2 * l + side, ParamSpec::Init::ones);
+    }
 }
 
 void attnres_model_params(const ModelConfig& c, const ParamAdd& add) {
@@ -36,7 +40,8 @@ class AttnResRule final : public ResidualRule<T, A> {
 public:
     explicit AttnResRule(const ModelConfig& c)
         : ResidualRule<T, A>(c), S_(attnres_sublayers_per_block(c)), gate_(c.attnres_gate),
-          two_phase_(S_ > 1 && gate_ == AttnResGate::softmax) {
+          input_query_(c.attnres_query == AttnResQuery::input),
+          two_phase_(S_ > 1 && gate_ == AttnResGate::softmax && !input_query_) {
         const int n = 2 * c.n_layers;
         sub_.resize(size_t(n));
         dsub_.resize(size_t(n));
@@ -56,7 +61,8 @@ public:
             const std::string side = "blocks." + std::to_string(j / 2) + (j % 2 == 0 ? ".attn" : ".mlp");
             s.norm = p(this->norm_name(j));
             const bool learned = cfg.attnres_key_norm == AttnResKeyNorm::learned;
-            s.query = p(side + "_res_query");
+            s.query = input_query_ ? nullptr : p(side + "_res_query");
+            s.wq = input_query_ ? p(side + "_res_wq") : nullptr;
             s.key_norm = learned ? p(side + "_res_norm") : nullptr;
         }
         out_.query = p("out_res_query");
@@ -80,8 +86,20 @@ public:
             P.add("rstd", l, size_t(N), &s.rstd);
             P.add("out", l, size_t(N * D), &s.out);
             mix(s.mix, l);
+            s.pn = s.q = s.prstd = nullptr;
+            if (input_query_) {
+                P.add("query.normed_p", l, size_t(N * D), &s.pn);
+                P.add("query.rstd", l, size_t(N), &s.prstd);
+                P.add("query", l, size_t(N * D), &s.q);
+            }
         }
         mix(out_.mix, -1);
+        ones_ = nullptr;
+        if (input_query_) P.add("ones", -1, size_t(D), &ones_);
+    }
+
+    void carved() override {
+        if (input_query_) fill_value(ones_, size_t(cfg.d_model), 1.0);
     }
 
     void describe_backward(TensorPlan& P, long N) override {
@@ -90,6 +108,12 @@ public:
         P.add("demb", -1, size_t(N * D), &demb_);
         P.add("dmix", -1, size_t(N * D), &dmix_);
         P.add("dn", -1, size_t(N * D), &dn_);
+        dq_ = dpn_ = dones_ = nullptr;
+        if (input_query_) {
+            P.add("dquery", -1, size_t(N * D), &dq_);
+            P.add("dnormed_p", -1, size_t(N * D), &dpn_);
+            P.add("dones", -1, size_t(D), &dones_);
+        }
     }
 
     void begin(int skip) override {
@@ -102,7 +126,12 @@ public:
         Sub& s = sub_[size_t(j)];
         const long N = io.N, D = cfg.d_model;
         const int n = sources(j, false);
-        if (!two_phase_) {  // Full, and the sigmoid gate: every op mixes its own sources
+        if (input_query_) {  // q_j = W_j · RMSNorm(p), one query per row
+            rmsnorm_forward(s.pn, s.prstd, query_source(j), ones_, N, D, cfg.norm_eps);
+            matmul_forward(s.q, s.pn, s.wq, N, D, D);
+            attnres_forward(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, src_.data(), n, s.q, s.key_norm, N, D,
+                            cfg.norm_eps, gate_, true);
+        } else if (!two_phase_) {  // Full, and the sigmoid gate: every op mixes its own sources
             attnres_forward(s.mix.out, s.mix.logit, s.mix.rstd, s.mix.lse, src_.data(), n, s.query, s.key_norm, N, D,
                             cfg.norm_eps, gate_);
         } else {  // Block, two-phase: the block's completed sources once for all its sublayers, then the partial
@@ -137,6 +166,7 @@ public:
     void finish_backward(const T* dlnf) override {
         const long N = io.N, D = cfg.d_model;
         const size_t nd = size_t(N * D);
+        if (dones_) fill_zero(dones_, size_t(D));  // the constant weight's gradient: written, never read
         for (T* ds : dsub_) fill_zero(ds, nd);
         fill_zero(demb_, nd);
         fill_zero(dmix_, nd);
@@ -170,8 +200,17 @@ public:
         fill_zero(dmix_, size_t(N * D));
         rmsnorm_backward(dmix_, pv_.grad(s.norm), dn_, s.mix.out, s.norm, s.rstd, N, D);
         const int n = sources(j, true);
-        attnres_backward(dsrc_.data(), pv_.grad(s.query), grad_or_null(s.key_norm), dmix_, s.mix.out, s.mix.logit,
-                         s.mix.rstd, s.mix.lse, src_.data(), n, s.query, s.key_norm, N, D, gate_);
+        if (!input_query_) {
+            attnres_backward(dsrc_.data(), pv_.grad(s.query), grad_or_null(s.key_norm), dmix_, s.mix.out, s.mix.logit,
+                             s.mix.rstd, s.mix.lse, src_.data(), n, s.query, s.key_norm, N, D, gate_);
+            return;
+        }
+        // the per-row queries' gradient, back through W_j and the norm into p
+        fill_zero(dq_, size_t(N * D));
+        attnres_backward(dsrc_.data(), dq_, grad_or_null(s.key_norm), dmix_, s.mix.out, s.mix.logit, s.mix.rstd,
+                         s.mix.lse, src_.data(), n, s.q, s.key_norm, N, D, gate_, true);
+        matmul_backward(dpn_, pv_.grad(s.wq), dq_, s.pn, s.wq, N, D, D, Into::overwrite);
+        rmsnorm_backward(query_source_grad(j), dones_, dpn_, query_source(j), ones_, s.prstd, N, D);
     }
 
     const T* embedding_grad() const override { return demb_; }
@@ -203,7 +242,8 @@ private:
     using ResidualRule<T, A>::io;
     const int S_;  // sublayers per block
     const AttnResGate gate_;
-    const bool two_phase_;  // Block with the softmax: the paper's two-phase computation
+    const bool input_query_;  // the ablation: q_j = W_j·RMSNorm(p) per token
+    const bool two_phase_;    // Block with the softmax and static queries: the paper's two-phase computation
     ParamView<T> pv_;
     T* grad_or_null(const T* p) const { return p ? pv_.grad(p) : nullptr; }
     struct Mix {  // one AttnRes op
@@ -217,6 +257,9 @@ private:
         T* out;   // (N, D) the block's partial sum after this sublayer
         Mix mix;
         const T *norm, *query, *key_norm;
+        const T* wq;     // the input-dependent query's W_j (D, D), else null
+        T *pn, *prstd;   // its input RMSNorm(p) (N, D) and rstd (N)
+        T* q;            // (N, D) the queries
     };
     std::vector<Sub> sub_;
     struct {
@@ -226,6 +269,8 @@ private:
     const T* final_w_ = nullptr;
     std::vector<T*> dsub_;  // (2L) the gradient of each sublayer's partial sum
     T *demb_ = nullptr, *dmix_ = nullptr, *dn_ = nullptr;
+    T* ones_ = nullptr;  // (D) the parameter-free norm's weight of the input-dependent query
+    T *dq_ = nullptr, *dpn_ = nullptr, *dones_ = nullptr;
     // one op's sources and their gradients, sized once
     std::vector<const T*> src_;
     std::vector<T*> dsrc_;
@@ -234,6 +279,12 @@ private:
         std::vector<T*> out, logit, rstd, lse;
         std::vector<const T*> w, gamma;
     } ph1_;
+
+    // The input-dependent query reads p: the partial sum of j's block before j, or the embedding when j
+    // starts its block (or the skip left the partial sum empty).
+    bool reads_partial(int j) const { return j % S_ != 0 && !skipped_empty(j - 1); }
+    const T* query_source(int j) const { return reads_partial(j) ? sub_[size_t(j - 1)].out : io.x0; }
+    T* query_source_grad(int j) const { return reads_partial(j) ? dsub_[size_t(j - 1)] : demb_; }
 
     // Sublayer e's partial sum is empty under the skip: the skipped sublayer starts its block.
     bool skipped_empty(long e) const { return e == this->skip_ && e % S_ == 0; }

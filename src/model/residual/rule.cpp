@@ -40,6 +40,7 @@ void residual_validate(const ModelConfig& c, const std::string& origin) {
     };
     ablation("attnres_key_norm", c.attnres_key_norm != AttnResKeyNorm::learned, to_string(c.attnres_key_norm));
     ablation("attnres_gate", c.attnres_gate != AttnResGate::softmax, to_string(c.attnres_gate));
+    ablation("attnres_query", c.attnres_query != AttnResQuery::fixed, to_string(c.attnres_query));
     if (c.residual != Residual::standard && c.norm_placement != NormPlacement::pre)
         throw Error(origin + ": residual \"" + to_string(c.residual) + "\" needs norm_placement \"pre\", not \"" +
                     to_string(c.norm_placement) + "\" (each sublayer normalises its own input)");

@@ -5,6 +5,8 @@
 //   g_s_i = α_i · (g·v_i − g·h)           (softmax; the sigmoid gate: α_i (1 − α_i) · g·v_i)
 //   dv_i += α_i g + g_s_i · (rstd_i u − s_i rstd_i² / D · v_i)        (∂rstd/∂v = −rstd³ v / D)
 //   du   += Σ_rows Σ_i g_s_i rstd_i v_i,   dw = du ⊙ γ,   dγ = du ⊙ w
+// With a query per row (the input-dependent ablation) du is kept per row: dw_r = du_r ⊙ γ and
+// dγ = Σ_rows du_r ⊙ w_r.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -28,14 +30,27 @@ const T* fold_query(const T* w, const T* gamma, long D) {
 }
 }  // namespace
 
+namespace {
+// Row r's folded query, for queries given per row: u_r = w_r ⊙ γ into the thread's buffer.
+template <typename T>
+const T* row_query(const T* w, const T* gamma, long r, long D) {
+    thread_local std::vector<T> u;
+    if (u.size() < size_t(D)) u.resize(size_t(D));
+    const T* wr = w + r * D;
+    for (long c = 0; c < D; c++) u[c] = gamma ? wr[c] * gamma[c] : wr[c];
+    return u.data();
+}
+}  // namespace
+
 template <typename T>
 void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
-                     long N, long D, double eps, AttnResGate gate) {
+                     long N, long D, double eps, AttnResGate gate, bool query_per_row) {
     OpTimer t_(OpFamily::attnres_fwd);
     STRATA_CHECK(n >= 1, "attnres_forward needs at least one source");
-    const T* u = fold_query(w, gamma, D);
+    const T* shared_u = query_per_row ? nullptr : fold_query(w, gamma, D);
 #pragma omp parallel for schedule(static) if (N * n * D >= 32768)
     for (long r = 0; r < N; r++) {
+        const T* u = query_per_row ? row_query(w, gamma, r, D) : shared_u;
         T m = -INFINITY;
         for (int i = 0; i < n; i++) {
             const T* v = srcs[i] + r * D;
@@ -76,17 +91,18 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
 template <typename T>
 void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
                       const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D,
-                      AttnResGate gate) {
+                      AttnResGate gate, bool query_per_row) {
     OpTimer t_(OpFamily::attnres_bwd);
     const bool sig = gate == AttnResGate::sigmoid;
     STRATA_CHECK(n >= 1, "attnres_backward needs at least one source");
-    const T* u = fold_query(w, gamma, D);
+    const T* shared_u = query_per_row ? nullptr : fold_query(w, gamma, D);
     // g_s for every (source, row), then the per-row value gradients.
     thread_local std::vector<T> gs_buf;
     if (gs_buf.size() < size_t(n) * size_t(N)) gs_buf.resize(size_t(n) * size_t(N));
     T* gs = gs_buf.data();
 #pragma omp parallel for schedule(static) if (N * n * D >= 32768)
     for (long r = 0; r < N; r++) {
+        const T* u = query_per_row ? row_query(w, gamma, r, D) : shared_u;
         const T* g = dout + r * D;
         const T* h = out + r * D;
         T gh = 0;
@@ -108,7 +124,17 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
 #pragma omp simd
             for (long c = 0; c < D; c++) dv[c] += a * g[c] + cu * u[c] - cv * v[c];
         }
+        if (query_per_row) {  // this row's du = Σ_i g_s_i rstd_i v_i, and dw_r = du ⊙ γ
+            T* dwr = dw + r * D;
+            for (int i = 0; i < n; i++) {
+                const T coef = gs[i * N + r] * rstd[i * N + r];
+                const T* v = srcs[i] + r * D;
+#pragma omp simd
+                for (long c = 0; c < D; c++) dwr[c] += gamma ? coef * v[c] * gamma[c] : coef * v[c];
+            }
+        }
     }
+    if (query_per_row && !dgamma) return;
     // du: each thread owns a fixed slice of the columns and sums them over (row, source) in order.
 #pragma omp parallel if (N * n * D >= 32768)
     {
@@ -122,10 +148,20 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
             for (int i = 0; i < n; i++) {
                 const T coef = gs[i * N + r] * rstd[i * N + r];
                 const T* v = srcs[i] + r * D;
+                if (query_per_row) {  // dγ = Σ_rows du_r ⊙ w_r
+                    const T* wr = w + r * D;
 #pragma omp simd
-                for (long c = c0; c < c1; c++) du[c - c0] += coef * v[c];
+                    for (long c = c0; c < c1; c++) du[c - c0] += coef * v[c] * wr[c];
+                } else {
+#pragma omp simd
+                    for (long c = c0; c < c1; c++) du[c - c0] += coef * v[c];
+                }
             }
         for (long c = c0; c < c1; c++) {
+            if (query_per_row) {
+                dgamma[c] += du[c - c0];
+                continue;
+            }
             dw[c] += gamma ? du[c - c0] * gamma[c] : du[c - c0];
             if (dgamma) dgamma[c] += du[c - c0] * w[c];
         }
@@ -208,9 +244,9 @@ void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const 
 
 #define STRATA_INSTANTIATE(T)                                                                                   \
     template void attnres_forward<T>(T*, T*, T*, T*, const T* const*, int, const T*, const T*, long, long,      \
-                                     double, AttnResGate);                                                      \
+                                     double, AttnResGate, bool);                                                \
     template void attnres_backward<T>(T* const*, T*, T*, const T*, const T*, const T*, const T*, const T*,      \
-                                      const T* const*, int, const T*, const T*, long, long, AttnResGate);       \
+                                      const T* const*, int, const T*, const T*, long, long, AttnResGate, bool); \
     template void attnres_phase1<T>(T* const*, T* const*, T* const*, T* const*, const T* const*, int,          \
                                     const T* const*, const T* const*, int, long, long, double);               \
     template void attnres_phase2<T>(T*, T*, T*, T*, const T*, int, const T*, const T*, long, long, double);

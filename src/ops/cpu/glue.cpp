@@ -23,6 +23,13 @@ void fill_zero(T* x, size_t n) {
 }
 
 template <typename T>
+void fill_value(T* x, size_t n, double value) {
+    OpTimer t_(OpFamily::glue);
+    const T v = T(value);
+    for (size_t i = 0; i < n; i++) x[i] = v;
+}
+
+template <typename T>
 void copy_forward(T* dst, const T* src, size_t n) {
     OpTimer t_(OpFamily::glue);
     std::memcpy(dst, src, n * sizeof(T));
@@ -265,6 +272,7 @@ void adamw_update(T* p, const T* g, S* m, S* v, long n, const AdamWArgs& a, bool
 
 #define STRATA_GLUE(T)                                                                                      \
     template void fill_zero<T>(T*, size_t);                                                                 \
+    template void fill_value<T>(T*, size_t, double);                                                        \
     template void copy_forward<T>(T*, const T*, size_t);                                                    \
     template void residual_forward<T, T>(T*, const T*, const T*, long);                                     \
     template void residual_backward<T>(T*, T*, const T*, long);                                             \
