@@ -142,8 +142,12 @@ GenerateBenchResult run_generate_bench(const GenerateBenchOptions& o) {
 
     // The model of every configuration: the same weights, built (or loaded) once per configuration so
     // each keeps its own precision from the start.
+    TrainBenchOptions model_opts;
+    model_opts.residual = o.residual;
+    model_opts.attnres_block_size = o.attnres_block_size;
+    model_opts.attention = o.attention;
     auto build = [&]() -> std::unique_ptr<Model<float>> {
-        if (o.ckpt.empty()) return std::make_unique<Model<float>>(bench_model_config(TrainBenchOptions{}));
+        if (o.ckpt.empty()) return std::make_unique<Model<float>>(bench_model_config(model_opts));
         return std::move(load_checkpoint(o.ckpt, /*weights_only=*/true).model);
     };
     std::vector<Slot> slots(precisions.size());

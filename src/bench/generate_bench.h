@@ -25,6 +25,11 @@ struct GenerateBenchOptions {
     int reps = 10;
     std::string precision = "fp32,bf16";  // the --precision list, as given
     std::string ckpt;                     // a checkpoint file or run directory; empty: the bench model
+    // The bench model's residual rule, block size and attention kind (bench train's options; not with
+    // --ckpt): its init weights, so that two rules are timed on models of the same sizes.
+    std::string residual = "standard";
+    int attnres_block_size = 4;
+    std::string attention = "causal";
     std::string json_out, markdown_out;   // report files (the CLI opens and writes them)
 };
 

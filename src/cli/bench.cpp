@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "bench/attnres_bench.h"
 #include "bench/generate_bench.h"
 #include "bench/report.h"
 #include "bench/train_bench.h"
@@ -135,14 +136,25 @@ void add_bench_generate(CLI::App& bench) {
     gen->add_option("--precision", o->precision, "Comma list of precisions to measure: fp32, bf16")
         ->capture_default_str();
     gen->add_option("--ckpt", o->ckpt, "Time this checkpoint (file or run directory) instead of the bench model");
+    gen->add_option("--residual", o->residual, "Residual rule of the bench model: " + allowed_names<Residual>())
+        ->capture_default_str();
+    gen->add_option("--attnres-block-size", o->attnres_block_size, "Sublayers per block for attnres_block")
+        ->capture_default_str();
+    gen->add_option("--attention", o->attention, "Attention kind of the bench model: " + allowed_names<AttentionKind>())
+        ->capture_default_str();
     gen->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
     gen->add_option("--markdown-out", o->markdown_out, "Also write the markdown report to this file");
     gen->callback([o] {
         try {
             bench::parse_precision_list(o->precision);
-            if (o->ckpt.empty())
-                bench::check_lengths(bench::bench_model_config(bench::TrainBenchOptions{}), o->prompt_tokens,
-                                     o->new_tokens);
+            bench::TrainBenchOptions m;
+            m.residual = o->residual;
+            m.attnres_block_size = o->attnres_block_size;
+            m.attention = o->attention;
+            const bool model_flags = o->residual != "standard" || o->attention != "causal";
+            if (!o->ckpt.empty() && model_flags)
+                throw Error("--residual and --attention choose the bench model; a --ckpt brings its own");
+            if (o->ckpt.empty()) bench::check_lengths(bench::bench_model_config(m), o->prompt_tokens, o->new_tokens);
         } catch (const Error& e) {
             throw CLI::ValidationError(e.what());
         }
@@ -151,10 +163,35 @@ void add_bench_generate(CLI::App& bench) {
     });
 }
 
+// `strata bench attnres`: the AttnRes op's bandwidth against memcpy's.
+void add_bench_attnres(CLI::App& bench) {
+    auto o = std::make_shared<bench::AttnResBenchOptions>();
+    CLI::App* a = bench.add_subcommand(
+        "attnres", "The AttnRes op's memory bandwidth against the machine's copy bandwidth, in one run");
+    a->add_option("--threads", o->threads, "OpenMP threads")->capture_default_str()->check(in_range(1, kMaxThreads));
+    a->add_option("--sources", o->sources, "Sources n the op mixes")->capture_default_str()->check(in_range(1, 64));
+    a->add_option("--d-model", o->d_model, "Row width D")->capture_default_str()->check(in_range(1, 65536));
+    a->add_option("--rows", o->rows, "Rows N (0: the sources total at least 4x the last-level cache)")
+        ->capture_default_str()
+        ->check(in_range(0, 1 << 24));
+    a->add_option("--reps", o->reps, "Repetitions, interleaved")->capture_default_str()->check(in_range(2, 100000));
+    a->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
+    a->add_option("--markdown-out", o->markdown_out, "Also write the markdown report to this file");
+    a->callback([o] {
+        if (dry_run()) return;
+        std::unique_ptr<AtomicFileWriter> md_file, json_file;
+        if (!o->markdown_out.empty()) md_file = open_output(o->markdown_out, "--markdown-out");
+        if (!o->json_out.empty()) json_file = open_output(o->json_out, "--json-out");
+        const bench::AttnResBenchResult r = bench::run_attnres_bench(*o);
+        emit_report(bench::attnres_markdown(r), bench::attnres_json(r), md_file.get(), json_file.get());
+    });
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-    CLI::App* bench = app.add_subcommand("bench", "Benchmark suites (run one: `strata bench train` or `strata bench generate`)");
+    CLI::App* bench = app.add_subcommand(
+        "bench", "Benchmark suites (run one: `strata bench train`, `strata bench generate` or `strata bench attnres`)");
     bench->require_subcommand(1);
 
     auto o = std::make_shared<bench::TrainBenchOptions>();
@@ -211,6 +248,7 @@ void add_bench_command(CLI::App& app) {
     });
 
     add_bench_generate(*bench);
+    add_bench_attnres(*bench);
 }
 
 }  // namespace strata::cli

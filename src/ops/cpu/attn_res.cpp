@@ -42,49 +42,63 @@ const T* row_query(const T* w, const T* gamma, long r, long D) {
 }
 }  // namespace
 
+// Rows per tile of the forward. The sources are n separate arrays: read one row at a time in turn,
+// each stream advances by D elements and then waits for the other n − 1, too short a run for the
+// hardware prefetcher (the op ran at under half the copy bandwidth). A tile reads kRowTile
+// consecutive rows of each source at once, then mixes them from L2 (n · kRowTile · D floats: 432 KiB
+// at n = 9, D = 384). Software prefetching of the next tile measured slower here.
+constexpr long kRowTile = 32;
+
+
 template <typename T>
 void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
                      long N, long D, double eps, AttnResGate gate, bool query_per_row) {
     OpTimer t_(OpFamily::attnres_fwd);
     STRATA_CHECK(n >= 1, "attnres_forward needs at least one source");
     const T* shared_u = query_per_row ? nullptr : fold_query(w, gamma, D);
+    const bool sig = gate == AttnResGate::sigmoid;
+    const long tiles = (N + kRowTile - 1) / kRowTile;
 #pragma omp parallel for schedule(static) if (N * n * D >= 32768)
-    for (long r = 0; r < N; r++) {
-        const T* u = query_per_row ? row_query(w, gamma, r, D) : shared_u;
-        T m = -INFINITY;
-        for (int i = 0; i < n; i++) {
-            const T* v = srcs[i] + r * D;
-            T ss = 0, uv = 0;
+    for (long t = 0; t < tiles; t++) {
+        const long r0 = t * kRowTile, r1 = std::min(N, r0 + kRowTile);
+        // Scores: each source's rows of the tile, one contiguous run.
+        for (int i = 0; i < n; i++)
+            for (long r = r0; r < r1; r++) {
+                const T* u = query_per_row ? row_query(w, gamma, r, D) : shared_u;
+                const T* v = srcs[i] + r * D;
+                T ss = 0, uv = 0;
 #pragma omp simd reduction(+ : ss, uv)
-            for (long c = 0; c < D; c++) ss += v[c] * v[c], uv += u[c] * v[c];
-            const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
-            rstd[i * N + r] = rs;
-            logit[i * N + r] = rs * uv;
-            m = std::max(m, rs * uv);
+                for (long c = 0; c < D; c++) ss += v[c] * v[c], uv += u[c] * v[c];
+                const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
+                rstd[i * N + r] = rs;
+                logit[i * N + r] = rs * uv;
+            }
+        for (long r = r0; r < r1; r++) {
+            T l = 0;
+            if (!sig) {
+                T m = -INFINITY;
+                for (int i = 0; i < n; i++) m = std::max(m, logit[i * N + r]);
+                T denom = 0;
+                for (int i = 0; i < n; i++) denom += std::exp(logit[i * N + r] - m);
+                l = m + std::log(denom);
+            }
+            lse[r] = l;
         }
-        const bool sig = gate == AttnResGate::sigmoid;
-        T l = 0;
-        if (!sig) {
-            T denom = 0;
-            for (int i = 0; i < n; i++) denom += std::exp(logit[i * N + r] - m);
-            l = m + std::log(denom);
-        }
-        lse[r] = l;
-        auto weight = [&](int i) {
-            const T s = logit[i * N + r];
-            return sig ? T(1) / (T(1) + std::exp(-s)) : std::exp(s - l);
-        };
-        T* o = out + r * D;
-        const T a0 = weight(0);
-        const T* v0 = srcs[0] + r * D;
+        // Values: the tile's rows again, now from cache.
+        for (int i = 0; i < n; i++)
+            for (long r = r0; r < r1; r++) {
+                const T s = logit[i * N + r];
+                const T a = sig ? T(1) / (T(1) + std::exp(-s)) : std::exp(s - lse[r]);
+                const T* v = srcs[i] + r * D;
+                T* o = out + r * D;
+                if (i == 0) {
 #pragma omp simd
-        for (long c = 0; c < D; c++) o[c] = a0 * v0[c];
-        for (int i = 1; i < n; i++) {
-            const T a = weight(i);
-            const T* v = srcs[i] + r * D;
+                    for (long c = 0; c < D; c++) o[c] = a * v[c];
+                } else {
 #pragma omp simd
-            for (long c = 0; c < D; c++) o[c] += a * v[c];
-        }
+                    for (long c = 0; c < D; c++) o[c] += a * v[c];
+                }
+            }
     }
 }
 
