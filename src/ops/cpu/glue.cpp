@@ -67,11 +67,9 @@ template <typename T, typename B>
 double chunked_dot(const T* a, const B* b, long n) {
     constexpr long kChunk = 4096;
     const long chunks = (n + kChunk - 1) / kChunk;
-    constexpr long kMaxStack = 256;
-    double stack[kMaxStack];
-    std::vector<double> heap;
-    double* part = stack;
-    if (chunks > kMaxStack) heap.resize(size_t(chunks)), part = heap.data();
+    thread_local std::vector<double> partials;  // grown once, reused: no allocation in steady state
+    if (partials.size() < size_t(chunks)) partials.resize(size_t(chunks));
+    double* part = partials.data();
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (long c = 0; c < chunks; c++) {
         double s = 0;
