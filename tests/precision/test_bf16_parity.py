@@ -2,7 +2,8 @@
 the engine's mixed-precision logits, loss and every parameter gradient are compared with the float64
 reference (python/strata_ref); the error must be at most 2x that of the reference run wholly in
 bf16 (the naive bf16 model, against its own float64 self). Every norm placement, QK-norm, untied
-embeddings, Full and Block AttnRes and MoDA, on both bf16 GEMM paths."""
+embeddings, Full and Block AttnRes (and its ablations), ReZero, LayerNorm-Scaling, DenseFormer and
+MoDA, on both bf16 GEMM paths."""
 import os
 import subprocess
 import sys
@@ -27,6 +28,13 @@ CASES = {
     "moda-post-qknorm": dict(norm_placement="post", n_kv_heads=1, n_layers=3, attention="moda", qk_norm=True),
     "moda-attnkv-attnres_block": dict(norm_placement="pre", n_kv_heads=2, n_layers=3, attention="moda",
                                       moda_ffn_kv=False, residual="attnres_block", attnres_block_size=2),
+    "attnres_block3-sigmoid-input-query": dict(norm_placement="pre", n_kv_heads=2, n_layers=3,
+                                               residual="attnres_block", attnres_block_size=3, attnres_gate="sigmoid",
+                                               attnres_query="input"),
+    "rezero": dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="rezero"),
+    "layernorm_scaling-qknorm": dict(norm_placement="pre", n_kv_heads=1, n_layers=3, residual="layernorm_scaling",
+                                     qk_norm=True),
+    "denseformer-moda": dict(norm_placement="pre", n_kv_heads=2, n_layers=3, residual="denseformer", attention="moda"),
 }
 
 
@@ -48,10 +56,12 @@ def check(case):
     cfg = dict(BASE, **CASES[case])
     m = strata.Model(cfg)
     rng = np.random.default_rng(7)
-    for n in m.param_names():  # perturbed norms and AttnRes queries, so every multiply counts
+    for n in m.param_names():  # perturbed norms, AttnRes queries and the rules' own scalars: every multiply counts
         p = m.get_param(n)
-        if n.endswith("_res_query"):
+        if n.endswith(("_res_query", "_res_wq", "_alpha")):
             m.set_param(n, (0.3 * rng.standard_normal(p.shape)).astype(np.float32))
+        elif n.endswith(".dwa"):
+            m.set_param(n, (p + 0.3 * rng.standard_normal(p.shape)).astype(np.float32))
         elif p.ndim == 1:
             m.set_param(n, (1.0 + 0.2 * rng.standard_normal(p.shape)).astype(np.float32))
     # weights exact in bf16, so the naive model and the engine start from the same values
