@@ -102,6 +102,9 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
     }
 }
 
+// The backward walks the rows in the forward's tiles and reads every source once: each (row,
+// source) updates that source's gradient and, in the same pass, the tile's partial du (D per tile).
+// The partials are then summed over the tiles in order, so du does not depend on the thread count.
 template <typename T>
 void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
                       const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D,
@@ -110,74 +113,69 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
     const bool sig = gate == AttnResGate::sigmoid;
     STRATA_CHECK(n >= 1, "attnres_backward needs at least one source");
     const T* shared_u = query_per_row ? nullptr : fold_query(w, gamma, D);
-    // g_s for every (source, row), then the per-row value gradients.
-    thread_local std::vector<T> gs_buf;
-    if (gs_buf.size() < size_t(n) * size_t(N)) gs_buf.resize(size_t(n) * size_t(N));
-    T* gs = gs_buf.data();
+    const long tiles = (N + kRowTile - 1) / kRowTile;
+    // du partials: one row of D per tile (for dw with a shared query, or dγ). Grown once, reused.
+    const bool need_du = !query_per_row || dgamma;
+    thread_local std::vector<T> du_buf;
+    if (need_du && du_buf.size() < size_t(tiles) * size_t(D)) du_buf.resize(size_t(tiles) * size_t(D));
+    T* du_tiles = du_buf.data();
 #pragma omp parallel for schedule(static) if (N * n * D >= 32768)
-    for (long r = 0; r < N; r++) {
-        const T* u = query_per_row ? row_query(w, gamma, r, D) : shared_u;
-        const T* g = dout + r * D;
-        const T* h = out + r * D;
-        T gh = 0;
+    for (long t = 0; t < tiles; t++) {
+        const long r0 = t * kRowTile, r1 = std::min(N, r0 + kRowTile);
+        T* du = need_du ? du_tiles + t * D : nullptr;
+        if (du) std::fill(du, du + D, T(0));
+        for (long r = r0; r < r1; r++) {
+            const T* u = query_per_row ? row_query(w, gamma, r, D) : shared_u;
+            const T* wr = query_per_row ? w + r * D : nullptr;
+            const T* g = dout + r * D;
+            const T* h = out + r * D;
+            T gh = 0;
 #pragma omp simd reduction(+ : gh)
-        for (long c = 0; c < D; c++) gh += g[c] * h[c];
-        for (int i = 0; i < n; i++) {
-            const T* v = srcs[i] + r * D;
-            T gv = 0;
-#pragma omp simd reduction(+ : gv)
-            for (long c = 0; c < D; c++) gv += g[c] * v[c];
-            const T s = logit[i * N + r];
-            const T a = sig ? T(1) / (T(1) + std::exp(-s)) : std::exp(s - lse[r]);
-            const T g_s = sig ? a * (T(1) - a) * gv : a * (gv - gh);
-            gs[i * N + r] = g_s;
-            if (!dsrcs[i]) continue;
-            const T rs = rstd[i * N + r];
-            const T cu = g_s * rs, cv = g_s * logit[i * N + r] * rs * rs / T(D);
-            T* dv = dsrcs[i] + r * D;
-#pragma omp simd
-            for (long c = 0; c < D; c++) dv[c] += a * g[c] + cu * u[c] - cv * v[c];
-        }
-        if (query_per_row) {  // this row's du = Σ_i g_s_i rstd_i v_i, and dw_r = du ⊙ γ
-            T* dwr = dw + r * D;
+            for (long c = 0; c < D; c++) gh += g[c] * h[c];
             for (int i = 0; i < n; i++) {
-                const T coef = gs[i * N + r] * rstd[i * N + r];
                 const T* v = srcs[i] + r * D;
+                T gv = 0;
+#pragma omp simd reduction(+ : gv)
+                for (long c = 0; c < D; c++) gv += g[c] * v[c];
+                const T s = logit[i * N + r], rs = rstd[i * N + r];
+                const T a = sig ? T(1) / (T(1) + std::exp(-s)) : std::exp(s - lse[r]);
+                const T g_s = sig ? a * (T(1) - a) * gv : a * (gv - gh);
+                const T coef = g_s * rs;  // du += Σ_i g_s_i rstd_i v_i
+                if (dsrcs[i]) {
+                    const T cv = g_s * s * rs * rs / T(D);
+                    T* dv = dsrcs[i] + r * D;
 #pragma omp simd
-                for (long c = 0; c < D; c++) dwr[c] += gamma ? coef * v[c] * gamma[c] : coef * v[c];
+                    for (long c = 0; c < D; c++) dv[c] += a * g[c] + coef * u[c] - cv * v[c];
+                }
+                if (query_per_row) {  // this row's dw_r = du_r ⊙ γ; dγ gathers du_r ⊙ w_r
+                    T* dwr = dw + r * D;
+#pragma omp simd
+                    for (long c = 0; c < D; c++) dwr[c] += gamma ? coef * v[c] * gamma[c] : coef * v[c];
+                    if (du) {
+#pragma omp simd
+                        for (long c = 0; c < D; c++) du[c] += coef * v[c] * wr[c];
+                    }
+                } else {
+#pragma omp simd
+                    for (long c = 0; c < D; c++) du[c] += coef * v[c];
+                }
             }
         }
     }
-    if (query_per_row && !dgamma) return;
-    // du: each thread owns a fixed slice of the columns and sums them over (row, source) in order.
-#pragma omp parallel if (N * n * D >= 32768)
+    if (!need_du) return;
+    // The tiles' partials in tile order, each thread a fixed slice of the columns.
+#pragma omp parallel if (tiles * D >= 32768)
     {
-        const std::pair<long, long> slice = thread_slice(D);  // not a structured binding: the simd loop
-        const long c0 = slice.first, c1 = slice.second;        // below may not capture one (clang)
-        thread_local std::vector<T> du_buf;
-        if (du_buf.size() < size_t(D)) du_buf.resize(size_t(D));
-        T* du = du_buf.data();
-        std::fill(du, du + (c1 - c0), T(0));
-        for (long r = 0; r < N; r++)
-            for (int i = 0; i < n; i++) {
-                const T coef = gs[i * N + r] * rstd[i * N + r];
-                const T* v = srcs[i] + r * D;
-                if (query_per_row) {  // dγ = Σ_rows du_r ⊙ w_r
-                    const T* wr = w + r * D;
-#pragma omp simd
-                    for (long c = c0; c < c1; c++) du[c - c0] += coef * v[c] * wr[c];
-                } else {
-#pragma omp simd
-                    for (long c = c0; c < c1; c++) du[c - c0] += coef * v[c];
-                }
-            }
-        for (long c = c0; c < c1; c++) {
+        const std::pair<long, long> slice = thread_slice(D);
+        for (long c = slice.first; c < slice.second; c++) {
+            T sum = 0;
+            for (long t = 0; t < tiles; t++) sum += du_tiles[t * D + c];
             if (query_per_row) {
-                dgamma[c] += du[c - c0];
+                dgamma[c] += sum;
                 continue;
             }
-            dw[c] += gamma ? du[c - c0] * gamma[c] : du[c - c0];
-            if (dgamma) dgamma[c] += du[c - c0] * w[c];
+            dw[c] += gamma ? sum * gamma[c] : sum;
+            if (dgamma) dgamma[c] += sum * w[c];
         }
     }
 }
