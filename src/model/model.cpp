@@ -418,10 +418,8 @@ void Model<T>::attn_backward(long l, const A* in, T* din, const T* dout, long N,
     rope_backward(a.dq, a.pos, rope_cos_, rope_sin_, N, H, d);
     rope_backward(a.dk, a.pos, rope_cos_, rope_sin_, N, Hk, d);
     if (cfg.qk_norm) {  // else dq_raw, dk_raw are dq, dk (layout)
-        fill_zero(a.dq_raw, size_t(N * H * d));
-        fill_zero(a.dk_raw, size_t(N * Hk * d));
-        rmsnorm_backward(a.dq_raw, g(p.q_norm), a.dq, la.q_raw, p.q_norm, la.q_rstd, N * H, d);
-        rmsnorm_backward(a.dk_raw, g(p.k_norm), a.dk, la.k_raw, p.k_norm, la.k_rstd, N * Hk, d);
+        rmsnorm_backward(a.dq_raw, g(p.q_norm), a.dq, la.q_raw, p.q_norm, la.q_rstd, N * H, d, 1.0, Into::overwrite);
+        rmsnorm_backward(a.dk_raw, g(p.k_norm), a.dk, la.k_raw, p.k_norm, la.k_rstd, N * Hk, d, 1.0, Into::overwrite);
     }
     qkv_split_backward(a.dqkv, a.dq_raw, a.dk_raw, a.dv, N, H * d, Hk * d, Hk * d);
     matmul_backward(din, g(p.wqkv), as_act(a.dqkv, a.dqkv_a, N * QKV), in, W<A>(p.wqkv), N, D, QKV, din_into);
@@ -470,8 +468,8 @@ void Model<T>::mlp_backward(long l, const A* in, T* din, const T* dout, long N, 
         rope_backward(dfk, a.pos, rope_cos_, rope_sin_, N, Hk, d);
         const T* dk_raw = dfk;
         if (cfg.qk_norm) {
-            fill_zero(a.dk_raw, size_t(N * kvd));
-            rmsnorm_backward(a.dk_raw, g(layers_[l].k_norm), dfk, la.fk_raw, layers_[l].k_norm, la.fk_rstd, N * Hk, d);
+            rmsnorm_backward(a.dk_raw, g(layers_[l].k_norm), dfk, la.fk_raw, layers_[l].k_norm, la.fk_rstd, N * Hk, d,
+                             1.0, Into::overwrite);
             dk_raw = a.dk_raw;
         }
         T* dkv = a.dqkv;  // (N, 2·Hk·d) fits in the (N, QKV) scratch: [dK | dV]
@@ -604,8 +602,7 @@ void Model<T>::backward_impl(const std::function<void(int)>& layer_done) {
     // a.dlogits came with the loss (head_crossentropy_forward): the mean loss's gradient, zero when
     // no row was counted. It shares bytes with the scratch below (describe_activations): nothing else
     // is written until this GEMM is done.
-    fill_zero(a.dlnf, size_t(N * D));
-    matmul_backward(a.dlnf, g(lm_head_), a.dlogits, a.lnf, W<A>(lm_head_), N, D, V);
+    matmul_backward(a.dlnf, g(lm_head_), a.dlogits, a.lnf, W<A>(lm_head_), N, D, V, Into::overwrite);
     if (cfg.attention == AttentionKind::moda) {
         const size_t n = size_t(N) * moda_slots(cfg) * cfg.n_kv_heads * cfg.head_dim;
         fill_zero(a.ddepth_k, n);

@@ -62,9 +62,10 @@ void embedding_backward(W* dtable, const T* dout, const int32_t* tokens, long N,
 template <typename O, typename I, typename W>
 void rmsnorm_forward(O* out, compute_t<I>* rstd, const I* inp, const W* w, long N, long C, double eps,
                      double scale = 1.0);
+// dinp: added into, or with Into::overwrite written over (a buffer nothing else has written).
 template <typename I, typename W>
 void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const I* inp, const W* w,
-                      const compute_t<I>* rstd, long N, long C, double scale = 1.0);
+                      const compute_t<I>* rstd, long N, long C, double scale = 1.0, Into dinp_into = Into::add);
 
 // ---- residual add fused with the next RMSNorm (pre-norm): out = a + b, then normed = RMSNorm(out)·w
 // with its rstd, in one pass over the rows (the sum is normed while still in cache). Equal, bit for

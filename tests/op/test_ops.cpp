@@ -1027,6 +1027,14 @@ void check_overwrite() {
     swiglu_backward(dgu_add.data(), da.data(), gu.data(), N, F);
     swiglu_backward(dgu_over.data(), da.data(), gu.data(), N, F, Into::overwrite);
     EXPECT_EQ(dgu_over, dgu_add);
+    auto nx = cast<T>(randn(N * F, g)), nw = cast<T>(randn(F, g)), ndy = cast<T>(randn(N * F, g));
+    std::vector<T> ny(N * F), nr(N), ndx_add(N * F, T(0)), ndx_over(N * F, nan), ndw_add(F, T(0)), ndw_over(F, T(0));
+    rmsnorm_forward(ny.data(), nr.data(), nx.data(), nw.data(), N, F, 1e-5);
+    rmsnorm_backward(ndx_add.data(), ndw_add.data(), ndy.data(), nx.data(), nw.data(), nr.data(), N, F, 0.5);
+    rmsnorm_backward(ndx_over.data(), ndw_over.data(), ndy.data(), nx.data(), nw.data(), nr.data(), N, F, 0.5,
+                     Into::overwrite);
+    EXPECT_EQ(ndx_over, ndx_add);
+    EXPECT_EQ(ndw_over, ndw_add);
 }
 TEST(Backward, OverwriteIgnoresWhatIsThere) { check_overwrite<float>(), check_overwrite<double>(); }
 

@@ -169,8 +169,8 @@ public:
         if (dones_) fill_zero(dones_, size_t(D));  // the constant weight's gradient: written, never read
         for (T* ds : dsub_) fill_zero(ds, nd);
         fill_zero(demb_, nd);
-        fill_zero(dmix_, nd);
-        rmsnorm_backward(dmix_, pv_.grad(final_w_), dlnf, out_.mix.out, final_w_, io.lnf_rstd, N, D);
+        rmsnorm_backward(dmix_, pv_.grad(final_w_), dlnf, out_.mix.out, final_w_, io.lnf_rstd, N, D, 1.0,
+                         Into::overwrite);
         const int n = sources(int(sub_.size()), true);
         attnres_backward(dsrc_.data(), pv_.grad(out_.query), grad_or_null(out_.key_norm), dmix_, out_.mix.out,
                          out_.mix.logit, out_.mix.rstd, out_.mix.lse, src_.data(), n, out_.query, out_.key_norm, N, D,
@@ -197,8 +197,7 @@ public:
     void input_backward(int j) override {
         Sub& s = sub_[size_t(j)];
         const long N = io.N, D = cfg.d_model;
-        fill_zero(dmix_, size_t(N * D));
-        rmsnorm_backward(dmix_, pv_.grad(s.norm), dn_, s.mix.out, s.norm, s.rstd, N, D);
+        rmsnorm_backward(dmix_, pv_.grad(s.norm), dn_, s.mix.out, s.norm, s.rstd, N, D, 1.0, Into::overwrite);
         const int n = sources(j, true);
         if (!input_query_) {
             attnres_backward(dsrc_.data(), pv_.grad(s.query), grad_or_null(s.key_norm), dmix_, s.mix.out, s.mix.logit,

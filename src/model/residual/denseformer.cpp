@@ -92,8 +92,8 @@ public:
     void finish_backward(const T* dlnf) override {
         const long N = io.N, D = cfg.d_model;
         for (T* d : dX_) fill_zero(d, size_t(N * D));
-        fill_zero(dY_, size_t(N * D));
-        rmsnorm_backward(dY_, pv_.grad(final_w_), dlnf, Y_[size_t(cfg.n_layers)], final_w_, io.lnf_rstd, N, D);
+        rmsnorm_backward(dY_, pv_.grad(final_w_), dlnf, Y_[size_t(cfg.n_layers)], final_w_, io.lnf_rstd, N, D, 1.0,
+                         Into::overwrite);
     }
 
     // MLP of layer l: dY_ holds the gradient w.r.t. Y_{l+1}, complete (block l+2, or the head, has
@@ -124,8 +124,8 @@ public:
         const int l = j / 2;
         T* d = j % 2 == 1 ? dmid_ : (l == 0 ? dX_[0] : dY_);
         const T* through = j % 2 == 1 ? dX_[size_t(l + 1)] : dmid_;
-        if (d != dX_[0]) fill_zero(d, size_t(n));
-        residual_backward(d, static_cast<T*>(nullptr), through, n);
+        if (d == dX_[0]) residual_backward(d, static_cast<T*>(nullptr), through, n);
+        else copy_forward(d, through, size_t(n));
         rmsnorm_backward(d, pv_.grad(norm_w_[size_t(j)]), dn_, in_state(j), norm_w_[size_t(j)], rstd_[size_t(j)], N, D);
     }
 

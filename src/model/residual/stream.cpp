@@ -131,8 +131,8 @@ void StreamRule<T, A>::finish() {
 template <typename T, typename A>
 void StreamRule<T, A>::finish_backward(const T* dlnf) {
     const long N = io.N, D = cfg.d_model;
-    fill_zero(dcur_, size_t(N * D));
-    rmsnorm_backward(dcur_, pv_.grad(final_w_), dlnf, sub_.back().out, final_w_, io.lnf_rstd, N, D);
+    rmsnorm_backward(dcur_, pv_.grad(final_w_), dlnf, sub_.back().out, final_w_, io.lnf_rstd, N, D, 1.0,
+                     Into::overwrite);
 }
 
 // dcur_ holds the gradient w.r.t. the stream after j.
@@ -147,16 +147,12 @@ const T* StreamRule<T, A>::output_grad(int j, const A* f) {
             gated_residual_backward(dy_, pv_.grad(gate_[size_t(j)]), dcur_, f, gate_[size_t(j)], n);
             return dy_;
         case NormPlacement::post:  // through the norm; then h's gradient starts as f's output gradient
-            fill_zero(dy_, size_t(n));
-            rmsnorm_backward(dy_, pv_.grad(nw), dcur_, s.sum, nw, s.rstd, N, D);
-            fill_zero(dprev_, size_t(n));
-            residual_backward(dprev_, static_cast<T*>(nullptr), dy_, n);
+            rmsnorm_backward(dy_, pv_.grad(nw), dcur_, s.sum, nw, s.rstd, N, D, 1.0, Into::overwrite);
+            copy_forward(dprev_, dy_, size_t(n));
             return dy_;
         case NormPlacement::reordered:  // h's gradient starts as the stream's; f's goes through the norm
-            fill_zero(dprev_, size_t(n));
-            residual_backward(dprev_, static_cast<T*>(nullptr), dcur_, n);
-            fill_zero(dy_, size_t(n));
-            rmsnorm_backward(dy_, pv_.grad(nw), dcur_, f, nw, s.rstd, N, D);
+            copy_forward(dprev_, dcur_, size_t(n));
+            rmsnorm_backward(dy_, pv_.grad(nw), dcur_, f, nw, s.rstd, N, D, 1.0, Into::overwrite);
             return dy_;
     }
     return nullptr;
@@ -188,8 +184,7 @@ void StreamRule<T, A>::input_backward(int j) {
     if (placement_ == NormPlacement::pre) {
         const long N = io.N, D = cfg.d_model, n = N * D;
         const T* nw = norm_w_[size_t(j)];
-        fill_zero(dprev_, size_t(n));
-        residual_backward(dprev_, static_cast<T*>(nullptr), dcur_, n);  // the stream passes straight through
+        copy_forward(dprev_, dcur_, size_t(n));  // the stream passes straight through
         rmsnorm_backward(dprev_, pv_.grad(nw), dn_, h(j), nw, sub_[size_t(j)].rstd, N, D, scale(j));
     }
     std::swap(dcur_, dprev_);

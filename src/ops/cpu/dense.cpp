@@ -127,7 +127,7 @@ void residual_rmsnorm_forward(T* out, O* normed, compute_t<T>* rstd, const T* a,
 // The scale multiplies dy as it is read (a no-op at a = 1).
 template <typename I, typename W>
 void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const I* inp, const W* w,
-                      const compute_t<I>* rstd, long N, long C, double scale) {
+                      const compute_t<I>* rstd, long N, long C, double scale, Into dinp_into) {
     using R = compute_t<I>;
     OpTimer t_(OpFamily::rmsnorm);
 #pragma omp parallel for schedule(static)
@@ -139,7 +139,10 @@ void rmsnorm_backward(compute_t<I>* dinp, W* dw, const compute_t<I>* dout, const
         R gx = 0;
         for (long c = 0; c < C; c++) gx += dy[c] * R(w[c]) * ld<R>(x[c]);
         R k = sa * s * s * gx / R(C);
-        for (long c = 0; c < C; c++) dx[c] += sa * dy[c] * R(w[c]) - k * ld<R>(x[c]);
+        if (dinp_into == Into::overwrite)
+            for (long c = 0; c < C; c++) dx[c] = sa * dy[c] * R(w[c]) - k * ld<R>(x[c]);
+        else
+            for (long c = 0; c < C; c++) dx[c] += sa * dy[c] * R(w[c]) - k * ld<R>(x[c]);
     }
     // dw: a column reduction; split columns across threads so the sum order is fixed.
 #pragma omp parallel
@@ -337,7 +340,8 @@ long head_crossentropy_forward(compute_t<A>* losses, compute_t<A>* lse, A* dlogi
     template void embedding_forward<T, T>(T*, const int32_t*, const T*, long, long);                           \
     template void embedding_backward<T, T>(T*, const T*, const int32_t*, long, long);                          \
     template void rmsnorm_forward<T, T, T>(T*, T*, const T*, const T*, long, long, double, double);            \
-    template void rmsnorm_backward<T, T>(T*, T*, const T*, const T*, const T*, const T*, long, long, double);  \
+    template void rmsnorm_backward<T, T>(T*, T*, const T*, const T*, const T*, const T*, long, long, double,  \
+                                        Into);                                                                \
     template void residual_rmsnorm_forward<T, T, T, T>(T*, T*, T*, const T*, const T*, const T*, long, long,   \
                                                        double, double);                                        \
     template void rope_table<T>(T*, T*, long, long, double);                                                   \
@@ -364,7 +368,7 @@ template void rmsnorm_forward<float, bf16, float>(float*, float*, const bf16*, c
 template void residual_rmsnorm_forward<bf16, float, bf16, float>(float*, bf16*, float*, const float*, const bf16*,
                                                                  const float*, long, long, double, double);
 template void rmsnorm_backward<bf16, float>(float*, float*, const float*, const bf16*, const float*, const float*,
-                                            long, long, double);
+                                            long, long, double, Into);
 template void rope_forward<bf16, float>(bf16*, const int32_t*, const float*, const float*, long, long, long);
 template void swiglu_forward<bf16>(bf16*, const bf16*, long, long);
 template void swiglu_backward<bf16, bf16>(bf16*, const float*, const bf16*, long, long, Into);
