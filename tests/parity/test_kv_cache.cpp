@@ -63,11 +63,12 @@ TEST(KVCache, AttnResAblationsMatchFullForward) {
         c.attnres_query = q;
         SCOPED_TRACE(std::string(to_string(res)) + " " + to_string(kn) + " " + to_string(gate) + " " + to_string(q));
         Model<float> m(c);
-        Rng rng(3);  // the input-dependent query's W starts at 0: give it values (small: q is a sum over D)
+        Rng rng(3);  // the input-dependent query's W starts at 0: give it small values (q sums D of them, and the
+                     // peaked logits of init_std 0.3 turn its GEMM's rounding into 1e-5-level logit error)
         for (const auto& s : m.specs)
             if (s.name.ends_with("_res_wq")) {
                 std::vector<float> w(s.numel);
-                for (float& x : w) x = float(0.1 * rng.normal());
+                for (float& x : w) x = float(0.03 * rng.normal());
                 m.param_from_host(s, w.data());
             }
         check_greedy_matches_full_forward(m);
