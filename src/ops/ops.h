@@ -161,8 +161,8 @@ template <typename T>
 void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
                      long N, long D, double eps, AttnResGate gate = AttnResGate::softmax, bool query_per_row = false);
 // dsrcs[i] (N, D) accumulate (a null entry skips that source); dw (D, or (N, D) with query_per_row)
-// and dgamma (D, may be null) accumulate. out is the forward's output. Every sum over rows runs column
-// by column, so it does not depend on the thread count.
+// and dgamma (D, may be null) accumulate. out is the forward's output. Every sum over rows is taken per
+// tile of rows and the tiles added in order, so it does not depend on the thread count.
 template <typename T>
 void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
                       const T* lse, const T* const* srcs, int n, const T* w, const T* gamma, long N, long D,
