@@ -126,7 +126,7 @@ AttnResBenchResult run_attnres_bench(const AttnResBenchOptions& o) {
         r.bwd_share.push_back(b / c);
         std::fprintf(stderr, "rep %d: copy %.1f GB/s, forward %.1f GB/s, backward %.1f GB/s\n", i + 1, c, f, b);
     }
-    r.loadavg_after = loadavg();
+    r.machine.loadavg_after = loadavg();
     return r;
 }
 
@@ -149,7 +149,7 @@ std::string attnres_markdown(const AttnResBenchResult& r) {
     md << "| strata commit | " << m.commit << " |\n";
     md << "| environment | " << m.environment << " (OPENBLAS_CORETYPE " << m.openblas_coretype << ") |\n";
     md << "| threads | " << o.threads << " |\n";
-    md << "| load average before → after | " << m.loadavg_before << " → " << r.loadavg_after << " |\n\n";
+    md << "| load average before → after | " << m.loadavg_before << " → " << m.loadavg_after << " |\n\n";
     md << "The fp32 AttnRes op (`attnres_forward`/`attnres_backward`) over n = " << o.sources << " sources of (N, D) = ("
        << r.rows << ", " << o.d_model << "): " << fmt("%.0f", r.source_bytes / (1 << 20))
        << " MiB of sources, against a memcpy of " << fmt("%.0f", r.copy_bytes / (1 << 20))

@@ -31,7 +31,6 @@ struct AttnResBenchResult {
     double fwd_bytes = 0, bwd_bytes = 0;  // bytes each op moves, as counted in the report
     std::vector<double> copy_gbs, fwd_gbs, bwd_gbs;  // per repetition, GB/s
     std::vector<double> fwd_share, bwd_share;         // per repetition, ÷ the copy's GB/s of that repetition
-    std::string loadavg_after;
 };
 
 AttnResBenchResult run_attnres_bench(const AttnResBenchOptions& o);

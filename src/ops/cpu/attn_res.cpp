@@ -61,10 +61,16 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
 #pragma omp parallel for schedule(static) if (N * n * D >= 32768)
     for (long t = 0; t < tiles; t++) {
         const long r0 = t * kRowTile, r1 = std::min(N, r0 + kRowTile);
+        // Queries given per row: the tile's folded rows u_r = w_r ⊙ γ, once for all n sources.
+        thread_local std::vector<T> tile_u;
+        if (query_per_row) {
+            if (tile_u.size() < size_t(kRowTile * D)) tile_u.resize(size_t(kRowTile * D));
+            for (long r = r0; r < r1; r++) std::copy_n(row_query(w, gamma, r, D), D, tile_u.data() + (r - r0) * D);
+        }
         // Scores: each source's rows of the tile, one contiguous run.
         for (int i = 0; i < n; i++)
             for (long r = r0; r < r1; r++) {
-                const T* u = query_per_row ? row_query(w, gamma, r, D) : shared_u;
+                const T* u = query_per_row ? tile_u.data() + (r - r0) * D : shared_u;
                 const T* v = srcs[i] + r * D;
                 T ss = 0, uv = 0;
 #pragma omp simd reduction(+ : ss, uv)
