@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <optional>
@@ -74,6 +75,7 @@ class Shapes {
         return *this;
     }
     long operator[](const std::string& name) const { return dims_.at(name); }
+    const std::string& op() const { return op_; }
     // An extra condition on the sizes bound so far, with its message.
     void require(bool cond, const std::string& what) const {
         if (!cond) throw Error(op_ + ": " + what);
@@ -271,32 +273,79 @@ PYBIND11_MODULE(strata, mod) {
                            lse.data(), q.data(), k.data(), v.data(), a);
         return py::make_tuple(dq, dk, dv);
     });
-    // MoDA: q (B,T,H,d), k/v (B,T,Hk,d), kd/vd (B,T,L,Hk,d): every depth slot used.
-    auto moda_dims = [](Shapes& s, const F32& q, const F32& k, const F32& v, const F32& kd, const F32& vd) {
-        AttnDims a = attention_dims(s, q, k, v);
-        s(kd, "kd", {"B", "Tq", "L", "Hk", "d"})(vd, "vd", {"B", "Tq", "L", "Hk", "d"});
-        return a;
+    // MoDA: q (B,T,H,d), k/v (B,Tk,Hk,d) (None under mask="none"), kd/vd (B,T,L,Hk,d): every depth slot
+    // used. The keywords are ModaParams' (ops.h): mask "causal" | "noncausal" | "none", visibility
+    // "own" | "chunk", chunk (tokens; 0: 64/G), window (slots; 0: all), scale (None: 1/sqrt(d)).
+    struct ModaArgs {
+        std::optional<F32> k, v;
+        F32 q, kd, vd;
     };
-    ops.def("moda_forward", [=](F32 q, F32 k, F32 v, F32 kd, F32 vd) {
-        Shapes s("moda_forward");
-        const AttnDims a = moda_dims(s, q, k, v, kd, vd);
-        const long L = s["L"];
-        F32 o = make({a.B, a.Tq, a.H, a.d}), lse = make({a.B, a.H, a.Tq});
-        moda_forward(o.mutable_data(), lse.mutable_data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L, a);
-        return py::make_tuple(o, lse);
-    });
-    ops.def("moda_backward", [=](F32 dout, F32 out, F32 lse, F32 q, F32 k, F32 v, F32 kd, F32 vd) {
-        Shapes s("moda_backward");
-        const AttnDims a = moda_dims(s, q, k, v, kd, vd);
-        s(dout, "dout", {"B", "Tq", "H", "d"})(out, "out", {"B", "Tq", "H", "d"})(lse, "lse", {"B", "H", "Tq"});
-        const long L = s["L"];
-        F32 dq = make({a.B, a.Tq, a.H, a.d}), dk = make({a.B, a.Tk, a.Hk, a.d}), dv = make({a.B, a.Tk, a.Hk, a.d});
-        F32 dkd = make({a.B, a.Tq, L, a.Hk, a.d}), dvd = make({a.B, a.Tq, L, a.Hk, a.d});
-        for (F32* t : {&dq, &dk, &dv, &dkd, &dvd}) std::fill_n(t->mutable_data(), t->size(), 0.f);
-        moda_backward(dq.mutable_data(), dk.mutable_data(), dv.mutable_data(), dkd.mutable_data(), dvd.mutable_data(),
-                      dout.data(), out.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L, a);
-        return py::make_tuple(dq, dk, dv, dkd, dvd);
-    });
+    auto moda_setup = [](Shapes& s, const ModaArgs& x, const std::string& mask, const std::string& visibility,
+                         long chunk, long window, std::optional<double> scale) {
+        ModaParams<float> p;
+        p.mask = parse_name<SeqMask>(mask, s.op() + ": mask");
+        p.visibility = parse_name<DepthVisibility>(visibility, s.op() + ": visibility");
+        s(x.kd, "kd", {"B", "Tq", "L", "Hk", "d"})(x.vd, "vd", {"B", "Tq", "L", "Hk", "d"});
+        if (p.mask == SeqMask::none) {
+            s.require(!x.k && !x.v, "k and v must be None under mask=\"none\" (depth slots only)");
+            s(x.q, "q", {"B", "Tq", "H", "d"});
+            for (const char* n : {"B", "Tq", "H", "Hk", "d"}) s.require(s[n] >= 1, std::string(n) + " must be at least 1");
+            s.require(s["H"] % s["Hk"] == 0, "H must be a multiple of Hk");
+            p.dims = AttnDims{s["B"], s["Tq"], 0, s["H"], s["Hk"], s["d"], 0, 0};
+        } else {
+            s.require(x.k && x.v, "k and v are required under mask=\"" + mask + "\"");
+            p.dims = attention_dims(s, x.q, *x.k, *x.v);
+            p.k = x.k->data(), p.v = x.v->data();
+        }
+        s.require(scale.value_or(1.0) > 0 && std::isfinite(scale.value_or(1.0)), "scale must be finite and positive");
+        s.require(chunk >= 0, "chunk must be positive (0: the default 64/G)");
+        p.q = x.q.data(), p.kd = x.kd.data(), p.vd = x.vd.data();
+        p.L = p.L_max = s["L"];
+        p.chunk = chunk, p.window = window, p.scale = scale.value_or(0.0);
+        return p;
+    };
+    ops.def(
+        "moda_forward",
+        [=](F32 q, std::optional<F32> k, std::optional<F32> v, F32 kd, F32 vd, const std::string& mask,
+            const std::string& visibility, long chunk, long window, std::optional<double> scale) {
+            Shapes s("moda_forward");
+            ModaArgs x{k, v, q, kd, vd};
+            ModaParams<float> p = moda_setup(s, x, mask, visibility, chunk, window, scale);
+            const AttnDims& a = p.dims;
+            F32 o = make({a.B, a.Tq, a.H, a.d}), lse = make({a.B, a.H, a.Tq});
+            p.out = o.mutable_data(), p.lse = lse.mutable_data();
+            moda_forward(p);
+            return py::make_tuple(o, lse);
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kd"), py::arg("vd"), py::kw_only(),
+        py::arg("mask") = "causal", py::arg("visibility") = "own", py::arg("chunk") = 0, py::arg("window") = 0,
+        py::arg("scale") = py::none());
+    ops.def(
+        "moda_backward",
+        [=](F32 dout, F32 out, F32 lse, F32 q, std::optional<F32> k, std::optional<F32> v, F32 kd, F32 vd,
+            const std::string& mask, const std::string& visibility, long chunk, long window,
+            std::optional<double> scale) {
+            Shapes s("moda_backward");
+            ModaArgs x{k, v, q, kd, vd};
+            ModaParams<float> p = moda_setup(s, x, mask, visibility, chunk, window, scale);
+            const AttnDims& a = p.dims;
+            s(dout, "dout", {"B", "Tq", "H", "d"})(out, "out", {"B", "Tq", "H", "d"})(lse, "lse", {"B", "H", "Tq"});
+            const long L = s["L"];
+            F32 dq = make({a.B, a.Tq, a.H, a.d}), dkd = make({a.B, a.Tq, L, a.Hk, a.d}),
+                dvd = make({a.B, a.Tq, L, a.Hk, a.d});
+            const long Tk = p.mask == SeqMask::none ? 0 : a.Tk;
+            F32 dk = make({a.B, Tk, a.Hk, a.d}), dv = make({a.B, Tk, a.Hk, a.d});
+            for (F32* t : {&dq, &dk, &dv, &dkd, &dvd}) std::fill_n(t->mutable_data(), t->size(), 0.f);
+            p.out = const_cast<float*>(out.data()), p.lse = const_cast<float*>(lse.data());
+            moda_backward(p, ModaGrads<float>{dq.mutable_data(), Tk ? dk.mutable_data() : nullptr,
+                                              Tk ? dv.mutable_data() : nullptr, dkd.mutable_data(), dvd.mutable_data(),
+                                              dout.data()});
+            if (p.mask == SeqMask::none) return py::make_tuple(dq, py::none(), py::none(), dkd, dvd);
+            return py::make_tuple(dq, dk, dv, dkd, dvd);
+        },
+        py::arg("dout"), py::arg("out"), py::arg("lse"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kd"),
+        py::arg("vd"), py::kw_only(), py::arg("mask") = "causal", py::arg("visibility") = "own", py::arg("chunk") = 0,
+        py::arg("window") = 0, py::arg("scale") = py::none());
     ops.def("matmul_forward", [](F32 x, F32 w) {  // x (..., IC), w (OC, IC): y = x·wᵀ, (N, OC)
         Shapes s("matmul_forward");
         s(w, "w", {"OC", "IC"})(x, "x", {"*N", "IC"});

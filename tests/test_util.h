@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "model/config.h"
+#include "ops/ops.h"
 
 namespace strata::testing {
 
@@ -61,6 +62,34 @@ inline void expect_error(const std::function<void()>& fn, const std::vector<std:
         return;
     }
     ADD_FAILURE() << "expected strata::Error";
+}
+
+// MoDA's op arguments for the common case: slots 0..L−1 of an L_max-slot buffer of this call's rows,
+// the causal mask, own-token visibility; callers set the rest.
+template <typename S>
+ModaParams<S> moda_args(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const S* kd, const S* vd,
+                        long L, long L_max, const AttnDims& a) {
+    ModaParams<S> p;
+    p.dims = a;
+    p.q = q, p.k = k, p.v = v, p.kd = kd, p.vd = vd;
+    p.L = L, p.L_max = L_max;
+    p.depth_pos0 = a.q_pos0;
+    p.out = out, p.lse = lse;
+    return p;
+}
+
+// The op on those arguments, forward and backward (positional, as the tests' naive loops index them).
+template <typename S>
+void moda_fwd(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const S* kd, const S* vd, long L,
+              long L_max, const AttnDims& a) {
+    moda_forward(moda_args(out, lse, q, k, v, kd, vd, L, L_max, a));
+}
+template <typename S>
+void moda_bwd(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_t<S>* dkd, compute_t<S>* dvd,
+              const compute_t<S>* dout, const S* out, const compute_t<S>* lse, const S* q, const S* k, const S* v,
+              const S* kd, const S* vd, long L, long L_max, const AttnDims& a) {
+    moda_backward(moda_args(const_cast<S*>(out), const_cast<compute_t<S>*>(lse), q, k, v, kd, vd, L, L_max, a),
+                  ModaGrads<S>{dq, dk, dv, dkd, dvd, dout});
 }
 
 }  // namespace strata::testing

@@ -17,7 +17,7 @@ FlopCount training_flops(const ModelConfig& c, long B, long T) {
     FlopCount f;
     f.moda = c.attention == AttentionKind::moda;
     f.matmul_params = L * (D * (H + 2 * Hk) * d + H * d * D + 3 * D * F) + V * D;
-    if (f.moda && c.moda_ffn_kv) f.matmul_params += (L - 1) * 2 * Hk * d * D;
+    if (moda_ffn_kv(c)) f.matmul_params += (L - 1) * 2 * Hk * d * D;
     for (long l = 0; l < c.n_layers; l++) f.moda_slots += double(moda_slots_read(c, l));
     if (is_attnres(c))
         for (long j = 0; j <= 2 * long(c.n_layers); j++) f.attnres_sources += double(attnres_op_sources(c, j));

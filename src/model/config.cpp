@@ -53,6 +53,22 @@ struct Names<AttentionKind> {
                                                                       {AttentionKind::moda, "moda"}};
 };
 
+template <>
+struct Names<ModaDepthSource> {
+    static constexpr std::pair<ModaDepthSource, const char*> table[] = {{ModaDepthSource::attn_kv, "attn_kv"},
+                                                                        {ModaDepthSource::attn_ffn_kv, "attn_ffn_kv"}};
+};
+template <>
+struct Names<SeqMask> {
+    static constexpr std::pair<SeqMask, const char*> table[] = {
+        {SeqMask::causal, "causal"}, {SeqMask::noncausal, "noncausal"}, {SeqMask::none, "none"}};
+};
+template <>
+struct Names<DepthVisibility> {
+    static constexpr std::pair<DepthVisibility, const char*> table[] = {{DepthVisibility::own, "own"},
+                                                                        {DepthVisibility::chunk, "chunk"}};
+};
+
 // Each table lists its enum's values in order, so the last one's index is the count less one: an
 // enumerator added without a name stops the build here (as long as it is added last, as C++ numbers
 // them).
@@ -69,6 +85,9 @@ static_assert(complete(AttentionKind::moda));
 static_assert(complete(AttnResKeyNorm::none));
 static_assert(complete(AttnResGate::sigmoid));
 static_assert(complete(AttnResQuery::input));
+static_assert(complete(ModaDepthSource::attn_ffn_kv));
+static_assert(complete(SeqMask::none));
+static_assert(complete(DepthVisibility::chunk));
 
 template <typename E>
 const char* name_of(E e) {
@@ -84,6 +103,9 @@ const char* to_string(AttentionKind a) { return name_of(a); }
 const char* to_string(AttnResKeyNorm k) { return name_of(k); }
 const char* to_string(AttnResGate g) { return name_of(g); }
 const char* to_string(AttnResQuery q) { return name_of(q); }
+const char* to_string(ModaDepthSource s) { return name_of(s); }
+const char* to_string(SeqMask m) { return name_of(m); }
+const char* to_string(DepthVisibility v) { return name_of(v); }
 
 template <typename E>
 std::string allowed_names() {
@@ -107,12 +129,18 @@ template AttentionKind parse_name<AttentionKind>(const std::string&, const std::
 template AttnResKeyNorm parse_name<AttnResKeyNorm>(const std::string&, const std::string&);
 template AttnResGate parse_name<AttnResGate>(const std::string&, const std::string&);
 template AttnResQuery parse_name<AttnResQuery>(const std::string&, const std::string&);
+template DepthVisibility parse_name<DepthVisibility>(const std::string&, const std::string&);
+template SeqMask parse_name<SeqMask>(const std::string&, const std::string&);
+template ModaDepthSource parse_name<ModaDepthSource>(const std::string&, const std::string&);
 template std::string allowed_names<NormPlacement>();
 template std::string allowed_names<Residual>();
 template std::string allowed_names<AttentionKind>();
 template std::string allowed_names<AttnResKeyNorm>();
 template std::string allowed_names<AttnResGate>();
 template std::string allowed_names<AttnResQuery>();
+template std::string allowed_names<DepthVisibility>();
+template std::string allowed_names<SeqMask>();
+template std::string allowed_names<ModaDepthSource>();
 
 int attnres_sublayers_per_block(const ModelConfig& c) {
     switch (c.residual) {
@@ -124,7 +152,7 @@ int attnres_sublayers_per_block(const ModelConfig& c) {
 
 long moda_slots_read(const ModelConfig& c, long layer) {
     if (c.attention != AttentionKind::moda) return 0;
-    return (c.moda_ffn_kv ? 2 : 1) * layer;  // attention K/V (and FFN K/V) of each earlier layer
+    return (moda_ffn_kv(c) ? 2 : 1) * layer;  // attention K/V (and FFN K/V) of each earlier layer
 }
 
 int attnres_max_sources(const ModelConfig& c) {
@@ -167,7 +195,33 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& o
     std::string att = to_string(c.attention);
     f.get("attention", att);
     c.attention = parse_name<AttentionKind>(att, origin + ": attention");
-    f.get("moda_ffn_kv", c.moda_ffn_kv);
+    std::string src = to_string(c.moda_depth_source);
+    f.get("moda_depth_source", src);
+    c.moda_depth_source = parse_name<ModaDepthSource>(src, origin + ": moda_depth_source");
+    if (j.contains("moda_ffn_kv")) {  // the key moda_depth_source replaced; old checkpoints hold it
+        bool ffn_kv = true;
+        f.get("moda_ffn_kv", ffn_kv);
+        const ModaDepthSource old = ffn_kv ? ModaDepthSource::attn_ffn_kv : ModaDepthSource::attn_kv;
+        if (j.contains("moda_depth_source") && old != c.moda_depth_source)
+            throw Error(origin + ": moda_ffn_kv = " + (ffn_kv ? "true" : "false") + " contradicts moda_depth_source = \"" +
+                        to_string(c.moda_depth_source) + "\"; give only moda_depth_source");
+        c.moda_depth_source = old;
+        std::fprintf(stderr, "note: %s: moda_ffn_kv is read as moda_depth_source = \"%s\" (the key that replaced it)\n",
+                     origin.c_str(), to_string(old));
+    }
+    std::string mask = to_string(c.moda_sequence_mask);
+    f.get("moda_sequence_mask", mask);
+    c.moda_sequence_mask = parse_name<SeqMask>(mask, origin + ": moda_sequence_mask");
+    std::string vis = to_string(c.moda_depth_visibility);
+    f.get("moda_depth_visibility", vis);
+    c.moda_depth_visibility = parse_name<DepthVisibility>(vis, origin + ": moda_depth_visibility");
+    f.get("moda_chunk_size", c.moda_chunk_size);
+    if (j.contains("moda_chunk_size") && c.moda_chunk_size <= 0 && c.moda_depth_visibility == DepthVisibility::chunk)
+        throw Error(origin + ": moda_chunk_size must be a positive number of tokens, not " +
+                    std::to_string(c.moda_chunk_size));
+    if (!j.contains("moda_chunk_size") && c.moda_depth_visibility == DepthVisibility::chunk && c.n_kv_heads > 0)
+        c.moda_chunk_size = std::max(1, 64 / std::max(1, c.n_heads / c.n_kv_heads));  // the official kernel's 64/G
+    f.get("moda_depth_window", c.moda_depth_window);
     f.get("tie_embeddings", c.tie_embeddings);
     f.get("init_std", c.init_std);
     f.get("seed", c.seed);
@@ -186,7 +240,11 @@ nlohmann::json ModelConfig::to_json() const {
             {"attnres_block_size", attnres_block_size}, {"attnres_key_norm", to_string(attnres_key_norm)},
             {"attnres_gate", to_string(attnres_gate)},  {"attnres_query", to_string(attnres_query)},
             {"attention", to_string(attention)},
-            {"moda_ffn_kv", moda_ffn_kv}};
+            {"moda_depth_source", to_string(moda_depth_source)},
+            {"moda_sequence_mask", to_string(moda_sequence_mask)},
+            {"moda_depth_visibility", to_string(moda_depth_visibility)},
+            {"moda_chunk_size", moda_chunk_size},
+            {"moda_depth_window", moda_depth_window}};
 }
 
 void ModelConfig::validate(const std::string& origin) const {
@@ -213,6 +271,7 @@ void ModelConfig::validate(const std::string& origin) const {
     if (head_dim % 2 != 0) throw Error(origin + ": head_dim must be even for RoPE");
     positive("attnres_block_size", attnres_block_size, 2048);
     residual_validate(*this, origin);
+    moda_validate(origin);
     if (!(rope_theta > 0)) throw Error(origin + ": rope_theta must be positive");
     // The largest RoPE angle, position × theta^(-2i/head_dim), must be finite or the tables hold NaN.
     const double worst_freq = rope_theta >= 1 ? 1.0 : std::pow(rope_theta, -double(head_dim - 2) / double(head_dim));
@@ -226,10 +285,41 @@ void ModelConfig::validate(const std::string& origin) const {
     check_memory(memory_bytes(0, 0, false), origin, "the model's weights, gradients and RoPE tables");
 }
 
+void ModelConfig::moda_validate(const std::string& origin) const {
+    const bool moda = attention == AttentionKind::moda;
+    auto only_moda = [&](bool used, const std::string& what) {
+        if (used && !moda)
+            throw Error(origin + ": " + what + " needs attention = \"moda\" (attention is \"" + to_string(attention) +
+                        "\")");
+    };
+    only_moda(moda_sequence_mask != SeqMask::causal, std::string("moda_sequence_mask = \"") + to_string(moda_sequence_mask) + "\"");
+    only_moda(moda_depth_visibility != DepthVisibility::own,
+              std::string("moda_depth_visibility = \"") + to_string(moda_depth_visibility) + "\"");
+    only_moda(moda_chunk_size != 0, "moda_chunk_size");
+    only_moda(moda_depth_window != 0, "moda_depth_window");
+    if (moda_depth_visibility == DepthVisibility::chunk) {
+        if (moda_chunk_size <= 0)
+            throw Error(origin + ": moda_chunk_size must be a positive number of tokens, not " +
+                        std::to_string(moda_chunk_size));
+        if (moda_chunk_size > max_seq_len)
+            throw Error(origin + ": moda_chunk_size = " + std::to_string(moda_chunk_size) + " exceeds max_seq_len = " +
+                        std::to_string(max_seq_len));
+    } else if (moda_chunk_size != 0) {
+        throw Error(origin + ": moda_chunk_size is used only with moda_depth_visibility = \"chunk\"");
+    }
+    if (moda_depth_window < 0)
+        throw Error(origin + ": moda_depth_window must be 0 (every slot) or a positive slot count, not " +
+                    std::to_string(moda_depth_window));
+    if (moda && moda_depth_window > moda_slots(*this))
+        throw Error(origin + ": moda_depth_window = " + std::to_string(moda_depth_window) +
+                    " exceeds the model's depth slot count " + std::to_string(moda_slots(*this)) + " (" +
+                    std::to_string(moda_ffn_kv(*this) ? 2 : 1) + " per layer before the last)");
+}
+
 double ModelConfig::num_params() const {
     const double V = vocab_size, D = d_model, H = n_heads, Hk = n_kv_heads, d = head_dim, F = ffn_hidden;
     const double per_layer = 2 * D + (H + 2 * Hk) * d * D + (qk_norm ? 2 * d : 0) + D * H * d + 3 * F * D;
-    const double ffn_kv = attention == AttentionKind::moda && moda_ffn_kv ? double(n_layers - 1) * 2 * Hk * d * D : 0;
+    const double ffn_kv = moda_ffn_kv(*this) ? double(n_layers - 1) * 2 * Hk * d * D : 0;
     return V * D * (tie_embeddings ? 1 : 2) + double(n_layers) * per_layer + D + ffn_kv + residual_num_params(*this);
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include "core/precision.h"
 #include "ops/attn_res_gate.h"
+#include "ops/moda_modes.h"
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -32,6 +33,9 @@ enum class AttnResQuery { fixed, input };
 // The attention kind (docs/moda.md): "causal" is causal GQA over the sequence; "moda" adds, inside the
 // same softmax, each token's own keys/values from earlier layers (Mixture-of-Depths Attention).
 enum class AttentionKind { causal, moda };
+// What MoDA's depth stream holds: each earlier layer's attention K/V, or also a K/V slot its FFN writes
+// through its own projection (the paper's default).
+enum class ModaDepthSource { attn_kv, attn_ffn_kv };
 
 struct ModelConfig {
     int vocab_size = 4096;
@@ -52,7 +56,12 @@ struct ModelConfig {
     AttnResGate attnres_gate = AttnResGate::softmax;
     AttnResQuery attnres_query = AttnResQuery::fixed;
     AttentionKind attention = AttentionKind::causal;
-    bool moda_ffn_kv = true;  // MoDA: each FFN also writes a depth slot through its own K/V projection
+    // MoDA (docs/moda.md); each key but the source is an error with causal attention.
+    ModaDepthSource moda_depth_source = ModaDepthSource::attn_ffn_kv;
+    SeqMask moda_sequence_mask = SeqMask::causal;  // noncausal and none (FDA) are refused by train
+    DepthVisibility moda_depth_visibility = DepthVisibility::own;
+    int moda_chunk_size = 0;    // tokens per chunk under chunk visibility (64/G when not given); 0 otherwise
+    int moda_depth_window = 0;  // each layer reads only its W most recent depth slots (0: all)
     bool tie_embeddings = true;
     double init_std = 0.02;
     uint64_t seed = 1337;
@@ -62,6 +71,7 @@ struct ModelConfig {
     static ModelConfig from_json(const nlohmann::json& j, const std::string& origin);
     nlohmann::json to_json() const;
     void validate(const std::string& origin) const;
+    void moda_validate(const std::string& origin) const;  // the MoDA keys (part of validate)
 
     // Exact parameter count (as the Model lays them out).
     double num_params() const;
@@ -88,6 +98,9 @@ const char* to_string(AttentionKind a);
 const char* to_string(AttnResKeyNorm k);
 const char* to_string(AttnResGate g);
 const char* to_string(AttnResQuery q);
+const char* to_string(ModaDepthSource s);
+const char* to_string(SeqMask m);
+const char* to_string(DepthVisibility v);
 // The value named `name`; an unknown name throws Error "<what> must be "a", "b" or "c", not "x"".
 template <typename E>
 E parse_name(const std::string& name, const std::string& what);
@@ -99,6 +112,10 @@ std::string allowed_names();
 // buffer holds moda_slots(c) = moda_slots_read(c, n_layers − 1) (the last layer writes none).
 long moda_slots_read(const ModelConfig& c, long layer);
 inline long moda_slots(const ModelConfig& c) { return moda_slots_read(c, c.n_layers - 1); }
+// Whether the model is MoDA with FFN K/V slots (each layer but the last has the w_ffn_k/v projection).
+inline bool moda_ffn_kv(const ModelConfig& c) {
+    return c.attention == AttentionKind::moda && c.moda_depth_source == ModaDepthSource::attn_ffn_kv;
+}
 
 // Whether the rule is AttnRes (Full or Block).
 inline bool is_attnres(const ModelConfig& c) {

@@ -52,7 +52,7 @@ std::vector<ParamSpec> param_specs(const ModelConfig& c) {
         add(p + "w_gate", {F, D}, jm, Init::normal, w);  // w_gate, w_up adjacent: the fused wgu view relies on it
         add(p + "w_up", {F, D}, jm, Init::normal, w);
         add(p + "w_down", {D, F}, jm, Init::normal, resid_std);
-        if (c.attention == AttentionKind::moda && c.moda_ffn_kv && l + 1 < c.n_layers) {
+        if (moda_ffn_kv(c) && l + 1 < c.n_layers) {
             add(p + "w_ffn_k", {Hk * d, D}, jm, Init::normal, w);  // adjacent: the fused wffn view relies on it
             add(p + "w_ffn_v", {Hk * d, D}, jm, Init::normal, w);
         }
@@ -86,7 +86,7 @@ Model<T>::Model(const ModelConfig& c, Device device) : cfg(c), specs(param_specs
         lp.mlp_norm = param(p + "mlp_norm");
         lp.wgu = param(p + "w_gate");
         lp.wdown = param(p + "w_down");
-        lp.wffn = c.attention == AttentionKind::moda && c.moda_ffn_kv && l + 1 < c.n_layers ? param(p + "w_ffn_k")
+        lp.wffn = moda_ffn_kv(c) && l + 1 < c.n_layers ? param(p + "w_ffn_k")
                                                                                              : nullptr;
         layers_.push_back(lp);
     }
@@ -229,7 +229,7 @@ void Model<T>::describe_activations(TensorPlan& P, const ModelConfig& c, long N,
         if (l == 0) t(&la.act, "act (every layer's)", N * F);
         la.ffn_kv = la.fk_raw = la.fk = nullptr;
         la.fk_rstd = nullptr;
-        if (moda && c.moda_ffn_kv && l + 1 < L) {
+        if (moda_ffn_kv(c) && l + 1 < L) {
             t(&la.ffn_kv, "ffn_kv", N * 2 * kvd, l);
             t(&la.fk_raw, "fk_raw", N * kvd, l);
             if (c.qk_norm) {
@@ -380,13 +380,12 @@ void Model<T>::attn_forward(long l, const A* in, A* out, long N, const AttnDims&
         K = kc;
         Vv = vc;
     }
-    if (cfg.attention == AttentionKind::moda) {  // the softmax also covers each token's earlier-layer K/V
-        const long slots = moda_slots(cfg);
-        moda_forward(la.att, la.lse, la.q, K, Vv, a.depth_k, a.depth_v, moda_slots_read(cfg, l), slots, ad);
-        if (l + 1 < cfg.n_layers) {  // this layer's K/V become a depth slot for the layers after it
-            depth_slot_forward(a.depth_k, slots, moda_slots_read(cfg, l), la.k, Hk * d, N, Hk * d);
-            depth_slot_forward(a.depth_v, slots, moda_slots_read(cfg, l), la.v, Hk * d, N, Hk * d);
-        }
+    if (cfg.attention == AttentionKind::moda) {  // the softmax also covers the earlier layers' K/V
+        ModaParams<A> mp = moda_params<A>(l, ad);
+        mp.q = la.q, mp.k = K, mp.v = Vv, mp.out = la.att, mp.lse = la.lse;
+        moda_forward(mp);
+        if (l + 1 < cfg.n_layers)  // this layer's K/V become a depth slot for the layers after it
+            depth_write(moda_slots_read(cfg, l), la.k, Hk * d, la.v, Hk * d, ad.B, ad.Tq);
     } else {
         attention_forward(la.att, la.lse, la.q, K, Vv, ad);
     }
@@ -406,8 +405,9 @@ void Model<T>::attn_backward(long l, const A* in, T* din, const T* dout, long N,
     fill_zero(a.dv, size_t(N * Hk * d));
     if (cfg.attention == AttentionKind::moda) {
         const long slots = moda_slots(cfg);
-        moda_backward(a.dq, a.dk, a.dv, a.ddepth_k, a.ddepth_v, a.datt, la.att, la.lse, la.q, la.k, la.v, a.depth_k,
-                      a.depth_v, moda_slots_read(cfg, l), slots, ad);
+        ModaParams<A> mp = moda_params<A>(l, ad);
+        mp.q = la.q, mp.k = la.k, mp.v = la.v, mp.out = la.att, mp.lse = la.lse;
+        moda_backward(mp, ModaGrads<A>{a.dq, a.dk, a.dv, a.ddepth_k, a.ddepth_v, a.datt});
         if (l + 1 < cfg.n_layers) {  // what the later layers sent back through this layer's depth slot
             depth_slot_backward(a.dk, Hk * d, a.ddepth_k, slots, moda_slots_read(cfg, l), N, Hk * d);
             depth_slot_backward(a.dv, Hk * d, a.ddepth_v, slots, moda_slots_read(cfg, l), N, Hk * d);
@@ -437,14 +437,13 @@ void Model<T>::mlp_forward(long l, const A* in, A* out, long N) {
     swiglu_forward(la.act, la.gu, N, F);
     matmul_forward(out, la.act, W<A>(p.wdown), N, F, D);
     if (p.wffn) {  // MoDA: the FFN's input, projected to one more depth K/V slot (K normed and rotated like K)
-        const long Hk = cfg.n_kv_heads, d = cfg.head_dim, kvd = Hk * d, slots = moda_slots(cfg);
+        const long Hk = cfg.n_kv_heads, d = cfg.head_dim, kvd = Hk * d;
         matmul_forward(la.ffn_kv, in, W<A>(p.wffn), N, D, 2 * kvd);
         depth_slot_forward(la.fk_raw, 1, 0, la.ffn_kv, 2 * kvd, N, kvd);  // the K half, contiguous
         if (cfg.qk_norm) rmsnorm_forward(la.fk, la.fk_rstd, la.fk_raw, layers_[l].k_norm, N * Hk, d, cfg.norm_eps);
         rope_forward(la.fk, a.pos, rope_cos_, rope_sin_, N, Hk, d);
-        const long slot = moda_slots_read(cfg, l) + 1;
-        depth_slot_forward(a.depth_k, slots, slot, la.fk, kvd, N, kvd);
-        depth_slot_forward(a.depth_v, slots, slot, la.ffn_kv + kvd, 2 * kvd, N, kvd);  // the V half, in place
+        // the K half normed and rotated, the V half in place
+        depth_write(moda_slots_read(cfg, l) + 1, la.fk, kvd, la.ffn_kv + kvd, 2 * kvd, a.depth.B, N / a.depth.B);
     }
 }
 
@@ -478,6 +477,87 @@ void Model<T>::mlp_backward(long l, const A* in, T* din, const T* dout, long N, 
         depth_slot_backward(dkv + kvd, 2 * kvd, a.ddepth_v, slots, slot, N, kvd);
         matmul_backward(din, g(p.wffn), as_act(static_cast<const T*>(dkv), a.dqkv_a, N * 2 * kvd), in, W<A>(p.wffn), N,
                         D, 2 * kvd);
+    }
+}
+
+// ---- MoDA's depth buffer --------------------------------------------------------------------------
+template <typename T>
+template <typename A>
+ModaParams<A> Model<T>::moda_params(long l, const AttnDims& ad) {
+    const typename ActsOf<A>::DepthIn& dep = acts<A>().depth;
+    ModaParams<A> mp;
+    mp.dims = ad;
+    mp.kd = dep.k, mp.vd = dep.v;
+    mp.L = moda_slots_read(cfg, l);
+    mp.L_max = moda_slots(cfg);
+    mp.depth_rows = dep.rows, mp.depth_pos0 = dep.pos0;
+    mp.mask = cfg.moda_sequence_mask;
+    mp.visibility = cfg.moda_depth_visibility;
+    mp.chunk = cfg.moda_chunk_size;
+    mp.window = cfg.moda_depth_window;
+    return mp;
+}
+
+// Training, prefill and decoding with own-token visibility read this call's rows of the activations.
+// Decoding under chunk visibility also needs the slots of the chunk's earlier tokens, made by earlier
+// calls: the cache keeps them in rows 0.. (positions from the chunk's start), and this call's tokens
+// follow them. The rows grow (an allocation) only for a call longer than any before.
+template <typename T>
+template <typename A>
+void Model<T>::depth_begin(long B, long n, long pos0, KVCache<T>* cache) {
+    ActsOf<A>& a = acts<A>();
+    a.depth = {a.depth_k, a.depth_v, B, n, 0, pos0};
+    if (cfg.attention != AttentionKind::moda || cfg.moda_depth_visibility != DepthVisibility::chunk || !cache) return;
+    const long C = cfg.moda_chunk_size, start = pos0 / C * C, rows = pos0 - start + n;
+    const long row_n = moda_slots(cfg) * cfg.n_kv_heads * cfg.head_dim;
+    if (cache->depth_cap < rows) {  // keep the rows held so far
+        const DType dt = dtype_of<A>();
+        Buffer k(*backend_, dt, size_t(B * rows * row_n)), v(*backend_, dt, size_t(B * rows * row_n));
+        for (long b = 0; b < B && cache->depth_cap > 0; b++) {
+            const size_t from = size_t(b * cache->depth_cap * row_n), to = size_t(b * rows * row_n);
+            copy_forward(k.template data<A>() + to, cache->depth_k.template data<A>() + from, size_t((pos0 - start) * row_n));
+            copy_forward(v.template data<A>() + to, cache->depth_v.template data<A>() + from, size_t((pos0 - start) * row_n));
+        }
+        cache->depth_k = std::move(k);
+        cache->depth_v = std::move(v);
+        cache->depth_cap = rows;
+    }
+    a.depth = {cache->depth_k.template data<A>(), cache->depth_v.template data<A>(), B, cache->depth_cap, pos0 - start,
+               start};
+}
+
+// After a decoding call under chunk visibility: the rows of the chunk the next token falls in (its
+// tokens so far, fewer than C) move to rows 0.. They never overlap their old place, which is at least
+// one chunk further on.
+template <typename T>
+template <typename A>
+void Model<T>::depth_end(long B, long n, long pos0, KVCache<T>& cache) {
+    if (cfg.attention != AttentionKind::moda || cfg.moda_depth_visibility != DepthVisibility::chunk) return;
+    const long C = cfg.moda_chunk_size, start = pos0 / C * C, end = pos0 + n, next = end / C * C;
+    const long keep = end - next, row_n = moda_slots(cfg) * cfg.n_kv_heads * cfg.head_dim;
+    if (next == start || keep == 0) return;  // still the same chunk, or a new one with nothing in it yet
+    for (long b = 0; b < B; b++) {
+        const size_t from = size_t((b * cache.depth_cap + next - start) * row_n), to = size_t(b * cache.depth_cap * row_n);
+        copy_forward(cache.depth_k.template data<A>() + to, cache.depth_k.template data<A>() + from, size_t(keep * row_n));
+        copy_forward(cache.depth_v.template data<A>() + to, cache.depth_v.template data<A>() + from, size_t(keep * row_n));
+    }
+}
+
+// Slot `slot` of this call's n tokens per batch row: K and V rows from (B·n, ·) sources.
+template <typename T>
+template <typename A>
+void Model<T>::depth_write(long slot, const A* k, long k_stride, const A* v, long v_stride, long B, long n) {
+    const typename ActsOf<A>::DepthIn& dep = acts<A>().depth;
+    const long slots = moda_slots(cfg), kvd = cfg.n_kv_heads * cfg.head_dim;
+    if (dep.rows == n && dep.row0 == 0) {  // this call's rows are the buffer: one pass
+        depth_slot_forward(dep.k, slots, slot, k, k_stride, B * n, kvd);
+        depth_slot_forward(dep.v, slots, slot, v, v_stride, B * n, kvd);
+        return;
+    }
+    for (long b = 0; b < B; b++) {
+        const long at = (b * dep.rows + dep.row0) * slots * kvd;
+        depth_slot_forward(dep.k + at, slots, slot, k + b * n * k_stride, k_stride, n, kvd);
+        depth_slot_forward(dep.v + at, slots, slot, v + b * n * v_stride, v_stride, n, kvd);
     }
 }
 
@@ -567,6 +647,7 @@ double Model<T>::forward_impl(const int32_t* targets, long B, long seq) {
     }
     embedding_forward(a.x0, a.tokens, tok_emb_, N, cfg.d_model);
     AttnDims ad{B, seq, seq, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, 0, seq * cfg.n_kv_heads * cfg.head_dim};
+    depth_begin<A>(B, seq, 0, nullptr);
     layers_forward<A>(N, ad, nullptr);
     have_targets_ = targets != nullptr;
     backward_pending_ = have_targets_;
@@ -624,6 +705,9 @@ void Model<T>::init_cache(KVCache<T>& cache, long B, long max_T) const {
     const DType dt = precision_ == Precision::bf16 ? DType::bf16 : dtype_of<T>();
     cache.k = Buffer(*backend_, dt, n);
     cache.v = Buffer(*backend_, dt, n);
+    cache.depth_k = Buffer();
+    cache.depth_v = Buffer();
+    cache.depth_cap = 0;
 }
 
 template <typename T>
@@ -666,7 +750,9 @@ void Model<T>::forward_cached_impl(long B, long n, KVCache<T>& cache) {
     embedding_forward(a.x0, a.tokens, tok_emb_, B * n, cfg.d_model);
     AttnDims ad{B, n, cache.len + n, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cache.len,
                 cache.max_T * cfg.n_kv_heads * cfg.head_dim};
+    depth_begin<A>(B, n, cache.len, &cache);
     layers_forward<A>(B * n, ad, &cache);
+    depth_end<A>(B, n, cache.len, cache);
     matmul_forward(a.logits, a.lnf, W<A>(lm_head_), B * n, cfg.d_model, cfg.vocab_size);
     cache.len += n;
 }

@@ -43,6 +43,10 @@ template <typename T>
 struct KVCache {
     long B = 0, max_T = 0, len = 0;
     Buffer k, v;  // (L, B, max_T, Hk, d), stored in the activation type of the model's precision
+    // MoDA with chunk visibility: the depth slots of the current chunk's earlier tokens, which the next
+    // tokens still see: (B, depth_cap, slots, Hk·d) each, rows 0.. the tokens from the chunk's start.
+    Buffer depth_k, depth_v;
+    long depth_cap = 0;
 };
 
 template <typename T>
@@ -169,6 +173,13 @@ public:
         A* dlogits;            // (N, V), forwards with targets: the head's gradient, from the fused loss
         T* head_scratch;       // (head_chunk_rows, V): a bf16 run's float logits of one row chunk
         A *depth_k, *depth_v;  // MoDA: (B·T, slots, Hk·d) each; layer b's K/V go to slot moda_slots_read(b)
+        // MoDA: the depth buffer this forward reads and writes, (B, rows, slots, Hk·d): depth_k/v above,
+        // or under chunk visibility when decoding the cache's rows of the chunk. Row row0 holds this
+        // call's first token; row 0 the token at position pos0.
+        struct DepthIn {
+            A *k = nullptr, *v = nullptr;
+            long B = 0, rows = 0, row0 = 0, pos0 = 0;
+        } depth;
         T *ddepth_k, *ddepth_v;  // MoDA backward: their gradients
         // backward scratch (gradients in T); the residual rule has its own
         T *dqkv, *dq, *dk, *dv, *dq_raw, *dk_raw, *datt, *dact, *dlnf;
@@ -258,6 +269,17 @@ private:
     void attn_backward(long l, const A* in, T* din, const T* dout, long N, const AttnDims& ad, Into din_into);
     template <typename A>
     void mlp_forward(long l, const A* in, A* out, long N);
+    // MoDA: the op's arguments for layer l (its depth slots, the config's mask, visibility and window);
+    // the depth buffer of a forward (acts().depth), set up before its layers and, when decoding under
+    // chunk visibility, the chunk's rows kept after them; one depth slot of this call's tokens written.
+    template <typename A>
+    ModaParams<A> moda_params(long l, const AttnDims& ad);
+    template <typename A>
+    void depth_begin(long B, long n, long pos0, KVCache<T>* cache);
+    template <typename A>
+    void depth_end(long B, long n, long pos0, KVCache<T>& cache);
+    template <typename A>
+    void depth_write(long slot, const A* k, long k_stride, const A* v, long v_stride, long B, long n);
     template <typename A>
     void mlp_backward(long l, const A* in, T* din, const T* dout, long N, Into din_into);
     // The one sublayer loop: the residual rule around each f_j, from the embeddings to the head's input.

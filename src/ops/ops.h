@@ -14,6 +14,7 @@
 
 #include "core/precision.h"
 #include "ops/attn_res_gate.h"
+#include "ops/moda_modes.h"
 
 namespace strata {
 
@@ -110,18 +111,58 @@ template <typename S>
 void attention_backward(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, const compute_t<S>* dout, const S* out,
                         const compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a);
 
-// ---- MoDA: attention over the sequence and the token's own depth keys, in one softmax ----------------
-// As attention_forward, plus for every query token t (row t of q, its absolute position q_pos0 + t)
-// its own L depth keys/values from earlier layers: kd, vd (B, Tq, L_max, Hk, d), slots 0..L−1. Query
-// head h reads kv head h / (H/Hk) in the sequence and in the depth. L = 0 is plain attention.
+// ---- MoDA: attention over the sequence and depth keys/values, in one softmax (docs/moda.md) ---------
+// One parameter struct, as FlashAttention's: pointers, strides, sizes, the sequence mask, the depth
+// visibility, the chunk, the slots and the window. attention_forward/backward above are this op with
+// no depth and the causal mask; every mask and visibility rule lives in one place
+// (ops/cpu/attention_shared.h).
+//
+// Query row t of q sits at absolute position p = dims.q_pos0 + t. Query head h reads kv head
+// h / (H/Hk) in the sequence and in the depth. Its one softmax covers:
+//  - the sequence keys: 0..p under `causal`, all Tk under `noncausal`, none under `none` (FDA, flash
+//    depth attention: depth slots only; a row that sees nothing gets out = 0, lse = −inf);
+//  - the depth slots lo..L−1 (lo = L − window when window > 0, else 0) of the tokens it sees: its own
+//    token under `own`; under `chunk` also the earlier tokens of its chunk of `chunk` tokens (the
+//    tokens at positions ⌊p/C⌋·C .. p).
+// The depth K/V are (B, depth_rows, L_max, Hk, d) with batch stride depth_bstride; row j holds the
+// token at absolute position depth_pos0 + j, so every query's visible tokens must be rows of it.
 template <typename S>
-void moda_forward(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const S* kd, const S* vd, long L,
-                  long L_max, const AttnDims& a);
-// dq, dk, dv, dkd, dvd accumulate (dkd/dvd shaped like kd/vd).
+struct ModaParams {
+    AttnDims dims{};                                    // the sequence part, as attention_forward
+    const S *q = nullptr, *k = nullptr, *v = nullptr;   // k, v may be null under SeqMask::none
+    const S *kd = nullptr, *vd = nullptr;               // depth K/V (null when L = 0)
+    long L = 0;              // depth slots filled per token (slots 0..L−1)
+    long L_max = 0;          // slots per token in the buffer (0: L)
+    long depth_rows = 0;     // tokens in the depth buffer (0: dims.Tq)
+    long depth_pos0 = 0;     // absolute position of depth row 0
+    long depth_bstride = 0;  // elements between batches in kd, vd (0: depth_rows·L_max·Hk·d)
+    SeqMask mask = SeqMask::causal;
+    DepthVisibility visibility = DepthVisibility::own;
+    long chunk = 0;      // tokens per chunk under DepthVisibility::chunk (0: max(1, 64/G), as the official kernel)
+    long window = 0;     // read only the `window` most recent slots of each token (0: all L)
+    double scale = 0;    // score scale (0: 1/√d)
+    S* out = nullptr;                // (B, Tq, H, d)
+    compute_t<S>* lse = nullptr;     // (B, H, Tq), natural-log log-sum-exp of each row's scores
+};
+// The gradients of moda_backward; each accumulates (dkd, dvd shaped like kd, vd). dk, dv may be null
+// under SeqMask::none, dkd, dvd when L = 0.
 template <typename S>
-void moda_backward(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_t<S>* dkd, compute_t<S>* dvd,
-                   const compute_t<S>* dout, const S* out, const compute_t<S>* lse, const S* q, const S* k, const S* v,
-                   const S* kd, const S* vd, long L, long L_max, const AttnDims& a);
+struct ModaGrads {
+    compute_t<S> *dq = nullptr, *dk = nullptr, *dv = nullptr, *dkd = nullptr, *dvd = nullptr;
+    const compute_t<S>* dout = nullptr;
+};
+// The chunk size a call uses (p.chunk, or its default), and a check of every field against the
+// others: throws Error naming the field.
+template <typename S>
+long moda_chunk(const ModaParams<S>& p);
+template <typename S>
+void moda_check(const ModaParams<S>& p);
+
+template <typename S>
+void moda_forward(const ModaParams<S>& p);
+// Reads p.out and p.lse of the forward; recomputes probabilities from lse; D = rowsum(dout ⊙ out).
+template <typename S>
+void moda_backward(const ModaParams<S>& p, const ModaGrads<S>& g);
 
 // ---- cross-entropy over rows of logits (N, V) --------------------------------------------------------
 // losses[r] = lse_r − logits[r, target_r]; rows with target < 0 get loss 0 and are not counted.

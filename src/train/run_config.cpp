@@ -215,6 +215,10 @@ RunConfig RunConfig::from_json(const nlohmann::json& j, const std::string& origi
     }
     rc.model.validate(origin + " [model]");
     rc.train.validate(origin);
+    if (rc.model.attention == AttentionKind::moda && rc.model.moda_sequence_mask == SeqMask::noncausal)
+        throw Error(origin + ": model.moda_sequence_mask = \"noncausal\" cannot train a language model: every position "
+                             "would attend to the token it is asked to predict (its target is the next key). The mode "
+                             "is for the op and the reference; train with \"causal\" (or \"none\", depth slots only)");
     if (rc.train.seq_len > rc.model.max_seq_len)
         throw Error(origin + ": train.seq_len (" + std::to_string(rc.train.seq_len) +
                     ") is longer than the model's maximum, model.max_seq_len (" +

@@ -45,7 +45,7 @@ static void print_model_line(const RunConfig& rc, const Model<float>& model) {
         residual += " (" + std::to_string(rc.model.attnres_block_size) + " sublayers per block)";
     std::string attention = to_string(rc.model.attention);
     if (rc.model.attention == AttentionKind::moda)
-        attention += rc.model.moda_ffn_kv ? " (attention and FFN K/V)" : " (attention K/V)";
+        attention += moda_ffn_kv(rc.model) ? " (attention and FFN K/V)" : " (attention K/V)";
     std::fprintf(stderr,
                  "model: %zu parameters, %d layers, d_model %d, norm %s, residual %s, attention %s; batch %d x %d x %d "
                  "accum, %d threads, %s%s\n",

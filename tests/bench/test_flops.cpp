@@ -81,7 +81,7 @@ TEST(Flops, ModaCountsTheFfnKvProjectionsAndTheDepthScores) {
     EXPECT_DOUBLE_EQ(f.total, f.matmul + f.attention + f.moda_depth);
 
     ModelConfig no_ffn = c;
-    no_ffn.moda_ffn_kv = false;  // only the attention K/V: layer l reads l slots
+    no_ffn.moda_depth_source = ModaDepthSource::attn_kv;  // only the attention K/V: layer l reads l slots
     const FlopCount g = training_flops(no_ffn, B, T);
     EXPECT_DOUBLE_EQ(g.matmul_params, plain_matmul_weights(c));
     EXPECT_DOUBLE_EQ(g.moda_depth, 3.0 * 2.0 * 2.0 * N * H * d * (0 + 1 + 2));

@@ -21,6 +21,7 @@
 #include <omp.h>
 
 #include "ops/ops.h"
+#include "../test_util.h"
 
 using namespace strata;
 using Vec = std::vector<double>;
@@ -318,48 +319,66 @@ OpCase attention_case(long B, long T, long H, long Hk, long d, std::mt19937_64& 
     return c;
 }
 
-// MoDA: the attention above plus, for every query token, its own L depth keys/values (slots of a
-// (B, T, L_max, Hk, d) buffer) inside the same softmax.
-OpCase moda_case(long B, long T, long H, long Hk, long d, long L, long L_max, std::mt19937_64& g) {
+// MoDA: the attention above plus depth keys/values (slots of a (B, T, L_max, Hk, d) buffer) inside the
+// same softmax, under each sequence mask (causal, noncausal, none = depth only) and depth visibility
+// (the own token, or the tokens of its chunk up to itself), reading the `window` most recent slots.
+struct ModaMode {
+    SeqMask mask = SeqMask::causal;
+    DepthVisibility vis = DepthVisibility::own;
+    long chunk = 0, window = 0;
+    double scale = 0;
+};
+OpCase moda_case(long B, long T, long H, long Hk, long d, long L, long L_max, std::mt19937_64& g, ModaMode m = {}) {
     OpCase c;
     c.name = "moda B=" + std::to_string(B) + " T=" + std::to_string(T) + " H=" + std::to_string(H) + " Hk=" +
-             std::to_string(Hk) + " d=" + std::to_string(d) + " L=" + std::to_string(L) + "/" + std::to_string(L_max);
+             std::to_string(Hk) + " d=" + std::to_string(d) + " L=" + std::to_string(L) + "/" + std::to_string(L_max) +
+             " " + to_string(m.mask) + " " + to_string(m.vis) + (m.chunk ? " C=" + std::to_string(m.chunk) : "") +
+             (m.window ? " W=" + std::to_string(m.window) : "") + (m.scale ? " scale" : "");
     const long nd = B * T * L_max * Hk * d;
     c.inputs = {randn(B * T * H * d, g), randn(B * T * Hk * d, g), randn(B * T * Hk * d, g), randn(nd, g),
                 randn(nd, g)};
     c.differentiable = {true, true, true, true, true};
     AttnDims a{B, T, T, H, Hk, d, 0, T * Hk * d};
+    auto params = [=](auto* o, auto* lse, const auto* q, const auto* k, const auto* v, const auto* kd, const auto* vd) {
+        auto p = strata::testing::moda_args(o, lse, q, k, v, kd, vd, L, L_max, a);
+        p.mask = m.mask, p.visibility = m.vis, p.chunk = m.chunk, p.window = m.window, p.scale = m.scale;
+        return p;
+    };
     auto f = [=](auto zero, const std::vector<Vec>& in) {
         using T_ = decltype(zero);
         auto q = cast<T_>(in[0]), k = cast<T_>(in[1]), v = cast<T_>(in[2]), kd = cast<T_>(in[3]), vd = cast<T_>(in[4]);
         std::vector<T_> o(B * T * H * d), lse(B * H * T);
-        moda_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
+        moda_forward(params(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data()));
         return Vec(o.begin(), o.end());
     };
-    c.ref = [=](auto& in) {  // one explicit softmax over the t+1 sequence keys and the L depth keys
+    // one explicit softmax over the visible sequence keys and depth slots; a row that sees nothing is 0
+    const long G = H / Hk, C = m.chunk > 0 ? m.chunk : std::max(1L, 64 / G), lo = m.window ? std::max(0L, L - m.window) : 0;
+    const double scale = m.scale > 0 ? m.scale : 1 / std::sqrt(double(d));
+    c.ref = [=](auto& in) {
         Vec o(B * T * H * d, 0.0);
-        auto dot = [&](const double* x, const double* y) {
-            double acc = 0;
-            for (long i = 0; i < d; i++) acc += x[i] * y[i];
-            return acc / std::sqrt(double(d));
-        };
         for (long b = 0; b < B; b++)
             for (long h = 0; h < H; h++) {
-                const long kh = h / (H / Hk);
+                const long kh = h / G;
                 for (long t = 0; t < T; t++) {
                     const double* q = &in[0][((b * T + t) * H + h) * d];
                     std::vector<const double*> keys, vals;
-                    for (long u = 0; u <= t; u++) {
+                    const long seq_end = m.mask == SeqMask::causal ? t + 1 : m.mask == SeqMask::noncausal ? T : 0;
+                    for (long u = 0; u < seq_end; u++) {
                         keys.push_back(&in[1][((b * T + u) * Hk + kh) * d]);
                         vals.push_back(&in[2][((b * T + u) * Hk + kh) * d]);
                     }
-                    for (long i = 0; i < L; i++) {
-                        keys.push_back(&in[3][(((b * T + t) * L_max + i) * Hk + kh) * d]);
-                        vals.push_back(&in[4][(((b * T + t) * L_max + i) * Hk + kh) * d]);
-                    }
+                    for (long u = m.vis == DepthVisibility::chunk ? t / C * C : t; u <= t; u++)
+                        for (long i = lo; i < L; i++) {
+                            keys.push_back(&in[3][(((b * T + u) * L_max + i) * Hk + kh) * d]);
+                            vals.push_back(&in[4][(((b * T + u) * L_max + i) * Hk + kh) * d]);
+                        }
                     Vec s(keys.size());
                     double mx = -1e300, z = 0;
-                    for (size_t j = 0; j < keys.size(); j++) mx = std::max(mx, s[j] = dot(q, keys[j]));
+                    for (size_t j = 0; j < keys.size(); j++) {
+                        double acc = 0;
+                        for (long i = 0; i < d; i++) acc += q[i] * keys[j][i];
+                        mx = std::max(mx, s[j] = acc * scale);
+                    }
                     for (auto& x : s) z += (x = std::exp(x - mx));
                     for (size_t j = 0; j < keys.size(); j++)
                         for (long i = 0; i < d; i++) o[((b * T + t) * H + h) * d + i] += s[j] / z * vals[j][i];
@@ -373,9 +392,9 @@ OpCase moda_case(long B, long T, long H, long Hk, long d, long L, long L_max, st
              dy = cast<T_>(dout);
         std::vector<T_> o(B * T * H * d), lse(B * H * T), dq(q.size(), T_(0)), dk(k.size(), T_(0)),
             dv(v.size(), T_(0)), dkd(nd, T_(0)), dvd(nd, T_(0));
-        moda_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
-        moda_backward(dq.data(), dk.data(), dv.data(), dkd.data(), dvd.data(), dy.data(), o.data(), lse.data(),
-                      q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
+        const auto p = params(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data());
+        moda_forward(p);
+        moda_backward(p, ModaGrads<T_>{dq.data(), dk.data(), dv.data(), dkd.data(), dvd.data(), dy.data()});
         return std::vector<Vec>{dbl(dq), dbl(dk), dbl(dv), dbl(dkd), dbl(dvd)};
     };
     set_ops(c, f, b);
@@ -784,6 +803,17 @@ std::vector<OpCase> table() {
         t.push_back(moda_case(1, T, 2, 2, 8, 0, 2, g));   // no depth: plain attention
     }
     t.push_back(moda_case(1, 130, 2, 1, 16, 5, 5, g));  // several key and query tiles
+    // Every sequence mask with every depth visibility: at odd T, L from 0 to 16, G = 1, 2, 4 and 8, the
+    // default chunk (64/G) and small ones, windows, and a scale of its own.
+    for (SeqMask mask : {SeqMask::causal, SeqMask::noncausal, SeqMask::none})
+        for (DepthVisibility vis : {DepthVisibility::own, DepthVisibility::chunk}) {
+            t.push_back(moda_case(1, 1, 4, 4, 8, 1, 2, g, {mask, vis}));                // G = 1, one token
+            t.push_back(moda_case(1, 9, 4, 1, 8, 0, 2, g, {mask, vis, 4}));             // G = 4, no depth
+            t.push_back(moda_case(1, 7, 8, 1, 8, 16, 16, g, {mask, vis, 3, 0, 0.3}));   // G = 8, L = 16
+            t.push_back(moda_case(2, 67, 4, 2, 8, 5, 6, g, {mask, vis}));               // G = 2, chunks of 32
+            t.push_back(moda_case(1, 13, 4, 2, 8, 6, 6, g, {mask, vis, 4, 3}));         // the 3 latest slots
+            t.push_back(moda_case(1, 5, 2, 2, 8, 2, 4, g, {mask, vis, 2, 4}));          // a window above L
+        }
     for (long T : {1, 3, 65}) {
         t.push_back(attnres_case(T, 24, 1, true, g));   // one source: out = v exactly, zero logit gradient
         t.push_back(attnres_case(T, 24, 3, false, g));  // parameter-free key norm
@@ -914,7 +944,7 @@ TEST(MoDA, CachedRowsMatchFullAndNoDepthIsAttention) {
     Vec q = randn(B * T * H * d, g), k = randn(B * T * Hk * d, g), v = randn(B * T * Hk * d, g);
     Vec kd = randn(B * T * Lm * Hk * d, g), vd = randn(B * T * Lm * Hk * d, g);
     Vec o(B * T * H * d), lse(B * H * T);
-    moda_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, Lm,
+    strata::testing::moda_fwd(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, Lm,
                  AttnDims{B, T, T, H, Hk, d, 0, T * Hk * d});
     const long n = T - p0, slot = Lm * Hk * d;
     Vec kc(B * max_T * Hk * d, 0.0), vc(B * max_T * Hk * d, 0.0), qn(B * n * H * d), kdn(B * n * slot), vdn(B * n * slot);
@@ -933,7 +963,7 @@ TEST(MoDA, CachedRowsMatchFullAndNoDepthIsAttention) {
         }
     }
     Vec on(qn.size()), lsen(B * H * n);
-    moda_forward(on.data(), lsen.data(), qn.data(), kc.data(), vc.data(), kdn.data(), vdn.data(), L, Lm,
+    strata::testing::moda_fwd(on.data(), lsen.data(), qn.data(), kc.data(), vc.data(), kdn.data(), vdn.data(), L, Lm,
                  AttnDims{B, n, T, H, Hk, d, p0, max_T * Hk * d});
     for (long b = 0; b < B; b++)
         for (long t = p0; t < T; t++)
@@ -942,10 +972,90 @@ TEST(MoDA, CachedRowsMatchFullAndNoDepthIsAttention) {
 
     Vec o0(o.size()), l0(lse.size()), oa(o.size()), la(lse.size());
     const AttnDims a{B, T, T, H, Hk, d, 0, T * Hk * d};
-    moda_forward(o0.data(), l0.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), 0, Lm, a);
+    strata::testing::moda_fwd(o0.data(), l0.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), 0, Lm, a);
     attention_forward(oa.data(), la.data(), q.data(), k.data(), v.data(), a);
     EXPECT_EQ(o0, oa);
     EXPECT_EQ(l0, la);
+}
+
+// Chunk visibility when decoding: query rows at positions p0.. over a longer KV cache, with a depth
+// buffer of only the rows from their chunk's start (depth_pos0), equal the rows of the full op; and
+// the same with a window and under the depth-only mask.
+TEST(MoDA, ChunkRowsFromTheChunkStartMatchFull) {
+    std::mt19937_64 g(18);
+    const long B = 2, T = 45, H = 4, Hk = 2, d = 8, max_T = 64, L = 5, Lm = 6, C = 8;
+    for (auto [mask, window] : {std::pair{SeqMask::causal, 0L}, std::pair{SeqMask::causal, 2L}, std::pair{SeqMask::none, 0L}}) {
+        SCOPED_TRACE(std::string(to_string(mask)) + " window " + std::to_string(window));
+        Vec q = randn(B * T * H * d, g), k = randn(B * T * Hk * d, g), v = randn(B * T * Hk * d, g);
+        Vec kd = randn(B * T * Lm * Hk * d, g), vd = randn(B * T * Lm * Hk * d, g);
+        Vec o(B * T * H * d), lse(B * H * T);
+        auto full = strata::testing::moda_args(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(),
+                                               L, Lm, AttnDims{B, T, T, H, Hk, d, 0, T * Hk * d});
+        full.mask = mask, full.visibility = DepthVisibility::chunk, full.chunk = C, full.window = window;
+        moda_forward(full);
+        for (long p0 : {43L, 40L, 35L}) {  // mid-chunk, at a chunk start, and two chunks' queries at once
+            const long n = T - p0, start = p0 / C * C, rows = T - start, slot = Lm * Hk * d;
+            Vec kc(B * max_T * Hk * d, 0.0), vc(B * max_T * Hk * d, 0.0), qn(B * n * H * d), kdn(B * rows * slot),
+                vdn(B * rows * slot);
+            for (long b = 0; b < B; b++) {
+                for (long t = 0; t < T; t++)
+                    for (long i = 0; i < Hk * d; i++) {
+                        kc[(b * max_T + t) * Hk * d + i] = k[(b * T + t) * Hk * d + i];
+                        vc[(b * max_T + t) * Hk * d + i] = v[(b * T + t) * Hk * d + i];
+                    }
+                for (long t = p0; t < T; t++)
+                    for (long i = 0; i < H * d; i++) qn[(b * n + t - p0) * H * d + i] = q[(b * T + t) * H * d + i];
+                for (long t = start; t < T; t++)
+                    for (long i = 0; i < slot; i++) {
+                        kdn[(b * rows + t - start) * slot + i] = kd[(b * T + t) * slot + i];
+                        vdn[(b * rows + t - start) * slot + i] = vd[(b * T + t) * slot + i];
+                    }
+            }
+            Vec on(qn.size()), lsen(B * H * n);
+            ModaParams<double> p = full;
+            p.dims = AttnDims{B, n, T, H, Hk, d, p0, max_T * Hk * d};
+            p.q = qn.data(), p.k = kc.data(), p.v = vc.data(), p.kd = kdn.data(), p.vd = vdn.data();
+            p.depth_rows = rows, p.depth_pos0 = start;
+            p.out = on.data(), p.lse = lsen.data();
+            moda_forward(p);
+            for (long b = 0; b < B; b++)
+                for (long t = p0; t < T; t++)
+                    for (long i = 0; i < H * d; i++)
+                        EXPECT_NEAR(on[(b * n + t - p0) * H * d + i], o[(b * T + t) * H * d + i], 1e-12) << p0;
+            p.depth_pos0 = start + 1;  // a buffer missing the chunk's first token is refused
+            if (p0 > start) strata::testing::expect_error([&] { moda_forward(p); }, {"do not cover the depth tokens"});
+        }
+    }
+}
+
+// Arguments that disagree are errors naming the field, before any memory is touched.
+TEST(MoDA, BadArgumentsAreNamedErrors) {
+    std::vector<float> q(2 * 4 * 8), k(2 * 2 * 8), v(k.size()), kd(2 * 3 * 2 * 8), vd(kd.size()), o(q.size()), lse(2 * 4);
+    auto ok = [&] {
+        return strata::testing::moda_args(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), 3L, 3L,
+                                          AttnDims{1, 2, 2, 4, 2, 8, 0, 2 * 2 * 8});
+    };
+    moda_forward(ok());  // the baseline call is fine
+    using strata::testing::expect_error;
+    auto bad = [&](auto change, const std::string& needle) {
+        auto p = ok();
+        change(p);
+        expect_error([&] { moda_forward(p); }, {needle});
+    };
+    bad([](auto& p) { p.window = -1; }, "window must be non-negative");
+    bad([](auto& p) { p.window = 4; }, "exceeds the slot count");
+    bad([](auto& p) { p.chunk = -2; }, "chunk must be positive");
+    bad([](auto& p) { p.L = 4; }, "exceeds L_max");
+    bad([](auto& p) { p.L = -1; }, "must be non-negative");
+    bad([](auto& p) { p.kd = nullptr; }, "kd and vd are required");
+    bad([](auto& p) { p.k = nullptr; }, "k and v are required");
+    bad([](auto& p) { p.scale = -1; }, "scale must be finite");
+    bad([](auto& p) { p.dims.H = 3; }, "multiple of Hk");
+    bad([](auto& p) { p.dims.Tk = 1; }, "keys must reach");
+    bad([](auto& p) { p.depth_rows = 1; }, "do not cover");
+    auto none = ok();  // depth only: no sequence keys needed
+    none.mask = SeqMask::none, none.k = none.v = nullptr;
+    moda_forward(none);
 }
 
 // ---- glue ops outside the table: no backward, or not an elementwise map ----------------------------

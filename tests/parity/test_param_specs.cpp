@@ -41,7 +41,7 @@ std::vector<ModelConfig> configs() {
     c.residual = Residual::attnres_block;
     c.attnres_block_size = 2;
     c.attention = AttentionKind::moda;
-    c.moda_ffn_kv = false;
+    c.moda_depth_source = ModaDepthSource::attn_kv;
     cs.push_back(c);
     c = base;
     c.residual = Residual::attnres_full;

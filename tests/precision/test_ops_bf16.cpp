@@ -18,6 +18,7 @@
 
 #include "ops/cpu/gemm.h"
 #include "ops/ops.h"
+#include "../test_util.h"
 
 using namespace strata;
 using Vec = std::vector<double>;
@@ -312,8 +313,8 @@ void check_attention(long B, long T, long H, long Hk, long d, long L, long L_max
     Vec o64(q.size()), lse64(B * H * T), dq64(q.size(), 0), dk64(k.size(), 0), dv64(v.size(), 0), dkd64(kd.size(), 0),
         dvd64(vd.size(), 0);
     if (moda) {
-        moda_forward(o64.data(), lse64.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
-        moda_backward(dq64.data(), dk64.data(), dv64.data(), dkd64.data(), dvd64.data(), dout.data(), o64.data(),
+        strata::testing::moda_fwd(o64.data(), lse64.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
+        strata::testing::moda_bwd(dq64.data(), dk64.data(), dv64.data(), dkd64.data(), dvd64.data(), dout.data(), o64.data(),
                       lse64.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
     } else {
         attention_forward(o64.data(), lse64.data(), q.data(), k.data(), v.data(), a);
@@ -327,8 +328,8 @@ void check_attention(long B, long T, long H, long Hk, long d, long L, long L_max
     std::vector<float> lse(B * H * T), doutf(dout.begin(), dout.end()), dq(q.size(), 0.f), dk(k.size(), 0.f),
         dv(v.size(), 0.f), dkd(kd.size(), 0.f), dvd(vd.size(), 0.f);
     if (moda) {
-        moda_forward(ob.data(), lse.data(), qb.data(), kb.data(), vb.data(), kdb.data(), vdb.data(), L, L_max, a);
-        moda_backward(dq.data(), dk.data(), dv.data(), dkd.data(), dvd.data(), doutf.data(), ob.data(), lse.data(),
+        strata::testing::moda_fwd(ob.data(), lse.data(), qb.data(), kb.data(), vb.data(), kdb.data(), vdb.data(), L, L_max, a);
+        strata::testing::moda_bwd(dq.data(), dk.data(), dv.data(), dkd.data(), dvd.data(), doutf.data(), ob.data(), lse.data(),
                       qb.data(), kb.data(), vb.data(), kdb.data(), vdb.data(), L, L_max, a);
     } else {
         attention_forward(ob.data(), lse.data(), qb.data(), kb.data(), vb.data(), a);

@@ -43,7 +43,7 @@ TEST(MemoryEstimate, MatchesWhatTheModelAllocates) {
         c.residual = v.res;
         c.attnres_block_size = v.block;
         c.attention = v.att;
-        c.moda_ffn_kv = v.ffn_kv;
+        c.moda_depth_source = v.ffn_kv ? ModaDepthSource::attn_ffn_kv : ModaDepthSource::attn_kv;
         c.attnres_query = v.query;
         c.qk_norm = v.att == AttentionKind::moda;
         SCOPED_TRACE(std::string(to_string(v.np)) + " " + to_string(v.res) + " S=" + std::to_string(v.block) + " " +

@@ -93,27 +93,30 @@ std::vector<T>& forward_kv_buffer() {
 }
 }  // namespace
 
+using attn::Call;
 using attn::Depth;
 
 template <typename T, typename U>
-static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const T* v, const AttnDims& a,
-                                   const Depth<U>& dep) {
+static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const T* v, const Call<U>& c) {
+    const AttnDims& a = c.a;
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
     const long n_qt = (a.Tq + BQ - 1) / BQ;
-    const T scale = T(1) / std::sqrt(T(d));
+    const T scale = T(c.scale);
     const T neg_inf = -std::numeric_limits<T>::infinity();
     const size_t scratch_n = reserve_scratch<T>(a);
     const Lds<T> ld(a);
     const long kt_n = d * ld.T_, vr_n = a.Tk * ld.R;  // per (batch, kv head)
     std::vector<T>& kv = forward_kv_buffer<T>();
     if (kv.size() < size_t(a.B * a.Hk * (kt_n + vr_n))) kv.resize(size_t(a.B * a.Hk * (kt_n + vr_n)));
+    if (a.Tk > 0) {
 #pragma omp parallel for collapse(2) schedule(static)
-    for (long b = 0; b < a.B; b++)
-        for (long kh = 0; kh < a.Hk; kh++) {
-            T* kt = kv.data() + (b * a.Hk + kh) * (kt_n + vr_n);
-            tile::transpose_pad(kt, ld.T_, k + b * a.kv_bstride + kh * d, ks, a.Tk, d, ld.T_);
-            copy_rows(kt + kt_n, ld.R, v + b * a.kv_bstride + kh * d, ks, a.Tk, d);
-        }
+        for (long b = 0; b < a.B; b++)
+            for (long kh = 0; kh < a.Hk; kh++) {
+                T* kt = kv.data() + (b * a.Hk + kh) * (kt_n + vr_n);
+                tile::transpose_pad(kt, ld.T_, k + b * a.kv_bstride + kh * d, ks, a.Tk, d, ld.T_);
+                copy_rows(kt + kt_n, ld.R, v + b * a.kv_bstride + kh * d, ks, a.Tk, d);
+            }
+    }
 #pragma omp parallel for collapse(3) schedule(dynamic)
     for (long b = 0; b < a.B; b++)
         for (long h = 0; h < a.H; h++)
@@ -130,11 +133,11 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
                 const T* VR = KT + kt_n;                                      // V: Tk × ldR
                 for (long r = 0; r < tq; r++) m[r] = neg_inf, l[r] = 0;
                 for (long i = 0; i < tq * d; i++) O[i] = 0;
-                const long k_end = std::min(a.Tk, a.q_pos0 + t0 + tq);  // keys visible to the last row
+                const long k_end = c.seq.end(t0 + tq - 1);  // keys visible to the last row
                 for (long s0 = 0; s0 < k_end; s0 += BK) {
                     const long tk = std::min(BK, k_end - s0);
                     // keys s0 .. s0 + vis(r) − 1 are visible to row r
-                    auto vis = [&](long r) { return std::clamp(a.q_pos0 + t0 + r + 1 - s0, 0L, tk); };
+                    auto vis = [&](long r) { return std::clamp(c.seq.end(t0 + r) - s0, 0L, tk); };
                     tile::gemm(tq, scale, Q, qs, 1, KT + s0, ld.T_, false, S, ld.S, [&](long, long r1) {
                         return tile::Bounds{0, d, vec_ceil<T>(vis(r1 - 1))};
                     });
@@ -142,24 +145,23 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
                     tile::gemm(tq, T(1), S, ld.S, 1, VR + s0 * ld.R, ld.R, true, O, d,
                                [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });
                 }
-                // MoDA: each row's own depth slots join its softmax (every row already saw its own key,
-                // so m[r] is finite here).
-                for (long r = 0; r < tq && dep.L > 0; r++)
-                    attn::depth_forward_row(Q + r * qs, O + r * d, m[r], l[r], S, dep, a, b, t0 + r, kh, scale);
+                // MoDA: the depth slots each row sees join its softmax
+                for (long r = 0; r < tq; r++) attn::depth_forward(Q + r * qs, O + r * d, m[r], l[r], S, c, b, t0 + r, kh, scale);
                 for (long r = 0; r < tq; r++) {
+                    lse[(b * a.H + h) * a.Tq + t0 + r] = attn::finish_row(O + r * d, m[r], l[r], d);
                     T* o = out + ((b * a.Tq + t0 + r) * a.H + h) * d;
-                    const T inv = T(1) / l[r];
-                    for (long i = 0; i < d; i++) o[i] = O[r * d + i] * inv;
-                    lse[(b * a.H + h) * a.Tq + t0 + r] = m[r] + std::log(l[r]);
+                    for (long i = 0; i < d; i++) o[i] = O[r * d + i];
                 }
             }
 }
 
 template <typename T, typename U>
 static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T* dout, const T* out, const T* lse,
-                                    const T* q, const T* k, const T* v, const AttnDims& a, const Depth<U>& dep) {
+                                    const T* q, const T* k, const T* v, const Call<U>& c) {
+    const AttnDims& a = c.a;
+    const Depth<U>& dep = c.dep;
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
-    const T scale = T(1) / std::sqrt(T(d));
+    const T scale = T(c.scale);
     const size_t scratch_n = reserve_scratch<T>(a, dep.L_max);
     const Lds<T> ld(a);
 #pragma omp parallel for collapse(2) schedule(dynamic)
@@ -176,13 +178,15 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
             T* D0 = GR + a.Tq * ld.R;    // G × Tq: D of each query head of the group
             T* gk = D0 + G * a.Tq;       // d: one depth slot's key gradient, summed over the group
             T* gv = gk + d;              // d: its value gradient
-            T* pd = gv + d;              // G × L: one token's depth probabilities, then dS, per head
-            T* dpd = pd + G * dep.L;     // G × L: dP
-            const T* K0 = k + b * a.kv_bstride + kh * d;
-            const T* V0 = v + b * a.kv_bstride + kh * d;
-            tile::transpose_pad(KT, ld.T_, K0, ks, a.Tk, d, ld.T_);
-            tile::transpose_pad(VT, ld.T_, V0, ks, a.Tk, d, ld.T_);
-            copy_rows(KR, ld.R, K0, ks, a.Tk, d);
+            T* pd = gv + d;              // G × n: one depth pair's probabilities, then dS, per head
+            T* dpd = pd + G * dep.n();   // G × n: dP
+            const T* K0 = a.Tk > 0 ? k + b * a.kv_bstride + kh * d : nullptr;
+            const T* V0 = a.Tk > 0 ? v + b * a.kv_bstride + kh * d : nullptr;
+            if (a.Tk > 0) {
+                tile::transpose_pad(KT, ld.T_, K0, ks, a.Tk, d, ld.T_);
+                tile::transpose_pad(VT, ld.T_, V0, ks, a.Tk, d, ld.T_);
+                copy_rows(KR, ld.R, K0, ks, a.Tk, d);
+            }
             for (long g = 0; g < G; g++) {
                 const long h = kh * G + g;
                 const T* L = lse + (b * a.H + h) * a.Tq;
@@ -200,15 +204,14 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
                     const long tk = std::min(BK, a.Tk - s0);
                     T* dK = dk + b * a.kv_bstride + s0 * ks + kh * d;
                     T* dV = dv + b * a.kv_bstride + s0 * ks + kh * d;
-                    // the first query row that sees key s0 sits at position s0
-                    const long t_first = std::max(0L, s0 - a.q_pos0);
+                    const long t_first = c.seq.first_row(s0);  // the first query row that sees key s0
                     for (long t0 = (t_first / BQ) * BQ; t0 < a.Tq; t0 += BQ) {
                         const long tq = std::min(BQ, a.Tq - t0);
                         const T* Qt = QR + t0 * ld.R;
                         const T* Gt = GR + t0 * ld.R;
                         // keys s0 .. s0 + vis(r) − 1 are visible to row r; key c to rows ≥ first_row(c)
-                        auto vis = [&](long r) { return std::clamp(a.q_pos0 + t0 + r + 1 - s0, 0L, tk); };
-                        auto first_row = [&](long c) { return std::clamp(s0 + c - a.q_pos0 - t0, 0L, tq); };
+                        auto vis = [&](long r) { return std::clamp(c.seq.end(t0 + r) - s0, 0L, tk); };
+                        auto first_row = [&](long x) { return std::clamp(c.seq.first_row(s0 + x) - t0, 0L, tq); };
                         auto by_rows = [&](long, long r1) { return tile::Bounds{0, d, vec_ceil<T>(vis(r1 - 1))}; };
                         auto by_keys = [&](long c0, long) { return tile::Bounds{first_row(c0), tq, d}; };
                         tile::gemm(tq, scale, Qt, ld.R, 1, KT + s0, ld.T_, false, P, ld.S, by_rows);  // S
@@ -223,10 +226,9 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
                     }
                 }
             }
-            // MoDA: the depth slots of every query token t, seen by row t of each head of the group. A
+            // MoDA: the depth slots every query token sees, seen by its row of each head of the group. A
             // slot's key and value gradients are summed over the group first, so each is written once.
-            for (long t = 0; t < a.Tq && dep.L > 0; t++)
-                attn::depth_backward_token(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, gk, gv, dep, a, b, t, kh, scale);
+            attn::depth_backward(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, gk, gv, c, b, kh, scale);
         }
 }
 
@@ -256,83 +258,161 @@ size_t q_elems(const AttnDims& a) { return size_t(a.B * a.Tq * a.H * a.d); }
 size_t kv_elems(const AttnDims& a) { return size_t((a.B - 1) * a.kv_bstride + a.Tk * a.Hk * a.d); }
 
 template <typename S>
-void forward_any(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a, const S* kd,
-                 const S* vd, long L, long L_max) {
+void forward_any(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const attn::Call<S>& c) {
     if constexpr (std::is_same_v<S, bf16>) {
-        if (attn::bf16_attention_native())
-            return attn::forward_bf16_native(out, lse, q, k, v, a, Depth<bf16>{kd, vd, L, L_max});
+        if (attn::bf16_attention_native()) return attn::forward_bf16_native(out, lse, q, k, v, c);
         Widened& w = widened();
-        const float* qf = widen(w.q, q, q_elems(a));
-        const float* kf = widen(w.k, k, kv_elems(a));
-        const float* vf = widen(w.v, v, kv_elems(a));
-        if (w.o.size() < q_elems(a)) w.o.resize(q_elems(a));
-        attention_forward_impl(w.o.data(), lse, qf, kf, vf, a, Depth<bf16>{kd, vd, L, L_max});
-        convert_forward(out, w.o.data(), q_elems(a));
+        const float* qf = widen(w.q, q, q_elems(c.a));
+        const float* kf = c.a.Tk > 0 ? widen(w.k, k, kv_elems(c.a)) : nullptr;
+        const float* vf = c.a.Tk > 0 ? widen(w.v, v, kv_elems(c.a)) : nullptr;
+        if (w.o.size() < q_elems(c.a)) w.o.resize(q_elems(c.a));
+        attention_forward_impl(w.o.data(), lse, qf, kf, vf, c);
+        convert_forward(out, w.o.data(), q_elems(c.a));
     } else {
-        attention_forward_impl(out, lse, q, k, v, a, Depth<S>{kd, vd, L, L_max});
+        attention_forward_impl(out, lse, q, k, v, c);
     }
 }
 
 template <typename S>
 void backward_any(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_t<S>* dkd, compute_t<S>* dvd,
                   const compute_t<S>* dout, const S* out, const compute_t<S>* lse, const S* q, const S* k, const S* v,
-                  const S* kd, const S* vd, long L, long L_max, const AttnDims& a) {
+                  const attn::Call<S>& c) {
     if constexpr (std::is_same_v<S, bf16>) {
         if (attn::bf16_attention_native())
-            return attn::backward_bf16_native(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, a,
-                                              Depth<bf16>{kd, vd, L, L_max});
+            return attn::backward_bf16_native(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, c);
         Widened& w = widened();
-        const float* of = widen(w.o, out, q_elems(a));
-        const float* qf = widen(w.q, q, q_elems(a));
-        const float* kf = widen(w.k, k, kv_elems(a));
-        const float* vf = widen(w.v, v, kv_elems(a));
-        attention_backward_impl(dq, dk, dv, dkd, dvd, dout, of, lse, qf, kf, vf, a, Depth<bf16>{kd, vd, L, L_max});
+        const float* of = widen(w.o, out, q_elems(c.a));
+        const float* qf = widen(w.q, q, q_elems(c.a));
+        const float* kf = c.a.Tk > 0 ? widen(w.k, k, kv_elems(c.a)) : nullptr;
+        const float* vf = c.a.Tk > 0 ? widen(w.v, v, kv_elems(c.a)) : nullptr;
+        attention_backward_impl(dq, dk, dv, dkd, dvd, dout, of, lse, qf, kf, vf, c);
     } else {
-        attention_backward_impl(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, a, Depth<S>{kd, vd, L, L_max});
+        attention_backward_impl(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, c);
     }
 }
+
+// What every call checks of its sizes (both ops).
+void check_dims(const AttnDims& a, const char* op) {
+    auto need = [&](bool ok, const std::string& what) {
+        if (!ok) throw Error(std::string(op) + ": " + what);
+    };
+    need(a.B >= 0 && a.Tq >= 0 && a.Tk >= 0 && a.d > 0, "sizes must be non-negative and d positive");
+    need(a.H > 0 && a.Hk > 0 && a.H % a.Hk == 0, "H must be a positive multiple of Hk");
+    need(a.q_pos0 >= 0, "q_pos0 must be non-negative");
+    need(a.kv_bstride >= a.Tk * a.Hk * a.d, "kv_bstride must cover Tk·Hk·d");
+}
 }  // namespace
+
+namespace attn {
+template <typename U>
+Call<U> attention_call(const AttnDims& a) {
+    Call<U> c{a, SeqVis{SeqMask::causal, a.Tk, a.q_pos0}, Depth<U>{}, 1.0 / std::sqrt(double(a.d))};
+    c.dep.Hk = a.Hk, c.dep.d = a.d;
+    return c;
+}
+
+template <typename S>
+Call<S> moda_call(const ModaParams<S>& p) {
+    moda_check(p);
+    Call<S> c = attention_call<S>(p.dims);
+    if (p.mask == SeqMask::none) c.a.Tk = 0;
+    c.seq = SeqVis{p.mask, c.a.Tk, p.dims.q_pos0};
+    if (p.scale != 0) c.scale = p.scale;
+    const long L_max = p.L_max > 0 ? p.L_max : p.L, rows = p.depth_rows > 0 ? p.depth_rows : p.dims.Tq;
+    Depth<S>& dep = c.dep;
+    dep.kd = p.kd, dep.vd = p.vd;
+    dep.hi = p.L;
+    dep.lo = p.window > 0 ? std::max(0L, p.L - p.window) : 0;
+    dep.L_max = L_max;
+    dep.pos0 = p.depth_pos0;
+    dep.bstride = p.depth_bstride > 0 ? p.depth_bstride : rows * L_max * p.dims.Hk * p.dims.d;
+    dep.chunk = p.visibility == DepthVisibility::chunk ? moda_chunk(p) : 1;
+    return c;
+}
+}  // namespace attn
+
+template <typename S>
+long moda_chunk(const ModaParams<S>& p) {
+    if (p.chunk > 0) return p.chunk;
+    const long G = p.dims.Hk > 0 ? p.dims.H / p.dims.Hk : 1;
+    return std::max(1L, 64 / std::max(1L, G));
+}
+
+template <typename S>
+void moda_check(const ModaParams<S>& p) {
+    check_dims(p.dims, "moda");
+    auto need = [](bool ok, const std::string& what) {
+        if (!ok) throw Error("moda: " + what);
+    };
+    const AttnDims& a = p.dims;
+    need(p.q && p.out && p.lse, "q, out and lse are required");
+    need(p.mask == SeqMask::none || a.Tk == 0 || (p.k && p.v), "k and v are required with a sequence mask");
+    need(p.L >= 0, "L (depth slots) must be non-negative, not " + std::to_string(p.L));
+    const long L_max = p.L_max > 0 ? p.L_max : p.L;
+    need(p.L <= L_max, "L = " + std::to_string(p.L) + " exceeds L_max = " + std::to_string(L_max));
+    need(p.L == 0 || (p.kd && p.vd), "kd and vd are required with L > 0");
+    need(p.window >= 0, "window must be non-negative (0: every slot), not " + std::to_string(p.window));
+    need(p.window <= L_max, "window = " + std::to_string(p.window) + " exceeds the slot count " + std::to_string(L_max));
+    need(p.chunk >= 0, "chunk must be positive (0: the default 64/G), not " + std::to_string(p.chunk));
+    need(std::isfinite(p.scale) && p.scale >= 0, "scale must be finite and positive (0: 1/sqrt(d))");
+    need(p.mask != SeqMask::causal || a.Tk >= a.q_pos0 + a.Tq || a.Tq == 0,
+         "under the causal mask the keys must reach the last query's position");
+    need(p.window <= BQ * BK, "window too large for the kernel's score scratch");
+    need(p.window > 0 || p.L <= BQ * BK, "L too large for the kernel's score scratch");
+    if (p.L > 0 && a.Tq > 0) {  // every visible depth token is a row of the buffer
+        const long rows = p.depth_rows > 0 ? p.depth_rows : a.Tq;
+        const long C = p.visibility == DepthVisibility::chunk ? moda_chunk(p) : 1;
+        const long first = a.q_pos0 / C * C - p.depth_pos0, last = a.q_pos0 + a.Tq - 1 - p.depth_pos0;
+        need(first >= 0 && last < rows, "the depth buffer's rows (positions " + std::to_string(p.depth_pos0) + ".." +
+                                            std::to_string(p.depth_pos0 + rows - 1) +
+                                            ") do not cover the depth tokens the queries see (positions " +
+                                            std::to_string(first + p.depth_pos0) + ".." +
+                                            std::to_string(last + p.depth_pos0) + ")");
+        const long bstride = p.depth_bstride > 0 ? p.depth_bstride : rows * L_max * a.Hk * a.d;
+        need(bstride >= rows * L_max * a.Hk * a.d, "depth_bstride must cover depth_rows·L_max·Hk·d");
+    }
+}
 
 template <typename S>
 void attention_forward(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a) {
     OpTimer t_(OpFamily::attn_fwd);
-    forward_any(out, lse, q, k, v, a, static_cast<const S*>(nullptr), static_cast<const S*>(nullptr), 0, 0);
+    check_dims(a, "attention_forward");
+    forward_any(out, lse, q, k, v, attn::attention_call<S>(a));
 }
 
 template <typename S>
-void moda_forward(S* out, compute_t<S>* lse, const S* q, const S* k, const S* v, const S* kd, const S* vd, long L,
-                  long L_max, const AttnDims& a) {
+void moda_forward(const ModaParams<S>& p) {
     OpTimer t_(OpFamily::moda_fwd);
-    STRATA_CHECK(L >= 0 && L <= L_max && L <= BQ * BK, "moda_forward: bad depth slot count");
-    forward_any(out, lse, q, k, v, a, kd, vd, L, L_max);
+    forward_any(p.out, p.lse, p.q, p.k, p.v, attn::moda_call(p));
 }
 
 template <typename S>
 void attention_backward(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, const compute_t<S>* dout, const S* out,
                         const compute_t<S>* lse, const S* q, const S* k, const S* v, const AttnDims& a) {
     OpTimer t_(OpFamily::attn_bwd);
-    using T = compute_t<S>;
-    backward_any(dq, dk, dv, static_cast<T*>(nullptr), static_cast<T*>(nullptr), dout, out, lse, q, k, v,
-                 static_cast<const S*>(nullptr), static_cast<const S*>(nullptr), 0, 0, a);
+    check_dims(a, "attention_backward");
+    backward_any<S>(dq, dk, dv, nullptr, nullptr, dout, out, lse, q, k, v, attn::attention_call<S>(a));
 }
 
 template <typename S>
-void moda_backward(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_t<S>* dkd, compute_t<S>* dvd,
-                   const compute_t<S>* dout, const S* out, const compute_t<S>* lse, const S* q, const S* k, const S* v,
-                   const S* kd, const S* vd, long L, long L_max, const AttnDims& a) {
+void moda_backward(const ModaParams<S>& p, const ModaGrads<S>& g) {
     OpTimer t_(OpFamily::moda_bwd);
-    STRATA_CHECK(L >= 0 && L <= L_max, "moda_backward: bad depth slot count");
-    backward_any(dq, dk, dv, dkd, dvd, dout, out, lse, q, k, v, kd, vd, L, L_max, a);
+    const attn::Call<S> c = attn::moda_call(p);
+    if (!g.dq || !g.dout || (c.a.Tk > 0 && (!g.dk || !g.dv)) || (p.L > 0 && (!g.dkd || !g.dvd)))
+        throw Error("moda_backward: a gradient the call produces is null");
+    backward_any(g.dq, g.dk, g.dv, g.dkd, g.dvd, g.dout, static_cast<const S*>(p.out), p.lse, p.q, p.k, p.v, c);
 }
 
 #define STRATA_INSTANTIATE_ATTN(S, T)                                                                        \
     template void attention_forward<S>(S*, T*, const S*, const S*, const S*, const AttnDims&);               \
     template void attention_backward<S>(T*, T*, T*, const T*, const S*, const T*, const S*, const S*,         \
                                         const S*, const AttnDims&);                                          \
-    template void moda_forward<S>(S*, T*, const S*, const S*, const S*, const S*, const S*, long, long,      \
-                                  const AttnDims&);                                                          \
-    template void moda_backward<S>(T*, T*, T*, T*, T*, const T*, const S*, const T*, const S*, const S*,     \
-                                   const S*, const S*, const S*, long, long, const AttnDims&);
+    template void moda_forward<S>(const ModaParams<S>&);                                                     \
+    template void moda_backward<S>(const ModaParams<S>&, const ModaGrads<S>&);                               \
+    template long moda_chunk<S>(const ModaParams<S>&);                                                       \
+    template void moda_check<S>(const ModaParams<S>&);                                                       \
+    template attn::Call<S> attn::moda_call<S>(const ModaParams<S>&);                                         \
+    template attn::Call<S> attn::attention_call<S>(const AttnDims&);
 STRATA_INSTANTIATE_ATTN(float, float)
 STRATA_INSTANTIATE_ATTN(double, double)
 STRATA_INSTANTIATE_ATTN(bf16, float)

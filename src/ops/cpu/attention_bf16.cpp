@@ -68,11 +68,11 @@ std::vector<Pair>& forward_kv_buffer() {
 
 bool bf16_attention_native() { return cpu_has_avx512_bf16() && bf16_native(); }
 
-void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const AttnDims& a,
-                         const Depth<bf16>& dep) {
+void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const Call<bf16>& c) {
+    const AttnDims& a = c.a;
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
     const long n_qt = (a.Tq + BQ - 1) / BQ;
-    const float scale = 1.0f / std::sqrt(float(d));
+    const float scale = float(c.scale);
     const float neg_inf = -std::numeric_limits<float>::infinity();
     const Layout ld(a);
     const size_t nf = size_t(BQ * ld.S + BQ * d + 2 * BQ), np = size_t(BQ * ld.A + BQ * ld.PA);
@@ -80,13 +80,15 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
     const long kd_n = ld.dp * ld.T, vk_n = ld.Kp * ld.V;  // per (batch, kv head)
     std::vector<Pair>& kv = forward_kv_buffer();
     if (kv.size() < size_t(a.B * a.Hk * (kd_n + vk_n))) kv.resize(size_t(a.B * a.Hk * (kd_n + vk_n)));
+    if (a.Tk > 0) {
 #pragma omp parallel for collapse(2) schedule(static)
-    for (long b = 0; b < a.B; b++)
-        for (long kh = 0; kh < a.Hk; kh++) {
-            Pair* kd = kv.data() + (b * a.Hk + kh) * (kd_n + vk_n);
-            tile_bf16::pair_columns(kd, ld.T, k + b * a.kv_bstride + kh * d, ks, a.Tk, d, ld.T);
-            tile_bf16::pair_rows(kd + kd_n, ld.V, v + b * a.kv_bstride + kh * d, ks, a.Tk, d, ld.V);
-        }
+        for (long b = 0; b < a.B; b++)
+            for (long kh = 0; kh < a.Hk; kh++) {
+                Pair* kd = kv.data() + (b * a.Hk + kh) * (kd_n + vk_n);
+                tile_bf16::pair_columns(kd, ld.T, k + b * a.kv_bstride + kh * d, ks, a.Tk, d, ld.T);
+                tile_bf16::pair_rows(kd + kd_n, ld.V, v + b * a.kv_bstride + kh * d, ks, a.Tk, d, ld.V);
+            }
+    }
 #pragma omp parallel for collapse(3) schedule(dynamic)
     for (long b = 0; b < a.B; b++)
         for (long h = 0; h < a.H; h++)
@@ -105,10 +107,10 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
                 tile_bf16::bf16_rows(QA, ld.A, Q, qs, tq, d, ld.A);
                 for (long r = 0; r < tq; r++) m[r] = neg_inf, l[r] = 0;
                 for (long i = 0; i < tq * d; i++) O[i] = 0;
-                const long k_end = std::min(a.Tk, a.q_pos0 + t0 + tq);  // keys visible to the last row
+                const long k_end = c.seq.end(t0 + tq - 1);  // keys visible to the last row
                 for (long s0 = 0; s0 < k_end; s0 += BK) {
                     const long tk = std::min(BK, k_end - s0), tkv = vceil(tk);
-                    auto vis = [&](long r) { return std::clamp(a.q_pos0 + t0 + r + 1 - s0, 0L, tk); };
+                    auto vis = [&](long r) { return std::clamp(c.seq.end(t0 + r) - s0, 0L, tk); };
                     tile_bf16::gemm(tq, scale, QA, ld.A, 1, KD + s0, ld.T, false, S, ld.S, [&](long, long r1) {
                         return tile::Bounds{0, d, vceil(vis(r1 - 1))};
                     });
@@ -117,24 +119,21 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
                     tile_bf16::gemm(tq, 1.0f, PA, ld.PA, 1, VK + (s0 / 2) * ld.V, ld.V, true, O, d,
                                     [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });
                 }
-                for (long r = 0; r < tq && dep.L > 0; r++)
-                    depth_forward_row(Q + r * qs, O + r * d, m[r], l[r], S, dep, a, b, t0 + r, kh, scale);
+                for (long r = 0; r < tq; r++) depth_forward(Q + r * qs, O + r * d, m[r], l[r], S, c, b, t0 + r, kh, scale);
                 for (long r = 0; r < tq; r++) {
                     float* orow = O + r * d;
-                    const float inv = 1.0f / l[r];
-#pragma omp simd
-                    for (long i = 0; i < d; i++) orow[i] *= inv;
+                    lse[(b * a.H + h) * a.Tq + t0 + r] = finish_row(orow, m[r], l[r], d);
                     tile_bf16::round_row(out + ((b * a.Tq + t0 + r) * a.H + h) * d, orow, d);
-                    lse[(b * a.H + h) * a.Tq + t0 + r] = m[r] + std::log(l[r]);
                 }
             }
 }
 
 void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dvd, const float* dout, const bf16* out,
-                          const float* lse, const bf16* q, const bf16* k, const bf16* v, const AttnDims& a,
-                          const Depth<bf16>& dep) {
+                          const float* lse, const bf16* q, const bf16* k, const bf16* v, const Call<bf16>& c) {
+    const AttnDims& a = c.a;
+    const Depth<bf16>& dep = c.dep;
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
-    const float scale = 1.0f / std::sqrt(float(d));
+    const float scale = float(c.scale);
     const Layout ld(a);
     const size_t nf = size_t(2 * BQ * ld.S + G * a.Tq + 2 * d + 2 * G * dep.L_max);
     const size_t np = size_t(2 * ld.dp * ld.T + ld.Kp * ld.V + 2 * a.Tq * ld.A + 2 * ld.Qp * ld.V + BQ * ld.PA +
@@ -148,8 +147,8 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
             float* D0 = dP + BQ * ld.S;            // G × Tq: D of each query head of the group
             float* gk = D0 + G * a.Tq;             // d each: one depth slot's gradients over the group
             float* gv = gk + d;
-            float* pd = gv + d;           // G × L: one token's depth probabilities, then dS
-            float* dpd = pd + G * dep.L;  // G × L: dP
+            float* pd = gv + d;             // G × n: one depth pair's probabilities, then dS
+            float* dpd = pd + G * dep.n();  // G × n: dP
             Pair* KD = thread_scratch<Pair>(np);  // Kᵀ, Vᵀ over d pairs: dp × T each
             Pair* VD = KD + ld.dp * ld.T;
             Pair* KK = VD + ld.dp * ld.T;  // K over key pairs: Kp × V
@@ -160,11 +159,13 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
             Pair* SA = GQ + ld.Qp * ld.V;     // dS as bf16 rows: BQ × PA
             Pair* PQ = SA + BQ * ld.PA;        // P and dS over query pairs: BQ/2 × PQ each
             Pair* SQ = PQ + (BQ / 2) * ld.PQ;
-            const bf16* K0 = k + b * a.kv_bstride + kh * d;
-            const bf16* V0 = v + b * a.kv_bstride + kh * d;
-            tile_bf16::pair_columns(KD, ld.T, K0, ks, a.Tk, d, ld.T);
-            tile_bf16::pair_columns(VD, ld.T, V0, ks, a.Tk, d, ld.T);
-            tile_bf16::pair_rows(KK, ld.V, K0, ks, a.Tk, d, ld.V);
+            const bf16* K0 = a.Tk > 0 ? k + b * a.kv_bstride + kh * d : nullptr;
+            const bf16* V0 = a.Tk > 0 ? v + b * a.kv_bstride + kh * d : nullptr;
+            if (a.Tk > 0) {
+                tile_bf16::pair_columns(KD, ld.T, K0, ks, a.Tk, d, ld.T);
+                tile_bf16::pair_columns(VD, ld.T, V0, ks, a.Tk, d, ld.T);
+                tile_bf16::pair_rows(KK, ld.V, K0, ks, a.Tk, d, ld.V);
+            }
             for (long g = 0; g < G; g++) {
                 const long h = kh * G + g;
                 const float* L = lse + (b * a.H + h) * a.Tq;
@@ -187,11 +188,11 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
                     const long tk = std::min(BK, a.Tk - s0), tkv = vceil(tk);
                     float* dK = dk + b * a.kv_bstride + s0 * ks + kh * d;
                     float* dV = dv + b * a.kv_bstride + s0 * ks + kh * d;
-                    const long t_first = std::max(0L, s0 - a.q_pos0);  // the first row that sees key s0
+                    const long t_first = c.seq.first_row(s0);  // the first row that sees key s0
                     for (long t0 = (t_first / BQ) * BQ; t0 < a.Tq; t0 += BQ) {
                         const long tq = std::min(BQ, a.Tq - t0);
-                        auto vis = [&](long r) { return std::clamp(a.q_pos0 + t0 + r + 1 - s0, 0L, tk); };
-                        auto first_row = [&](long c) { return std::clamp(s0 + c - a.q_pos0 - t0, 0L, tq); };
+                        auto vis = [&](long r) { return std::clamp(c.seq.end(t0 + r) - s0, 0L, tk); };
+                        auto first_row = [&](long x) { return std::clamp(c.seq.first_row(s0 + x) - t0, 0L, tq); };
                         auto by_rows = [&](long, long r1) { return tile::Bounds{0, d, vceil(vis(r1 - 1))}; };
                         auto by_keys = [&](long c0, long) { return tile::Bounds{first_row(c0), tq, d}; };
                         auto to_vis = [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; };
@@ -213,8 +214,7 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
                     }
                 }
             }
-            for (long t = 0; t < a.Tq && dep.L > 0; t++)
-                depth_backward_token(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, gk, gv, dep, a, b, t, kh, scale);
+            depth_backward(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, gk, gv, c, b, kh, scale);
         }
 }
 

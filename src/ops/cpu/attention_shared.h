@@ -2,7 +2,9 @@
 // float; ops/cpu/attention_bf16.cpp: bf16 on AVX512-BF16): the tile sizes, and MoDA's depth slots,
 // one place for how a query token's own L depth keys/values join its softmax, forward and backward.
 #pragma once
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -30,30 +32,60 @@ inline auto widen(X x) {
     else return x;
 }
 
-// Depth keys/values of MoDA: (B, Tq, L_max, Hk, d), slots 0..L−1 of each query token used. They are
-// read in their storage type U (bf16 slots are widened as they are read: only the L used of L_max are
-// touched, where widening the whole buffer up front cost more than the depth attention itself).
+// ---- what a query sees: the one place for MoDA's masks and visibility (ops.h, ModaParams) ------------
+
+// The sequence keys: query row t (absolute position q_pos0 + t) sees keys 0..end(t)−1.
+struct SeqVis {
+    SeqMask mask = SeqMask::causal;
+    long Tk = 0, q_pos0 = 0;  // Tk is 0 under SeqMask::none
+    long end(long t) const {
+        return mask == SeqMask::causal ? std::min(Tk, q_pos0 + t + 1) : mask == SeqMask::noncausal ? Tk : 0;
+    }
+    // the first query row that sees key c (every later row sees it too)
+    long first_row(long c) const { return mask == SeqMask::causal ? std::max(0L, c - q_pos0) : 0; }
+};
+
+// The depth keys/values: (B, rows, L_max, Hk, d) with batch stride bstride, row j the token at absolute
+// position pos0 + j. The query at position p reads slots lo..hi−1 of the rows first_row(p)..row(p): its
+// own token (chunk = 1), or the tokens of its chunk up to itself. Read in their storage type U (bf16
+// slots are widened as they are read: only the slots used are touched, where widening the whole
+// buffer up front cost more than the depth attention itself).
 template <typename U>
 struct Depth {
     const U *kd = nullptr, *vd = nullptr;
-    long L = 0, L_max = 0;
-    long offset(const AttnDims& a, long b, long t, long i, long kh) const {
-        return (((b * a.Tq + t) * L_max + i) * a.Hk + kh) * a.d;
-    }
-    const U* key(const AttnDims& a, long b, long t, long i, long kh) const { return kd + offset(a, b, t, i, kh); }
-    const U* value(const AttnDims& a, long b, long t, long i, long kh) const { return vd + offset(a, b, t, i, kh); }
+    long lo = 0, hi = 0;  // slots read
+    long L_max = 0, pos0 = 0, bstride = 0, chunk = 1, Hk = 0, d = 0;
+    long n() const { return hi - lo; }
+    long row(long p) const { return p - pos0; }
+    long first_row(long p) const { return p / chunk * chunk - pos0; }
+    long offset(long b, long j, long i, long kh) const { return b * bstride + ((j * L_max + i) * Hk + kh) * d; }
+    const U* key(long b, long j, long i, long kh) const { return kd + offset(b, j, i, kh); }
+    const U* value(long b, long j, long i, long kh) const { return vd + offset(b, j, i, kh); }
 };
+
+// One call of either kernel: its sizes (Tk 0 under SeqMask::none), what each query sees, the scale.
+template <typename U>
+struct Call {
+    AttnDims a;
+    SeqVis seq;
+    Depth<U> dep;
+    double scale;
+};
+
+// Plain attention (no depth, causal, 1/√d) or a checked MoDA call (ops.h; attention.cpp).
+template <typename U>
+Call<U> attention_call(const AttnDims& a);
+template <typename S>
+Call<S> moda_call(const ModaParams<S>& p);
 
 // The bf16 kernel on AVX512-BF16 (attention_bf16.cpp): taken for bf16 storage where the CPU has
 // AVX512-BF16 and bf16 GEMMs run native (bf16_native() in gemm.h, which STRATA_BF16_NATIVE=0 turns
 // off); elsewhere bf16 is widened to float for the float kernel. Arguments as attention_forward /
 // moda_backward in ops.h.
 bool bf16_attention_native();
-void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const AttnDims& a,
-                         const Depth<bf16>& dep);
+void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const Call<bf16>& c);
 void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dvd, const float* dout, const bf16* out,
-                          const float* lse, const bf16* q, const bf16* k, const bf16* v, const AttnDims& a,
-                          const Depth<bf16>& dep);
+                          const float* lse, const bf16* q, const bf16* k, const bf16* v, const Call<bf16>& c);
 
 // ---- per-row steps on a score tile (both kernels) ---------------------------------------------------
 // Row r of a score tile sees its first nv keys; columns [nv, end) are set to 0 so the next GEMM, which
@@ -94,16 +126,17 @@ inline void score_grad_row(T* ds, const T* p, long nv, long end, T D) {
     for (long c = nv; c < end; c++) ds[c] = T(0);
 }
 
-// Forward, one query row (token t of batch b, kv head kh) after its sequence tiles: its depth slots
-// join the row's online softmax. qr: the query row (storage type Q); o: its running output; m, l: the
-// running max and sum (m finite, since every row has seen its own key); sd: L scores of scratch.
+// Forward, one query row of kv head kh, batch b: the slots of depth row j join the row's online
+// softmax (called for each row the query sees, after its sequence tiles). qr: the query row (storage
+// type Q); o: its running output; m, l: the running max and sum (m is −inf before anything was seen:
+// the first update then scales o and l by exp(−inf) = 0); sd: n() scores of scratch.
 template <typename T, typename Q, typename U>
-inline void depth_forward_row(const Q* qr, T* o, T& m, T& l, T* sd, const Depth<U>& dep, const AttnDims& a, long b,
-                              long t, long kh, T scale) {
-    const long d = a.d;
+inline void depth_forward_row(const Q* qr, T* o, T& m, T& l, T* sd, const Depth<U>& dep, long b, long j, long kh,
+                              T scale) {
+    const long d = dep.d, n = dep.n();
     T mx = m;
-    for (long i = 0; i < dep.L; i++) {
-        const U* kd = dep.key(a, b, t, i, kh);
+    for (long i = 0; i < n; i++) {
+        const U* kd = dep.key(b, j, dep.lo + i, kh);
         T s = 0;
 #pragma omp simd reduction(+ : s)
         for (long c = 0; c < d; c++) s += T(widen(qr[c])) * T(widen(kd[c]));
@@ -115,13 +148,13 @@ inline void depth_forward_row(const Q* qr, T* o, T& m, T& l, T* sd, const Depth<
         for (long c = 0; c < d; c++) o[c] *= corr;
     T sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (long i = 0; i < dep.L; i++) {
+    for (long i = 0; i < n; i++) {
         sd[i] = vexp(sd[i] - mx);
         sum += sd[i];
     }
-    for (long i = 0; i < dep.L; i++) {
+    for (long i = 0; i < n; i++) {
         const T p = sd[i];
-        const U* vd = dep.value(a, b, t, i, kh);
+        const U* vd = dep.value(b, j, dep.lo + i, kh);
 #pragma omp simd
         for (long c = 0; c < d; c++) o[c] += p * T(widen(vd[c]));
     }
@@ -129,22 +162,39 @@ inline void depth_forward_row(const Q* qr, T* o, T& m, T& l, T* sd, const Depth<
     m = mx;
 }
 
-// Backward, one query token t of batch b: the depth slots of kv head kh, seen by row t of each of the
-// G query heads of the group. A slot's key and value gradients are summed over the group first, so
-// each is written once (the caller's task owns kv head kh: no atomics). D0: G × Tq, D = dO·O per head;
-// pd, dpd: G·L each; gk, gv: d each.
+// Forward: every depth row query row t (of batch b, kv head kh) sees, after its sequence tiles.
 template <typename T, typename Q, typename U>
-inline void depth_backward_token(T* dq, T* dkd, T* dvd, const T* dout, const Q* q, const T* lse, const T* D0, T* pd,
-                                 T* dpd, T* gk, T* gv, const Depth<U>& dep, const AttnDims& a, long b, long t, long kh,
-                                 T scale) {
-    const long G = a.H / a.Hk, d = a.d, L = dep.L, n = G * L;
+inline void depth_forward(const Q* qr, T* o, T& m, T& l, T* sd, const Call<U>& c, long b, long t, long kh, T scale) {
+    if (c.dep.n() <= 0) return;
+    const long p = c.a.q_pos0 + t;
+    for (long j = c.dep.first_row(p); j <= c.dep.row(p); j++) depth_forward_row(qr, o, m, l, sd, c.dep, b, j, kh, scale);
+}
+
+// Forward, the end of one query row: out = O / l and lse = m + log l; a row that saw nothing (l = 0:
+// no sequence keys and no slots) gets out = 0 and lse = −inf.
+template <typename T>
+inline T finish_row(T* o, T m, T l, long d) {
+    const T inv = l > T(0) ? T(1) / l : T(0);
+    for (long i = 0; i < d; i++) o[i] *= inv;
+    return l > T(0) ? m + std::log(l) : -std::numeric_limits<T>::infinity();
+}
+
+// Backward, query token t of batch b (absolute position p), and depth row j it sees: the slots of kv
+// head kh, seen by row t of each of the G query heads of the group. A slot's key and value gradients
+// are summed over the group first, so each is written once per (t, j) (the caller's task owns kv head
+// kh: no atomics). D0: G × Tq, D = dO·O per head; pd, dpd: G·n() each; gk, gv: d each.
+template <typename T, typename Q, typename U>
+inline void depth_backward_pair(T* dq, T* dkd, T* dvd, const T* dout, const Q* q, const T* lse, const T* D0, T* pd,
+                                T* dpd, T* gk, T* gv, const Depth<U>& dep, const AttnDims& a, long b, long t, long j,
+                                long kh, T scale) {
+    const long G = a.H / a.Hk, d = a.d, L = dep.n(), n = G * L;
     for (long g = 0; g < G; g++) {
         const long off = ((b * a.Tq + t) * a.H + kh * G + g) * d;
         const Q* qr = q + off;
         const T* go = dout + off;
         for (long i = 0; i < L; i++) {
-            const U* kd = dep.key(a, b, t, i, kh);
-            const U* vd = dep.value(a, b, t, i, kh);
+            const U* kd = dep.key(b, j, dep.lo + i, kh);
+            const U* vd = dep.value(b, j, dep.lo + i, kh);
             T s = 0, dp = 0;
 #pragma omp simd reduction(+ : s, dp)
             for (long c = 0; c < d; c++) s += T(widen(qr[c])) * T(widen(kd[c])), dp += go[c] * T(widen(vd[c]));
@@ -153,12 +203,12 @@ inline void depth_backward_token(T* dq, T* dkd, T* dvd, const T* dout, const Q* 
         }
     }
 #pragma omp simd
-    for (long j = 0; j < n; j++) {
-        pd[j] = vexp(pd[j]);      // P
-        dpd[j] *= pd[j] * scale;  // s·dS
+    for (long x = 0; x < n; x++) {
+        pd[x] = vexp(pd[x]);      // P
+        dpd[x] *= pd[x] * scale;  // s·dS
     }
     for (long i = 0; i < L; i++) {
-        const U* kd = dep.key(a, b, t, i, kh);
+        const U* kd = dep.key(b, j, dep.lo + i, kh);
         for (long c = 0; c < d; c++) gk[c] = gv[c] = T(0);
         for (long g = 0; g < G; g++) {
             const long off = ((b * a.Tq + t) * a.H + kh * G + g) * d;
@@ -173,10 +223,22 @@ inline void depth_backward_token(T* dq, T* dkd, T* dvd, const T* dout, const Q* 
                 gv[c] += p * go[c];
             }
         }
-        T* gkd = dkd + dep.offset(a, b, t, i, kh);
-        T* gvd = dvd + dep.offset(a, b, t, i, kh);
+        T* gkd = dkd + dep.offset(b, j, dep.lo + i, kh);
+        T* gvd = dvd + dep.offset(b, j, dep.lo + i, kh);
 #pragma omp simd
         for (long c = 0; c < d; c++) gkd[c] += gk[c], gvd[c] += gv[c];
+    }
+}
+
+// Backward: every depth pair of kv head kh in batch b, after the sequence part (D0 filled).
+template <typename T, typename Q, typename U>
+inline void depth_backward(T* dq, T* dkd, T* dvd, const T* dout, const Q* q, const T* lse, const T* D0, T* pd, T* dpd,
+                           T* gk, T* gv, const Call<U>& c, long b, long kh, T scale) {
+    if (c.dep.n() <= 0) return;
+    for (long t = 0; t < c.a.Tq; t++) {
+        const long p = c.a.q_pos0 + t;
+        for (long j = c.dep.first_row(p); j <= c.dep.row(p); j++)
+            depth_backward_pair(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, gk, gv, c.dep, c.a, b, t, j, kh, scale);
     }
 }
 

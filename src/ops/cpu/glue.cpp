@@ -295,6 +295,7 @@ STRATA_GLUE(double)
 
 // Mixed precision: the bf16 activations' copies and conversions.
 template void fill_zero<bf16>(bf16*, size_t);
+template void copy_forward<bf16>(bf16*, const bf16*, size_t);
 template void convert_forward<bf16, float>(bf16*, const float*, size_t);
 template void convert_forward<float, bf16>(float*, const bf16*, size_t);
 template void residual_forward<float, bf16>(float*, const float*, const bf16*, long);
