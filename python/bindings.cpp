@@ -285,16 +285,17 @@ PYBIND11_MODULE(strata, mod) {
         ModaParams<float> p;
         p.mask = parse_name<SeqMask>(mask, s.op() + ": mask");
         p.visibility = parse_name<DepthVisibility>(visibility, s.op() + ": visibility");
-        s(x.kd, "kd", {"B", "Tq", "L", "Hk", "d"})(x.vd, "vd", {"B", "Tq", "L", "Hk", "d"});
         if (p.mask == SeqMask::none) {
             s.require(!x.k && !x.v, "k and v must be None under mask=\"none\" (depth slots only)");
             s(x.q, "q", {"B", "Tq", "H", "d"});
+            s(x.kd, "kd", {"B", "Tq", "L", "Hk", "d"})(x.vd, "vd", {"B", "Tq", "L", "Hk", "d"});
             for (const char* n : {"B", "Tq", "H", "Hk", "d"}) s.require(s[n] >= 1, std::string(n) + " must be at least 1");
             s.require(s["H"] % s["Hk"] == 0, "H must be a multiple of Hk");
             p.dims = AttnDims{s["B"], s["Tq"], 0, s["H"], s["Hk"], s["d"], 0, 0};
         } else {
             s.require(x.k && x.v, "k and v are required under mask=\"" + mask + "\"");
             p.dims = attention_dims(s, x.q, *x.k, *x.v);
+            s(x.kd, "kd", {"B", "Tq", "L", "Hk", "d"})(x.vd, "vd", {"B", "Tq", "L", "Hk", "d"});
             p.k = x.k->data(), p.v = x.v->data();
         }
         s.require(scale.value_or(1.0) > 0 && std::isfinite(scale.value_or(1.0)), "scale must be finite and positive");

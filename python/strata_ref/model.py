@@ -39,18 +39,27 @@ DEFAULT_CONFIG = OrderedDict(
     attnres_gate="softmax",
     attnres_query="static",
     attention="causal",
-    moda_ffn_kv=True,
+    moda_depth_source="attn_ffn_kv",
+    moda_sequence_mask="causal",
+    moda_depth_visibility="own",
+    moda_chunk_size=0,
+    moda_depth_window=0,
 )
 
 NORM_PLACEMENTS = ("pre", "post", "reordered")
 RESIDUALS = ("standard", "attnres_full", "attnres_block", "rezero", "layernorm_scaling", "denseformer")
 ATTNRES = ("attnres_full", "attnres_block")
 ATTENTIONS = ("causal", "moda")
+MODA_SOURCES = ("attn_kv", "attn_ffn_kv")
+SEQ_MASKS = ("causal", "noncausal", "none")
+DEPTH_VISIBILITIES = ("own", "chunk")
 
 
 def resolve_config(config: dict | None) -> dict:
     """Return the full config (defaults filled in) after validating it; raises ValueError."""
     config = dict(config or {})
+    if "moda_ffn_kv" in config:  # the older name of moda_depth_source
+        config.setdefault("moda_depth_source", "attn_ffn_kv" if config.pop("moda_ffn_kv") else "attn_kv")
     unknown = sorted(set(config) - set(DEFAULT_CONFIG))
     if unknown:
         raise ValueError(f"unknown config key(s): {unknown}")
@@ -82,9 +91,21 @@ def resolve_config(config: dict | None) -> dict:
             raise ValueError(f"{key} must be one of {allowed}")
         if cfg[key] != default and cfg["residual"] not in ATTNRES:
             raise ValueError(f"{key} {cfg[key]!r} is an AttnRes ablation")
+    for key, allowed in (("moda_depth_source", MODA_SOURCES), ("moda_sequence_mask", SEQ_MASKS),
+                         ("moda_depth_visibility", DEPTH_VISIBILITIES)):
+        if cfg[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}")
+    if cfg["moda_depth_visibility"] == "chunk" and not cfg["moda_chunk_size"]:
+        cfg["moda_chunk_size"] = max(1, 64 // (cfg["n_heads"] // cfg["n_kv_heads"]))
+    if cfg["moda_chunk_size"] < 0 or cfg["moda_depth_window"] < 0:
+        raise ValueError("moda_chunk_size and moda_depth_window must be non-negative")
     if cfg["residual"] != "standard" and cfg["norm_placement"] != "pre":
         raise ValueError(f"residual {cfg['residual']!r} needs norm_placement 'pre'")
     return cfg
+
+
+def _ffn_kv(cfg: dict) -> bool:
+    return cfg["attention"] == "moda" and cfg["moda_depth_source"] == "attn_ffn_kv"
 
 
 def param_shapes(cfg: dict) -> "OrderedDict[str, tuple]":
@@ -107,7 +128,7 @@ def param_shapes(cfg: dict) -> "OrderedDict[str, tuple]":
         shapes[p + "w_gate"] = (F, D)
         shapes[p + "w_up"] = (F, D)
         shapes[p + "w_down"] = (D, F)
-        if cfg["attention"] == "moda" and cfg["moda_ffn_kv"] and l + 1 < L:
+        if _ffn_kv(cfg) and l + 1 < L:
             shapes[p + "w_ffn_k"] = (Hk * d, D)
             shapes[p + "w_ffn_v"] = (Hk * d, D)
         if cfg["residual"] in ATTNRES:
@@ -188,24 +209,54 @@ def attn_res(sources: list[torch.Tensor], w: torch.Tensor, gamma, eps: float, ga
     return (alpha[..., None] * V).sum(dim=0)
 
 
-def moda_attention(q, k, v, kd, vd):
-    """Mixture-of-Depths Attention: causal GQA attention whose one softmax also covers each query
-    token's own depth keys/values. q (B, T, H, d); k, v (B, T, Hk, d); kd, vd (B, T, L, Hk, d).
-    Query head h reads kv head h // (H / Hk), in the sequence and in the depth. Returns (B, T, H, d)."""
+def moda_attention(q, k, v, kd, vd, mask="causal", visibility="own", chunk=0, window=0, scale=None):
+    """Mixture-of-Depths Attention: GQA attention whose one softmax also covers depth keys/values.
+    q (B, T, H, d); k, v (B, Tk, Hk, d) (unused, and may be None, under mask "none"); kd, vd
+    (B, T, L, Hk, d). Query head h reads kv head h // (H / Hk), in the sequence and in the depth.
+    mask: "causal" (token t sees keys 0..t), "noncausal" (every key) or "none" (no sequence keys: FDA).
+    visibility: "own" (token t's own slots) or "chunk" (the slots of tokens t' with t' // C == t // C
+    and t' <= t; C = chunk, 64 // G when 0). window: only the last `window` slots (0: all).
+    scale: of every score (1/sqrt(d) when None). A row that sees nothing gives 0. Returns (B, T, H, d)."""
     B, T, H, d = q.shape
-    Hk, L = k.shape[2], kd.shape[2]
-    idx = torch.arange(H) // (H // Hk)
+    Hk, L = kd.shape[3], kd.shape[2]
+    G = H // Hk
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    idx = torch.arange(H) // G
     qh = q.transpose(1, 2)                                   # (B, H, T, d)
-    kh, vh = k[:, :, idx].transpose(1, 2), v[:, :, idx].transpose(1, 2)
-    s_seq = qh @ kh.transpose(-1, -2) / math.sqrt(d)         # (B, H, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    s_seq = s_seq.masked_fill(~causal, float("-inf"))
+    neg = float("-inf")
+    parts_s, parts_v = [], []
+    if mask != "none":
+        Tk = k.shape[1]
+        kh, vh = k[:, :, idx].transpose(1, 2), v[:, :, idx].transpose(1, 2)
+        s_seq = qh @ kh.transpose(-1, -2) * scale            # (B, H, T, Tk)
+        if mask == "causal":
+            allowed = torch.arange(Tk)[None, :] <= torch.arange(T)[:, None]
+            s_seq = s_seq.masked_fill(~allowed, neg)
+        parts_s.append(s_seq)
+    # depth scores of query t against every token u's slots, kept where (t, u, slot) is visible
     kdh, vdh = kd[:, :, :, idx].permute(0, 3, 1, 2, 4), vd[:, :, :, idx].permute(0, 3, 1, 2, 4)  # (B, H, T, L, d)
-    s_dep = (qh[..., None, :] * kdh).sum(-1) / math.sqrt(d)  # (B, H, T, L)
-    s = torch.cat([s_seq, s_dep], dim=-1)                    # one softmax over T + L keys
-    e = torch.exp(s - s.max(dim=-1, keepdim=True).values.detach())
-    p = e / e.sum(dim=-1, keepdim=True)
-    out = p[..., :T] @ vh + (p[..., T:, None] * vdh).sum(-2)
+    s_dep = torch.einsum("bhtd,bhuld->bhtul", qh, kdh) * scale  # (B, H, T, T, L)
+    t_idx, u_idx = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    if visibility == "chunk":
+        C = chunk or max(1, 64 // G)
+        tok = (u_idx <= t_idx) & (u_idx // C == t_idx // C)
+    else:
+        tok = u_idx == t_idx
+    slot = torch.arange(L) >= (L - window if window else 0)
+    vis = tok[:, :, None] & slot[None, None, :]              # (T, T, L)
+    s_dep = s_dep.masked_fill(~vis, neg).reshape(B, H, T, T * L)
+    parts_s.append(s_dep)
+    s = torch.cat(parts_s, dim=-1)                           # one softmax over every visible key
+    if s.shape[-1] == 0:                                      # no keys at all (FDA before any depth): 0
+        return q * 0
+    mx = s.max(dim=-1, keepdim=True).values.detach()
+    mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    e = torch.exp(s - mx)
+    z = e.sum(dim=-1, keepdim=True)
+    p = e / torch.where(z > 0, z, torch.ones_like(z))
+    out = (p[..., s.shape[-1] - T * L:].reshape(B, H, T, T, L, 1) * vdh[:, :, None]).sum((-3, -2))
+    if mask != "none":
+        out = out + p[..., :Tk] @ vh
     return out.transpose(1, 2)
 
 
@@ -343,7 +394,9 @@ class RefModel(nn.Module):
             vd = torch.stack([dv for _, dv in self._depth], dim=2)
         else:
             kd = vd = qt.new_zeros(B, T, 0, Hk, d)
-        y = moda_attention(qt, kt, vt, kd, vd)
+        W = cfg["moda_depth_window"]
+        y = moda_attention(qt, kt, vt, kd, vd, mask=cfg["moda_sequence_mask"],
+                           visibility=cfg["moda_depth_visibility"], chunk=cfg["moda_chunk_size"], window=W)
         if l + 1 < cfg["n_layers"]:
             self._depth.append((kt, vt))
         return linear(y.reshape(B, T, H * d), self.param(f"blocks.{l}.wo"))
@@ -353,7 +406,7 @@ class RefModel(nn.Module):
         p = f"blocks.{l}."
         gate = linear(x, self.param(p + "w_gate"))
         up = linear(x, self.param(p + "w_up"))
-        if cfg["attention"] == "moda" and cfg["moda_ffn_kv"] and l + 1 < cfg["n_layers"]:
+        if _ffn_kv(cfg) and l + 1 < cfg["n_layers"]:
             # the FFN's input, projected to one more depth slot; K normed and rotated like attention's K
             B, T, _ = x.shape
             Hk, d = cfg["n_kv_heads"], cfg["head_dim"]
@@ -511,7 +564,8 @@ class RefAdamW:
 
     def step(self, lr, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1):
         self.t += 1
-        grads = {n: p.grad for n, p in self.params.items()}
+        # a parameter the loss does not read (autograd leaves its grad None) has a zero gradient
+        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in self.params.items()}
         ref_adamw_step(self.params, grads, self.m, self.v, self.t, lr, beta1, beta2, eps,
                        weight_decay, self.no_decay_names)
 

@@ -60,7 +60,7 @@ std::vector<std::string> alpha_columns(const ModelConfig& c) {
 
 void add_diagnose_command(CLI::App& app) {
     auto* cmd = app.add_subcommand(
-        "diagnose", "depth diagnostics of a checkpoint: per-sublayer norms, skip ablation, AttnRes weights");
+        "diagnose", "depth diagnostics of a checkpoint: per-sublayer norms, skip ablation, AttnRes weights, MoDA depth and sink mass");
     struct Opts {
         std::string ckpt = "runs/default", data_dir, json_out, precision = "fp32";
         long batches = 4;
@@ -129,15 +129,28 @@ void add_diagnose_command(CLI::App& app) {
         auto rms = [&](double ms) { return std::sqrt(ms / rows); };
         std::string residual = to_string(c.residual);
         if (c.residual == Residual::attnres_block) residual += " (" + std::to_string(c.attnres_block_size) + " sublayers per block)";
-        std::printf("depth diagnostics of %s: %d layers, norm %s, residual %s\n", o->ckpt.c_str(), c.n_layers,
-                    to_string(c.norm_placement), residual.c_str());
+        std::string attention = to_string(c.attention);
+        nlohmann::json att = {{"kind", to_string(c.attention)}};
+        if (c.attention == AttentionKind::moda) {
+            att["moda_depth_source"] = to_string(c.moda_depth_source);
+            att["moda_sequence_mask"] = to_string(c.moda_sequence_mask);
+            att["moda_depth_visibility"] = to_string(c.moda_depth_visibility);
+            att["moda_chunk_size"] = c.moda_chunk_size;
+            att["moda_depth_window"] = c.moda_depth_window;
+            attention += std::string(" (depth ") + to_string(c.moda_depth_source) + ", mask " +
+                         to_string(c.moda_sequence_mask) + ", visibility " + to_string(c.moda_depth_visibility) +
+                         (c.moda_depth_visibility == DepthVisibility::chunk ? " of " + std::to_string(c.moda_chunk_size) + " tokens" : "") +
+                         ", window " + (c.moda_depth_window ? std::to_string(c.moda_depth_window) + " slots" : "all") + ")";
+        }
+        std::printf("depth diagnostics of %s: %d layers, norm %s, residual %s, attention %s\n", o->ckpt.c_str(),
+                    c.n_layers, to_string(c.norm_placement), residual.c_str(), attention.c_str());
         std::printf("validation: %ld batches of %d x %d tokens, loss %.4f\n\n", n_batches, B, T, loss);
         std::printf("%-9s %10s %10s %10s %10s %12s\n", "sublayer", "input RMS", "output RMS", "state RMS",
                     "grad norm", o->no_skip ? "" : "skip: Δloss");
         nlohmann::json js = {{"checkpoint", o->ckpt}, {"residual", to_string(c.residual)},
                              {"attnres_block_size", c.attnres_block_size}, {"norm_placement", to_string(c.norm_placement)},
                              {"batches", n_batches}, {"batch_size", B}, {"seq_len", T}, {"loss", loss},
-                             {"tokens", st.rows}};
+                             {"tokens", st.rows}, {"attention", att}};
         nlohmann::json subs = nlohmann::json::array();
         for (long j = 0; j < n_sub; j++) {
             nlohmann::json row = {{"sublayer", sublayer_name(j)}, {"input_rms", rms(st.input_ms[j])},
@@ -186,6 +199,32 @@ void add_diagnose_command(CLI::App& app) {
             }
             js["alpha_columns"] = cols;
             js["alpha"] = rows_j;
+        }
+        if (!st.depth_mass.empty()) {  // MoDA: where each head's softmax goes
+            std::printf("\nMoDA softmax mass per layer and query head (depth: on the depth slots, the rest on "
+                        "sequence keys; sink: on position 0 of the window)\n%-7s", "layer");
+            for (int h = 0; h < c.n_heads; h++) std::printf("  h%-2d depth  sink", h);
+            std::printf("\n");
+            nlohmann::json layers = nlohmann::json::array();
+            for (int l = 0; l < c.n_layers; l++) {
+                std::printf("%-7d", l);
+                std::vector<double> dm, sm;
+                for (int h = 0; h < c.n_heads; h++) {
+                    dm.push_back(st.depth_mass[size_t(l)][size_t(h)] / rows);
+                    sm.push_back(st.sink_mass[size_t(l)][size_t(h)] / rows);
+                    std::printf("      %6.3f %5.3f", dm.back(), sm.back());
+                }
+                std::printf("\n");
+                layers.push_back({{"layer", l}, {"depth_slots", moda_slots_read(c, l)}, {"depth_mass", dm},
+                                  {"sequence_mass", [&] {
+                                       std::vector<double> r;
+                                       // every row sees a key under a sequence mask: the rest of its mass
+                                       for (double x : dm) r.push_back(c.moda_sequence_mask == SeqMask::none ? 0.0 : 1.0 - x);
+                                       return r;
+                                   }()},
+                                  {"sink_mass", sm}});
+            }
+            js["moda"] = layers;
         }
         if (json_file) {
             json_file->write(js.dump(2) + "\n");

@@ -33,6 +33,28 @@ void Model<T>::accumulate_depth_stats_impl(DepthStats& s) const {
     STRATA_CHECK(long(s.input_ms.size()) == 2 * L, "DepthStats from another model");
     for (long j = 0; j < 2 * L; j++) s.output_ms[j] += row_mean_square_sum(a_.f_out[size_t(j)], N, D);
     rule<A>().depth_stats(s);  // the inputs, states and final input as the rule defines them
+    if (cfg.attention == AttentionKind::moda) {  // each layer's MoDA mass, from the q, k and lse it kept
+        const long H = cfg.n_heads;
+        if (s.depth_mass.empty()) {
+            s.depth_mass.assign(size_t(L), std::vector<double>(size_t(H), 0.0));
+            s.sink_mass.assign(size_t(L), std::vector<double>(size_t(H), 0.0));
+        }
+        using C = compute_t<A>;
+        std::vector<C> dm(size_t(N * H)), sm(size_t(N * H));
+        AttnDims ad{B_, T_, T_, H, cfg.n_kv_heads, cfg.head_dim, 0, T_ * cfg.n_kv_heads * cfg.head_dim};
+        for (long l = 0; l < L; l++) {
+            const LayerActs<A>& la = a_.layers[size_t(l)];
+            ModaParams<A> mp = moda_params<A>(l, ad);
+            mp.q = la.q, mp.k = la.k, mp.v = la.v, mp.out = la.att, mp.lse = la.lse;
+            moda_mass(mp, dm.data(), sm.data());
+            for (long b = 0; b < B_; b++)
+                for (long h = 0; h < H; h++)
+                    for (long t = 0; t < T_; t++) {
+                        s.depth_mass[size_t(l)][size_t(h)] += double(dm[size_t((b * H + h) * T_ + t)]);
+                        s.sink_mass[size_t(l)][size_t(h)] += double(sm[size_t((b * H + h) * T_ + t)]);
+                    }
+        }
+    }
     s.rows += N;
 }
 

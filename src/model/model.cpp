@@ -483,7 +483,7 @@ void Model<T>::mlp_backward(long l, const A* in, T* din, const T* dout, long N, 
 // ---- MoDA's depth buffer --------------------------------------------------------------------------
 template <typename T>
 template <typename A>
-ModaParams<A> Model<T>::moda_params(long l, const AttnDims& ad) {
+ModaParams<A> Model<T>::moda_params(long l, const AttnDims& ad) const {
     const typename ActsOf<A>::DepthIn& dep = acts<A>().depth;
     ModaParams<A> mp;
     mp.dims = ad;
@@ -759,6 +759,9 @@ void Model<T>::forward_cached_impl(long B, long n, KVCache<T>& cache) {
 
 template class Model<float>;
 template class Model<double>;
+template ModaParams<float> Model<float>::moda_params<float>(long, const AttnDims&) const;
+template ModaParams<bf16> Model<float>::moda_params<bf16>(long, const AttnDims&) const;
+template ModaParams<double> Model<double>::moda_params<double>(long, const AttnDims&) const;
 template void Model<double>::describe_activations<double>(TensorPlan&, const ModelConfig&, long, bool,
                                                           ActsOf<double>&, ResidualRule<double, double>&, bool);
 template void Model<float>::describe_activations<float>(TensorPlan&, const ModelConfig&, long, bool, ActsOf<float>&,

@@ -273,7 +273,7 @@ private:
     // the depth buffer of a forward (acts().depth), set up before its layers and, when decoding under
     // chunk visibility, the chunk's rows kept after them; one depth slot of this call's tokens written.
     template <typename A>
-    ModaParams<A> moda_params(long l, const AttnDims& ad);
+    ModaParams<A> moda_params(long l, const AttnDims& ad) const;
     template <typename A>
     void depth_begin(long B, long n, long pos0, KVCache<T>* cache);
     template <typename A>

@@ -41,6 +41,9 @@ struct DepthStats {
     // block k (for attnres_full, sublayer k's output), and for attnres_block the last column is the
     // op's own block partial sum.
     std::vector<std::vector<double>> alpha;
+    // MoDA: (L layers) × (H query heads) summed over rows: the softmax mass on depth slots, and on
+    // sequence position 0 of each window (the attention sink).
+    std::vector<std::vector<double>> depth_mass, sink_mass;
 };
 
 }  // namespace strata

@@ -163,6 +163,11 @@ void moda_forward(const ModaParams<S>& p);
 // Reads p.out and p.lse of the forward; recomputes probabilities from lse; D = rowsum(dout ⊙ out).
 template <typename S>
 void moda_backward(const ModaParams<S>& p, const ModaGrads<S>& g);
+// Diagnostics, after moda_forward (reads p.lse): for every row (B, H, Tq), the softmax mass on its depth
+// slots, depth_mass = Σ_slots exp(s − lse), and on sequence key 0 (the attention sink of the window),
+// sink_mass = exp(s_0 − lse), 0 where key 0 is hidden (SeqMask::none). A row that saw nothing gives 0.
+template <typename S>
+void moda_mass(const ModaParams<S>& p, compute_t<S>* depth_mass, compute_t<S>* sink_mass);
 
 // ---- cross-entropy over rows of logits (N, V) --------------------------------------------------------
 // losses[r] = lse_r − logits[r, target_r]; rows with target < 0 get loss 0 and are not counted.

@@ -1,5 +1,5 @@
 """strata diagnose on tiny trained runs: the per-sublayer table, the skip ablation, AttnRes weights,
-the JSON record (identical when run twice), and bad arguments."""
+MoDA's depth and sink mass, the JSON record (identical when run twice), and bad arguments."""
 import json
 import math
 
@@ -16,7 +16,9 @@ def runs(tmp_path_factory):
             "--set", "train.steps=12", "--set", "train.lr=0.01", "--set", "train.threads=1"]
     out = {}
     for name, extra in [("standard", []),
-                        ("block", ["--set", "model.residual=attnres_block", "--set", "model.attnres_block_size=3"])]:
+                        ("block", ["--set", "model.residual=attnres_block", "--set", "model.attnres_block_size=3"]),
+                        ("moda", ["--set", "model.attention=moda", "--set", "model.moda_depth_visibility=chunk",
+                                  "--set", "model.moda_chunk_size=3"])]:
         out[name] = d / name
         run("train", *base, *extra, "--set", f"train.out_dir={out[name]}")
     return out
@@ -69,3 +71,19 @@ def test_no_skip_and_bad_arguments(runs, tmp_path):
     assert p.returncode == 1 and "nothing" in p.stderr, p.stderr
     p = run("diagnose", "--ckpt", runs["standard"], "--batches", "-1", check=False)
     assert p.returncode != 0 and "--batches" in p.stderr, p.stderr
+
+
+def test_moda_depth_and_sink_mass(runs, tmp_path):
+    out, j = diagnose(runs["moda"], tmp_path, "--no-skip")
+    assert j["attention"] == {"kind": "moda", "moda_depth_source": "attn_ffn_kv", "moda_sequence_mask": "causal",
+                              "moda_depth_visibility": "chunk", "moda_chunk_size": 3, "moda_depth_window": 0}
+    assert "attention moda (depth attn_ffn_kv, mask causal, visibility chunk of 3 tokens, window all)" in out
+    assert "MoDA softmax mass" in out
+    layers = j["moda"]
+    assert [r["layer"] for r in layers] == [0, 1] and [r["depth_slots"] for r in layers] == [0, 2]
+    assert layers[0]["depth_mass"] == [0.0] * 4  # layer 0 has no depth slots
+    for r in layers:
+        for dm, seq, sink in zip(r["depth_mass"], r["sequence_mass"], r["sink_mass"]):
+            assert 0 <= dm <= 1 and seq == pytest.approx(1 - dm) and 0 < sink <= seq + 1e-12
+    assert all(0 < dm < 1 for dm in layers[1]["depth_mass"])
+    assert "moda" not in diagnose(runs["standard"], tmp_path, "--no-skip")[1]

@@ -1028,6 +1028,47 @@ TEST(MoDA, ChunkRowsFromTheChunkStartMatchFull) {
     }
 }
 
+// moda_mass: each row's softmax mass on its depth slots and on key 0, against the probabilities of an
+// explicit softmax over what the row sees, for each mask with chunk visibility and a window.
+TEST(MoDA, MassIsTheSoftmaxOnDepthAndOnKeyZero) {
+    std::mt19937_64 g(23);
+    const long B = 2, T = 11, H = 4, Hk = 2, d = 8, L = 4, C = 3, W = 3, G = H / Hk;
+    for (SeqMask mask : {SeqMask::causal, SeqMask::noncausal, SeqMask::none}) {
+        SCOPED_TRACE(to_string(mask));
+        Vec q = randn(B * T * H * d, g), k = randn(B * T * Hk * d, g), v = randn(B * T * Hk * d, g);
+        Vec kd = randn(B * T * L * Hk * d, g), vd = randn(kd.size(), g), o(q.size()), lse(B * H * T);
+        auto p = strata::testing::moda_args(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L,
+                                            L, AttnDims{B, T, T, H, Hk, d, 0, T * Hk * d});
+        p.mask = mask, p.visibility = DepthVisibility::chunk, p.chunk = C, p.window = W;
+        moda_forward(p);
+        Vec dm(B * H * T), sm(B * H * T);
+        moda_mass(p, dm.data(), sm.data());
+        auto dot = [&](const double* x, const double* y) {
+            double s = 0;
+            for (long i = 0; i < d; i++) s += x[i] * y[i];
+            return s / std::sqrt(double(d));
+        };
+        for (long b = 0; b < B; b++)
+            for (long h = 0; h < H; h++)
+                for (long t = 0; t < T; t++) {
+                    const double* qr = &q[((b * T + t) * H + h) * d];
+                    std::vector<double> seq, dep;
+                    const long end = mask == SeqMask::causal ? t + 1 : mask == SeqMask::noncausal ? T : 0;
+                    for (long u = 0; u < end; u++) seq.push_back(dot(qr, &k[((b * T + u) * Hk + h / G) * d]));
+                    for (long u = t / C * C; u <= t; u++)
+                        for (long i = L - W; i < L; i++) dep.push_back(dot(qr, &kd[(((b * T + u) * L + i) * Hk + h / G) * d]));
+                    double z = 0;
+                    for (double s : seq) z += std::exp(s);
+                    for (double s : dep) z += std::exp(s);
+                    double want_d = 0;
+                    for (double s : dep) want_d += std::exp(s) / z;
+                    const long r = (b * H + h) * T + t;
+                    EXPECT_NEAR(dm[r], want_d, 1e-12);
+                    EXPECT_NEAR(sm[r], seq.empty() ? 0.0 : std::exp(seq[0]) / z, 1e-12);
+                }
+    }
+}
+
 // Arguments that disagree are errors naming the field, before any memory is touched.
 TEST(MoDA, BadArgumentsAreNamedErrors) {
     std::vector<float> q(2 * 4 * 8), k(2 * 2 * 8), v(k.size()), kd(2 * 3 * 2 * 8), vd(kd.size()), o(q.size()), lse(2 * 4);

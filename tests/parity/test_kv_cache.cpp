@@ -75,6 +75,36 @@ TEST(KVCache, AttnResAblationsMatchFullForward) {
     }
 }
 
+// MoDA's modes: chunk visibility (chunks of 3 tokens, so the prompt spans several and decoding crosses
+// their boundaries; the cache keeps the chunk's earlier depth slots), the depth window, the depth-only
+// mask (FDA) and the attention-K/V-only source.
+TEST(KVCache, MoDAModesMatchFullForward) {
+    struct Mode {
+        DepthVisibility vis;
+        int chunk, window;
+        SeqMask mask;
+        ModaDepthSource src;
+        NormPlacement np;
+    };
+    for (const Mode& md : {Mode{DepthVisibility::chunk, 3, 0, SeqMask::causal, ModaDepthSource::attn_ffn_kv, NormPlacement::pre},
+                           Mode{DepthVisibility::chunk, 5, 3, SeqMask::causal, ModaDepthSource::attn_kv, NormPlacement::post},
+                           Mode{DepthVisibility::own, 0, 2, SeqMask::causal, ModaDepthSource::attn_ffn_kv, NormPlacement::pre},
+                           Mode{DepthVisibility::chunk, 4, 0, SeqMask::none, ModaDepthSource::attn_ffn_kv, NormPlacement::pre}}) {
+        ModelConfig c = tiny(md.np, 2, true, Residual::standard, AttentionKind::moda);
+        c.n_layers = 4;  // 6 slots with FFN K/V, 3 without
+        c.moda_depth_visibility = md.vis;
+        c.moda_chunk_size = md.chunk;
+        c.moda_depth_window = md.window;
+        c.moda_sequence_mask = md.mask;
+        c.moda_depth_source = md.src;
+        c.validate("test");
+        SCOPED_TRACE(std::string(to_string(md.vis)) + " C=" + std::to_string(md.chunk) + " W=" +
+                     std::to_string(md.window) + " " + to_string(md.mask) + " " + to_string(md.src));
+        Model<float> m(c);
+        check_greedy_matches_full_forward(m);
+    }
+}
+
 namespace {
 void check_greedy_matches_full_forward(Model<float>& m) {
     // AttnRes queries and ReZero gates start at 0 and DenseFormer weights at the identity; give them

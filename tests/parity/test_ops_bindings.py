@@ -132,3 +132,30 @@ def test_moda(T, H, Hk, L):
     grads = strata.ops.moda_backward(do, o, lse, q, k, v, kd, vd)
     for name, g, t in zip(("dq", "dk", "dv", "dkd", "dvd"), grads, ts):
         assert rel(g, t.grad) < 1e-5, name
+
+
+# Every sequence mask with every depth visibility, through the keyword arguments, against the reference:
+# chunks of 3 tokens (and the default 64/G), a window of 2 slots, and a scale of the caller's.
+@pytest.mark.parametrize("mask", ["causal", "noncausal", "none"])
+@pytest.mark.parametrize("visibility,chunk,window,scale", [("own", 0, 0, None), ("chunk", 3, 2, 0.4),
+                                                           ("chunk", 0, 0, None)])
+def test_moda_modes(mask, visibility, chunk, window, scale):
+    from strata_ref import moda_attention
+    T, H, Hk, L, d = 11, 4, 2, 4, 8
+    q = rng.standard_normal((2, T, H, d)).astype(np.float32)
+    k, v = (rng.standard_normal((2, T, Hk, d)).astype(np.float32) for _ in range(2))
+    kd, vd = (rng.standard_normal((2, T, L, Hk, d)).astype(np.float32) for _ in range(2))
+    kw = dict(mask=mask, visibility=visibility, chunk=chunk, window=window, scale=scale)
+    seq = (None, None) if mask == "none" else (k, v)
+    o, lse = strata.ops.moda_forward(q, *seq, kd, vd, **kw)
+    ts = [t64(x) for x in (q, k, v, kd, vd)]
+    ref = moda_attention(*ts, **kw)
+    assert rel(o, ref.detach()) < 1e-6
+    do = rng.standard_normal(o.shape).astype(np.float32)
+    ref.backward(torch.tensor(do, dtype=torch.float64))
+    grads = strata.ops.moda_backward(do, o, lse, q, *seq, kd, vd, **kw)
+    for name, g, t in zip(("dq", "dk", "dv", "dkd", "dvd"), grads, ts):
+        if g is None:  # no sequence keys under "none"
+            assert mask == "none" and t.grad is None, name
+            continue
+        assert rel(g, t.grad) < 1e-5, name

@@ -27,7 +27,7 @@ CASES = {
     "moda-pre": dict(norm_placement="pre", n_kv_heads=2, n_layers=3, attention="moda"),
     "moda-post-qknorm": dict(norm_placement="post", n_kv_heads=1, n_layers=3, attention="moda", qk_norm=True),
     "moda-attnkv-attnres_block": dict(norm_placement="pre", n_kv_heads=2, n_layers=3, attention="moda",
-                                      moda_ffn_kv=False, residual="attnres_block", attnres_block_size=2),
+                                      moda_depth_source="attn_kv", residual="attnres_block", attnres_block_size=2),
     "attnres_block3-sigmoid-input-query": dict(norm_placement="pre", n_kv_heads=2, n_layers=3,
                                                residual="attnres_block", attnres_block_size=3, attnres_gate="sigmoid",
                                                attnres_query="input"),

@@ -13,10 +13,10 @@ def f32(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def raises(fn, *args, names=()):
-    """fn(*args) raises strata.Error whose message mentions each of `names`."""
+def raises(fn, *args, names=(), **kwargs):
+    """fn(*args, **kwargs) raises strata.Error whose message mentions each of `names`."""
     with pytest.raises(strata.Error) as e:
-        fn(*args)
+        fn(*args, **kwargs)
     assert issubclass(strata.Error, ValueError)
     for n in names:
         assert n in str(e.value), (n, str(e.value))
@@ -79,6 +79,16 @@ def test_moda():
     o, lse = ops.moda_forward(q, k, v, kd, vd)
     raises(ops.moda_backward, o, o, lse, q, k, v, kd, vd[:, :, :2], names=["vd"])
     raises(ops.moda_backward, o, o, lse[:1], q, k, v, kd, vd, names=["lse"])
+    # the keyword arguments: a name outside the table, k/v where there is no sequence part (or none where
+    # there is), and numbers the op refuses, each named
+    raises(ops.moda_forward, q, k, v, kd, vd, names=["mask", "causal", "noncausal", "none"], **dict(mask="full"))
+    raises(ops.moda_forward, q, k, v, kd, vd, names=["visibility", "own", "chunk"], **dict(visibility="all"))
+    raises(ops.moda_forward, q, k, v, kd, vd, names=["k and v must be None"], **dict(mask="none"))
+    raises(ops.moda_forward, q, None, None, kd, vd, names=["k and v are required"])
+    raises(ops.moda_forward, q, k, v, kd, vd, names=["chunk"], **dict(visibility="chunk", chunk=-1))
+    raises(ops.moda_forward, q, k, v, kd, vd, names=["window", "slot count"], **dict(window=L + 1))
+    raises(ops.moda_forward, q, k, v, kd, vd, names=["window"], **dict(window=-1))
+    raises(ops.moda_forward, q, k, v, kd, vd, names=["scale"], **dict(scale=-1.0))
 
 
 def test_matmul():

@@ -36,8 +36,11 @@ ROWS = {
     "layernorm_scaling": (rule("layernorm_scaling"), set(), {"model.blocks.0.attn_alpha"}),
     "denseformer": (rule("denseformer"), {"model.blocks.0.dwa", "model.blocks.1.dwa"}, {"model.blocks.0.attn_alpha"}),
     "moda": (MODA, {"model.blocks.0.w_ffn_k", "model.blocks.1.w_ffn_v"}, {"model.blocks.2.w_ffn_k"}),
-    "moda-attnkv-only": ([*MODA, "--set", "model.moda_ffn_kv=false", "--set", "model.qk_norm=true"], set(),
+    "moda-attnkv-only": ([*MODA, "--set", "model.moda_depth_source=attn_kv", "--set", "model.qk_norm=true"], set(),
                          {"model.blocks.0.w_ffn_k"}),
+    # chunk visibility (generation keeps the chunk's depth slots in its cache) with a window of 2 slots
+    "moda-chunk-window": ([*MODA, "--set", "model.moda_depth_visibility=chunk", "--set", "model.moda_chunk_size=4",
+                           "--set", "model.moda_depth_window=2"], {"model.blocks.0.w_ffn_k"}, set()),
     "moda+attnres_block": ([*MODA, *rule("attnres_block", "--set", "model.attnres_block_size=2")],
                            {"model.blocks.0.w_ffn_k", "model.blocks.0.attn_res_query"}, set()),
     "moda+rezero": ([*MODA, *rule("rezero")], {"model.blocks.0.w_ffn_k", "model.blocks.2.mlp_alpha"}, set()),
@@ -89,6 +92,25 @@ def test_a_checkpoint_of_another_rule_is_refused(base, tmp_path):
     assert (tmp_path / "r" / "checkpoint.safetensors").read_bytes() == before
 
 
+def test_a_checkpoint_with_other_moda_keys_is_refused(base, tmp_path):
+    chunk = [*MODA, "--set", "model.moda_depth_visibility=chunk", "--set", "model.moda_chunk_size=4"]
+    run("train", *base, *chunk, "--set", "train.steps=2", "--set", f"train.out_dir={tmp_path / 'r'}")
+    before = (tmp_path / "r" / "checkpoint.safetensors").read_bytes()
+    for change, mention in ((["--set", "model.moda_chunk_size=8"], "model.moda_chunk_size 4 → 8"),
+                            (["--set", "model.moda_depth_window=2"], "model.moda_depth_window 0 → 2")):
+        p = run("train", *base, *chunk, *change, "--set", "train.steps=4", "--set", f"train.out_dir={tmp_path / 'r'}",
+                check=False)
+        assert p.returncode == 1 and mention in p.stderr, p.stderr
+        assert (tmp_path / "r" / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_the_old_moda_ffn_kv_key_is_read_with_a_note(base, tmp_path):
+    p = run("train", *base, *MODA, "--set", "model.moda_ffn_kv=false", "--set", "train.steps=2",
+            "--set", f"train.out_dir={tmp_path / 'r'}")
+    assert "moda_ffn_kv is read as moda_depth_source = \"attn_kv\"" in p.stderr, p.stderr
+    assert "model.blocks.0.w_ffn_k" not in tensor_names(tmp_path / "r")
+
+
 @pytest.mark.parametrize("overrides,mention", [
     (rule("attn"), "residual must be \"standard\", \"attnres_full\", \"attnres_block\", \"rezero\", "
                    "\"layernorm_scaling\" or \"denseformer\", not \"attn\""),
@@ -107,6 +129,19 @@ def test_a_checkpoint_of_another_rule_is_refused(base, tmp_path):
                                                              "not \"tanh\""),
     (["--set", "model.attention=\"flash\""], "attention must be \"causal\" or \"moda\""),
     (["--set", "model.attention=moda", "--set", "model.moda_ffn_kv=1"], "\"moda_ffn_kv\" must be a boolean"),
+    ([*MODA, "--set", "model.moda_depth_source=ffn"], "moda_depth_source must be \"attn_kv\" or \"attn_ffn_kv\""),
+    ([*MODA, "--set", "model.moda_depth_visibility=all"], "moda_depth_visibility must be \"own\" or \"chunk\""),
+    ([*MODA, "--set", "model.moda_sequence_mask=full"], "moda_sequence_mask must be \"causal\", \"noncausal\" or"),
+    ([*MODA, "--set", "model.moda_depth_visibility=chunk", "--set", "model.moda_chunk_size=0"],
+     "moda_chunk_size must be a positive number of tokens, not 0"),
+    ([*MODA, "--set", "model.moda_chunk_size=4"], "moda_chunk_size is used only with moda_depth_visibility"),
+    ([*MODA, "--set", "model.moda_depth_window=-1"], "moda_depth_window must be 0 (every slot) or a positive"),
+    ([*MODA, "--set", "model.moda_depth_window=5"], "moda_depth_window = 5 exceeds the model's depth slot count 4"),
+    (["--set", "model.moda_depth_visibility=chunk"], "moda_depth_visibility = \"chunk\" needs attention = \"moda\""),
+    (["--set", "model.moda_depth_window=2"], "moda_depth_window needs attention = \"moda\""),
+    ([*MODA, "--set", "model.moda_sequence_mask=noncausal"], "cannot train a language model"),
+    ([*MODA, "--set", "model.moda_ffn_kv=false", "--set", "model.moda_depth_source=attn_ffn_kv"],
+     "moda_ffn_kv = false contradicts moda_depth_source"),
 ])
 def test_a_bad_config_is_refused(base, tmp_path, overrides, mention):
     p = run("train", *base, *overrides, "--set", f"train.out_dir={tmp_path / 'r'}", check=False)

@@ -403,6 +403,39 @@ void moda_backward(const ModaParams<S>& p, const ModaGrads<S>& g) {
     backward_any(g.dq, g.dk, g.dv, g.dkd, g.dvd, g.dout, static_cast<const S*>(p.out), p.lse, p.q, p.k, p.v, c);
 }
 
+template <typename S>
+void moda_mass(const ModaParams<S>& p, compute_t<S>* depth_mass, compute_t<S>* sink_mass) {
+    using T = compute_t<S>;
+    const attn::Call<S> c = attn::moda_call(p);
+    const AttnDims& a = c.a;
+    const long G = a.H / a.Hk, d = a.d;
+    const T scale = T(c.scale);
+    auto dot = [d](const S* x, const S* y) {
+        T s = 0;
+        for (long i = 0; i < d; i++) s += T(attn::widen(x[i])) * T(attn::widen(y[i]));
+        return s;
+    };
+#pragma omp parallel for collapse(2) schedule(static)
+    for (long b = 0; b < a.B; b++)
+        for (long h = 0; h < a.H; h++) {
+            const long kh = h / G;
+            for (long t = 0; t < a.Tq; t++) {
+                const long row = (b * a.H + h) * a.Tq + t;
+                const T lse = p.lse[row];
+                const S* q = p.q + ((b * a.Tq + t) * a.H + h) * d;
+                T dm = 0, sm = 0;
+                if (std::isfinite(lse)) {
+                    if (c.seq.end(t) > 0) sm = std::exp(scale * dot(q, p.k + b * a.kv_bstride + kh * d) - lse);
+                    const long pos = a.q_pos0 + t;
+                    for (long j = c.dep.first_row(pos); c.dep.n() > 0 && j <= c.dep.row(pos); j++)
+                        for (long i = c.dep.lo; i < c.dep.hi; i++) dm += std::exp(scale * dot(q, c.dep.key(b, j, i, kh)) - lse);
+                }
+                depth_mass[row] = dm;
+                sink_mass[row] = sm;
+            }
+        }
+}
+
 #define STRATA_INSTANTIATE_ATTN(S, T)                                                                        \
     template void attention_forward<S>(S*, T*, const S*, const S*, const S*, const AttnDims&);               \
     template void attention_backward<S>(T*, T*, T*, const T*, const S*, const T*, const S*, const S*,         \
@@ -411,6 +444,7 @@ void moda_backward(const ModaParams<S>& p, const ModaGrads<S>& g) {
     template void moda_backward<S>(const ModaParams<S>&, const ModaGrads<S>&);                               \
     template long moda_chunk<S>(const ModaParams<S>&);                                                       \
     template void moda_check<S>(const ModaParams<S>&);                                                       \
+    template void moda_mass<S>(const ModaParams<S>&, T*, T*);                                                \
     template attn::Call<S> attn::moda_call<S>(const ModaParams<S>&);                                         \
     template attn::Call<S> attn::attention_call<S>(const AttnDims&);
 STRATA_INSTANTIATE_ATTN(float, float)
