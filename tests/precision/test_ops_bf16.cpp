@@ -240,8 +240,15 @@ TEST_P(Bf16Ops, CrossEntropy) {
 struct AttnIO {
     Vec out, dq, dk, dv, dkd, dvd;
 };
+// MoDA's modes (ops.h, ModaParams): the sequence mask, the depth visibility with its chunk, the window.
+struct Mode {
+    SeqMask mask = SeqMask::causal;
+    DepthVisibility vis = DepthVisibility::own;
+    long chunk = 0, window = 0;
+};
+
 AttnIO naive_attention(const Vec& q, const Vec& k, const Vec& v, const Vec& kd, const Vec& vd, const Vec& dout,
-                       const AttnDims& a, long L, long L_max) {
+                       const AttnDims& a, long L, long L_max, const Mode& md = {}) {
     const long G = a.H / a.Hk, d = a.d;
     const float scale = 1.0f / std::sqrt(float(d));
     AttnIO r{Vec(q.size(), 0), Vec(q.size(), 0), Vec(k.size(), 0), Vec(v.size(), 0), Vec(kd.size(), 0),
@@ -250,16 +257,30 @@ AttnIO naive_attention(const Vec& q, const Vec& k, const Vec& v, const Vec& kd, 
     auto Ki = [&](long b, long s, long kh) { return b * a.kv_bstride + (s * a.Hk + kh) * d; };
     auto Di = [&](long b, long t, long i, long kh) { return (((b * a.Tq + t) * L_max + i) * a.Hk + kh) * d; };
     std::vector<float> dkacc(k.size(), 0.f), dvacc(v.size(), 0.f), dkdacc(kd.size(), 0.f), dvdacc(vd.size(), 0.f);
+    const long C = md.chunk > 0 ? md.chunk : std::max(1L, 64 / G), lo = md.window ? std::max(0L, L - md.window) : 0;
+    struct Key {  // one key the row sees: its K and V rows and where their gradients go
+        const double *k, *v;
+        float *gk, *gv;
+    };
     for (long b = 0; b < a.B; b++)
         for (long h = 0; h < a.H; h++) {
             const long kh = h / G;
             for (long t = 0; t < a.Tq; t++) {
-                const long nk = a.q_pos0 + t + 1, n = nk + L;
+                const long p = a.q_pos0 + t;
+                std::vector<Key> keys;
+                const long nk = md.mask == SeqMask::causal ? p + 1 : md.mask == SeqMask::noncausal ? a.Tk : 0;
+                for (long j = 0; j < nk; j++)
+                    keys.push_back({&k[Ki(b, j, kh)], &v[Ki(b, j, kh)], &dkacc[Ki(b, j, kh)], &dvacc[Ki(b, j, kh)]});
+                for (long u = md.vis == DepthVisibility::chunk ? t / C * C : t; u <= t; u++)
+                    for (long i = lo; i < L; i++)
+                        keys.push_back({&kd[Di(b, u, i, kh)], &vd[Di(b, u, i, kh)], &dkdacc[Di(b, u, i, kh)],
+                                        &dvdacc[Di(b, u, i, kh)]});
+                const long n = long(keys.size());
+                if (n == 0) continue;  // sees nothing: out and gradients 0
                 std::vector<float> S(n), P(n), dP(n), dS(n);
                 for (long j = 0; j < n; j++) {
                     float s = 0;
-                    for (long c = 0; c < d; c++)
-                        s += float(q[Qi(b, t, h) + c]) * float(j < nk ? k[Ki(b, j, kh) + c] : kd[Di(b, t, j - nk, kh) + c]);
+                    for (long c = 0; c < d; c++) s += float(q[Qi(b, t, h) + c]) * float(keys[j].k[c]);
                     S[j] = Q(s * scale);
                 }
                 float m = -1e30f, sum = 0;
@@ -268,31 +289,27 @@ AttnIO naive_attention(const Vec& q, const Vec& k, const Vec& v, const Vec& kd, 
                 for (long j = 0; j < n; j++) P[j] = Q(std::exp(S[j] - m) / sum);
                 for (long c = 0; c < d; c++) {
                     float o = 0;
-                    for (long j = 0; j < n; j++) o += P[j] * float(j < nk ? v[Ki(b, j, kh) + c] : vd[Di(b, t, j - nk, kh) + c]);
+                    for (long j = 0; j < n; j++) o += P[j] * float(keys[j].v[c]);
                     r.out[Qi(b, t, h) + c] = Q(o);
                 }
                 // backward: dP = dO·Vᵀ, dS = P ⊙ (dP − Σ P⊙dP), each stored in bf16
                 float pd = 0;
                 for (long j = 0; j < n; j++) {
                     float s = 0;
-                    for (long c = 0; c < d; c++)
-                        s += float(dout[Qi(b, t, h) + c]) * float(j < nk ? v[Ki(b, j, kh) + c] : vd[Di(b, t, j - nk, kh) + c]);
+                    for (long c = 0; c < d; c++) s += float(dout[Qi(b, t, h) + c]) * float(keys[j].v[c]);
                     dP[j] = Q(s);
                     pd += P[j] * dP[j];
                 }
                 for (long j = 0; j < n; j++) dS[j] = Q(P[j] * (dP[j] - pd));
                 for (long c = 0; c < d; c++) {
                     float gq = 0;
-                    for (long j = 0; j < n; j++)
-                        gq += dS[j] * float(j < nk ? k[Ki(b, j, kh) + c] : kd[Di(b, t, j - nk, kh) + c]);
+                    for (long j = 0; j < n; j++) gq += dS[j] * float(keys[j].k[c]);
                     r.dq[Qi(b, t, h) + c] = Q(gq * scale);
                 }
                 for (long j = 0; j < n; j++)
                     for (long c = 0; c < d; c++) {
-                        const float gk = dS[j] * float(q[Qi(b, t, h) + c]) * scale;
-                        const float gv = P[j] * float(dout[Qi(b, t, h) + c]);
-                        if (j < nk) dkacc[Ki(b, j, kh) + c] += gk, dvacc[Ki(b, j, kh) + c] += gv;
-                        else dkdacc[Di(b, t, j - nk, kh) + c] += gk, dvdacc[Di(b, t, j - nk, kh) + c] += gv;
+                        keys[j].gk[c] += dS[j] * float(q[Qi(b, t, h) + c]) * scale;
+                        keys[j].gv[c] += P[j] * float(dout[Qi(b, t, h) + c]);
                     }
             }
         }
@@ -301,36 +318,43 @@ AttnIO naive_attention(const Vec& q, const Vec& k, const Vec& v, const Vec& kd, 
     return r;
 }
 
-void check_attention(long B, long T, long H, long Hk, long d, long L, long L_max, std::mt19937_64& g) {
+void check_attention(long B, long T, long H, long Hk, long d, long L, long L_max, std::mt19937_64& g,
+                     const Mode& md = {}) {
     const std::string name = "attention B=" + std::to_string(B) + " T=" + std::to_string(T) + " G=" +
-                             std::to_string(H / Hk) + " L=" + std::to_string(L);
+                             std::to_string(H / Hk) + " L=" + std::to_string(L) + " " + to_string(md.mask) + " " +
+                             to_string(md.vis) + " W=" + std::to_string(md.window);
     AttnDims a{B, T, T, H, Hk, d, 0, T * Hk * d};
     const Vec q = randq(B * T * H * d, g), k = randq(B * T * Hk * d, g), v = randq(B * T * Hk * d, g);
     const Vec kd = randq(std::max(1L, B * T * L_max * Hk * d), g), vd = randq(kd.size(), g);
     const Vec dout = randq(q.size(), g);
-    const bool moda = L_max > 0;
+    const bool moda = L_max > 0 || md.mask != SeqMask::causal;
+    auto args = [&](auto* o, auto* lse, const auto* q_, const auto* k_, const auto* v_, const auto* kd_, const auto* vd_) {
+        auto p = strata::testing::moda_args(o, lse, q_, k_, v_, kd_, vd_, L, std::max(1L, L_max), a);
+        p.mask = md.mask, p.visibility = md.vis, p.chunk = md.chunk, p.window = md.window;
+        return p;
+    };
     // truth
     Vec o64(q.size()), lse64(B * H * T), dq64(q.size(), 0), dk64(k.size(), 0), dv64(v.size(), 0), dkd64(kd.size(), 0),
         dvd64(vd.size(), 0);
     if (moda) {
-        strata::testing::moda_fwd(o64.data(), lse64.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
-        strata::testing::moda_bwd(dq64.data(), dk64.data(), dv64.data(), dkd64.data(), dvd64.data(), dout.data(), o64.data(),
-                      lse64.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, L_max, a);
+        const auto p = args(o64.data(), lse64.data(), q.data(), k.data(), v.data(), kd.data(), vd.data());
+        moda_forward(p);
+        moda_backward(p, ModaGrads<double>{dq64.data(), dk64.data(), dv64.data(), dkd64.data(), dvd64.data(), dout.data()});
     } else {
         attention_forward(o64.data(), lse64.data(), q.data(), k.data(), v.data(), a);
         attention_backward(dq64.data(), dk64.data(), dv64.data(), dout.data(), o64.data(), lse64.data(), q.data(),
                            k.data(), v.data(), a);
     }
-    const AttnIO n = naive_attention(q, k, v, kd, vd, dout, a, moda ? L : 0, moda ? L_max : 1);
+    const AttnIO n = naive_attention(q, k, v, kd, vd, dout, a, moda ? L : 0, std::max(1L, L_max), md);
     // strata bf16
     auto qb = to_bf16(q), kb = to_bf16(k), vb = to_bf16(v), kdb = to_bf16(kd), vdb = to_bf16(vd);
     std::vector<bf16> ob(q.size());
     std::vector<float> lse(B * H * T), doutf(dout.begin(), dout.end()), dq(q.size(), 0.f), dk(k.size(), 0.f),
         dv(v.size(), 0.f), dkd(kd.size(), 0.f), dvd(vd.size(), 0.f);
     if (moda) {
-        strata::testing::moda_fwd(ob.data(), lse.data(), qb.data(), kb.data(), vb.data(), kdb.data(), vdb.data(), L, L_max, a);
-        strata::testing::moda_bwd(dq.data(), dk.data(), dv.data(), dkd.data(), dvd.data(), doutf.data(), ob.data(), lse.data(),
-                      qb.data(), kb.data(), vb.data(), kdb.data(), vdb.data(), L, L_max, a);
+        const auto p = args(ob.data(), lse.data(), qb.data(), kb.data(), vb.data(), kdb.data(), vdb.data());
+        moda_forward(p);
+        moda_backward(p, ModaGrads<bf16>{dq.data(), dk.data(), dv.data(), dkd.data(), dvd.data(), doutf.data()});
     } else {
         attention_forward(ob.data(), lse.data(), qb.data(), kb.data(), vb.data(), a);
         attention_backward(dq.data(), dk.data(), dv.data(), doutf.data(), ob.data(), lse.data(), qb.data(), kb.data(),
@@ -338,13 +362,15 @@ void check_attention(long B, long T, long H, long Hk, long d, long L, long L_max
     }
     expect_rule(name + " out", widen(ob), n.out, o64);
     expect_rule(name + " dq", widen(dq), n.dq, dq64);
-    expect_rule(name + " dk", widen(dk), n.dk, dk64);
-    expect_rule(name + " dv", widen(dv), n.dv, dv64);
+    if (md.mask != SeqMask::none) {  // no sequence keys: no gradient
+        expect_rule(name + " dk", widen(dk), n.dk, dk64);
+        expect_rule(name + " dv", widen(dv), n.dv, dv64);
+    }
     if (moda && L > 0) {
         // only the slots in use carry gradient
         Vec s_dkd, s_dvd, n_dkd, n_dvd, t_dkd, t_dvd;
         for (long bt = 0; bt < B * T; bt++)
-            for (long i = 0; i < L; i++)
+            for (long i = md.window ? std::max(0L, L - md.window) : 0; i < L; i++)
                 for (long c = 0; c < Hk * d; c++) {
                     const long o = (bt * L_max + i) * Hk * d + c;
                     s_dkd.push_back(dkd[o]), s_dvd.push_back(dvd[o]);
@@ -368,6 +394,15 @@ TEST_P(Bf16Ops, MoDA) {
     check_attention(2, 19, 4, 2, 16, 3, 4, g);
     check_attention(1, 9, 8, 1, 16, 1, 2, g);
     check_attention(1, 150, 4, 2, 64, 5, 6, g);
+}
+
+// Every sequence mask with each depth visibility, a window, and tiles enough for the GEMM bounds.
+TEST_P(Bf16Ops, MoDAModes) {
+    for (SeqMask mask : {SeqMask::causal, SeqMask::noncausal, SeqMask::none})
+        for (DepthVisibility vis : {DepthVisibility::own, DepthVisibility::chunk}) {
+            check_attention(1, 150, 4, 2, 64, 5, 6, g, {mask, vis, 0, 0});  // two key tiles, chunks of 32
+            check_attention(2, 19, 8, 2, 16, 4, 4, g, {mask, vis, 3, 2});   // G = 4, chunks of 3, 2 slots
+        }
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, Bf16Ops, ::testing::Values(true, false),
