@@ -60,7 +60,7 @@ def main():
         "standard": [], "attnres_full": ["--set", "model.residual=attnres_full"],
         "attnres_block": ["--set", "model.residual=attnres_block", "--set", f"model.attnres_block_size={a.block_size}"],
         "moda": ["--set", "model.attention=moda"],
-        "moda_attnkv": ["--set", "model.attention=moda", "--set", "model.moda_ffn_kv=false"],
+        "moda_attnkv": ["--set", "model.attention=moda", "--set", "model.moda_depth_source=attn_kv"],
     }
     chosen = {"attnres": ["standard", "attnres_full", "attnres_block"], "moda": ["standard", "moda", "moda_attnkv"]}
     variants = {n: all_variants[n] for n in chosen[a.tag]}

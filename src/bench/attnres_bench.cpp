@@ -48,7 +48,7 @@ AttnResBenchResult run_attnres_bench(const AttnResBenchOptions& o) {
     if (o.reps < 2) throw Error("--reps must be at least 2");
     AttnResBenchResult r;
     r.options = o;
-    r.machine = machine_facts("");
+    r.machine = machine_facts(find_repo(""));
     omp_set_num_threads(o.threads);
     r.llc_bytes = last_level_cache_bytes();
     const double llc = r.llc_bytes > 0 ? r.llc_bytes : 32.0 * 1024 * 1024;

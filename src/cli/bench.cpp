@@ -19,6 +19,7 @@
 #include <string>
 
 #include "bench/attnres_bench.h"
+#include "bench/moda_bench.h"
 #include "bench/generate_bench.h"
 #include "bench/report.h"
 #include "bench/train_bench.h"
@@ -187,11 +188,36 @@ void add_bench_attnres(CLI::App& bench) {
     });
 }
 
+// `strata bench moda`: the depth slots' extra time over plain attention, against its ideal.
+void add_bench_moda(CLI::App& bench) {
+    auto o = std::make_shared<bench::ModaBenchOptions>();
+    CLI::App* a = bench.add_subcommand(
+        "moda", "MoDA's extra time over plain attention (the same op at L = 0) against its ideal, in one run");
+    a->add_option("--threads", o->threads, "OpenMP threads")->capture_default_str()->check(in_range(1, kMaxThreads));
+    a->add_option("--seq", o->seq, "Sequence lengths T")->delimiter(',')->capture_default_str();
+    a->add_option("--groups", o->groups, "Query heads per kv head G")->delimiter(',')->capture_default_str();
+    a->add_option("--slots", o->slots, "Depth slots per token L")->delimiter(',')->capture_default_str();
+    a->add_option("--kv-heads", o->kv_heads, "kv heads Hk")->capture_default_str()->check(in_range(1, 64));
+    a->add_option("--head-dim", o->head_dim, "Head size d")->capture_default_str()->check(in_range(1, 1024));
+    a->add_option("--batch", o->batch, "Batch B")->capture_default_str()->check(in_range(1, 1024));
+    a->add_option("--reps", o->reps, "Repetitions, interleaved")->capture_default_str()->check(in_range(2, 100000));
+    a->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
+    a->add_option("--markdown-out", o->markdown_out, "Also write the markdown report to this file");
+    a->callback([o] {
+        if (dry_run()) return;
+        std::unique_ptr<AtomicFileWriter> md_file, json_file;
+        if (!o->markdown_out.empty()) md_file = open_output(o->markdown_out, "--markdown-out");
+        if (!o->json_out.empty()) json_file = open_output(o->json_out, "--json-out");
+        const bench::ModaBenchResult r = bench::run_moda_bench(*o);
+        emit_report(bench::moda_markdown(r), bench::moda_json(r), md_file.get(), json_file.get());
+    });
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
     CLI::App* bench = app.add_subcommand(
-        "bench", "Benchmark suites (run one: `strata bench train`, `strata bench generate` or `strata bench attnres`)");
+        "bench", "Benchmark suites (run one: `strata bench train`, `strata bench generate`, `strata bench attnres` or `strata bench moda`)");
     bench->require_subcommand(1);
 
     auto o = std::make_shared<bench::TrainBenchOptions>();
@@ -249,6 +275,7 @@ void add_bench_command(CLI::App& app) {
 
     add_bench_generate(*bench);
     add_bench_attnres(*bench);
+    add_bench_moda(*bench);
 }
 
 }  // namespace strata::cli

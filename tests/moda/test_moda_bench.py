@@ -40,3 +40,23 @@ def test_the_peer_builds_the_same_moda_model(tmp_path):
 def test_bad_attention_flags(flags, mention):
     p = run(*QUICK, "--no-peer", *flags, check=False, timeout=60)
     assert p.returncode == 1 and mention in p.stderr and "sgemm peak" not in p.stderr, p.stderr
+
+
+def test_bench_moda_reports_every_point_against_its_ideal(tmp_path):
+    """`strata bench moda`: each (T, G, L) point's timings, the attention's rate, and the extra time
+    over the ideal that the counted FLOPs and bytes give; bad lists are refused."""
+    js, md = tmp_path / "m.json", tmp_path / "m.md"
+    run("bench", "moda", "--seq", "65,130", "--groups", "1,4", "--slots", "3", "--kv-heads", "1", "--head-dim", "16",
+        "--reps", "2", "--threads", "1", "--json-out", js, "--markdown-out", md, timeout=300)
+    j = json.loads(js.read_text())
+    assert j["suite"] == "moda" and len(j["points"]) == 4
+    for p in j["points"]:
+        T, G, L = p["T"], p["G"], p["L"]
+        assert p["depth_flops"] == 12 * T * G * L * 16 and p["depth_bytes"] == 8 * T * L * 16 * 4
+        assert p["attention_flops"] == 6 * G * T * T * 16
+        for key in ("t_attention_s", "t_moda_s", "over_ideal", "attention_gflops"):
+            assert len(p[key]["samples"]) == 2, key
+        assert all(t > 0 for t in p["t_moda_s"]["samples"])
+    assert "| 130 | 4 | 3 |" in md.read_text()
+    p = run("bench", "moda", "--slots", "0", check=False)
+    assert p.returncode == 1 and "--slots values must be in [1, 1024]" in p.stderr, p.stderr

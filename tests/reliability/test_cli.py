@@ -51,14 +51,14 @@ def test_no_subcommand_prints_the_help_and_exits_with_the_usage_code():
     assert {"train", "generate", "eval", "diagnose", "bench", "config"} <= set(names), names
     bench = run("bench", check=False)
     assert bench.returncode == EXIT_USAGE and "Usage: strata bench" in bench.stdout, bench
-    assert subcommands(bench.stdout) == ["train", "generate", "attnres"]
+    assert subcommands(bench.stdout) == ["train", "generate", "attnres", "moda"]
 
 
 def test_unknown_subcommand_lists_the_real_ones():
     names = subcommands(run("--help").stdout)
     msg = usage_error("frobnicate")
     assert msg == 'unknown subcommand "frobnicate"; the subcommands are: ' + ", ".join(names), msg
-    assert usage_error("bench", "frob") == 'unknown subcommand "frob" of bench; the subcommands are: train, generate, attnres'
+    assert usage_error("bench", "frob") == 'unknown subcommand "frob" of bench; the subcommands are: train, generate, attnres, moda'
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["generate", "-h"], ["bench", "train", "--help"],
