@@ -63,13 +63,14 @@ using attn::thread_scratch;
 
 // Scratch per thread for both passes. Every thread of the team grows its buffer up front, so once a
 // shape has been seen no call allocates, whichever thread the dynamic schedule hands a task to.
-// Forward: the score tile and the running output; backward: P and dP tiles, this kv head's Kᵀ, Vᵀ
-// and K rows, one query head's Q and dO rows, D of every head of the group, and the depth gradient
-// accumulators of one slot.
+// Forward: the score tile, and the running outputs and depth scores of a run of query heads;
+// backward: P and dP tiles, this kv head's Kᵀ, Vᵀ and K rows, one query head's Q and dO rows, D of
+// every head of the group, and the depth gradient accumulators of one slot.
 template <typename T>
 size_t reserve_scratch(const AttnDims& a, long L_max = 0) {
     const Lds<T> ld(a);
-    const long fwd = BQ * ld.S + BQ * a.d + 2 * BQ;
+    const long G = a.H / a.Hk;
+    const long fwd = BQ * ld.S + G * (BQ * a.d + 2 * BQ + L_max);
     const long bwd = 2 * BQ * ld.S + 2 * a.d * ld.T_ + a.Tk * ld.R + 2 * a.Tq * ld.R + (a.H / a.Hk) * a.Tq + 2 * a.d + 2 * (a.H / a.Hk) * L_max;
     const size_t n = size_t(std::max(fwd, bwd));
 #pragma omp parallel
@@ -103,7 +104,7 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
     const long n_qt = (a.Tq + BQ - 1) / BQ;
     const T scale = T(c.scale);
     const T neg_inf = -std::numeric_limits<T>::infinity();
-    const size_t scratch_n = reserve_scratch<T>(a);
+    const size_t scratch_n = reserve_scratch<T>(a, c.dep.n());
     const Lds<T> ld(a);
     const long kt_n = d * ld.T_, vr_n = a.Tk * ld.R;  // per (batch, kv head)
     std::vector<T>& kv = forward_kv_buffer<T>();
@@ -117,41 +118,52 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
                 copy_rows(kt + kt_n, ld.R, v + b * a.kv_bstride + kh * d, ks, a.Tk, d);
             }
     }
+    // One task per (batch, query tile, run of query heads): a run is the whole group of a kv head when
+    // there are depth slots (its heads then share each slot's reads, depth_forward_heads), else one head.
+    const long run = c.dep.n() > 0 ? G : 1, n_runs = a.H / run;
 #pragma omp parallel for collapse(3) schedule(dynamic)
     for (long b = 0; b < a.B; b++)
-        for (long h = 0; h < a.H; h++)
+        for (long hr = 0; hr < n_runs; hr++)
             for (long qt = 0; qt < n_qt; qt++) {
                 T* scratch = thread_scratch<T>(scratch_n);
-                T* S = scratch;           // scores, then probabilities: BQ × ldS
-                T* O = S + BQ * ld.S;     // the running output: BQ × d
-                T* m = O + BQ * d;
-                T* l = m + BQ;
+                T* S = scratch;              // scores, then probabilities: BQ × ldS
+                T* O0 = S + BQ * ld.S;       // the running outputs: run × BQ × d
+                T* m0 = O0 + run * BQ * d;   // run × BQ
+                T* l0 = m0 + run * BQ;       // run × BQ
+                T* sd = l0 + run * BQ;       // run × n: the depth scores of one token
                 const long t0 = qt * BQ, tq = std::min(BQ, a.Tq - t0);
-                const long kh = h / G;
-                const T* Q = q + ((b * a.Tq + t0) * a.H + h) * d;
+                const long h0 = hr * run, kh = h0 / G;
                 const T* KT = kv.data() + (b * a.Hk + kh) * (kt_n + vr_n);  // Kᵀ: d × ldT
                 const T* VR = KT + kt_n;                                      // V: Tk × ldR
-                for (long r = 0; r < tq; r++) m[r] = neg_inf, l[r] = 0;
-                for (long i = 0; i < tq * d; i++) O[i] = 0;
                 const long k_end = c.seq.end(t0 + tq - 1);  // keys visible to the last row
-                for (long s0 = 0; s0 < k_end; s0 += BK) {
-                    const long tk = std::min(BK, k_end - s0);
-                    // keys s0 .. s0 + vis(r) − 1 are visible to row r
-                    auto vis = [&](long r) { return std::clamp(c.seq.end(t0 + r) - s0, 0L, tk); };
-                    tile::gemm(tq, scale, Q, qs, 1, KT + s0, ld.T_, false, S, ld.S, [&](long, long r1) {
-                        return tile::Bounds{0, d, vec_ceil<T>(vis(r1 - 1))};
-                    });
-                    for (long r = 0; r < tq; r++) attn::softmax_row(S + r * ld.S, vis(r), tk, m[r], l[r], O + r * d, d);
-                    tile::gemm(tq, T(1), S, ld.S, 1, VR + s0 * ld.R, ld.R, true, O, d,
-                               [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });
+                for (long g = 0; g < run; g++) {
+                    const T* Q = q + ((b * a.Tq + t0) * a.H + h0 + g) * d;
+                    T *O = O0 + g * BQ * d, *m = m0 + g * BQ, *l = l0 + g * BQ;
+                    for (long r = 0; r < tq; r++) m[r] = neg_inf, l[r] = 0;
+                    for (long i = 0; i < tq * d; i++) O[i] = 0;
+                    for (long s0 = 0; s0 < k_end; s0 += BK) {
+                        const long tk = std::min(BK, k_end - s0);
+                        // keys s0 .. s0 + vis(r) − 1 are visible to row r
+                        auto vis = [&](long r) { return std::clamp(c.seq.end(t0 + r) - s0, 0L, tk); };
+                        tile::gemm(tq, scale, Q, qs, 1, KT + s0, ld.T_, false, S, ld.S, [&](long, long r1) {
+                            return tile::Bounds{0, d, vec_ceil<T>(vis(r1 - 1))};
+                        });
+                        for (long r = 0; r < tq; r++) attn::softmax_row(S + r * ld.S, vis(r), tk, m[r], l[r], O + r * d, d);
+                        tile::gemm(tq, T(1), S, ld.S, 1, VR + s0 * ld.R, ld.R, true, O, d,
+                                   [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });
+                    }
                 }
-                // MoDA: the depth slots each row sees join its softmax
-                for (long r = 0; r < tq; r++) attn::depth_forward(Q + r * qs, O + r * d, m[r], l[r], S, c, b, t0 + r, kh, scale);
-                for (long r = 0; r < tq; r++) {
-                    lse[(b * a.H + h) * a.Tq + t0 + r] = attn::finish_row(O + r * d, m[r], l[r], d);
-                    T* o = out + ((b * a.Tq + t0 + r) * a.H + h) * d;
-                    for (long i = 0; i < d; i++) o[i] = O[r * d + i];
-                }
+                // MoDA: the depth slots each row sees join its softmax, the run's heads together
+                for (long r = 0; r < tq; r++)
+                    attn::depth_forward_heads(q + ((b * a.Tq + t0 + r) * a.H + h0) * d, run, O0 + r * d, BQ * d, m0 + r,
+                                              l0 + r, BQ, sd, c, b, t0 + r, kh, scale);
+                for (long g = 0; g < run; g++)
+                    for (long r = 0; r < tq; r++) {
+                        T* O = O0 + g * BQ * d + r * d;
+                        lse[(b * a.H + h0 + g) * a.Tq + t0 + r] = attn::finish_row(O, m0[g * BQ + r], l0[g * BQ + r], d);
+                        T* o = out + ((b * a.Tq + t0 + r) * a.H + h0 + g) * d;
+                        for (long i = 0; i < d; i++) o[i] = O[i];
+                    }
             }
 }
 

@@ -75,7 +75,7 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
     const float scale = float(c.scale);
     const float neg_inf = -std::numeric_limits<float>::infinity();
     const Layout ld(a);
-    const size_t nf = size_t(BQ * ld.S + BQ * d + 2 * BQ), np = size_t(BQ * ld.A + BQ * ld.PA);
+    const size_t nf = size_t(BQ * ld.S + G * (BQ * d + 2 * BQ + c.dep.n())), np = size_t(BQ * ld.A + BQ * ld.PA);
     reserve(nf, np);
     const long kd_n = ld.dp * ld.T, vk_n = ld.Kp * ld.V;  // per (batch, kv head)
     std::vector<Pair>& kv = forward_kv_buffer();
@@ -89,42 +89,51 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
                 tile_bf16::pair_rows(kd + kd_n, ld.V, v + b * a.kv_bstride + kh * d, ks, a.Tk, d, ld.V);
             }
     }
+    // One task per (batch, query tile, run of query heads), as the float kernel (attention.cpp).
+    const long run = c.dep.n() > 0 ? G : 1, n_runs = a.H / run;
 #pragma omp parallel for collapse(3) schedule(dynamic)
     for (long b = 0; b < a.B; b++)
-        for (long h = 0; h < a.H; h++)
+        for (long hr = 0; hr < n_runs; hr++)
             for (long qt = 0; qt < n_qt; qt++) {
                 float* S = thread_scratch<float>(nf);  // scores, then probabilities: BQ × ld.S
-                float* O = S + BQ * ld.S;              // the running output: BQ × d
-                float* m = O + BQ * d;
-                float* l = m + BQ;
+                float* O0 = S + BQ * ld.S;             // the running outputs: run × BQ × d
+                float* m0 = O0 + run * BQ * d;         // run × BQ
+                float* l0 = m0 + run * BQ;             // run × BQ
+                float* sd = l0 + run * BQ;             // run × n: the depth scores of one token
                 Pair* QA = thread_scratch<Pair>(np);  // this tile's queries: BQ × ld.A
                 Pair* PA = QA + BQ * ld.A;             // P in bf16: BQ × ld.PA
                 const long t0 = qt * BQ, tq = std::min(BQ, a.Tq - t0);
-                const long kh = h / G;
-                const bf16* Q = q + ((b * a.Tq + t0) * a.H + h) * d;
+                const long h0 = hr * run, kh = h0 / G;
                 const Pair* KD = kv.data() + (b * a.Hk + kh) * (kd_n + vk_n);  // Kᵀ over d pairs
                 const Pair* VK = KD + kd_n;                                     // V over key pairs
-                tile_bf16::bf16_rows(QA, ld.A, Q, qs, tq, d, ld.A);
-                for (long r = 0; r < tq; r++) m[r] = neg_inf, l[r] = 0;
-                for (long i = 0; i < tq * d; i++) O[i] = 0;
                 const long k_end = c.seq.end(t0 + tq - 1);  // keys visible to the last row
-                for (long s0 = 0; s0 < k_end; s0 += BK) {
-                    const long tk = std::min(BK, k_end - s0), tkv = vceil(tk);
-                    auto vis = [&](long r) { return std::clamp(c.seq.end(t0 + r) - s0, 0L, tk); };
-                    tile_bf16::gemm(tq, scale, QA, ld.A, 1, KD + s0, ld.T, false, S, ld.S, [&](long, long r1) {
-                        return tile::Bounds{0, d, vceil(vis(r1 - 1))};
-                    });
-                    for (long r = 0; r < tq; r++) softmax_row(S + r * ld.S, vis(r), tkv, m[r], l[r], O + r * d, d);
-                    tile_bf16::bf16_rows(PA, ld.PA, S, ld.S, tq, tkv, ld.PA);
-                    tile_bf16::gemm(tq, 1.0f, PA, ld.PA, 1, VK + (s0 / 2) * ld.V, ld.V, true, O, d,
-                                    [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });
+                for (long g = 0; g < run; g++) {
+                    const bf16* Q = q + ((b * a.Tq + t0) * a.H + h0 + g) * d;
+                    float *O = O0 + g * BQ * d, *m = m0 + g * BQ, *l = l0 + g * BQ;
+                    tile_bf16::bf16_rows(QA, ld.A, Q, qs, tq, d, ld.A);
+                    for (long r = 0; r < tq; r++) m[r] = neg_inf, l[r] = 0;
+                    for (long i = 0; i < tq * d; i++) O[i] = 0;
+                    for (long s0 = 0; s0 < k_end; s0 += BK) {
+                        const long tk = std::min(BK, k_end - s0), tkv = vceil(tk);
+                        auto vis = [&](long r) { return std::clamp(c.seq.end(t0 + r) - s0, 0L, tk); };
+                        tile_bf16::gemm(tq, scale, QA, ld.A, 1, KD + s0, ld.T, false, S, ld.S, [&](long, long r1) {
+                            return tile::Bounds{0, d, vceil(vis(r1 - 1))};
+                        });
+                        for (long r = 0; r < tq; r++) softmax_row(S + r * ld.S, vis(r), tkv, m[r], l[r], O + r * d, d);
+                        tile_bf16::bf16_rows(PA, ld.PA, S, ld.S, tq, tkv, ld.PA);
+                        tile_bf16::gemm(tq, 1.0f, PA, ld.PA, 1, VK + (s0 / 2) * ld.V, ld.V, true, O, d,
+                                        [&](long, long r1) { return tile::Bounds{0, vis(r1 - 1), d}; });
+                    }
                 }
-                for (long r = 0; r < tq; r++) depth_forward(Q + r * qs, O + r * d, m[r], l[r], S, c, b, t0 + r, kh, scale);
-                for (long r = 0; r < tq; r++) {
-                    float* orow = O + r * d;
-                    lse[(b * a.H + h) * a.Tq + t0 + r] = finish_row(orow, m[r], l[r], d);
-                    tile_bf16::round_row(out + ((b * a.Tq + t0 + r) * a.H + h) * d, orow, d);
-                }
+                for (long r = 0; r < tq; r++)
+                    depth_forward_heads(q + ((b * a.Tq + t0 + r) * a.H + h0) * d, run, O0 + r * d, BQ * d, m0 + r, l0 + r,
+                                        BQ, sd, c, b, t0 + r, kh, scale);
+                for (long g = 0; g < run; g++)
+                    for (long r = 0; r < tq; r++) {
+                        float* orow = O0 + g * BQ * d + r * d;
+                        lse[(b * a.H + h0 + g) * a.Tq + t0 + r] = finish_row(orow, m0[g * BQ + r], l0[g * BQ + r], d);
+                        tile_bf16::round_row(out + ((b * a.Tq + t0 + r) * a.H + h0 + g) * d, orow, d);
+                    }
             }
 }
 

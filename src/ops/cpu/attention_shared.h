@@ -126,48 +126,58 @@ inline void score_grad_row(T* ds, const T* p, long nv, long end, T D) {
     for (long c = nv; c < end; c++) ds[c] = T(0);
 }
 
-// Forward, one query row of kv head kh, batch b: the slots of depth row j join the row's online
-// softmax (called for each row the query sees, after its sequence tiles). qr: the query row (storage
-// type Q); o: its running output; m, l: the running max and sum (m is −inf before anything was seen:
-// the first update then scales o and l by exp(−inf) = 0); sd: n() scores of scratch.
+// Forward, query token t (batch b) of `heads` consecutive query heads of kv head kh (q0: the first
+// head's query row; the others follow at stride d), after their sequence tiles: the slots of every
+// depth row it sees join each head's online softmax. Each slot's key and value is read once for all
+// the heads (the group-aware order: a token's slots stay in L1 while the G heads use them, where one
+// head at a time would stream them from memory G times). O, m, l: head g's running output row at
+// O + g·o_stride, its max and sum at m[g·ml_stride], l[g·ml_stride] (m is −∞ before anything was seen:
+// the first update then scales o and l by exp(−∞) = 0); sd: heads·n() scores of scratch.
 template <typename T, typename Q, typename U>
-inline void depth_forward_row(const Q* qr, T* o, T& m, T& l, T* sd, const Depth<U>& dep, long b, long j, long kh,
-                              T scale) {
-    const long d = dep.d, n = dep.n();
-    T mx = m;
-    for (long i = 0; i < n; i++) {
-        const U* kd = dep.key(b, j, dep.lo + i, kh);
-        T s = 0;
+inline void depth_forward_heads(const Q* q0, long heads, T* O, long o_stride, T* m, T* l, long ml_stride, T* sd,
+                                const Call<U>& c, long b, long t, long kh, T scale) {
+    const Depth<U>& dep = c.dep;
+    const long n = dep.n(), d = dep.d, p = c.a.q_pos0 + t;
+    if (n <= 0) return;
+    for (long j = dep.first_row(p); j <= dep.row(p); j++) {
+        for (long i = 0; i < n; i++) {
+            const U* kd = dep.key(b, j, dep.lo + i, kh);
+            for (long g = 0; g < heads; g++) {
+                const Q* qr = q0 + g * d;
+                T s = 0;
 #pragma omp simd reduction(+ : s)
-        for (long c = 0; c < d; c++) s += T(widen(qr[c])) * T(widen(kd[c]));
-        sd[i] = s * scale;
-        mx = sd[i] > mx ? sd[i] : mx;
-    }
-    const T corr = std::exp(m - mx);
-    if (corr != T(1))
-        for (long c = 0; c < d; c++) o[c] *= corr;
-    T sum = 0;
+                for (long x = 0; x < d; x++) s += T(widen(qr[x])) * T(widen(kd[x]));
+                sd[g * n + i] = s * scale;
+            }
+        }
+        for (long g = 0; g < heads; g++) {
+            T* sg = sd + g * n;
+            T* o = O + g * o_stride;
+            T& mg = m[g * ml_stride];
+            T mx = mg;
+            for (long i = 0; i < n; i++) mx = sg[i] > mx ? sg[i] : mx;
+            const T corr = std::exp(mg - mx);
+            if (corr != T(1))
+                for (long x = 0; x < d; x++) o[x] *= corr;
+            T sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (long i = 0; i < n; i++) {
-        sd[i] = vexp(sd[i] - mx);
-        sum += sd[i];
-    }
-    for (long i = 0; i < n; i++) {
-        const T p = sd[i];
-        const U* vd = dep.value(b, j, dep.lo + i, kh);
+            for (long i = 0; i < n; i++) {
+                sg[i] = vexp(sg[i] - mx);
+                sum += sg[i];
+            }
+            l[g * ml_stride] = l[g * ml_stride] * corr + sum;
+            mg = mx;
+        }
+        for (long i = 0; i < n; i++) {
+            const U* vd = dep.value(b, j, dep.lo + i, kh);
+            for (long g = 0; g < heads; g++) {
+                const T pr = sd[g * n + i];
+                T* o = O + g * o_stride;
 #pragma omp simd
-        for (long c = 0; c < d; c++) o[c] += p * T(widen(vd[c]));
+                for (long x = 0; x < d; x++) o[x] += pr * T(widen(vd[x]));
+            }
+        }
     }
-    l = l * corr + sum;
-    m = mx;
-}
-
-// Forward: every depth row query row t (of batch b, kv head kh) sees, after its sequence tiles.
-template <typename T, typename Q, typename U>
-inline void depth_forward(const Q* qr, T* o, T& m, T& l, T* sd, const Call<U>& c, long b, long t, long kh, T scale) {
-    if (c.dep.n() <= 0) return;
-    const long p = c.a.q_pos0 + t;
-    for (long j = c.dep.first_row(p); j <= c.dep.row(p); j++) depth_forward_row(qr, o, m, l, sd, c.dep, b, j, kh, scale);
 }
 
 // Forward, the end of one query row: out = O / l and lse = m + log l; a row that saw nothing (l = 0:
