@@ -43,6 +43,23 @@ struct ModaBenchResult {
 };
 
 ModaBenchResult run_moda_bench(const ModaBenchOptions& o);
+
+// `strata bench moda --stages` (moda_stages.cpp): the paper's Table 7 ablation, forward only, fp32.
+struct ModaStagesOptions {
+    int threads = 2;
+    long T = 512, G = 8, kv_heads = 2, head_dim = 64, L = 32;
+    int reps = 10;
+};
+struct ModaStagesResult {
+    ModaStagesOptions options;
+    MachineFacts machine;
+    std::vector<std::string> names;             // the stages, in the paper's order, then moda_forward
+    std::vector<std::vector<double>> seconds;   // per stage, per repetition
+    std::vector<double> rel_err;                // each stage's output against moda_forward's
+};
+ModaStagesResult run_moda_stages(const ModaStagesOptions& o);
+std::string moda_stages_markdown(const ModaStagesResult& r);
+nlohmann::json moda_stages_json(const ModaStagesResult& r);
 std::string moda_markdown(const ModaBenchResult& r);
 nlohmann::json moda_json(const ModaBenchResult& r);
 

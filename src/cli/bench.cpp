@@ -203,11 +203,25 @@ void add_bench_moda(CLI::App& bench) {
     a->add_option("--reps", o->reps, "Repetitions, interleaved")->capture_default_str()->check(in_range(2, 100000));
     a->add_option("--json-out", o->json_out, "Also write the results as JSON to this file");
     a->add_option("--markdown-out", o->markdown_out, "Also write the markdown report to this file");
-    a->callback([o] {
+    auto stages = std::make_shared<bool>(false);
+    a->add_flag("--stages", *stages,
+                "Instead, the paper's Table 7 stages (naive, flattened, chunk-aware, group-aware) at the first T, G "
+                "and L given (e.g. --seq 512 --groups 8 --slots 32), forward only");
+    a->callback([o, stages, a] {
         if (dry_run()) return;
         std::unique_ptr<AtomicFileWriter> md_file, json_file;
         if (!o->markdown_out.empty()) md_file = open_output(o->markdown_out, "--markdown-out");
         if (!o->json_out.empty()) json_file = open_output(o->json_out, "--json-out");
+        if (*stages) {
+            bench::ModaStagesOptions so;
+            so.threads = o->threads, so.reps = o->reps, so.kv_heads = o->kv_heads, so.head_dim = o->head_dim;
+            if (a->count("--seq")) so.T = o->seq.at(0);
+            if (a->count("--groups")) so.G = o->groups.at(0);
+            if (a->count("--slots")) so.L = o->slots.at(0);
+            const bench::ModaStagesResult r = bench::run_moda_stages(so);
+            emit_report(bench::moda_stages_markdown(r), bench::moda_stages_json(r), md_file.get(), json_file.get());
+            return;
+        }
         const bench::ModaBenchResult r = bench::run_moda_bench(*o);
         emit_report(bench::moda_markdown(r), bench::moda_json(r), md_file.get(), json_file.get());
     });

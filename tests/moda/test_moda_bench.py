@@ -60,3 +60,18 @@ def test_bench_moda_reports_every_point_against_its_ideal(tmp_path):
     assert "| 130 | 4 | 3 |" in md.read_text()
     p = run("bench", "moda", "--slots", "0", check=False)
     assert p.returncode == 1 and "--slots values must be in [1, 1024]" in p.stderr, p.stderr
+
+
+def test_bench_moda_stages_compute_the_same_attention(tmp_path):
+    """`--stages`: the paper's Table 7 stages (naive, flattened, chunk-aware, group-aware) and strata's op
+    all give the same output, and each is timed."""
+    js = tmp_path / "s.json"
+    run("bench", "moda", "--stages", "--seq", "70", "--groups", "4", "--slots", "3", "--kv-heads", "1",
+        "--head-dim", "16", "--reps", "2", "--threads", "1", "--json-out", js, timeout=300)
+    j = json.loads(js.read_text())
+    assert j["suite"] == "moda-stages" and (j["T"], j["G"], j["L"]) == (70, 4, 3)
+    assert [s["stage"] for s in j["stages"]][:4] == ["naive masked concatenation", "flash-compatible (flattened) layout",
+                                                    "chunk-aware", "group-aware"]
+    for s in j["stages"]:
+        assert s["rel_l2_vs_moda_forward"] < 1e-5, s["stage"]
+        assert len(s["seconds"]["samples"]) == 2 and s["seconds"]["median"] > 0
