@@ -43,6 +43,7 @@ RULES = {
     "rezero": ["--residual", "rezero"],
     "layernorm_scaling": ["--residual", "layernorm_scaling"],
     "denseformer": ["--residual", "denseformer"],
+    "moda": ["--attention", "moda"],  # MoDA (attention and FFN K/V) under the standard rule
 }
 
 
@@ -152,7 +153,11 @@ def main():
             m, ci = median_ci(ms)
             ratios = [x / y - 1 for x, y in zip(ms, base)]
             om, oci = median_ci(ratios)
-            entry = {"step_ms": ms, "median_ms": m, "ci95_ms": ci, "overhead": om, "overhead_ci95": oci}
+            # the FLOP model's extra over standard (for MoDA: the FFN K/V projections and the depth scores)
+            fl, fl0 = workers[(rule, p)].ready.get("flops_per_step"), workers[("standard", p)].ready.get("flops_per_step")
+            flop_extra = fl / fl0 - 1 if fl and fl0 else None
+            entry = {"step_ms": ms, "median_ms": m, "ci95_ms": ci, "overhead": om, "overhead_ci95": oci,
+                     "flop_model_extra": flop_extra}
             if not a.no_decode:
                 d = decode[(rule, p)]
                 dm, dci = median_ci(d)
@@ -180,14 +185,16 @@ def main():
           f"steps, in long-lived workers. Decode: {a.reps} rounds of one `strata bench generate` process per rule "
           f"(batch 1, 64-token prompt, 128 greedy tokens, the median of {a.decode_reps} decodes per process). "
           "Medians with a distribution-free 95 % interval; overheads are medians of per-round ratios.", "",
-          "| rule | precision | step ms | step overhead | decode tokens/s | decode tokens/s lost |",
-          "|---|---|---|---|---|---|"]
+          "| rule | precision | step ms | step overhead | FLOP-model extra | decode tokens/s | decode tokens/s lost |",
+          "|---|---|---|---|---|---|---|"]
     for rule, p, e in rows:
+        flop = "—" if e["flop_model_extra"] is None else f"{100 * e['flop_model_extra']:+.1f} %"
         dec = ("—", "—") if a.no_decode else (fmt_ci(e["decode_median"], e["decode_ci95"]),
                                               fmt_ci(100 * e["decode_loss"], [100 * x for x in e["decode_loss_ci95"]],
                                                      "{:+.1f}") + " %")
         md.append(f"| {rule} | {p} | {fmt_ci(e['median_ms'], e['ci95_ms'])} | "
-                  f"{fmt_ci(100 * e['overhead'], [100 * x for x in e['overhead_ci95']], '{:+.1f}')} % | {dec[0]} | {dec[1]} |")
+                  f"{fmt_ci(100 * e['overhead'], [100 * x for x in e['overhead_ci95']], '{:+.1f}')} % | {flop} | "
+                  f"{dec[0]} | {dec[1]} |")
     text = "\n".join(md) + "\n"
     print(text)
     if a.markdown_out:

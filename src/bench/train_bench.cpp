@@ -220,6 +220,7 @@ int serve_strata(const TrainBenchOptions& o) {
         return 1;
     }
     say({{"ready", true}, {"params", model.num_params()}, {"precision", o.serve}, {"threads", o.threads},
+         {"flops_per_step", training_flops(model.cfg, o.batch, o.seq).total},
          {"memory_scope", "this worker process only (VmHWM)"}});
     std::string cmd;
     int rep = 0;
