@@ -50,12 +50,11 @@ def model_args(a, window, seed):
             "--set", f"train.seed={seed}", "--set", f"train.threads={a.threads}", "--set", f"train.batch_size={a.batch}"]
 
 
-def train_rate(a, window, tmp):
-    """tokens/s of a short training run (the median step of its second half)."""
-    out = pathlib.Path(tmp) / f"w{window}"
+def train_rate(a, window, tmp, rep):
+    """tokens/s of a short training run from scratch (the median step of its last three quarters)."""
+    out = pathlib.Path(tmp) / f"w{window}-r{rep}"
     sh(BIN, "train", *model_args(a, window, 1337), "--set", f"train.steps={a.time_steps}",
        "--set", f"train.eval_every={a.time_steps}", "--set", f"train.ckpt_every={a.time_steps}",
-       "--set", "train.overwrite=true",
        "--set", f"train.out_dir={out}")
     m = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     tps = sorted(x["tokens_per_s"] for x in m if "tokens_per_s" in x)[len(m) // 4:]
@@ -113,7 +112,7 @@ def main():
         for r in range(a.reps):
             order = windows[r % len(windows):] + windows[:r % len(windows)]
             for w in order:
-                train_tps[w].append(train_rate(a, w, tmp))
+                train_tps[w].append(train_rate(a, w, tmp, r))
                 decode_tps[w].append(decode_rate(a, pathlib.Path(a.out) / f"w{w}-s0"))
             print(f"timing round {r + 1}/{a.reps}", file=sys.stderr)
 
