@@ -303,15 +303,14 @@ void backward_any(compute_t<S>* dq, compute_t<S>* dk, compute_t<S>* dv, compute_
     }
 }
 
-// What every call checks of its sizes (both ops).
+// What every call checks of its sizes (both ops). The messages are built only on failure: a check
+// that passes allocates nothing (steps after the first make no allocations).
 void check_dims(const AttnDims& a, const char* op) {
-    auto need = [&](bool ok, const std::string& what) {
-        if (!ok) throw Error(std::string(op) + ": " + what);
-    };
-    need(a.B >= 0 && a.Tq >= 0 && a.Tk >= 0 && a.d > 0, "sizes must be non-negative and d positive");
-    need(a.H > 0 && a.Hk > 0 && a.H % a.Hk == 0, "H must be a positive multiple of Hk");
-    need(a.q_pos0 >= 0, "q_pos0 must be non-negative");
-    need(a.kv_bstride >= a.Tk * a.Hk * a.d, "kv_bstride must cover Tk·Hk·d");
+    auto fail = [&](const char* what) { throw Error(std::string(op) + ": " + what); };
+    if (!(a.B >= 0 && a.Tq >= 0 && a.Tk >= 0 && a.d > 0)) fail("sizes must be non-negative and d positive");
+    if (!(a.H > 0 && a.Hk > 0 && a.H % a.Hk == 0)) fail("H must be a positive multiple of Hk");
+    if (a.q_pos0 < 0) fail("q_pos0 must be non-negative");
+    if (a.kv_bstride < a.Tk * a.Hk * a.d) fail("kv_bstride must cover Tk·Hk·d");
 }
 }  // namespace
 
@@ -353,35 +352,34 @@ long moda_chunk(const ModaParams<S>& p) {
 template <typename S>
 void moda_check(const ModaParams<S>& p) {
     check_dims(p.dims, "moda");
-    auto need = [](bool ok, const std::string& what) {
-        if (!ok) throw Error("moda: " + what);
-    };
+    // each message is built only when its check fails
+    auto fail = [](const std::string& what) { throw Error("moda: " + what); };
     const AttnDims& a = p.dims;
-    need(p.q && p.out && p.lse, "q, out and lse are required");
-    need(p.mask == SeqMask::none || a.Tk == 0 || (p.k && p.v), "k and v are required with a sequence mask");
-    need(p.L >= 0, "L (depth slots) must be non-negative, not " + std::to_string(p.L));
     const long L_max = p.L_max > 0 ? p.L_max : p.L;
-    need(p.L <= L_max, "L = " + std::to_string(p.L) + " exceeds L_max = " + std::to_string(L_max));
-    need(p.L == 0 || (p.kd && p.vd), "kd and vd are required with L > 0");
-    need(p.window >= 0, "window must be non-negative (0: every slot), not " + std::to_string(p.window));
-    need(p.window <= L_max, "window = " + std::to_string(p.window) + " exceeds the slot count " + std::to_string(L_max));
-    need(p.chunk >= 0, "chunk must be positive (0: the default 64/G), not " + std::to_string(p.chunk));
-    need(std::isfinite(p.scale) && p.scale >= 0, "scale must be finite and positive (0: 1/sqrt(d))");
-    need(p.mask != SeqMask::causal || a.Tk >= a.q_pos0 + a.Tq || a.Tq == 0,
-         "under the causal mask the keys must reach the last query's position");
-    need(p.window <= BQ * BK, "window too large for the kernel's score scratch");
-    need(p.window > 0 || p.L <= BQ * BK, "L too large for the kernel's score scratch");
+    if (!(p.q && p.out && p.lse)) fail("q, out and lse are required");
+    if (!(p.mask == SeqMask::none || a.Tk == 0 || (p.k && p.v))) fail("k and v are required with a sequence mask");
+    if (p.L < 0) fail("L (depth slots) must be non-negative, not " + std::to_string(p.L));
+    if (p.L > L_max) fail("L = " + std::to_string(p.L) + " exceeds L_max = " + std::to_string(L_max));
+    if (!(p.L == 0 || (p.kd && p.vd))) fail("kd and vd are required with L > 0");
+    if (p.window < 0) fail("window must be non-negative (0: every slot), not " + std::to_string(p.window));
+    if (p.window > L_max)
+        fail("window = " + std::to_string(p.window) + " exceeds the slot count " + std::to_string(L_max));
+    if (p.chunk < 0) fail("chunk must be positive (0: the default 64/G), not " + std::to_string(p.chunk));
+    if (!(std::isfinite(p.scale) && p.scale >= 0)) fail("scale must be finite and positive (0: 1/sqrt(d))");
+    if (!(p.mask != SeqMask::causal || a.Tk >= a.q_pos0 + a.Tq || a.Tq == 0))
+        fail("under the causal mask the keys must reach the last query's position");
+    if (p.window > BQ * BK) fail("window too large for the kernel's score scratch");
+    if (!(p.window > 0 || p.L <= BQ * BK)) fail("L too large for the kernel's score scratch");
     if (p.L > 0 && a.Tq > 0) {  // every visible depth token is a row of the buffer
         const long rows = p.depth_rows > 0 ? p.depth_rows : a.Tq;
         const long C = p.visibility == DepthVisibility::chunk ? moda_chunk(p) : 1;
         const long first = a.q_pos0 / C * C - p.depth_pos0, last = a.q_pos0 + a.Tq - 1 - p.depth_pos0;
-        need(first >= 0 && last < rows, "the depth buffer's rows (positions " + std::to_string(p.depth_pos0) + ".." +
-                                            std::to_string(p.depth_pos0 + rows - 1) +
-                                            ") do not cover the depth tokens the queries see (positions " +
-                                            std::to_string(first + p.depth_pos0) + ".." +
-                                            std::to_string(last + p.depth_pos0) + ")");
+        if (!(first >= 0 && last < rows))
+            fail("the depth buffer's rows (positions " + std::to_string(p.depth_pos0) + ".." +
+                 std::to_string(p.depth_pos0 + rows - 1) + ") do not cover the depth tokens the queries see (positions " +
+                 std::to_string(first + p.depth_pos0) + ".." + std::to_string(last + p.depth_pos0) + ")");
         const long bstride = p.depth_bstride > 0 ? p.depth_bstride : rows * L_max * a.Hk * a.d;
-        need(bstride >= rows * L_max * a.Hk * a.d, "depth_bstride must cover depth_rows·L_max·Hk·d");
+        if (bstride < rows * L_max * a.Hk * a.d) fail("depth_bstride must cover depth_rows·L_max·Hk·d");
     }
 }
 
