@@ -130,26 +130,12 @@ AttnResBenchResult run_attnres_bench(const AttnResBenchOptions& o) {
     return r;
 }
 
-namespace {
-std::string ci_str(const std::vector<double>& x, const char* f) {
-    const MedianCI m = bootstrap_median(x);
-    return fmt(f, m.median) + " [" + fmt(f, m.lo) + ", " + fmt(f, m.hi) + "]";
-}
-}  // namespace
-
 std::string attnres_markdown(const AttnResBenchResult& r) {
     const AttnResBenchOptions& o = r.options;
     const MachineFacts& m = r.machine;
     std::ostringstream md;
-    md << "# strata bench attnres — " << m.date << "\n\n";
-    md << "| | |\n|---|---|\n";
-    md << "| machine | " << m.cpu << ", " << m.online_cpus << " online CPUs, widest SIMD " << m.simd
-       << ", last-level cache " << fmt("%.0f", r.llc_bytes / (1 << 20)) << " MiB |\n";
-    md << "| command | `" << m.command << "` |\n";
-    md << "| strata commit | " << m.commit << " |\n";
-    md << "| environment | " << m.environment << " (OPENBLAS_CORETYPE " << m.openblas_coretype << ") |\n";
-    md << "| threads | " << o.threads << " |\n";
-    md << "| load average before → after | " << m.loadavg_before << " → " << m.loadavg_after << " |\n\n";
+    md << op_report_header("strata bench attnres", m, o.threads,
+                           ", last-level cache " + fmt("%.0f", r.llc_bytes / (1 << 20)) + " MiB");
     md << "The fp32 AttnRes op (`attnres_forward`/`attnres_backward`) over n = " << o.sources << " sources of (N, D) = ("
        << r.rows << ", " << o.d_model << "): " << fmt("%.0f", r.source_bytes / (1 << 20))
        << " MiB of sources, against a memcpy of " << fmt("%.0f", r.copy_bytes / (1 << 20))
@@ -161,9 +147,9 @@ std::string attnres_markdown(const AttnResBenchResult& r) {
        << " repetitions after one warm-up, the three measurements interleaved in rotated order; medians with a "
           "percentile-bootstrap 95 % interval.\n\n";
     md << "| | GB/s | ÷ copy (per repetition) |\n|---|---|---|\n";
-    md << "| memcpy | " << ci_str(r.copy_gbs, "%.1f") << " | 1 |\n";
-    md << "| attnres_forward | " << ci_str(r.fwd_gbs, "%.1f") << " | " << ci_str(r.fwd_share, "%.2f") << " |\n";
-    md << "| attnres_backward | " << ci_str(r.bwd_gbs, "%.1f") << " | " << ci_str(r.bwd_share, "%.2f") << " |\n\n";
+    md << "| memcpy | " << median_ci_str(r.copy_gbs, "%.1f") << " | 1 |\n";
+    md << "| attnres_forward | " << median_ci_str(r.fwd_gbs, "%.1f") << " | " << median_ci_str(r.fwd_share, "%.2f") << " |\n";
+    md << "| attnres_backward | " << median_ci_str(r.bwd_gbs, "%.1f") << " | " << median_ci_str(r.bwd_share, "%.2f") << " |\n\n";
     const MedianCI f = bootstrap_median(r.fwd_share);
     md << "**Forward ÷ copy bandwidth: " << fmt("%.2f", f.median) << "** (target ≥ 0.80: "
        << (f.median >= 0.8 ? "met" : "not met") << ").\n";
@@ -172,10 +158,7 @@ std::string attnres_markdown(const AttnResBenchResult& r) {
 
 nlohmann::json attnres_json(const AttnResBenchResult& r) {
     const AttnResBenchOptions& o = r.options;
-    auto ci = [](const std::vector<double>& x) {
-        const MedianCI m = bootstrap_median(x);
-        return nlohmann::json{{"median", m.median}, {"ci95_low", m.lo}, {"ci95_high", m.hi}, {"samples", x}};
-    };
+    auto ci = median_ci_json;
     return {{"suite", "attnres"},
             {"date", r.machine.date},
             {"command", r.machine.command},

@@ -225,6 +225,26 @@ std::string shell_quote(const std::string& s) {
     return out + "'";
 }
 
+std::string op_report_header(const std::string& title, const MachineFacts& m, int threads,
+                             const std::string& machine_extra) {
+    std::ostringstream md;
+    md << "# " << title << " — " << m.date << "\n\n";
+    md << "| | |\n|---|---|\n";
+    md << "| machine | " << m.cpu << ", " << m.online_cpus << " online CPUs, widest SIMD " << m.simd << machine_extra
+       << " |\n";
+    md << "| command | `" << m.command << "` |\n";
+    md << "| strata commit | " << m.commit << " |\n";
+    md << "| environment | " << m.environment << " (OPENBLAS_CORETYPE " << m.openblas_coretype << ") |\n";
+    md << "| threads | " << threads << " |\n";
+    md << "| load average before → after | " << m.loadavg_before << " → " << m.loadavg_after << " |\n\n";
+    return md.str();
+}
+
+nlohmann::json median_ci_json(const std::vector<double>& x) {
+    const MedianCI m = bootstrap_median(x);
+    return {{"median", m.median}, {"ci95_low", m.lo}, {"ci95_high", m.hi}, {"samples", x}};
+}
+
 nlohmann::json machine_json(const MachineFacts& m) {
     return {{"cpu", m.cpu},
             {"online_cpus", m.online_cpus},

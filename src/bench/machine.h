@@ -32,6 +32,12 @@ extern const std::vector<const char*> kSimdFlags;
 MachineFacts machine_facts(const std::filesystem::path& repo);
 // The facts a JSON report records about the machine (cpu, SIMD, OpenBLAS, environment, load).
 nlohmann::json machine_json(const MachineFacts& m);
+// The opening of an op benchmark's markdown report (bench attnres, bench moda): its title and the
+// table of the machine (with `machine_extra` appended), command, commit, environment, threads and load.
+std::string op_report_header(const std::string& title, const MachineFacts& m, int threads,
+                             const std::string& machine_extra = "");
+// {"median", "ci95_low", "ci95_high", "samples"} of x (bootstrap_median).
+nlohmann::json median_ci_json(const std::vector<double>& x);
 
 std::string cpu_model();
 std::string cpu_simd();

@@ -152,27 +152,11 @@ ModaBenchResult run_moda_bench(const ModaBenchOptions& o) {
     return r;
 }
 
-namespace {
-std::string ci_str(const std::vector<double>& x, const char* f, double scale = 1) {
-    std::vector<double> y;
-    for (double v : x) y.push_back(v * scale);
-    const MedianCI m = bootstrap_median(y);
-    return fmt(f, m.median) + " [" + fmt(f, m.lo) + ", " + fmt(f, m.hi) + "]";
-}
-}  // namespace
-
 std::string moda_markdown(const ModaBenchResult& r) {
     const ModaBenchOptions& o = r.options;
     const MachineFacts& m = r.machine;
     std::ostringstream md;
-    md << "# strata bench moda — " << m.date << "\n\n";
-    md << "| | |\n|---|---|\n";
-    md << "| machine | " << m.cpu << ", " << m.online_cpus << " online CPUs, widest SIMD " << m.simd << " |\n";
-    md << "| command | `" << m.command << "` |\n";
-    md << "| strata commit | " << m.commit << " |\n";
-    md << "| environment | " << m.environment << " (OPENBLAS_CORETYPE " << m.openblas_coretype << ") |\n";
-    md << "| threads | " << o.threads << " |\n";
-    md << "| load average before → after | " << m.loadavg_before << " → " << m.loadavg_after << " |\n\n";
+    md << op_report_header("strata bench moda", m, o.threads);
     md << "The fp32 MoDA op, forward then backward, at B = " << o.batch << ", Hk = " << o.kv_heads << ", d = "
        << o.head_dim << ", causal, own-token slots; t_attention is the same op at L = 0 in the same repetition. "
           "Ideal extra time = max(depth FLOPs (12·T·H·L·d) at the attention's measured rate, depth bytes (K^d and V^d "
@@ -187,22 +171,19 @@ std::string moda_markdown(const ModaBenchResult& r) {
     for (const ModaBenchPoint& p : r.points) {
         const double ideal = bootstrap_median(p.ideal_share).median, over = bootstrap_median(p.over_ideal).median;
         const char* verdict = ideal < 0.02 ? "ideal < 2 %" : over <= 1.5 ? "met" : "not met";
-        md << "| " << p.T << " | " << p.G << " | " << p.L << " | " << ci_str(p.t_attn, "%.1f", 1e3) << " | "
-           << ci_str(p.attn_gflops, "%.1f") << " | " << ci_str(p.t_moda, "%.1f", 1e3) << " | "
-           << ci_str(p.extra, "%.1f", 100) << " % | " << fmt("%.1f", 100 * ideal) << " % | "
-           << ci_str(p.over_ideal, "%.2f") << " | " << verdict << " |\n";
+        md << "| " << p.T << " | " << p.G << " | " << p.L << " | " << median_ci_str(p.t_attn, "%.1f", 1e3) << " | "
+           << median_ci_str(p.attn_gflops, "%.1f") << " | " << median_ci_str(p.t_moda, "%.1f", 1e3) << " | "
+           << median_ci_str(p.extra, "%.1f", 100) << " % | " << fmt("%.1f", 100 * ideal) << " % | "
+           << median_ci_str(p.over_ideal, "%.2f") << " | " << verdict << " |\n";
     }
-    md << "\nMemcpy: " << ci_str(r.points.empty() ? std::vector<double>{} : r.points[0].copy_gbs, "%.1f")
+    md << "\nMemcpy: " << median_ci_str(r.points.empty() ? std::vector<double>{} : r.points[0].copy_gbs, "%.1f")
        << " GB/s (counted as bytes read plus written).\n";
     return md.str();
 }
 
 nlohmann::json moda_json(const ModaBenchResult& r) {
     const ModaBenchOptions& o = r.options;
-    auto ci = [](const std::vector<double>& x) {
-        const MedianCI m = bootstrap_median(x);
-        return nlohmann::json{{"median", m.median}, {"ci95_low", m.lo}, {"ci95_high", m.hi}, {"samples", x}};
-    };
+    auto ci = median_ci_json;
     nlohmann::json pts = nlohmann::json::array();
     for (const ModaBenchPoint& p : r.points)
         pts.push_back({{"T", p.T}, {"G", p.G}, {"L", p.L}, {"attention_flops", p.attn_flops},

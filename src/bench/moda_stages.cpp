@@ -206,14 +206,7 @@ std::string moda_stages_markdown(const ModaStagesResult& r) {
     const ModaStagesOptions& o = r.options;
     const MachineFacts& m = r.machine;
     std::ostringstream md;
-    md << "# strata bench moda --stages — " << m.date << "\n\n";
-    md << "| | |\n|---|---|\n";
-    md << "| machine | " << m.cpu << ", " << m.online_cpus << " online CPUs, widest SIMD " << m.simd << " |\n";
-    md << "| command | `" << m.command << "` |\n";
-    md << "| strata commit | " << m.commit << " |\n";
-    md << "| environment | " << m.environment << " (OPENBLAS_CORETYPE " << m.openblas_coretype << ") |\n";
-    md << "| threads | " << o.threads << " |\n";
-    md << "| load average before → after | " << m.loadavg_before << " → " << m.loadavg_after << " |\n\n";
+    md << op_report_header("strata bench moda --stages", m, o.threads);
     md << "The MoDA paper's Table 7 stages on the CPU, forward only, fp32: B = 1, T = " << o.T << ", G = " << o.G
        << ", Hk = " << o.kv_heads << ", d = " << o.head_dim << ", L = " << o.L
        << ", query tiles of 64 rows. Each stage is written in `src/bench/moda_stages.cpp` and checked against "
@@ -226,8 +219,8 @@ std::string moda_stages_markdown(const ModaStagesResult& r) {
     double prev = 0;
     for (size_t s = 0; s < r.names.size(); s++) {
         const MedianCI c = bootstrap_median(r.seconds[s]);
-        md << "| " << r.names[s] << " | " << fmt("%.2f", 1e3 * c.median) << " [" << fmt("%.2f", 1e3 * c.lo) << ", "
-           << fmt("%.2f", 1e3 * c.hi) << "] | " << (s == 0 ? std::string("—") : fmt("%.2f", prev / c.median) + "×")
+        md << "| " << r.names[s] << " | " << median_ci_str(r.seconds[s], "%.2f", 1e3) << " | "
+           << (s == 0 ? std::string("—") : fmt("%.2f", prev / c.median) + "×")
            << " | " << paper[s] << " | " << fmt("%.1e", r.rel_err[s]) << " |\n";
         prev = c.median;
     }
@@ -239,9 +232,7 @@ std::string moda_stages_markdown(const ModaStagesResult& r) {
 nlohmann::json moda_stages_json(const ModaStagesResult& r) {
     nlohmann::json st = nlohmann::json::array();
     for (size_t s = 0; s < r.names.size(); s++) {
-        const MedianCI c = bootstrap_median(r.seconds[s]);
-        st.push_back({{"stage", r.names[s]}, {"seconds", {{"median", c.median}, {"ci95_low", c.lo}, {"ci95_high", c.hi},
-                                                         {"samples", r.seconds[s]}}},
+        st.push_back({{"stage", r.names[s]}, {"seconds", median_ci_json(r.seconds[s])},
                       {"rel_l2_vs_moda_forward", r.rel_err[s]}});
     }
     const ModaStagesOptions& o = r.options;

@@ -60,4 +60,11 @@ std::string fmt(const char* format, double v) {
     return buf;
 }
 
+std::string median_ci_str(const std::vector<double>& x, const char* format, double scale) {
+    std::vector<double> y;
+    for (double v : x) y.push_back(v * scale);
+    const MedianCI m = bootstrap_median(y);
+    return fmt(format, m.median) + " [" + fmt(format, m.lo) + ", " + fmt(format, m.hi) + "]";
+}
+
 }  // namespace strata::bench

@@ -33,4 +33,7 @@ MedianCI bootstrap_median(const std::vector<double>& x, int resamples = kBootstr
 // snprintf of one number, e.g. fmt("%.1f", 3.14159) == "3.1".
 std::string fmt(const char* format, double v);
 
+// "median [lo, hi]" of bootstrap_median(x · scale), each number formatted with `format`.
+std::string median_ci_str(const std::vector<double>& x, const char* format, double scale = 1);
+
 }  // namespace strata::bench
