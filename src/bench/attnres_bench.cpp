@@ -86,17 +86,7 @@ AttnResBenchResult run_attnres_bench(const AttnResBenchOptions& o) {
     const double ND4 = double(N) * D * 4, stats = (2.0 * n * N + N) * 4;
     r.fwd_bytes = (n + 1) * ND4 + stats;
     r.bwd_bytes = (n + 2) * ND4 + 2.0 * n * ND4 + stats;
-    auto copy = [&] {
-        const double t0 = now();
-#pragma omp parallel
-        {
-            const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-            const size_t per = (copy_n + size_t(nt) - 1) / size_t(nt), lo = std::min(copy_n, per * size_t(id)),
-                         hi = std::min(copy_n, lo + per);
-            std::memcpy(copy_b.data() + lo, copy_a.data() + lo, (hi - lo) * 4);
-        }
-        return 2.0 * r.copy_bytes / (now() - t0) / 1e9;
-    };
+    auto copy = [&] { return memcpy_gbs(copy_b.data(), copy_a.data(), copy_n); };
     auto fwd = [&] {
         const double t0 = now();
         attnres_forward(out.data(), logit.data(), rstd.data(), lse.data(), sp.data(), int(n), w.data(), g.data(), N, D,

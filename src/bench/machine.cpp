@@ -1,11 +1,13 @@
 #include "bench/machine.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <sstream>
@@ -238,6 +240,18 @@ std::string op_report_header(const std::string& title, const MachineFacts& m, in
     md << "| threads | " << threads << " |\n";
     md << "| load average before → after | " << m.loadavg_before << " → " << m.loadavg_after << " |\n\n";
     return md.str();
+}
+
+double memcpy_gbs(float* dst, const float* src, size_t n) {
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel
+    {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const size_t per = (n + size_t(nt) - 1) / size_t(nt), lo = std::min(n, per * size_t(id)), hi = std::min(n, lo + per);
+        std::memcpy(dst + lo, src + lo, (hi - lo) * 4);
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return 2.0 * double(n) * 4 / s / 1e9;
 }
 
 nlohmann::json median_ci_json(const std::vector<double>& x) {

@@ -36,6 +36,9 @@ nlohmann::json machine_json(const MachineFacts& m);
 // table of the machine (with `machine_extra` appended), command, commit, environment, threads and load.
 std::string op_report_header(const std::string& title, const MachineFacts& m, int threads,
                              const std::string& machine_extra = "");
+// memcpy of n floats from src to dst, split over the OpenMP threads: GB/s, counting the bytes read
+// plus the bytes written (the op benchmarks' yardstick).
+double memcpy_gbs(float* dst, const float* src, size_t n);
 // {"median", "ci95_low", "ci95_high", "samples"} of x (bootstrap_median).
 nlohmann::json median_ci_json(const std::vector<double>& x);
 

@@ -80,17 +80,7 @@ ModaBenchResult run_moda_bench(const ModaBenchOptions& o) {
         }
     }
     std::vector<float> copy_a(copy_n, 1.f), copy_b(copy_n, 0.f);
-    auto copy = [&] {
-        const double t0 = now();
-#pragma omp parallel
-        {
-            const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-            const size_t per = (copy_n + size_t(nt) - 1) / size_t(nt), lo = std::min(copy_n, per * size_t(id)),
-                         hi = std::min(copy_n, lo + per);
-            std::memcpy(copy_b.data() + lo, copy_a.data() + lo, (hi - lo) * 4);
-        }
-        return 2.0 * r.copy_bytes / (now() - t0) / 1e9;
-    };
+    auto copy = [&] { return memcpy_gbs(copy_b.data(), copy_a.data(), copy_n); };
     // One forward + backward at L slots (0: plain attention through the same op).
     auto time_op = [&](long T, long G, long L) {
         Seq& s = seqs[{T, G}];

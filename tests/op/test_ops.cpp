@@ -862,6 +862,14 @@ INSTANTIATE_TEST_SUITE_P(Ops, OpTable, ::testing::Range<size_t>(0, table().size(
     return n + "_" + std::to_string(info.param);
 });
 
+// k and v (B, T, w) in a zeroed KV cache of max_T rows per batch.
+static std::pair<Vec, Vec> kv_cache_of(const Vec& k, const Vec& v, long B, long T, long max_T, long w) {
+    Vec kc(B * max_T * w, 0.0), vc(B * max_T * w, 0.0);
+    for (long b = 0; b < B; b++)
+        for (long i = 0; i < T * w; i++) kc[b * max_T * w + i] = k[b * T * w + i], vc[b * max_T * w + i] = v[b * T * w + i];
+    return {kc, vc};
+}
+
 // The decode path: attention for query rows at positions q_pos0.. over a longer KV cache must equal
 // the corresponding rows of full causal attention.
 TEST(Attention, CachedRowsMatchFullAttention) {
@@ -870,13 +878,9 @@ TEST(Attention, CachedRowsMatchFullAttention) {
     Vec q = randn(B * T * H * d, g), k = randn(B * T * Hk * d, g), v = randn(B * T * Hk * d, g);
     Vec o(B * T * H * d), lse(B * H * T);
     attention_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), AttnDims{B, T, T, H, Hk, d, 0, T * Hk * d});
-    Vec kc(B * max_T * Hk * d, 0.0), vc(B * max_T * Hk * d, 0.0), qn(B * (T - p0) * H * d);
+    auto [kc, vc] = kv_cache_of(k, v, B, T, max_T, Hk * d);
+    Vec qn(B * (T - p0) * H * d);
     for (long b = 0; b < B; b++) {
-        for (long t = 0; t < T; t++)
-            for (long i = 0; i < Hk * d; i++) {
-                kc[(b * max_T + t) * Hk * d + i] = k[(b * T + t) * Hk * d + i];
-                vc[(b * max_T + t) * Hk * d + i] = v[(b * T + t) * Hk * d + i];
-            }
         for (long t = p0; t < T; t++)
             for (long i = 0; i < H * d; i++) qn[(b * (T - p0) + t - p0) * H * d + i] = q[(b * T + t) * H * d + i];
     }
@@ -947,13 +951,9 @@ TEST(MoDA, CachedRowsMatchFullAndNoDepthIsAttention) {
     strata::testing::moda_fwd(o.data(), lse.data(), q.data(), k.data(), v.data(), kd.data(), vd.data(), L, Lm,
                  AttnDims{B, T, T, H, Hk, d, 0, T * Hk * d});
     const long n = T - p0, slot = Lm * Hk * d;
-    Vec kc(B * max_T * Hk * d, 0.0), vc(B * max_T * Hk * d, 0.0), qn(B * n * H * d), kdn(B * n * slot), vdn(B * n * slot);
+    auto [kc, vc] = kv_cache_of(k, v, B, T, max_T, Hk * d);
+    Vec qn(B * n * H * d), kdn(B * n * slot), vdn(B * n * slot);
     for (long b = 0; b < B; b++) {
-        for (long t = 0; t < T; t++)
-            for (long i = 0; i < Hk * d; i++) {
-                kc[(b * max_T + t) * Hk * d + i] = k[(b * T + t) * Hk * d + i];
-                vc[(b * max_T + t) * Hk * d + i] = v[(b * T + t) * Hk * d + i];
-            }
         for (long t = p0; t < T; t++) {
             for (long i = 0; i < H * d; i++) qn[(b * n + t - p0) * H * d + i] = q[(b * T + t) * H * d + i];
             for (long i = 0; i < slot; i++) {
@@ -995,14 +995,9 @@ TEST(MoDA, ChunkRowsFromTheChunkStartMatchFull) {
         moda_forward(full);
         for (long p0 : {43L, 40L, 35L}) {  // mid-chunk, at a chunk start, and two chunks' queries at once
             const long n = T - p0, start = p0 / C * C, rows = T - start, slot = Lm * Hk * d;
-            Vec kc(B * max_T * Hk * d, 0.0), vc(B * max_T * Hk * d, 0.0), qn(B * n * H * d), kdn(B * rows * slot),
-                vdn(B * rows * slot);
+            auto [kc, vc] = kv_cache_of(k, v, B, T, max_T, Hk * d);
+            Vec qn(B * n * H * d), kdn(B * rows * slot), vdn(B * rows * slot);
             for (long b = 0; b < B; b++) {
-                for (long t = 0; t < T; t++)
-                    for (long i = 0; i < Hk * d; i++) {
-                        kc[(b * max_T + t) * Hk * d + i] = k[(b * T + t) * Hk * d + i];
-                        vc[(b * max_T + t) * Hk * d + i] = v[(b * T + t) * Hk * d + i];
-                    }
                 for (long t = p0; t < T; t++)
                     for (long i = 0; i < H * d; i++) qn[(b * n + t - p0) * H * d + i] = q[(b * T + t) * H * d + i];
                 for (long t = start; t < T; t++)
