@@ -1,6 +1,7 @@
-// strata generate: sample text from a checkpoint with the KV cache, streaming to stdout. Past the
-// model's context the last max_seq_len/2 tokens are prefilled again and sampling goes on (see
-// infer/generate.h). stdout carries only the text; the timing line goes to stderr.
+// strata generate: sample text from a checkpoint with the KV cache, streaming to stdout piece by piece
+// (infer/text_stream.h). Past the model's context the last max_seq_len/2 tokens are prefilled again
+// and sampling goes on (see infer/generate.h). stdout carries only the text; the timing line goes to
+// stderr.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "infer/generate.h"
+#include "infer/text_stream.h"
 #include "train/checkpoint.h"
 #include "train/tokenizer.h"
 #include "train/trainer.h"
@@ -18,55 +20,11 @@
 namespace strata::cli {
 
 namespace {
-// Prints the continuation of a prompt as it grows. Decoding the whole sequence (prompt included, so
-// word boundaries come out right) each time and printing only the new suffix keeps multi-token
-// characters (byte fallback) intact: a trailing incomplete character decodes to U+FFFD and is held
-// back until it completes. With stop strings, text that could be the start of one is held back too;
-// once the continuation contains one, the text before it is printed and push() returns false.
-struct StreamPrinter {
-    const Tokenizer& tok;
-    const std::vector<std::string>& stops;
-    std::vector<int32_t> ids;  // the prompt (without the leading end-of-text token) and the new tokens
-    size_t base = 0;           // bytes of the decoded prompt
-    size_t printed = 0;        // bytes of the continuation printed so far
-    std::string gen;           // the decoded continuation, complete characters only
-
-    StreamPrinter(const Tokenizer& t, const std::vector<std::string>& s, std::vector<int32_t> prompt)
-        : tok(t), stops(s), ids(std::move(prompt)), base(tok.decode(ids).size()) {}
-
-    void emit(size_t end) {
-        if (end > printed) {
-            std::fwrite(gen.data() + printed, 1, end - printed, stdout);
-            std::fflush(stdout);
-            printed = end;
-        }
-    }
-    bool push(int32_t id) {
-        ids.push_back(id);
-        std::string s = tok.decode(ids);
-        size_t end = s.size();
-        static const std::string repl = "\xEF\xBF\xBD";
-        while (end >= base + 3 && s.compare(end - 3, 3, repl) == 0) end -= 3;
-        gen = end > base ? s.substr(base, end - base) : std::string();
-        size_t hit = std::string::npos;
-        for (const std::string& st : stops) hit = std::min(hit, gen.find(st));
-        if (hit != std::string::npos) {
-            emit(hit);
-            return false;
-        }
-        // hold back the longest tail of the text that begins some stop string
-        size_t hold = 0;
-        for (const std::string& st : stops)
-            for (size_t k = std::min(st.size() - 1, gen.size()); k > hold; k--)
-                if (gen.compare(gen.size() - k, k, st, 0, k) == 0) {
-                    hold = k;
-                    break;
-                }
-        if (gen.size() - hold > printed) emit(gen.size() - hold);
-        return true;
-    }
-    void finish() { emit(gen.size()); }  // the sample ended without a stop string: print what was held
-};
+void print(const std::string& piece) {
+    if (piece.empty()) return;
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+}
 
 // The prompt text of --prompt-file: a file, or standard input for "-". Errors name the flag and file.
 std::string read_prompt_file(const std::string& path) {
@@ -149,15 +107,14 @@ void add_generate_command(CLI::App& app) {
             if (i > 0) std::fputs("---\n", stdout);
             s.seed = o->s.seed + uint64_t(i);  // wraps modulo 2^64
             std::fwrite(text.data(), 1, text.size(), stdout);
-            StreamPrinter sp(*lc.tok, o->stops, std::vector<int32_t>(prompt.begin() + 1, prompt.end()));
-            bool stopped = false;
+            TextStream ts(*lc.tok, o->stops, std::vector<int32_t>(prompt.begin() + 1, prompt.end()));
             GenerateStats st;
             std::vector<int32_t> out = generate(*lc.model, prompt, s, [&](int32_t t) {
                 if (t == s.stop_token) return true;  // generate() ends after it
-                stopped = !sp.push(t);
-                return !stopped;
+                print(ts.push(t));
+                return !ts.stopped();
             }, &st);
-            if (!stopped) sp.finish();
+            if (!ts.stopped()) print(ts.finish());
             std::fputs("\n", stdout);
             std::fflush(stdout);
             generated += long(out.size());

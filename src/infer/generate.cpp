@@ -47,46 +47,59 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& o, Rng& rn
     return c[n - 1].second;
 }
 
-std::vector<int32_t> generate(Model<float>& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
-                              const std::function<bool(int32_t)>& on_token, GenerateStats* stats) {
-    if (prompt.empty()) throw Error("generate: the prompt must hold at least one token");
+Generator::Generator(Model<float>& model, std::vector<int32_t> prompt, const SampleOptions& o)
+    : model_(model), o_(o), rng_(o.seed), ctx_(std::move(prompt)) {
+    if (ctx_.empty()) throw Error("generate: the prompt must hold at least one token");
     if (o.max_tokens < 0) throw Error("generate: max_tokens must not be negative");
     if (!(o.temperature >= 0)) throw Error("generate: temperature must not be negative");
     if (!(o.top_p > 0 && o.top_p <= 1)) throw Error("generate: top_p must be in (0, 1]");
     if (o.top_k < 0) throw Error("generate: top_k must not be negative");
     const long max_T = model.cfg.max_seq_len;
-    if (long(prompt.size()) > max_T)
-        throw Error("the prompt is " + std::to_string(prompt.size()) + " tokens, longer than the model's max_seq_len " +
+    if (long(ctx_.size()) > max_T)
+        throw Error("the prompt is " + std::to_string(ctx_.size()) + " tokens, longer than the model's max_seq_len " +
                     std::to_string(max_T));
-    const long keep = std::max(1L, max_T / 2);  // the window prefilled again when the context is full
     const int V = model.cfg.vocab_size;
-    GenerateStats st;
-    KVCache<float> cache;
-    model.init_cache(cache, 1, std::min(max_T, long(prompt.size()) + o.max_tokens));
-    Rng rng(o.seed);
-    std::vector<std::pair<float, int32_t>> scratch;
-    std::vector<int32_t> out, ctx = prompt;  // ctx: every token so far, the prompt's included
-    model.forward_cached(prompt.data(), 1, long(prompt.size()), cache);
-    st.prefill_tokens = long(prompt.size());
-    std::vector<float> logits(static_cast<size_t>(V));  // the last position's logits, on the host
-    model.logits_to_host(logits.data(), long(prompt.size()) - 1, 1);
-    for (long i = 0; i < o.max_tokens; i++) {
-        int32_t tok = sample_token(logits.data(), V, o, rng, scratch);
-        out.push_back(tok);
-        ctx.push_back(tok);
-        if (on_token && !on_token(tok)) break;
-        if (tok == o.stop_token || i + 1 == o.max_tokens) break;
-        if (cache.len < cache.max_T) {
-            model.forward_cached(&tok, 1, 1, cache);
-            model.logits_to_host(logits.data(), 0, 1);
-        } else {  // the context is full: start a fresh cache on its last `keep` tokens
-            cache.len = 0;
-            model.forward_cached(ctx.data() + (ctx.size() - size_t(keep)), 1, keep, cache);
-            model.logits_to_host(logits.data(), keep - 1, 1);
-            st.crops++;
-        }
+    for (int32_t t : ctx_)
+        if (t < 0 || t >= V)
+            throw Error("generate: prompt token " + std::to_string(t) + " is outside the vocabulary [0, " +
+                        std::to_string(V) + ")");
+    logits_.resize(static_cast<size_t>(V));
+    done_ = o.max_tokens == 0;
+}
+
+std::optional<int32_t> Generator::next() {
+    if (done_) return std::nullopt;
+    if (produced_ == 0) {  // prefill
+        model_.init_cache(cache_, 1, std::min(long(model_.cfg.max_seq_len), long(ctx_.size()) + o_.max_tokens));
+        model_.forward_cached(ctx_.data(), 1, long(ctx_.size()), cache_);
+        st_.prefill_tokens = long(ctx_.size());
+        model_.logits_to_host(logits_.data(), long(ctx_.size()) - 1, 1);
+    } else if (cache_.len < cache_.max_T) {  // the previous token's forward
+        model_.forward_cached(&ctx_.back(), 1, 1, cache_);
+        model_.logits_to_host(logits_.data(), 0, 1);
+    } else {  // the context is full: start a fresh cache on its last `keep` tokens
+        const long keep = std::max(1L, long(model_.cfg.max_seq_len) / 2);
+        cache_.len = 0;
+        model_.forward_cached(ctx_.data() + (ctx_.size() - size_t(keep)), 1, keep, cache_);
+        model_.logits_to_host(logits_.data(), keep - 1, 1);
+        st_.crops++;
     }
-    if (stats) *stats = st;
+    const int32_t tok = sample_token(logits_.data(), int(logits_.size()), o_, rng_, scratch_);
+    ctx_.push_back(tok);
+    produced_++;
+    done_ = tok == o_.stop_token || produced_ == o_.max_tokens;
+    return tok;
+}
+
+std::vector<int32_t> generate(Model<float>& model, const std::vector<int32_t>& prompt, const SampleOptions& o,
+                              const std::function<bool(int32_t)>& on_token, GenerateStats* stats) {
+    Generator g(model, prompt, o);
+    std::vector<int32_t> out;
+    while (std::optional<int32_t> t = g.next()) {
+        out.push_back(*t);
+        if (on_token && !on_token(*t)) break;
+    }
+    if (stats) *stats = g.stats();
     return out;
 }
 

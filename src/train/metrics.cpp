@@ -49,7 +49,8 @@ static bool truncate_metrics(const std::string& path, long step, Progress& progr
     return has_val;
 }
 
-MetricsLog::MetricsLog(const std::string& path, long resume_step, Progress& progress) : path_(path) {
+MetricsLog::MetricsLog(const std::string& path, long resume_step, Progress& progress, Observer observer)
+    : path_(path), observer_(std::move(observer)) {
     has_val_ = resume_step > 0 && truncate_metrics(path, resume_step, progress);
     f_ = std::fopen(path.c_str(), resume_step > 0 ? "a" : "w");
     if (!f_) throw Error("cannot open " + path + " for writing");
@@ -63,6 +64,7 @@ void MetricsLog::line(const std::string& text) {
     std::fputs(text.c_str(), f_);
     std::fputc('\n', f_);
     std::fflush(f_);
+    if (observer_) observer_(text);
 }
 
 void MetricsLog::step(const Step& m) {

@@ -3,6 +3,7 @@
 // appends exactly the lines an uninterrupted run would have written.
 #pragma once
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,7 +18,9 @@ class MetricsLog {
 public:
     // Opens `path` for appending after dropping the lines past `resume_step` (> 0), or truncates it
     // for a new run (resume_step 0).
-    MetricsLog(const std::string& path, long resume_step, Progress& progress);
+    // Each line written is also passed to `observer` (if set), as the JSON text of the line.
+    using Observer = std::function<void(const std::string& line)>;
+    MetricsLog(const std::string& path, long resume_step, Progress& progress, Observer observer = {});
     ~MetricsLog();
     MetricsLog(const MetricsLog&) = delete;
     MetricsLog& operator=(const MetricsLog&) = delete;
@@ -45,6 +48,7 @@ public:
 private:
     void line(const std::string& text);
     std::string path_;
+    Observer observer_;
     FILE* f_ = nullptr;
     bool has_val_ = false;
 };

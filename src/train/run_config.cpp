@@ -338,6 +338,10 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
         }
         resolve_file_paths(j, path);
     }
+    return run_config_of(std::move(j), origin, overrides);
+}
+
+RunConfig run_config_of(nlohmann::json j, std::string origin, const std::vector<std::string>& overrides) {
     if (!overrides.empty()) {
         apply_overrides(j, overrides);
         origin += " (with --set overrides)";

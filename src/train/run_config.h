@@ -84,5 +84,8 @@ nlohmann::json default_config_json();
 // kMaxConfigBytes.
 constexpr uint64_t kMaxConfigBytes = 1 << 20;
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides);
+// The same from a config already in memory (the Python package's dict): its relative paths, like
+// --set values, mean paths under the working directory. `origin` names it in errors.
+RunConfig run_config_of(nlohmann::json j, std::string origin, const std::vector<std::string>& overrides);
 
 }  // namespace strata

@@ -158,7 +158,7 @@ TrainResult train(const RunConfig& rc, const TrainOptions& opts) {
                                    {"init_from", rs.init_from.empty() ? nlohmann::json() : nlohmann::json(rs.init_from)}});
     }
     Progress progress(t.steps, st.step, t.log_every);
-    MetricsLog metrics(t.out_dir + "/metrics.jsonl", st.step, progress);
+    MetricsLog metrics(t.out_dir + "/metrics.jsonl", st.step, progress, opts.on_metrics);
 
     InterruptScope interrupt;
     TrainResult res;

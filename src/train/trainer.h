@@ -3,6 +3,7 @@
 // and divergence handling (faults.h), SIGINT handling (interrupt.h) and atomic checkpoints;
 // resumable bit for bit.
 #pragma once
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +16,9 @@ namespace strata {
 struct TrainOptions {
     double flops_per_step = 0;  // the FLOP model of one optimizer step (all micro-batches); 0: unknown
     double peak_gflops = 0;     // the machine's peak; 0: unknown (train.peak_gflops overrides it)
+    // Called with each line of metrics.jsonl (a step, a validation, a skipped step) once it is
+    // written. An exception it throws ends the run (the last checkpoint on disk is kept).
+    std::function<void(const std::string& line)> on_metrics;
 };
 
 struct TrainResult {

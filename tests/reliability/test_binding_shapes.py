@@ -4,7 +4,7 @@ module's __version__."""
 import numpy as np
 import pytest
 
-strata = pytest.importorskip("strata")
+import strata  # noqa: E402
 
 rng = np.random.default_rng(0)
 
@@ -143,8 +143,13 @@ def test_model():
     name = next(n for n in m.param_names() if m.get_param(n).ndim == 2)
     p = m.get_param(name)
     raises(m.set_param, name, p.reshape(-1), names=[name, "must have shape"])
-    raises(m.forward, np.zeros((2,), np.int32), names=["tokens"])
+    raises(m.forward, np.zeros((2, 2, 2), np.int32), names=["tokens"])
     raises(m.forward, np.zeros((2, 3), np.int32), np.zeros((2, 4), np.int32), names=["targets", "T=3"])
+    raises(m.logits, np.zeros((2, 2, 2), np.int32), names=["Model.logits", "tokens", "(B, T)"])
+    raises(m.logits, np.zeros((2, 9), np.int32), names=["max_seq_len 8"])
+    raises(m.logits, np.array([0, 16], np.int32), names=["tokens[1] = 16"])
+    raises(m.loss, np.zeros((3,), np.int32), np.zeros((4,), np.int32), names=["targets", "T=3"])
+    raises(m.loss, np.zeros((3,), np.int32), np.array([0, 1, 16], np.int32), names=["targets[2] = 16"])
 
 
 def test_version_is_the_projects():
