@@ -81,8 +81,8 @@ std::vector<GemmResult> gemm_peaks(long tokens, const ModelConfig& c, Precision 
     return out;
 }
 
-std::vector<GemmResult> sgemm_peaks(long tokens, const ModelConfig& c) {
-    return gemm_peaks(tokens, c, Precision::fp32, GemmLib::openblas);
+std::vector<GemmResult> sgemm_peaks(long tokens, const ModelConfig& c, double min_seconds) {
+    return gemm_peaks(tokens, c, Precision::fp32, GemmLib::openblas, min_seconds);
 }
 
 double quick_gemm_gflops(Precision p, double seconds) {

@@ -29,7 +29,7 @@ std::vector<GemmShape> model_gemm_shapes(long tokens, const ModelConfig& c);
 std::vector<GemmResult> gemm_peaks(long tokens, const ModelConfig& c, Precision p, GemmLib lib,
                                    double min_seconds = 0.4);
 // OpenBLAS's f32 peaks (gemm_peaks with fp32 and openblas).
-std::vector<GemmResult> sgemm_peaks(long tokens, const ModelConfig& c);
+std::vector<GemmResult> sgemm_peaks(long tokens, const ModelConfig& c, double min_seconds = 0.4);
 // A short measurement (about `seconds`) of the square 512³ GEMM of a precision (fp32: sgemm; bf16:
 // strata's bf16 GEMM): the best GFLOP/s of its repetitions. The trainer's MFU is against this when
 // train.peak_gflops is not given.

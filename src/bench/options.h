@@ -16,6 +16,7 @@ struct TrainBenchOptions {
     int warmup = 2;  // untimed steps of each configuration before its first repetition
     int steps = 5;   // timed steps in one repetition
     int reps = 10;   // repetitions of each configuration, interleaved
+    double gemm_seconds = 0.4;  // how long each shape of the GEMM peaks is timed (at least 5 calls)
     long batch = 8;
     long seq = 256;
     std::vector<std::string> precisions = {"fp32", "bf16"};  // strata's configurations

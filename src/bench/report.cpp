@@ -461,6 +461,7 @@ json to_json(const TrainBenchResult& r) {
     j["protocol"] = {{"reps", o.reps},
                      {"steps_per_rep", o.steps},
                      {"warmup", o.warmup},
+                     {"gemm_seconds", o.gemm_seconds},
                      {"order", "interleaved"},
                      {"precisions", o.precisions},
                      {"peers", o.no_peer ? std::vector<std::string>{} : o.peers},

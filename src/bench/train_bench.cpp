@@ -390,19 +390,19 @@ TrainBenchResult run_train_bench(const TrainBenchOptions& o) {
 
     std::fprintf(stderr, "sgemm peak, %d threads...\n", o.threads);
     const CpuSnapshot c0 = cpu_snapshot();
-    r.gemm = sgemm_peaks(o.batch * o.seq, r.model);
+    r.gemm = sgemm_peaks(o.batch * o.seq, r.model, o.gemm_seconds);
     std::fprintf(stderr, "oneDNN f32 peak...\n");
-    r.gemm_onednn = gemm_peaks(o.batch * o.seq, r.model, Precision::fp32, GemmLib::onednn);
+    r.gemm_onednn = gemm_peaks(o.batch * o.seq, r.model, Precision::fp32, GemmLib::onednn, o.gemm_seconds);
     if (std::find(o.precisions.begin(), o.precisions.end(), "bf16") != o.precisions.end()) {
         r.bf16_backend = bf16_gemm_backend();
         std::fprintf(stderr, "bf16 GEMM peak (%s)...\n", r.bf16_backend.c_str());
-        r.gemm_bf16 = gemm_peaks(o.batch * o.seq, r.model, Precision::bf16, GemmLib::onednn);
+        r.gemm_bf16 = gemm_peaks(o.batch * o.seq, r.model, Precision::bf16, GemmLib::onednn, o.gemm_seconds);
         if (cpu_has_native_bf16()) {  // the other path, for comparison; then back to the one in use
             const bool native = bf16_native();
             set_bf16_native(!native);
             r.bf16_other_backend = bf16_gemm_backend();
             std::fprintf(stderr, "bf16 GEMM, the path not taken (%s)...\n", r.bf16_other_backend.c_str());
-            r.gemm_bf16_other = gemm_peaks(o.batch * o.seq, r.model, Precision::bf16, GemmLib::onednn);
+            r.gemm_bf16_other = gemm_peaks(o.batch * o.seq, r.model, Precision::bf16, GemmLib::onednn, o.gemm_seconds);
             set_bf16_native(native);
         }
     }

@@ -242,6 +242,10 @@ void add_bench_command(CLI::App& app) {
         ->check(in_range(1, kMaxThreads));
     train->add_option("--warmup", o->warmup, "Untimed warm-up steps")->capture_default_str()->check(at_least(0));
     train->add_option("--steps", o->steps, "Timed steps in one repetition")->capture_default_str()->check(at_least(1));
+    train->add_option("--gemm-seconds", o->gemm_seconds,
+                      "How long each shape of the GEMM peaks is timed (at least 5 calls each)")
+        ->capture_default_str()
+        ->check(in_range(0.001, 60));
     train->add_option("--reps", o->reps, "Repetitions of each configuration, interleaved (the protocol asks for ≥ 10)")
         ->capture_default_str()
         ->check(at_least(1));

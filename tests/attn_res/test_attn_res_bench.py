@@ -8,7 +8,8 @@ import pytest
 
 from clihelp import run
 
-QUICK = ["bench", "train", "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0", "--threads", "1"]
+QUICK = ["bench", "train", "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0", "--threads", "1",
+         "--gemm-seconds", "0.005"]
 
 
 @pytest.mark.parametrize("residual", ["attnres_full", "attnres_block"])

@@ -14,7 +14,8 @@ import pytest
 
 from clihelp import ROOT, run
 
-QUICK = ["bench", "train", "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0", "--threads", "1"]
+QUICK = ["bench", "train", "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0", "--threads", "1",
+         "--gemm-seconds", "0.005"]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from clihelp import run
 
-QUICK = ["bench", "train", "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0", "--threads", "1"]
+QUICK = ["bench", "train", "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0", "--threads", "1",
+         "--gemm-seconds", "0.005"]
 
 
 def test_the_flop_model_counts_the_ffn_kv_projections_and_the_depth_scores(tmp_path):

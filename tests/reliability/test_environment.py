@@ -12,7 +12,7 @@ import pytest
 from clihelp import BIN, ROOT, TINY_MODEL, run, small_corpus
 
 QUICK_BENCH = ["bench", "train", "--no-peer", "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0",
-               "--threads", "1"]
+               "--threads", "1", "--gemm-seconds", "0.005"]
 
 
 def without(*names):
