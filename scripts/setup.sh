@@ -19,6 +19,7 @@ pkgs=(
 if [ "$what" != main ]; then
   pkgs+=(python3-torch python3-pytest)  # the PyTorch reference and the Python tests
   pkgs+=(python3-venv python3-pip)      # tests/python/test_install.py: pip install . into a fresh venv
+  pkgs+=(python3-sentencepiece)         # tests/interop: transformers' LlamaTokenizer on the exported tokenizer
   # clang and its compiler-rt runtimes (libFuzzer, ASan, UBSan) build the fuzzers (scripts/fuzz.sh); g++
   # brings its own ASan/UBSan runtimes for the sanitizer build (scripts/sanitize.sh).
   pkgs+=(clang libclang-rt-14-dev)

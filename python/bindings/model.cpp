@@ -10,6 +10,7 @@
 #include "common.h"
 #include "infer/generate.h"
 #include "infer/text_stream.h"
+#include "interop/hf.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -32,7 +33,7 @@ struct PyModel {
         m = std::make_unique<Model<float>>(ModelConfig::from_json(to_json(cfg), "config"));
     }
     PyModel(LoadedCheckpoint lc, const std::string& path) : m(std::move(lc.model)), origin(path) {
-        tok.emplace(*lc.tok);
+        if (lc.tok) tok.emplace(*lc.tok);
         run_config = lc.rc.to_json();
     }
 
@@ -271,7 +272,8 @@ void bind_model(py::module_& mod) {
             std::unique_ptr<PyModel> p;
             {
                 py::gil_scoped_release nogil;
-                p = std::make_unique<PyModel>(load_checkpoint(path, /*weights_only=*/true), path);
+                // a Hugging Face folder may come without a tokenizer: the model alone then
+                p = std::make_unique<PyModel>(is_hf_folder(path) ? import_hf(path) : load_checkpoint(path, true), path);
             }
             p->m->set_precision(prec);
             return p;

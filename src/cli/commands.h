@@ -20,6 +20,7 @@ void add_bench_command(CLI::App& app);
 void add_diagnose_command(CLI::App& app);
 void add_plot_command(CLI::App& app);
 void add_config_command(CLI::App& app);
+void add_export_command(CLI::App& app);
 
 // Builds the app and parses argv; returns the process exit status. Errors (bad flags, strata::Error
 // from a subcommand) are reported on stderr and give a non-zero status. With dry_run, the

@@ -1,5 +1,7 @@
 #include "train/checkpoint.h"
 
+#include "interop/hf.h"
+
 #include <sys/stat.h>
 
 #include <cmath>
@@ -91,6 +93,16 @@ static uint64_t meta_u64(const SafetensorsFile& f, const std::string& key) {
 }
 
 LoadedCheckpoint load_checkpoint(const std::string& path_in, bool weights_only, Device device) {
+    if (is_hf_folder(path_in)) {  // a Hugging Face Llama/Qwen3 folder (interop/hf.h)
+        if (!weights_only)
+            throw Error(path_in + " is a Hugging Face model folder: it holds weights, not the AdamW moments and "
+                                  "training state this needs");
+        LoadedCheckpoint lc = import_hf(path_in);
+        if (!lc.tok)
+            throw Error(path_in + " is a Hugging Face model folder without tokenizer.model: strata needs its "
+                                  "SentencePiece tokenizer here (strata.load reads the weights alone)");
+        return lc;
+    }
     std::string path = path_in;
     struct stat sb;
     if (::stat(path.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) {
