@@ -331,6 +331,20 @@ std::string Tokenizer::piece(int32_t id) const {
     return sp_->IdToPiece(id);
 }
 
+Tokenizer::Kind Tokenizer::kind(int32_t id) const {
+    piece(id);  // the range check
+    if (sp_->IsUnknown(id)) return Kind::unknown;
+    if (sp_->IsControl(id)) return Kind::control;
+    if (sp_->IsByte(id)) return Kind::byte;
+    if (sp_->IsUnused(id)) return Kind::unused;
+    return Kind::normal;
+}
+
+float Tokenizer::score(int32_t id) const {
+    piece(id);
+    return sp_->GetScore(id);
+}
+
 int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
 int Tokenizer::bos_id() const { return sp_->bos_id(); }
 int Tokenizer::eos_id() const { return sp_->eos_id(); }

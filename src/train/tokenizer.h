@@ -44,6 +44,10 @@ public:
     // Throws Error when an id is outside [0, vocab_size). Control ids (bos, eos) decode to nothing.
     std::string decode(const std::vector<int32_t>& ids) const;
     std::string piece(int32_t id) const;  // the raw vocabulary entry, for debugging and tests
+    // What a vocabulary entry is, and its score in the model (for exports to other tokenizers).
+    enum class Kind { normal, unknown, control, byte, unused };
+    Kind kind(int32_t id) const;
+    float score(int32_t id) const;
 
     int vocab_size() const;
     int bos_id() const;

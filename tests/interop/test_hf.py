@@ -21,19 +21,19 @@ import pytest
 import strata
 from clihelp import BIN, TINY_MODEL, run, small_corpus, tiny_run  # noqa: F401  (tiny_run is a fixture)
 
-TRANSFORMERS = "transformers==4.44.2"
+TRANSFORMERS = ["transformers==4.44.2", "gguf"]
 
 
 @pytest.fixture(scope="session")
 def hf_python():
-    """The venv's interpreter, with transformers (made under the build folder once, then reused)."""
+    """The venv's interpreter, with transformers and gguf (made under the build folder once, then reused)."""
     venv = pathlib.Path(BIN).resolve().parent / "hf-venv"
     py = venv / "bin" / "python"
-    ok = py.exists() and subprocess.run([str(py), "-c", "import transformers, torch, sentencepiece"],
+    ok = py.exists() and subprocess.run([str(py), "-c", "import transformers, torch, sentencepiece, gguf"],
                                         capture_output=True).returncode == 0
     if not ok:
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--clear", str(venv)], check=True)
-        p = subprocess.run([str(py), "-m", "pip", "install", "--quiet", TRANSFORMERS], capture_output=True,
+        p = subprocess.run([str(py), "-m", "pip", "install", "--quiet", *TRANSFORMERS], capture_output=True,
                            text=True, timeout=900)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return str(py)
