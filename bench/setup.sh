@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates bench/.venv with PyTorch 2.x (from PyPI) and numpy, for the PyTorch peer of
-# `strata bench train`. Idempotent: does nothing when the venv already imports torch.
+# `strata bench train`, and transformers and gguf for bench/llama_cpp.py (the Qwen3 check needs a
+# transformers that needs torch 2). Idempotent: does nothing when the venv already imports them all.
 #
 #   bash bench/setup.sh            # uses python3 from PATH
 #   PYTHON=/usr/bin/python3 bash bench/setup.sh
@@ -13,7 +14,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$here/.venv"
 py="${PYTHON:-python3}"
 
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import torch, numpy' >/dev/null 2>&1; then
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import torch, numpy, transformers, gguf' >/dev/null 2>&1; then
     echo "bench/setup.sh: $venv already has torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)')"
     exit 0
 fi
@@ -40,5 +41,5 @@ if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet 'torch>=2.0,<3' numpy
+"$venv/bin/python" -m pip install --quiet 'torch>=2.0,<3' numpy 'transformers>=4.51,<5' gguf
 "$venv/bin/python" -c 'import torch, numpy; print("bench/setup.sh: torch", torch.__version__, "numpy", numpy.__version__)'

@@ -48,7 +48,7 @@ int32_t sample_token(const float* logits, int V, const SampleOptions& o, Rng& rn
 }
 
 Generator::Generator(Model<float>& model, std::vector<int32_t> prompt, const SampleOptions& o)
-    : model_(model), o_(o), rng_(o.seed), ctx_(std::move(prompt)) {
+    : model_(model), o_(o), rng_(o.seed), ctx_(std::move(prompt)), precision_(model.precision()) {
     if (ctx_.empty()) throw Error("generate: the prompt must hold at least one token");
     if (o.max_tokens < 0) throw Error("generate: max_tokens must not be negative");
     if (!(o.temperature >= 0)) throw Error("generate: temperature must not be negative");
@@ -69,6 +69,8 @@ Generator::Generator(Model<float>& model, std::vector<int32_t> prompt, const Sam
 
 std::optional<int32_t> Generator::next() {
     if (done_) return std::nullopt;
+    if (model_.precision() != precision_)
+        throw Error("generate: the model's precision changed during the generation (its KV cache is in the old one)");
     if (produced_ == 0) {  // prefill
         model_.init_cache(cache_, 1, std::min(long(model_.cfg.max_seq_len), long(ctx_.size()) + o_.max_tokens));
         model_.forward_cached(ctx_.data(), 1, long(ctx_.size()), cache_);

@@ -54,6 +54,7 @@ private:
     std::vector<float> logits_;   // the last position's logits, on the host
     long produced_ = 0;           // tokens handed out
     bool done_ = false;
+    Precision precision_;         // the model's at the start: the cache is stored in its type
     GenerateStats st_;
 };
 

@@ -254,3 +254,14 @@ def test_ctrl_c_checkpoints_then_raises_keyboard_interrupt(tmp_path):
     assert m.run_config["train"]["steps"] == 1000
     last = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["step"] == step
+
+
+def test_changing_precision_during_a_generation_is_an_error(tiny_run):
+    model = strata.load(tiny_run[0])
+    g = model.generate("The", max_tokens=50, temperature=1.0, seed=3, stream=True)
+    next(g)
+    model.precision = "bf16"
+    with pytest.raises(strata.Error, match="precision changed during the generation"):
+        list(g)
+    model.precision = "fp32"
+    assert model.generate("The", max_tokens=50, temperature=1.0, seed=3)  # a new generation is fine
