@@ -43,10 +43,19 @@ std::string hf_name(const std::string& name) {
     throw Error("no Hugging Face name for strata parameter " + name);
 }
 
-std::vector<float> param_copy(const Model<float>& m, const ParamSpec& s) {
-    std::vector<float> v(s.numel);
-    m.param_to_host(s, v.data());
-    return v;
+// Every parameter of a model as float32 tensors named by `name_of`, the host copies held in `data`.
+template <class NameOf>
+std::vector<TensorRef> weight_refs(const Model<float>& m, std::vector<std::vector<float>>& data, NameOf name_of) {
+    std::vector<TensorRef> refs;
+    data.assign(m.specs.size(), {});
+    for (size_t i = 0; i < m.specs.size(); i++) {
+        const ParamSpec& s = m.specs[i];
+        data[i].resize(s.numel);
+        m.param_to_host(s, data[i].data());
+        refs.push_back(TensorRef{name_of(s.name), "F32", std::vector<int64_t>(s.shape.begin(), s.shape.end()),
+                                 data[i].data(), s.numel * sizeof(float)});
+    }
+    return refs;
 }
 
 // The keys of a Llama/Qwen3 config.json that strata reads, and those that do not change the
@@ -126,14 +135,7 @@ void export_hf(const LoadedCheckpoint& lc, const std::string& dir) {
                       nlohmann::json{{"bos_token_id", tok.bos_id()}, {"eos_token_id", tok.eos_id()}}.dump(2) + "\n");
 
     std::vector<std::vector<float>> data;
-    std::vector<TensorRef> refs;
-    data.reserve(lc.model->specs.size());
-    for (const ParamSpec& s : lc.model->specs) {
-        data.push_back(param_copy(*lc.model, s));
-        refs.push_back(TensorRef{hf_name(s.name), "F32", std::vector<int64_t>(s.shape.begin(), s.shape.end()),
-                                 data.back().data(), s.numel * sizeof(float)});
-    }
-    safetensors_write(dir + "/model.safetensors", refs, {{"format", "pt"}});
+    safetensors_write(dir + "/model.safetensors", weight_refs(*lc.model, data, hf_name), {{"format", "pt"}});
 
     // The SentencePiece model, for LlamaTokenizer. Documents begin with the end-of-text token in
     // strata's training data, so nothing is added to an encoding (add_bos_token false).
@@ -159,14 +161,8 @@ void export_hf(const LoadedCheckpoint& lc, const std::string& dir) {
 
 void export_safetensors(const LoadedCheckpoint& lc, const std::string& path) {
     std::vector<std::vector<float>> data;
-    std::vector<TensorRef> refs;
-    data.reserve(lc.model->specs.size());
-    for (const ParamSpec& s : lc.model->specs) {
-        data.push_back(param_copy(*lc.model, s));
-        refs.push_back(TensorRef{s.name, "F32", std::vector<int64_t>(s.shape.begin(), s.shape.end()),
-                                 data.back().data(), s.numel * sizeof(float)});
-    }
-    safetensors_write(path, refs, {{"format", "strata-weights-1"}, {"strata_config", lc.model->cfg.to_json().dump()}});
+    safetensors_write(path, weight_refs(*lc.model, data, [](const std::string& n) { return n; }),
+                      {{"format", "strata-weights-1"}, {"strata_config", lc.model->cfg.to_json().dump()}});
 }
 
 bool is_hf_folder(const std::string& path) {
