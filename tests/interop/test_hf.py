@@ -6,7 +6,8 @@ import subset are refused by name; `--format safetensors` writes any model.
 transformers runs in a venv (--system-site-packages, so Debian's torch 1.13, numpy and sentencepiece
 are reused) under the build folder, made once: transformers 4.44.2, the last release we found that
 imports with torch 1.13. Qwen3 needs transformers ≥ 4.51, which needs torch ≥ 2, so here the Qwen3
-export is checked by its round trip and its tensor names only (docs/interop.md)."""
+export is checked by its round trip and its tensor names only (docs/interop.md). The tests that need
+the venv are skipped, saying so, where pip cannot reach PyPI; the others need nothing from it."""
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 import strata
-from clihelp import BIN, TINY_MODEL, run, small_corpus, tiny_run  # noqa: F401  (tiny_run is a fixture)
+from clihelp import BIN, TINY_MODEL, pypi_or_skip, run, small_corpus, tiny_run  # noqa: F401  (tiny_run is a fixture)
 
 TRANSFORMERS = ["transformers==4.44.2", "gguf"]
 
@@ -32,6 +33,7 @@ def hf_python():
     ok = py.exists() and subprocess.run([str(py), "-c", "import transformers, torch, sentencepiece, gguf"],
                                         capture_output=True).returncode == 0
     if not ok:
+        pypi_or_skip()
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--clear", str(venv)], check=True)
         p = subprocess.run([str(py), "-m", "pip", "install", "--quiet", *TRANSFORMERS], capture_output=True,
                            text=True, timeout=900)

@@ -1,6 +1,7 @@
 """`pip install .` into a fresh virtual environment, for every python3 on PATH: the package imports
 from the environment (not the build tree), loads a tiny trained run and generates what the CLI does;
-strata.torch works where torch is present. And a build without the Debian -dev packages stops with a
+strata.torch works where torch is present. (Skipped, saying so, where pip cannot reach PyPI, which
+the build requirements come from.) And a build without the Debian -dev packages stops with a
 message naming them."""
 import os
 import pathlib
@@ -11,7 +12,7 @@ import textwrap
 
 import pytest
 
-from clihelp import ROOT, run, tiny_run  # noqa: F401  (tiny_run is a fixture)
+from clihelp import ROOT, pypi_or_skip, run, tiny_run  # noqa: F401  (tiny_run is a fixture)
 
 
 def interpreters():
@@ -39,6 +40,7 @@ def test_pip_install_into_a_fresh_venv(python, tiny_run, tmp_path):
     have_venv = subprocess.run([python, "-c", "import venv, ensurepip"], capture_output=True).returncode == 0
     if not have_venv:
         pytest.skip(f"{python} has no venv/ensurepip module")
+    pypi_or_skip(python)  # pip fetches the build requirements (scikit-build-core, pybind11)
     venv = tmp_path / "venv"
     subprocess.run([python, "-m", "venv", "--system-site-packages", str(venv)], check=True, env=clean_env())
     vpy = venv / "bin" / "python"
