@@ -28,6 +28,14 @@ namespace strata {
 
 inline void gemm_openblas(bool ta, bool tb, long M, long N, long K, float alpha, const float* A, long lda,
                           const float* B, long ldb, float beta, float* C, long ldc) {
+    // One row of C (a decode step): a matrix-vector product. OpenBLAS 0.3.21 (Debian 12) does not
+    // forward such GEMMs to its GEMV, and its GEMM kernel packs B for the single row.
+    if (M == 1) {
+        const long incx = ta ? lda : 1;  // A's K elements: a row, or a column of a transposed A
+        if (tb) cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, incx, beta, C, 1);
+        else cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, incx, beta, C, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
                 lda, B, ldb, beta, C, ldc);
 }
