@@ -9,10 +9,11 @@ and the same with QK-norm): strata's logits and greedy ids against
   venv's PyPI torch (the tests use Debian's torch 1.13, which Qwen3's transformers cannot import).
 
 Decode benchmark: the bench model (configs/bench.json, 14M parameters; its weights after one
-training step, which leaves the speed as it is) exported to GGUF, fp32. Each round runs
-`strata bench generate --reps 1` (a 64-token prompt, then 128 greedy tokens; decode tokens/s, the
-prefill excluded) and `llama-bench -p 0 -n 128 -r 1` (128 tokens from an empty context) and, with
-`-d 64`, from a 64-token context as strata's; the order rotates between rounds. Same threads, same
+training step, which leaves the speed as it is) exported to GGUF in f32 and in bf16. Each round
+runs, per precision, `strata bench generate --reps 1` (a 64-token prompt, then 128 greedy tokens;
+decode tokens/s, the prefill excluded) and `llama-bench -p 0 -n 128 -r 1` (128 tokens from an
+empty context) and, with `-d 64`, from a 64-token context as strata's; the order rotates between
+rounds. Same threads, same
 machine; every process is native (no Python is timed). Reported: each one's median tokens/s with a
 95 % percentile-bootstrap interval, and the median of the per-round ratios strata ÷ llama.cpp.
 """
@@ -116,32 +117,40 @@ def decode_bench(args, work):
     train(strata, run_dir, [f"model.{k}={json.dumps(v)}" for k, v in
                             json.loads((ROOT / "configs" / "bench.json").read_text())["model"].items()]
           + ["train.batch_size=2", "train.seq_len=64", "train.eval_batches=1", f"train.data_dir={work / 'data'}"], 1)
-    gguf = work / "bench-model.gguf"
-    sh(strata, "export", "--ckpt", run_dir, "--format", "gguf", "--out", gguf, "--force",
-       env={"STRATA_PYTHON": sys.executable})
+    ggufs = {}
+    for dt in ("f32", "bf16"):
+        ggufs[dt] = work / f"bench-model-{dt}.gguf"
+        sh(strata, "export", "--ckpt", run_dir, "--format", "gguf", "--dtype", dt, "--out", ggufs[dt], "--force",
+           env={"STRATA_PYTHON": sys.executable})
     bench = pathlib.Path(args.llama_bin) / "llama-bench"
-    runs = {"strata": [], "llama.cpp d0": [], "llama.cpp d64": []}
 
-    def strata_once():
+    def strata_once(precision):
         js = work / "g.json"
-        sh(strata, "bench", "generate", "--ckpt", run_dir, "--precision", "fp32", "--reps", "1", "--threads",
+        sh(strata, "bench", "generate", "--ckpt", run_dir, "--precision", precision, "--reps", "1", "--threads",
            args.threads, "--prompt-tokens", "64", "--new-tokens", "128", "--json-out", js)
         c = json.loads(js.read_text())["configs"][0]
         return c["decode_tokens_per_s"]["samples"][0]
 
-    def llama_once(depth):
-        out = sh(bench, "-m", gguf, "-p", "0", "-n", "128", "-t", args.threads, "-r", "1", "-d", depth, "-o", "json")
+    def llama_once(dt, depth):
+        out = sh(bench, "-m", ggufs[dt], "-p", "0", "-n", "128", "-t", args.threads, "-r", "1", "-d", depth, "-o", "json")
         return float(json.loads(out)[0]["avg_ts"])
 
-    jobs = [("strata", strata_once), ("llama.cpp d0", lambda: llama_once(0)), ("llama.cpp d64", lambda: llama_once(64))]
+    jobs = []
+    for prec, dt in (("fp32", "f32"), ("bf16", "bf16")):
+        jobs += [(f"strata {prec}", lambda p=prec: strata_once(p)),
+                 (f"llama.cpp {dt} d0", lambda d=dt: llama_once(d, 0)),
+                 (f"llama.cpp {dt} d64", lambda d=dt: llama_once(d, 64))]
+    runs = {name: [] for name, _ in jobs}
     for r in range(args.reps):
-        order = jobs[r % 3:] + jobs[: r % 3]
-        for name, fn in order:
+        k = r % len(jobs)
+        for name, fn in jobs[k:] + jobs[:k]:  # the order rotates between rounds
             runs[name].append(fn())
-        print(f"round {r + 1}/{args.reps}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items()), file=sys.stderr)
+        print(f"round {r + 1}/{args.reps}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in runs.items()), file=sys.stderr)
     res = {k: boot_median(v) for k, v in runs.items()}
-    for k in ("llama.cpp d0", "llama.cpp d64"):
-        res[f"strata / {k}"] = boot_median(np.array(runs["strata"]) / np.array(runs[k]))
+    for prec, dt in (("fp32", "f32"), ("bf16", "bf16")):
+        for d in ("d0", "d64"):
+            res[f"strata {prec} / llama.cpp {dt} {d}"] = boot_median(
+                np.array(runs[f"strata {prec}"]) / np.array(runs[f"llama.cpp {dt} {d}"]))
     return res
 
 
@@ -169,15 +178,19 @@ def markdown(j):
                  f"{a['last_logits']['max_abs']:.2e} / {a['last_logits']['rel_l2']:.2e} | {a['same_greedy_ids']} | "
                  f"{b['class']} | {b['logits']['max_abs']:.2e} / {b['logits']['rel_l2']:.2e} | {b['same_greedy_ids']} |")
     d = j["decode"]
-    L += ["", f"## Decode, batch 1, fp32, 128 greedy tokens ({j['reps']} interleaved rounds)", "",
-          "| | median tokens/s [95 % CI] |", "|---|---|"]
-    for k in ("strata", "llama.cpp d0", "llama.cpp d64"):
-        L.append(f"| {k} | {d[k]['median']:.0f} [{d[k]['ci95_low']:.0f}, {d[k]['ci95_high']:.0f}] |")
-    for k in ("strata / llama.cpp d0", "strata / llama.cpp d64"):
-        L.append(f"| **{k}** | **{d[k]['median']:.3f}** [{d[k]['ci95_low']:.3f}, {d[k]['ci95_high']:.3f}] |")
-    L += ["", "strata: `strata bench generate` (64-token prompt, then 128 tokens; the prefill excluded). "
-          "llama.cpp d0: `llama-bench -p 0 -n 128` (from an empty context); d64: with `-d 64`, from a "
-          "64-token context as strata's. Target: strata ≥ 1.0× llama.cpp in fp32.", ""]
+    L += ["", f"## Decode, batch 1, 128 greedy tokens ({j['reps']} interleaved rounds)", "",
+          "| | median tokens/s [95 % CI] | strata ÷ this, per round |", "|---|---|---|"]
+    for prec, dt in (("fp32", "f32"), ("bf16", "bf16")):
+        L.append(f"| strata {prec} | {d['strata ' + prec]['median']:.0f} [{d['strata ' + prec]['ci95_low']:.0f}, "
+                 f"{d['strata ' + prec]['ci95_high']:.0f}] | |")
+        for dd in ("d0", "d64"):
+            k, q = f"llama.cpp {dt} {dd}", d[f"strata {prec} / llama.cpp {dt} {dd}"]
+            L.append(f"| {k} | {d[k]['median']:.0f} [{d[k]['ci95_low']:.0f}, {d[k]['ci95_high']:.0f}] | "
+                     f"**{q['median']:.3f}** [{q['ci95_low']:.3f}, {q['ci95_high']:.3f}] |")
+    L += ["", "strata: `strata bench generate --precision fp32|bf16` (64-token prompt, then 128 tokens; the "
+          "prefill excluded; bf16 is strata's mixed precision over the float32 weights). llama.cpp: "
+          "`llama-bench -p 0 -n 128` on the f32 or bf16 GGUF export, from an empty context (d0) or with "
+          "`-d 64` from a 64-token context, as strata's (d64). Target: strata fp32 ≥ 1.0× llama.cpp f32.", ""]
     return "\n".join(L)
 
 

@@ -11,7 +11,8 @@ scores, kinds and the special ids). Standard pre-norm models only, as for `--for
   makes the two rotations the same;
 - with QK-norm it is `qwen3`, whose RoPE is the rotate-half kind: nothing is reordered.
 
-The tokenizer is llama.cpp's SentencePiece kind ("llama"), with no BOS added and no space prefix,
+The matrices are float32, or bfloat16 with `--dtype bf16` (rounded to nearest even; the norm weights
+stay float32). The tokenizer is llama.cpp's SentencePiece kind ("llama"), with no BOS added and no space prefix,
 as strata encodes. The output is written beside its path and renamed into place. Errors are one
 stderr line starting with ERROR_PREFIX (exit status 1), which `strata export` reports.
 """
@@ -56,7 +57,7 @@ def interleave_heads(w, n_head):
     return w.reshape(n_head, 2, d // 2, -1).swapaxes(1, 2).reshape(w.shape)
 
 
-def export(weights, vocab, out):
+def export(weights, vocab, out, dtype="f32"):
     try:
         import gguf
         import numpy  # noqa: F401
@@ -85,7 +86,8 @@ def export(weights, vocab, out):
         w.add_rope_freq_base(float(cfg["rope_theta"]))
         w.add_layer_norm_rms_eps(float(cfg["norm_eps"]))
         w.add_vocab_size(cfg["vocab_size"])
-        w.add_file_type(gguf.LlamaFileType.ALL_F32)
+        bf16 = dtype == "bf16"
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if bf16 else gguf.LlamaFileType.ALL_F32)
         w.add_tokenizer_model("llama")
         w.add_token_list([p.encode("utf-8") for p in voc["tokens"]])
         w.add_token_scores([float(s) for s in voc["scores"]])
@@ -98,7 +100,12 @@ def export(weights, vocab, out):
         w.add_add_space_prefix(False)
 
         def put(name, a):
-            w.add_tensor(name, numpy_f32(a))
+            a = numpy_f32(a)
+            if bf16 and a.ndim == 2:  # the matrices; norm weights stay float32, as llama.cpp's converter keeps them
+                q = gguf.GGMLQuantizationType.BF16
+                w.add_tensor(name, gguf.quants.quantize(a, q), raw_dtype=q)
+            else:
+                w.add_tensor(name, a)
 
         put("token_embd.weight", t["tok_emb"])
         for l in range(L):
@@ -143,9 +150,10 @@ def main(argv=None):
     ap.add_argument("--weights", required=True, help="the model's safetensors export (strata names, config)")
     ap.add_argument("--vocab", required=True, help="the tokenizer's vocabulary as JSON")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--dtype", choices=("f32", "bf16"), default="f32", help="of the matrices (norms stay f32)")
     a = ap.parse_args(argv)
     try:
-        export(a.weights, a.vocab, a.out)
+        export(a.weights, a.vocab, a.out, a.dtype)
     except (ExportError, OSError, KeyError, ValueError) as e:
         print(ERROR_PREFIX + str(e), file=sys.stderr)
         return 1

@@ -48,7 +48,7 @@ std::string vocab_json(const Tokenizer& tok) {
 
 // --format gguf: the safetensors export and the vocabulary in a temporary folder beside --out, then
 // python/strata_tools/gguf_export.py, which writes the file (and renames it into place).
-void export_gguf(const LoadedCheckpoint& lc, const std::string& out_path) {
+void export_gguf(const LoadedCheckpoint& lc, const std::string& out_path, const std::string& dtype) {
     const fs::path out = fs::absolute(out_path).lexically_normal();
     const fs::path tmp = out.parent_path() / (out.filename().string() + ".parts-" + std::to_string(::getpid()));
     std::error_code ec;
@@ -59,7 +59,7 @@ void export_gguf(const LoadedCheckpoint& lc, const std::string& out_path) {
         atomic_write_file((tmp / "vocab.json").string(), vocab_json(*lc.tok));
         run_python_script("strata export", python_interpreter(), kGgufExportPy, "strata-gguf-error: ",
                           {"--weights", (tmp / "weights.safetensors").string(), "--vocab",
-                           (tmp / "vocab.json").string(), "--out", out.string()});
+                           (tmp / "vocab.json").string(), "--out", out.string(), "--dtype", dtype});
     } catch (...) {
         fs::remove_all(tmp, ec);
         throw;
@@ -72,7 +72,7 @@ void export_gguf(const LoadedCheckpoint& lc, const std::string& out_path) {
 void add_export_command(CLI::App& app) {
     auto* cmd = app.add_subcommand("export", "write a checkpoint's model for Hugging Face transformers or as plain safetensors");
     struct Opts {
-        std::string ckpt = "runs/default", format, out;
+        std::string ckpt = "runs/default", format, out, dtype = "f32";
         bool force = false;
     };
     auto o = std::make_shared<Opts>();
@@ -83,9 +83,15 @@ void add_export_command(CLI::App& app) {
         ->required()
         ->check(CLI::IsMember({"hf", "gguf", "safetensors"}));
     cmd->add_option("--out", o->out, "the folder (hf) or file (gguf, safetensors) to write")->required();
+    cmd->add_option("--dtype", o->dtype, "the matrices' type in a gguf file: f32, or bf16 (the norms stay f32); "
+                                         "hf and safetensors write f32")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"f32", "bf16"}));
     cmd->add_flag("--force", o->force, "replace an existing output");
     cmd->callback([o] {
         if (dry_run()) return;
+        if (o->dtype != "f32" && o->format != "gguf")
+            throw Error("--dtype " + o->dtype + ": only --format gguf writes another type than f32");
         check_output(o->out, o->force);
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
         if (o->format == "hf") {
@@ -114,9 +120,9 @@ void add_export_command(CLI::App& app) {
                 throw Error("export --format gguf: " + why);
             std::error_code ec;
             if (fs::is_directory(o->out, ec)) throw Error("--out " + o->out + " is a directory; the gguf format writes one file");
-            export_gguf(lc, o->out);
-            std::printf("wrote %s (llama.cpp architecture %s, %zu parameters)\n", o->out.c_str(),
-                        lc.model->cfg.qk_norm ? "qwen3" : "llama", lc.model->num_params());
+            export_gguf(lc, o->out, o->dtype);
+            std::printf("wrote %s (llama.cpp architecture %s, %s, %zu parameters)\n", o->out.c_str(),
+                        lc.model->cfg.qk_norm ? "qwen3" : "llama", o->dtype.c_str(), lc.model->num_params());
         } else {
             std::error_code ec;
             if (fs::is_directory(o->out, ec)) {

@@ -22,7 +22,10 @@ def val(name):
     v = f.parts[f.data[0]]
     return bytes(v).decode() if f.types[0] == GGUFValueType.STRING else v.tolist()[0]
 arch = val("general.architecture")
-T = {t.name: np.array(t.data, dtype=np.float64).reshape([int(x) for x in reversed(t.shape)]) for t in r.tensors}
+from gguf.quants import dequantize
+T = {t.name: np.array(dequantize(t.data, t.tensor_type), dtype=np.float64).reshape([int(x) for x in reversed(t.shape)])
+     for t in r.tensors}
+types = {t.name: t.tensor_type.name for t in r.tensors}
 L, H, Hk = val(arch + ".block_count"), val(arch + ".attention.head_count"), val(arch + ".attention.head_count_kv")
 d, eps, theta = val(arch + ".attention.key_length"), val(arch + ".attention.layer_norm_rms_epsilon"), val(arch + ".rope.freq_base")
 def rms(x, w): return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
@@ -56,7 +59,8 @@ for l in range(L):
 out = T.get("output.weight", T["token_embd.weight"])
 logits = rms(h, T["output_norm.weight"]) @ out.T
 toks = [bytes(kv["tokenizer.ggml.tokens"].parts[i]).decode() for i in kv["tokenizer.ggml.tokens"].data]
-print(json.dumps({"arch": arch, "logits": logits.tolist(), "tokens": toks, "names": sorted(T),
+print(json.dumps({"arch": arch, "logits": logits.tolist(), "tokens": toks, "names": sorted(T), "types": types,
+                  "wv0": T["blk.0.attn_v.weight"].tolist(),
                   "bos": val("tokenizer.ggml.bos_token_id"), "eos": val("tokenizer.ggml.eos_token_id"),
                   "add_bos": bool(val("tokenizer.ggml.add_bos_token")), "model": val("tokenizer.ggml.model")}))
 """
@@ -96,6 +100,28 @@ def test_qwen3_gguf_computes_strata_logits(hf_python, tmp_path):
     gguf_of(d / "run", out, hf_python)
     r = check_forward(d / "run", out, hf_python, "qwen3")
     assert "blk.0.attn_q_norm.weight" in r["names"] and "output.weight" in r["names"]
+
+
+def bf16_round(a):
+    """float32 to the nearest bfloat16 (ties to even), back as float32."""
+    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+def test_bf16_gguf_holds_the_rounded_matrices(tiny_run, hf_python, tmp_path):
+    out = tmp_path / "b.gguf"
+    run("export", "--ckpt", tiny_run[0], "--format", "gguf", "--dtype", "bf16", "--out", out,
+        env={"STRATA_PYTHON": hf_python})
+    model = strata.load(tiny_run[0])
+    ids = [2, *model.tokenizer.encode("the quick brown fox jumps")]
+    r = in_hf(hf_python, FORWARD, path=str(out), ids=ids)
+    assert r["types"]["blk.0.attn_q.weight"] == "BF16" and r["types"]["blk.0.attn_norm.weight"] == "F32"
+    assert np.array_equal(np.array(r["wv0"], np.float32), bf16_round(model.get_param("blocks.0.wv")))
+    a, b = model.logits(np.array(ids)), np.array(r["logits"])
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 2e-2  # bf16 weights: about 3 significant digits
+    p = run("export", "--ckpt", tiny_run[0], "--format", "hf", "--dtype", "bf16", "--out", tmp_path / "h", check=False)
+    assert p.returncode == 1 and "only --format gguf" in p.stderr
 
 
 def test_gguf_refusals(tiny_run, tmp_path, hf_python):
