@@ -248,12 +248,27 @@ void bind_model(py::module_& mod) {
                                "a loaded checkpoint's whole run config (None otherwise)")
         .def_property_readonly("path", [](const PyModel& p) { return p.origin; })
         .def_property(
-            "skip_sublayer", [](const PyModel& p) { return p.m->skip_sublayer; },
+            "skip_sublayers", [](const PyModel& p) { return p.m->skip_sublayers; },
+            [](PyModel& p, const std::vector<int>& js) {
+                for (int j : js)
+                    if (j < 0 || j >= 2 * p.m->cfg.n_layers)
+                        throw Error("skip_sublayers: " + std::to_string(j) + " is not a sublayer index (0 .. " +
+                                    std::to_string(2 * p.m->cfg.n_layers - 1) + ")");
+                p.m->skip_sublayers = js;
+            },
+            "diagnostics: the sublayers whose outputs are zeroed (2l: attention of layer l, 2l+1: its MLP); "
+            "forward only")
+        .def_property(
+            "skip_sublayer",
+            [](const PyModel& p) {
+                if (p.m->skip_sublayers.size() > 1) throw Error("skip_sublayer: several are skipped; read skip_sublayers");
+                return p.m->skip_sublayers.empty() ? -1 : p.m->skip_sublayers[0];
+            },
             [](PyModel& p, int j) {
                 if (j < -1 || j >= 2 * p.m->cfg.n_layers) throw Error("skip_sublayer must be -1 or a sublayer index");
-                p.m->skip_sublayer = j;
+                p.m->skip_sublayers = j < 0 ? std::vector<int>{} : std::vector<int>{j};
             },
-            "diagnostics: the sublayer whose output is zeroed (-1: none); forward only")
+            "diagnostics: the one sublayer whose output is zeroed (-1: none), as skip_sublayers = [j]")
         .def_property(
             "precision", [](const PyModel& p) { return std::string(to_string(p.m->precision())); },
             [](PyModel& p, const std::string& s) { p.m->set_precision(parse_precision(s, "precision")); },

@@ -420,12 +420,13 @@ class RefModel(nn.Module):
         return linear(silu(gate) * up, self.param(p + "w_down"))
 
     def _block(self, h: torch.Tensor, l: int, skip=None) -> torch.Tensor:
-        """One layer; skip = 2l or 2l+1 replaces that sublayer's output by zero (a diagnostic)."""
+        """One layer; a skip set holding 2l or 2l+1 replaces that sublayer's output by zero (a diagnostic)."""
+        skip = skip if skip is not None else ()
         eps = self.cfg["norm_eps"]
         p = f"blocks.{l}."
         wa, wm = self.param(p + "attn_norm"), self.param(p + "mlp_norm")
-        attn = (lambda x: 0 * self._attention(x, l)) if skip == 2 * l else (lambda x: self._attention(x, l))
-        mlp = (lambda x: 0 * self._mlp(x, l)) if skip == 2 * l + 1 else (lambda x: self._mlp(x, l))
+        attn = (lambda x: 0 * self._attention(x, l)) if 2 * l in skip else (lambda x: self._attention(x, l))
+        mlp = (lambda x: 0 * self._mlp(x, l)) if 2 * l + 1 in skip else (lambda x: self._mlp(x, l))
         placement = self.cfg["norm_placement"]
         residual = self.cfg["residual"]
         if residual == "rezero":  # h + alpha_j f_j(N(h))
@@ -452,8 +453,9 @@ class RefModel(nn.Module):
         """AttnRes: each sublayer's input mixes the embedding, the completed blocks and the current
         block's partial sum; the sublayers (attention, MLP, counted separately) fill blocks of S.
 
-        skip = j (a diagnostic) leaves sublayer j's output out of its block's sum; a block or partial
-        sum that is left with nothing in it is not a source at all."""
+        skip, a set of sublayers (a diagnostic), leaves their outputs out of their blocks' sums; a block
+        or partial sum that is left with nothing in it is not a source at all."""
+        skip = skip if skip is not None else ()
         cfg, eps = self.cfg, self.cfg["norm_eps"]
         S = 1 if cfg["residual"] == "attnres_full" else cfg["attnres_block_size"]
         blocks, partial = [emb], None
@@ -473,7 +475,7 @@ class RefModel(nn.Module):
             h = attn_res(sources, q, self._key_norm(p + side + "_res_norm"), eps, cfg["attnres_gate"])
             x = rms_norm(h, self.param(p + side + "_norm"), eps)
             f = self._attention(x, l) if side == "attn" else self._mlp(x, l)
-            if j != skip:
+            if j not in skip:
                 partial = f if partial is None else partial + f
         if partial is not None:
             blocks.append(partial)
@@ -495,8 +497,15 @@ class RefModel(nn.Module):
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, skip_sublayer=None):
         """tokens (B, T) int64 -> (logits (B, T, V), mean CE loss or None).
 
-        skip_sublayer = j replaces sublayer j's output by zero (attention of layer l is 2l, its MLP
-        2l+1); under AttnRes a source left empty is dropped. A diagnostic (strata diagnose)."""
+        skip_sublayer = j, or a collection of them, replaces those sublayers' outputs by zero (attention
+        of layer l is 2l, its MLP 2l+1); under AttnRes a source left empty is dropped. A diagnostic
+        (strata diagnose, strata analyze)."""
+        if skip_sublayer is None:
+            skip_sublayer = frozenset()
+        elif isinstance(skip_sublayer, int):
+            skip_sublayer = frozenset((skip_sublayer,))
+        else:
+            skip_sublayer = frozenset(skip_sublayer)
         tokens = torch.as_tensor(tokens, dtype=torch.long)
         B, T = tokens.shape
         if T > self.cfg["max_seq_len"]:

@@ -171,6 +171,8 @@ int run_main(int argc, char** argv, bool dry) {
     add_plot_command(app);
     add_config_command(app);
     add_export_command(app);
+    add_analyze_command(app);
+    add_experiment_command(app);
 
     // Subcommand words first: an unknown one is named with the real list (CLI11 would only say that a
     // subcommand is required), and a command that needs a subcommand but got none prints its help.

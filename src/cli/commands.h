@@ -9,6 +9,7 @@
 namespace strata {
 template <typename T>
 class Model;
+struct LoadedCheckpoint;
 }
 
 namespace strata::cli {
@@ -21,6 +22,8 @@ void add_diagnose_command(CLI::App& app);
 void add_plot_command(CLI::App& app);
 void add_config_command(CLI::App& app);
 void add_export_command(CLI::App& app);
+void add_analyze_command(CLI::App& app);
+void add_experiment_command(CLI::App& app);
 
 // Builds the app and parses argv; returns the process exit status. Errors (bad flags, strata::Error
 // from a subcommand) are reported on stderr and give a non-zero status. With dry_run, the
@@ -45,5 +48,9 @@ void use_precision(Model<float>& model, const std::string& precision);
 // Opens a report file named by `flag` (e.g. --json-out) up front, so a bad path fails before any work;
 // missing parent folders are created. The caller writes and commits it at the end (atomically).
 std::unique_ptr<AtomicFileWriter> open_output(const std::string& path, const std::string& flag);
+
+// The folder whose val.bin evaluates a checkpoint: --data-dir when given, else the run's data_dir; a run
+// trained on a list of corpora must name one of their splits (diagnose.cpp).
+std::string eval_data_dir(const LoadedCheckpoint& lc, const std::string& data_dir, const std::string& ckpt);
 
 }  // namespace strata::cli

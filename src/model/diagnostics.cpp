@@ -22,7 +22,8 @@ void Model<T>::accumulate_depth_stats_impl(DepthStats& s) const {
     const ActsOf<A>& a_ = acts<A>();
     const long L = cfg.n_layers, D = cfg.d_model, N = B_ * T_;
     STRATA_CHECK(N > 0, "accumulate_depth_stats needs a forward first");
-    STRATA_CHECK(skip_sublayer < 0, "accumulate_depth_stats describes the whole model: clear skip_sublayer");
+    STRATA_CHECK(skip_sublayers.empty() && !sublayer_hook,
+                 "accumulate_depth_stats describes the whole model: clear skip_sublayers and sublayer_hook");
     STRATA_CHECK(keep_sublayer_outputs && plan_keep_,
                  "accumulate_depth_stats reads every sublayer's output: set keep_sublayer_outputs before the forward");
     if (s.input_ms.empty()) {
@@ -58,7 +59,24 @@ void Model<T>::accumulate_depth_stats_impl(DepthStats& s) const {
     s.rows += N;
 }
 
+template <typename T>
+const T* Model<T>::sublayer_input_state(int j) const {
+    STRATA_CHECK(B_ * T_ > 0 && precision_ != Precision::bf16, "sublayer_input_state needs an fp32 forward first");
+    STRATA_CHECK(j >= 0 && j < 2 * cfg.n_layers, "sublayer_input_state: no sublayer " + std::to_string(j));
+    return rule<T>().input_state(j);
+}
+
+template <typename T>
+const T* Model<T>::final_input_state() const {
+    STRATA_CHECK(B_ * T_ > 0 && precision_ != Precision::bf16, "final_input_state needs an fp32 forward first");
+    return rule<T>().final_input();
+}
+
 template void Model<float>::accumulate_depth_stats(DepthStats&) const;
+template const float* Model<float>::sublayer_input_state(int) const;
+template const double* Model<double>::sublayer_input_state(int) const;
+template const float* Model<float>::final_input_state() const;
+template const double* Model<double>::final_input_state() const;
 template void Model<double>::accumulate_depth_stats(DepthStats&) const;
 
 }  // namespace strata

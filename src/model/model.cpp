@@ -568,8 +568,19 @@ void Model<T>::layers_forward(long N, const AttnDims& ad, KVCache<T>* cache) {
     ActsOf<A>& a = acts<A>();
     ResidualRule<T, A>& r = rule<A>();
     const long per_layer = cache ? cache->B * cache->max_T * cfg.n_kv_heads * cfg.head_dim : 0;
-    r.begin(skip_sublayer);
-    for (int j = 0; j < 2 * cfg.n_layers; j++) {
+    const int n_sub = 2 * cfg.n_layers;
+    std::vector<char> skipped;  // empty: none
+    for (int j : skip_sublayers) {
+        if (j < 0 || j >= n_sub)
+            throw Error("skip_sublayers: " + std::to_string(j) + " is not a sublayer (0 .. " + std::to_string(n_sub - 1) + ")");
+        if (skipped.empty()) skipped.assign(size_t(n_sub), 0);
+        skipped[size_t(j)] = 1;
+    }
+    if constexpr (!std::is_same_v<A, T>) {
+        if (sublayer_hook) throw Error("sublayer_hook needs fp32 precision: its tensors are the model's own type");
+    }
+    r.begin(skipped);
+    for (int j = 0; j < n_sub; j++) {
         const long l = j / 2;
         const A* in = r.input(j);
         A* f = a.f_out[size_t(j)];
@@ -580,7 +591,10 @@ void Model<T>::layers_forward(long N, const AttnDims& ad, KVCache<T>* cache) {
         } else {
             mlp_forward(l, in, f, N);
         }
-        if (j == skip_sublayer) fill_zero(f, size_t(N * cfg.d_model));
+        if (!skipped.empty() && skipped[size_t(j)]) fill_zero(f, size_t(N * cfg.d_model));
+        if constexpr (std::is_same_v<A, T>) {
+            if (sublayer_hook) sublayer_hook(j, r.input_state(j), in, f, N);
+        }
         r.output(j, f);
     }
     r.finish();
@@ -666,7 +680,8 @@ void Model<T>::backward(const std::function<void(int)>& layer_done) {
     if (!have_targets_) throw Error("backward() needs a forward() with targets first");
     if (!backward_pending_)
         throw Error("backward() consumes its forward's activations: run forward() with targets again first");
-    if (skip_sublayer >= 0) throw Error("backward() is not defined with skip_sublayer set (a diagnostic)");
+    if (!skip_sublayers.empty()) throw Error("backward() is not defined with skip_sublayers set (a diagnostic)");
+    if (sublayer_hook) throw Error("backward() is not defined with a sublayer_hook set (a diagnostic)");
     backward_pending_ = false;
     if constexpr (std::is_same_v<T, float>) {
         if (precision_ == Precision::bf16) return backward_impl<bf16>(layer_done);

@@ -123,17 +123,28 @@ public:
 
     size_t num_params() const { return params_.numel(); }
 
-    // Diagnostics, forward only: when ≥ 0, sublayer j = skip_sublayer's output is replaced by zero.
-    // Under AttnRes a source that this leaves empty is dropped from every mix (it is neither a key nor
-    // counted in the softmax); under DenseFormer the block's state still enters the averages.
-    // backward() refuses to run while it is set.
-    int skip_sublayer = -1;
+    // Diagnostics, forward only: the output of every sublayer listed in skip_sublayers is replaced by
+    // zero. Under AttnRes a source that this leaves empty is dropped from every mix (it is neither a key
+    // nor counted in the softmax); under DenseFormer the block's state still enters the averages.
+    // backward() refuses to run while any is listed.
+    std::vector<int> skip_sublayers;
+    // Diagnostics, forward only, fp32 (or fp64) precision: when set, called for every sublayer j right
+    // after f_j ran and before the residual rule takes its output: state_in is what the sublayer
+    // normalises and reads (ResidualRule::input_state), in its input after the norm, f its output
+    // (N, D each), which the hook may overwrite (a linear replacement, say). backward() refuses to run
+    // while it is set.
+    std::function<void(int j, const T* state_in, const T* in, T* f, long N)> sublayer_hook;
     // Diagnostics: when set, every sublayer's output f(·) keeps its own buffer after the forward, as
     // accumulate_depth_stats needs. Off, they share one where the rule's backward reads none (it has
     // taken each into its state), which saves (2·L − 1)·N·D activations.
     bool keep_sublayer_outputs = false;
     // Adds the last forward's statistics to `s` (src/model/diagnostics.cpp).
     void accumulate_depth_stats(DepthStats& s) const;
+    // After a forward in fp32 (or fp64) precision: what sublayer j normalised and read (the stream
+    // before it; AttnRes: its depth mix; DenseFormer: the averaged state), and the final norm's input,
+    // (N, D) each; valid until the next forward. j = 2l is block l's input.
+    const T* sublayer_input_state(int j) const;
+    const T* final_input_state() const;
 
     // The activation plan of the last forward, the arena's size, and every byte this model holds on
     // its backend (parameters, gradients, RoPE tables, arena; not the optimizer's moments or caches).

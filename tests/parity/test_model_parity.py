@@ -348,6 +348,16 @@ def test_skip_sublayer_matches_the_reference(case):
         assert rel_l2(logits, full) > 1e-4, f"skipping sublayer {j} changed nothing"
         with pytest.raises(strata.Error, match="skip_sublayer"):
             m.backward()
+    # strata analyze's block removals: both sublayers of a layer, and every layer but the last
+    n_sub = 2 * cfg["n_layers"]
+    for skip in [[0, 1], [n_sub - 2, n_sub - 1], list(range(n_sub - 2)), [1, n_sub - 2]]:
+        m.skip_sublayers = skip
+        logits, _ = m.forward(tokens, targets)
+        with torch.no_grad():
+            ref_logits, _ = ref(torch.from_numpy(tokens.astype(np.int64)),
+                                torch.from_numpy(targets.astype(np.int64)), skip_sublayer=skip)
+        assert rel_l2(logits, ref_logits.numpy()) <= LOGIT_TOL, f"skip {skip}"
+    m.skip_sublayers = []
     m.skip_sublayer = -1
     np.testing.assert_array_equal(np.asarray(m.forward(tokens, targets)[0]), np.asarray(full))
     with pytest.raises(strata.Error):

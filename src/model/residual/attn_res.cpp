@@ -116,8 +116,8 @@ public:
         }
     }
 
-    void begin(int skip) override {
-        ResidualRule<T, A>::begin(skip);
+    void begin(const std::vector<char>& skipped) override {
+        ResidualRule<T, A>::begin(skipped);
         for (Sub& s : sub_)
             if (!s.x_in) s.x_in = sub_[0].x_in;
     }
@@ -219,10 +219,10 @@ public:
         const long n_cols = 1 + (L2 + S_ - 1) / S_ + (S_ > 1 ? 1 : 0);
         if (s.alpha.empty()) s.alpha.assign(size_t(L2 + 1), std::vector<double>(size_t(n_cols), 0.0));
         for (long j = 0; j < L2; j++) {
-            s.input_ms[size_t(j)] += row_mean_square_sum(sub_[size_t(j)].mix.out, N, D);
+            s.input_ms[size_t(j)] += row_mean_square_sum(input_state(int(j)), N, D);
             s.state_ms[size_t(j)] += row_mean_square_sum(sub_[size_t(j)].out, N, D);
         }
-        s.final_ms += row_mean_square_sum(out_.mix.out, N, D);
+        s.final_ms += row_mean_square_sum(final_input(), N, D);
         // Op j's sources in order: the embedding, blocks 0.. completed before j, then (Block) its partial.
         for (long j = 0; j <= L2; j++) {
             const Mix& m = j < L2 ? sub_[size_t(j)].mix : out_.mix;
@@ -235,6 +235,8 @@ public:
             }
         }
     }
+    const T* input_state(int j) const override { return sub_[size_t(j)].mix.out; }
+    const T* final_input() const override { return out_.mix.out; }
 
 private:
     using ResidualRule<T, A>::cfg;
@@ -285,8 +287,13 @@ private:
     const T* query_source(int j) const { return reads_partial(j) ? sub_[size_t(j - 1)].out : io.x0; }
     T* query_source_grad(int j) const { return reads_partial(j) ? dsub_[size_t(j - 1)] : demb_; }
 
-    // Sublayer e's partial sum is empty under the skip: the skipped sublayer starts its block.
-    bool skipped_empty(long e) const { return e == this->skip_ && e % S_ == 0; }
+    // Sublayer e's partial sum (its block's sum up to e) is empty under the skip: every sublayer of its
+    // block up to e is skipped.
+    bool skipped_empty(long e) const {
+        for (long i = e - e % S_; i <= e; i++)
+            if (!this->skipped(i)) return false;
+        return true;
+    }
 
     // Fills src_ (and dsrc_ with the matching gradient buffers) with op j's sources: the embedding,
     // every block completed before j, and the partial sum of j's block when j does not start it. A

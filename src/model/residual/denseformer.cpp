@@ -60,8 +60,8 @@ public:
         P.add("dn", -1, size_t(N * D), &dn_);
     }
 
-    void begin(int skip) override {
-        ResidualRule<T, A>::begin(skip);
+    void begin(const std::vector<char>& skipped) override {
+        ResidualRule<T, A>::begin(skipped);
         X_[0] = Y_[0] = const_cast<T*>(io.x0);  // read only: the averages write Y_1.., the blocks X_1..
         input_ready_ = false;
     }
@@ -134,12 +134,14 @@ public:
     void depth_stats(DepthStats& s) const override {
         const long N = io.N, D = cfg.d_model;
         for (int j = 0; j < 2 * cfg.n_layers; j++) {
-            s.input_ms[size_t(j)] += row_mean_square_sum(in_state(j), N, D);
+            s.input_ms[size_t(j)] += row_mean_square_sum(input_state(j), N, D);
             const T* state = j % 2 == 0 ? mid_[size_t(j / 2)] : Y_[size_t(j / 2 + 1)];
             s.state_ms[size_t(j)] += row_mean_square_sum(state, N, D);
         }
-        s.final_ms += row_mean_square_sum(Y_[size_t(cfg.n_layers)], N, D);
+        s.final_ms += row_mean_square_sum(final_input(), N, D);
     }
+    const T* input_state(int j) const override { return in_state(j); }
+    const T* final_input() const override { return Y_[size_t(cfg.n_layers)]; }
 
 private:
     using ResidualRule<T, A>::cfg;

@@ -89,9 +89,9 @@ public:
     virtual void carved() {}
 
     // ---- forward ----
-    // skip ≥ 0: sublayer skip's output is zero (a diagnostic; the model zeroes it, the rule may also
-    // drop what that leaves empty).
-    virtual void begin(int skip) { skip_ = skip; }
+    // skipped: empty, or one flag per sublayer; a flagged sublayer's output is zero (a diagnostic; the
+    // model zeroes it, the rule may also drop what that leaves empty).
+    virtual void begin(const std::vector<char>& skipped) { skipped_ = skipped; }
     virtual const A* input(int j) = 0;               // f_j's input
     virtual void output(int j, const A* f) = 0;      // f_j's output, (N, D)
     virtual void finish() = 0;                       // the head's input: io.lnf, io.lnf_rstd
@@ -107,9 +107,15 @@ public:
     // ---- diagnostics: adds the last forward's input, state and final mean squares (and AttnRes's
     // depth weights) to s, sized for 2L sublayers by the model ----
     virtual void depth_stats(DepthStats& s) const = 0;
+    // What sublayer j normalises and reads (the stream before it; AttnRes: its depth mix; DenseFormer:
+    // the averaged state), and the final norm's input: valid from input(j) on, and after the forward
+    // while the model keeps every sublayer's output. They define the input RMS and a block's input.
+    virtual const T* input_state(int j) const = 0;
+    virtual const T* final_input() const = 0;
 
 protected:
-    int skip_ = -1;
+    std::vector<char> skipped_;  // empty: nothing skipped
+    bool skipped(long j) const { return !skipped_.empty() && skipped_[size_t(j)]; }
     long D() const { return cfg.d_model; }
     long ND() const { return io.N * cfg.d_model; }
     // The norm weight in front of sublayer j.

@@ -66,8 +66,8 @@ void StreamRule<T, A>::describe_backward(TensorPlan& P, long N) {
 }
 
 template <typename T, typename A>
-void StreamRule<T, A>::begin(int skip) {
-    ResidualRule<T, A>::begin(skip);
+void StreamRule<T, A>::begin(const std::vector<char>& skipped) {
+    ResidualRule<T, A>::begin(skipped);
     // the aliases (set here, after every carve)
     for (Sub& s : sub_) {
         if (!s.out) s.out = s.n_out;  // post-norm: the stream is the norm's output
@@ -194,10 +194,10 @@ template <typename T, typename A>
 void StreamRule<T, A>::depth_stats(DepthStats& s) const {
     const long N = io.N, D = cfg.d_model;
     for (int j = 0; j < int(sub_.size()); j++) {
-        s.input_ms[size_t(j)] += row_mean_square_sum(h(j), N, D);
+        s.input_ms[size_t(j)] += row_mean_square_sum(input_state(j), N, D);
         s.state_ms[size_t(j)] += row_mean_square_sum(sub_[size_t(j)].out, N, D);
     }
-    s.final_ms += row_mean_square_sum(sub_.back().out, N, D);
+    s.final_ms += row_mean_square_sum(final_input(), N, D);
 }
 
 template <typename T, typename A>

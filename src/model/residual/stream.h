@@ -25,7 +25,7 @@ public:
     bool backward_reads_outputs() const override { return opt_.gated || placement_ == NormPlacement::reordered; }
     void describe(TensorPlan& P, long N, bool training) override;
     void describe_backward(TensorPlan& P, long N) override;
-    void begin(int skip) override;
+    void begin(const std::vector<char>& skipped) override;
     const A* input(int j) override;
     void output(int j, const A* f) override;
     void finish() override;
@@ -36,6 +36,8 @@ public:
     void input_backward(int j) override;
     const T* embedding_grad() const override { return dcur_; }
     void depth_stats(DepthStats& s) const override;
+    const T* input_state(int j) const override { return h(j); }
+    const T* final_input() const override { return sub_.back().out; }
 
 private:
     using ResidualRule<T, A>::cfg;
