@@ -4,6 +4,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -103,6 +104,7 @@ Suite curse_of_depth(bool quick) {
     s.base = base_of(quick, 8, steps);
     s.seeds = {1, 2, 3};
     s.usefulness = true;
+    s.fit_tokens = quick ? 4096 : 65536;  // at full size, 64K tokens as the usefulness score asks
     const std::vector<int> depths = quick ? std::vector<int>{2, 4} : std::vector<int>{8, 16, 24, 32};
     for (int L : depths) {
         const std::string n = "model.n_layers=" + std::to_string(L), d = std::to_string(L);
@@ -187,6 +189,18 @@ double median_tokens_per_s(const fs::path& run_dir) {
     if (v.empty()) return 0;
     std::sort(v.begin(), v.end());
     return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// The CPU's model name (/proc/cpuinfo), for the results' record.
+std::string cpu_model() {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("model name", 0) == 0) {
+            const size_t c = line.find(':');
+            return c == std::string::npos ? line : line.substr(c + 2);
+        }
+    return "unknown";
 }
 
 // The ffn_hidden (a multiple of 8) that brings a config's non-embedding parameters closest to `target`.
@@ -303,8 +317,9 @@ bool run_suite(const Suite& s, const ExperimentOptions& o) {
         const std::string tag = "[" + std::to_string(index) + "/" + std::to_string(plan.size()) + "] " + s.name + " " +
                                 p.v->name + " seed " + std::to_string(p.seed);
         const nlohmann::json old = read_json_file(p.result);
-        if (old.is_object() && old.value("config_hash", "") == p.hash) {
-            done++;
+        if (old.is_object() && old.value("config_hash", "") == p.hash &&
+            !(o.retry_failed && old.value("status", "") == "failed")) {
+            done += old.value("status", "") == "done";
             continue;  // up to date
         }
         if (o.report_only) continue;
@@ -333,9 +348,12 @@ bool run_suite(const Suite& s, const ExperimentOptions& o) {
         r["config"]["train"].erase("out_dir");
         r["config"]["train"].erase("corpus");
         r["config"]["train"].erase("data_dir");
+        const auto t0 = std::chrono::steady_clock::now();
         try {
             TrainOptions to;
             TrainResult tr = train(rc, to);
+            r["train_wall_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            r["cpu"] = cpu_model();
             if (tr.interrupted) return false;
             if (tr.stopped_diverged) {
                 r["status"] = "failed";
@@ -379,7 +397,7 @@ bool run_suite(const Suite& s, const ExperimentOptions& o) {
                 const TokenShard fit = TokenShard::open(o.data_dir + "/train.bin");
                 UsefulnessOptions uo;
                 uo.batch_size = rc.train.batch_size, uo.seq_len = rc.train.seq_len, uo.batches = 4;
-                uo.fit_tokens = std::min<long>(65536, 16L * rc.train.batch_size * rc.train.seq_len);
+                uo.fit_tokens = s.fit_tokens;
                 uo.causal = false;
                 nlohmann::json u = measure_usefulness(m, val, fit, uo);
                 r["useful_share"] = u["linear"]["useful_share"];

@@ -33,6 +33,7 @@ struct Suite {
     std::vector<SuiteVariant> variants;
     std::vector<uint64_t> seeds;    // model.seed and train.seed alike
     bool usefulness = false;        // run the block-usefulness measures on each finished run
+    long fit_tokens = 65536;        // training tokens the linear replacements are fitted on
     std::vector<SuiteClaim> claims;
     std::string budget;             // the stated cost, for the report
 };
@@ -49,6 +50,7 @@ struct ExperimentOptions {
     int threads = 2;
     bool plots = true;
     bool report_only = false;  // summarise what is there, train nothing
+    bool retry_failed = false; // train the runs recorded as failed again
 };
 
 // Runs the suite's missing or stale runs and writes its summary. Returns false when interrupted.

@@ -18,7 +18,7 @@ void add_experiment_command(CLI::App& app) {
     struct Opts {
         std::string suite, runs, results, corpus = "data/corpus/default.txt", data_dir = "data/prepared/default";
         int threads = 2;
-        bool quick = false, report_only = false, no_plots = false;
+        bool quick = false, report_only = false, no_plots = false, retry_failed = false;
     };
     auto o = std::make_shared<Opts>();
     std::string names;
@@ -32,6 +32,7 @@ void add_experiment_command(CLI::App& app) {
     cmd->add_option("--data-dir", o->data_dir, "its prepared token shards and tokenizer")->capture_default_str();
     cmd->add_option("--threads", o->threads, "threads")->capture_default_str()->check(in_range(1, kMaxThreads));
     cmd->add_flag("--report-only", o->report_only, "train nothing: summarise the results there are");
+    cmd->add_flag("--retry-failed", o->retry_failed, "train the runs recorded as failed (diverged, or an error) again");
     cmd->add_flag("--no-plots", o->no_plots, "write summary.json only (no matplotlib needed)");
     cmd->callback([o, names] {
         std::vector<Suite> suites = experiment_suites(o->quick);
@@ -45,7 +46,7 @@ void add_experiment_command(CLI::App& app) {
         eo.runs_dir = !o->runs.empty() ? o->runs : o->quick ? "runs/experiments-quick" : "runs/experiments";
         eo.results_dir = !o->results.empty() ? o->results : o->quick ? "runs/experiments-quick/results" : "experiments/results";
         eo.corpus = o->corpus, eo.data_dir = o->data_dir, eo.threads = o->threads;
-        eo.report_only = o->report_only;
+        eo.report_only = o->report_only, eo.retry_failed = o->retry_failed;
         set_threads(o->threads);
         for (const Suite& s : suites) {
             std::printf("suite %s: %s (%s)\n", s.name.c_str(), s.description.c_str(), s.budget.c_str());
