@@ -122,30 +122,16 @@ def plot_curves(series_by_run, metric, out_path, ylabel=None, title=None):
     """Draws `metric` against step for every run in series_by_run ({label: [(step, value), ...]};
     runs with no points are left out) into the PNG out_path, written atomically. Returns out_path."""
     plt = require_matplotlib()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    try:
-        drawn = 0
-        for i, (label, points) in enumerate(series_by_run.items()):
-            if not points:  # the run keeps its colour (C<i>) in every figure, drawn or not
-                continue
-            steps = [s for s, _ in points]
-            values = [v for _, v in points]
-            style = "o-" if len(points) < 30 else "-"  # few points (validation): show each one
-            ax.plot(steps, values, style, label=label, color=f"C{i % 10}", linewidth=1.2, markersize=3)
-            drawn += 1
-        if not drawn:
-            raise PlotError(f"no run has {metric}")
-        from matplotlib.ticker import MaxNLocator
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel or AXIS_LABELS.get(metric, metric))
-        ax.set_title(title or AXIS_LABELS.get(metric, metric))
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        save_figure(fig, out_path)
-    finally:
-        plt.close(fig)
-    return out_path
+    series = []
+    for i, (label, points) in enumerate(series_by_run.items()):
+        if not points:  # the run keeps its colour (C<i>) in every figure, drawn or not
+            continue
+        style = "o-" if len(points) < 30 else "-"  # few points (validation): show each one
+        series.append((label, [s for s, _ in points], [v for _, v in points], style, f"C{i % 10}"))
+    if not series:
+        raise PlotError(f"no run has {metric}")
+    return _lines(plt, series, out_path, title or AXIS_LABELS.get(metric, metric), "step",
+                  ylabel or AXIS_LABELS.get(metric, metric), fontsize=None)
 
 
 def save_figure(fig, out_path):
@@ -237,18 +223,19 @@ def _heatmap(plt, matrix, out_path, title, xlabel, ylabel, cbar, xticks=None, yt
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
-        save_figure(fig, out_path)
+        out_path = save_figure(fig, out_path)
     finally:
         plt.close(fig)
     return out_path
 
 
-def _lines(plt, series, out_path, title, xlabel, ylabel, logy=False, hline=None, xs_integer=True):
-    """series: [(label, xs, ys, style)]. Returns out_path."""
+def _lines(plt, series, out_path, title, xlabel, ylabel, logy=False, hline=None, xs_integer=True, fontsize=9):
+    """series: [(label, xs, ys, style[, colour])], colour C<i> by default. Returns out_path."""
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     try:
-        for i, (label, xs, ys, style) in enumerate(series):
-            ax.plot(xs, ys, style, label=label, color=f"C{i % 10}", linewidth=1.2, markersize=4)
+        for i, (label, xs, ys, style, *colour) in enumerate(series):
+            ax.plot(xs, ys, style, label=label, color=colour[0] if colour else f"C{i % 10}", linewidth=1.2,
+                    markersize=3 if colour else 4)
         if hline is not None:
             ax.axhline(hline[0], color="grey", linestyle="--", linewidth=1, label=hline[1])
         if logy:
@@ -258,10 +245,10 @@ def _lines(plt, series, out_path, title, xlabel, ylabel, logy=False, hline=None,
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=fontsize)
         ax.grid(True, alpha=0.3)
         ax.legend()
-        save_figure(fig, out_path)
+        out_path = save_figure(fig, out_path)
     finally:
         plt.close(fig)
     return out_path

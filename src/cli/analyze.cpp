@@ -113,12 +113,7 @@ void add_analyze_command(CLI::App& app) {
         for (const fs::path& ck : ckpts) {
             LoadedCheckpoint lc = load_checkpoint(ck.string(), /*weights_only=*/true);
             Model<float>& m = *lc.model;
-            const TrainConfig& t = lc.rc.train;
-            const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
-            const int T = o->seq_len > 0 ? o->seq_len : t.seq_len;
-            if (T > m.cfg.max_seq_len)
-                throw Error("--seq-len " + std::to_string(T) + " exceeds the model's max_seq_len (" +
-                            std::to_string(m.cfg.max_seq_len) + ")");
+            const auto [B, T] = eval_shape(lc, o->batch_size, o->seq_len);
             const std::string data_dir = eval_data_dir(lc, o->data_dir, ck.string());
             const TokenShard val = TokenShard::open(data_dir + "/val.bin");
             check_prepared_with(data_dir, val, *lc.tok, ck.string());

@@ -52,5 +52,11 @@ std::unique_ptr<AtomicFileWriter> open_output(const std::string& path, const std
 // The folder whose val.bin evaluates a checkpoint: --data-dir when given, else the run's data_dir; a run
 // trained on a list of corpora must name one of their splits (diagnose.cpp).
 std::string eval_data_dir(const LoadedCheckpoint& lc, const std::string& data_dir, const std::string& ckpt);
+// The batch size and sequence length of an evaluation: the flags when > 0, else the run's; a sequence
+// longer than the model's max_seq_len is refused, naming --seq-len.
+struct EvalShape {
+    int B, T;
+};
+EvalShape eval_shape(const LoadedCheckpoint& lc, int batch_size, int seq_len);
 
 }  // namespace strata::cli

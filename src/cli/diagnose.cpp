@@ -2,15 +2,10 @@
 // checkpoint's validation batches it reports, per sublayer, the RMS of its input, output and running
 // state, the loss increase when the sublayer is skipped (its output set to zero; under AttnRes an
 // emptied source is also dropped from the mixes), and under AttnRes the mean depth-attention weights.
-#include <unistd.h>
-
-#include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <vector>
 
 #include "analysis/depth_report.h"
 #include "cli/commands.h"
@@ -18,7 +13,6 @@
 #include "core/fileio.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
-#include "train/evaluate.h"
 #include "train/trainer.h"
 
 namespace strata::cli {
@@ -31,6 +25,14 @@ std::string eval_data_dir(const LoadedCheckpoint& lc, const std::string& data_di
                     " corpora, each with its own validation split: pass --data-dir " + t.data_dir +
                     "/corpus<i> (i = 0 … " + std::to_string(t.corpora.size() - 1) + ") to evaluate one");
     return data_dir.empty() ? t.data_dir : data_dir;
+}
+
+EvalShape eval_shape(const LoadedCheckpoint& lc, int batch_size, int seq_len) {
+    const EvalShape e{batch_size > 0 ? batch_size : lc.rc.train.batch_size, seq_len > 0 ? seq_len : lc.rc.train.seq_len};
+    if (e.T > lc.model->cfg.max_seq_len)
+        throw Error("--seq-len " + std::to_string(e.T) + " exceeds the model's max_seq_len (" +
+                    std::to_string(lc.model->cfg.max_seq_len) + ")");
+    return e;
 }
 
 void add_diagnose_command(CLI::App& app) {
@@ -63,13 +65,7 @@ void add_diagnose_command(CLI::App& app) {
         LoadedCheckpoint lc = load_checkpoint(o->ckpt, /*weights_only=*/true);
         Model<float>& m = *lc.model;
         use_precision(m, o->precision);
-        const ModelConfig& c = m.cfg;
-        const TrainConfig& t = lc.rc.train;
-        const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
-        const int T = o->seq_len > 0 ? o->seq_len : t.seq_len;
-        if (T > c.max_seq_len)
-            throw Error("--seq-len " + std::to_string(T) + " exceeds the model's max_seq_len (" +
-                        std::to_string(c.max_seq_len) + ")");
+        const auto [B, T] = eval_shape(lc, o->batch_size, o->seq_len);
         const std::string data_dir = eval_data_dir(lc, o->data_dir, o->ckpt);
         const TokenShard shard = TokenShard::open(data_dir + "/val.bin");
         check_prepared_with(data_dir, shard, *lc.tok, o->ckpt);

@@ -40,11 +40,7 @@ void add_eval_command(CLI::App& app) {
         Model<float>& model = *lc.model;
         use_precision(model, o->precision);
         const TrainConfig& t = lc.rc.train;
-        const int B = o->batch_size > 0 ? o->batch_size : t.batch_size;
-        const int T = o->seq_len > 0 ? o->seq_len : t.seq_len;
-        if (T > model.cfg.max_seq_len)
-            throw Error("--seq-len " + std::to_string(T) + " exceeds the model's max_seq_len (" +
-                        std::to_string(model.cfg.max_seq_len) + ")");
+        const auto [B, T] = eval_shape(lc, o->batch_size, o->seq_len);
         // A mixture's sources have a split each (DATA_DIR/corpus<i>): the user picks one.
         if (o->data_dir.empty() && !t.corpora.empty() && o->text.empty())
             throw Error("checkpoint " + o->ckpt + " was trained on a list of " + std::to_string(t.corpora.size()) +
