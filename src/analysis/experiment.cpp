@@ -276,6 +276,11 @@ nlohmann::json paired_interval(const std::vector<double>& x) {
 
 bool run_suite(const Suite& s, const ExperimentOptions& o) {
     const fs::path runs = fs::path(o.runs_dir) / s.name, results = fs::path(o.results_dir) / s.name;
+    // A missing corpus is the user's to fix, not a failed run for every variant.
+    if (!o.report_only && !fs::exists(o.corpus) && !fs::exists(fs::path(o.data_dir) / "train.bin"))
+        throw Error("experiment " + s.name + ": the corpus " + o.corpus + " is not there and " + o.data_dir +
+                    " holds no prepared shards (bash scripts/get_corpus.sh builds the default corpus; --corpus "
+                    "names another)");
     fs::create_directories(results);
 
     // Plan every run: its config, its hash, and the parameter match.

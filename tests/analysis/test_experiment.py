@@ -103,6 +103,13 @@ def test_a_failed_run_is_recorded_and_the_suite_goes_on(quick, tmp_path):
     assert p.stdout.count(": done") == 6, p.stdout
 
 
+def test_a_missing_corpus_is_an_error_not_failed_runs(tmp_path):
+    p = run("experiment", "moda-window", "--quick", "--corpus", tmp_path / "none.txt", "--data-dir", tmp_path / "d",
+            "--runs", tmp_path / "r", "--results", tmp_path / "s", check=False)
+    assert p.returncode == 1 and "none.txt" in p.stderr and "get_corpus.sh" in p.stderr, p.stderr
+    assert not (tmp_path / "s" / "moda-window").exists()
+
+
 def test_unknown_suite_lists_the_suites():
     p = run("experiment", "depth-rulez", check=False)
     assert p.returncode == 1, p.stderr
