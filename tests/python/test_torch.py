@@ -123,3 +123,43 @@ def test_the_example_model_learns():
     spec.loader.exec_module(example)
     losses = example.main(["--steps", "60"])
     assert sum(losses[-10:]) / 10 < losses[0] - 0.5
+
+
+def interleaved_moda(q, k, v, kd, vd):
+    """Causal MoDA with the official code's head mapping (hustvl/MoDA): query head h reads kv head
+    h mod Hk. A naive float64 loop: one softmax over the causal keys and the token's own slots."""
+    B, T, H, d = q.shape
+    Hk = k.shape[2]
+    out = torch.zeros_like(q)
+    for b in range(B):
+        for h in range(H):
+            kh = h % Hk
+            for t in range(T):
+                keys = torch.cat([k[b, :t + 1, kh], kd[b, t, :, kh]])
+                vals = torch.cat([v[b, :t + 1, kh], vd[b, t, :, kh]])
+                p = torch.softmax(keys @ q[b, t, h] / d ** 0.5, 0)
+                out[b, t, h] = p @ vals
+    return out
+
+
+@pytest.mark.parametrize("H,Hk", [(4, 2), (6, 2), (8, 4), (4, 1), (2, 2)])
+def test_official_head_mapping_is_a_permutation_of_wq_and_wo(H, Hk):
+    # docs/moda.md: strata's head kh*G + g is the official head g*Hk + kh; moving wq's rows and wo's
+    # columns that way gives the same layer.
+    G, d, D, T, L = H // Hk, 4, 12, 5, 3
+    x = torch.randn(1, T, D, dtype=torch.float64)
+    wq = torch.randn(H * d, D, dtype=torch.float64)  # official head order
+    wo = torch.randn(D, H * d, dtype=torch.float64)
+    k, v = torch.randn(1, T, Hk, d, dtype=torch.float64), torch.randn(1, T, Hk, d, dtype=torch.float64)
+    kd, vd = torch.randn(1, T, L, Hk, d, dtype=torch.float64), torch.randn(1, T, L, Hk, d, dtype=torch.float64)
+    official = interleaved_moda((x @ wq.T).view(1, T, H, d), k, v, kd, vd).reshape(1, T, H * d) @ wo.T
+    perm = [g * Hk + kh for kh in range(Hk) for g in range(G)]  # strata head h takes official head perm[h]
+    rows = torch.cat([torch.arange(p * d, (p + 1) * d) for p in perm])
+    wq_s, wo_s = wq[rows], wo[:, rows]
+    with torch.no_grad():
+        ours = st.moda_attention((x @ wq_s.T).view(1, T, H, d), k, v, kd, vd).reshape(1, T, H * d) @ wo_s.T
+    assert (ours - official).abs().max() <= 1e-10
+    if G > 1 and Hk > 1:  # without the permutation the two mappings differ
+        with torch.no_grad():
+            plain = st.moda_attention((x @ wq.T).view(1, T, H, d), k, v, kd, vd).reshape(1, T, H * d) @ wo.T
+        assert (plain - official).abs().max() > 1e-3
