@@ -444,7 +444,6 @@ bool run_suite(const Suite& s, const ExperimentOptions& o) {
                                   "depth_buffer_bytes", "depth_bytes_read_per_token", "reason", "config_hash"})
                 if (r.contains(k)) e[k] = r[k];
             if (r.contains("usefulness")) {
-                std::vector<double> share;
                 e["block_ratio"] = nlohmann::json::array();
                 for (const auto& b : r["usefulness"]["linear"]["blocks"]) e["block_ratio"].push_back(b["ratio"]);
                 e["angular_distance"] = r["usefulness"]["angular_distance"];
