@@ -469,6 +469,34 @@ def plot_suite(summary_path, out_dir=None, log=None):
         finally:
             plt.close(fig)
 
+    # per-sublayer profiles: each variant's mean over its finished seeds, sublayer by sublayer
+    profiles = [("output_rms", "sublayer output RMS"), ("state_rms", "state RMS after the sublayer"),
+                ("grad_norm", "gradient norm of the sublayer's parameters")]
+    drawn = [(k, label) for k, label in profiles if any(_done(v["runs"], k) for v in variants)]
+    if drawn:
+        fig, axes = plt.subplots(len(drawn), 1, figsize=(10, 3.2 * len(drawn) + 0.8), dpi=100, squeeze=False)
+        try:
+            for ax, (k, label) in zip(axes[:, 0], drawn):
+                for i, v in enumerate(variants):
+                    arrays = [a for a in _done(v["runs"], k) if a]
+                    n = min((len(a) for a in arrays), default=0)
+                    if not n:
+                        continue
+                    mean = [sum(a[j] for a in arrays) / len(arrays) for j in range(n)]
+                    ax.plot(range(n), mean, "o-" if i < 10 else "s--", color=f"C{i % 10}", linewidth=1, markersize=2.5,
+                            label=f"{v['name']} ({len(arrays)} seeds)")
+                ax.set_yscale("log")
+                ax.set_ylabel(label, fontsize=8)
+                ax.set_xlabel("sublayer (attention 2l, FFN 2l + 1)", fontsize=8)
+                ax.grid(True, alpha=0.3)
+            axes[0, 0].set_title(f"{sm['suite']}: per-sublayer magnitudes at the end of training "
+                                 "(mean over seeds, log scale)", fontsize=9)
+            axes[0, 0].legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            fig.tight_layout()
+            written.append(save_figure(fig, os.path.join(out_dir, "profiles.png")))
+        finally:
+            plt.close(fig)
+
     # useful share against depth, per rule (curse-of-depth)
     by_rule = {}
     for v in variants:

@@ -448,12 +448,14 @@ bool run_suite(const Suite& s, const ExperimentOptions& o) {
                 for (const auto& b : r["usefulness"]["linear"]["blocks"]) e["block_ratio"].push_back(b["ratio"]);
                 e["angular_distance"] = r["usefulness"]["angular_distance"];
             }
+            // per-sublayer profiles, in sublayer order: what the suite's profile figure compares
             if (r.contains("depth_report"))
-                e["output_rms"] = [&] {
+                for (const char* k : {"output_rms", "state_rms", "grad_norm"}) {
                     nlohmann::json a = nlohmann::json::array();
-                    for (const auto& sl : r["depth_report"]["sublayers"]) a.push_back(sl["output_rms"]);
-                    return a;
-                }();
+                    for (const auto& sl : r["depth_report"]["sublayers"])
+                        if (sl.contains(k)) a.push_back(sl[k]);
+                    if (!a.empty()) e[k] = a;
+                }
             seeds.push_back(e);
         }
         vj["runs"] = seeds;

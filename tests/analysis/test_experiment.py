@@ -36,11 +36,14 @@ def test_every_output_is_produced(quick):
                 one = json.loads((res / f"{v['name']}-seed-{r['seed']}.json").read_text())
                 assert one["config"]["model"]["seed"] == one["config"]["train"]["seed"] == r["seed"]
                 assert one["val_loss"] == r["val_loss"]
+                subs = one["depth_report"]["sublayers"]
+                for k in ("output_rms", "state_rms", "grad_norm"):  # the profile figure's numbers
+                    assert r[k] == [s[k] for s in subs] and len(r[k]) == 2 * one["config"]["model"]["n_layers"]
         for c in sm["claims"]:
             assert c["difference"]["n"] == 3 and "lo" in c["difference"], c
             assert c["verdict"] in ("reproduced", "reversed", "not reproduced at this scale", "differs",
                                     "no difference detected")
-        figures = {"val_loss.png", "claims.png", "rms_slope.png"}
+        figures = {"val_loss.png", "claims.png", "rms_slope.png", "profiles.png"}
         if suite == "curse-of-depth":
             figures |= {"useful_share.png", "useful_share_vs_depth.png"}
         assert figures <= {f.name for f in res.iterdir()}, suite
