@@ -117,6 +117,11 @@ Suite curse_of_depth(bool quick) {
                               "Block AttnRes (S = 4), " + d + " blocks"});
     }
     const std::string lo = std::to_string(depths.front()), hi = std::to_string(depths.back());
+    // The variants the claims compare first (pre-norm at both ends, the two fixes at the deepest), so
+    // that a suite cut short has them; then the depths in between.
+    std::stable_partition(s.variants.begin(), s.variants.end(), [&](const SuiteVariant& v) {
+        return v.name == "pre-" + lo || v.name.ends_with("-" + hi);
+    });
     const std::string cd = "Curse of depth (arXiv 2502.05795; arXiv 2603.15389)";
     s.claims = {
         {"pre-norm: the useful share falls from " + lo + " to " + hi + " blocks", cd, "useful_share", "pre-" + hi,
