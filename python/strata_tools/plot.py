@@ -492,7 +492,6 @@ def plot_suite(summary_path, out_dir=None, log=None):
             axes[0, 0].set_title(f"{sm['suite']}: per-sublayer magnitudes at the end of training "
                                  "(mean over seeds, log scale)", fontsize=9)
             axes[0, 0].legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            fig.tight_layout()
             written.append(save_figure(fig, os.path.join(out_dir, "profiles.png")))
         finally:
             plt.close(fig)
