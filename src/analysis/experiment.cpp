@@ -78,6 +78,7 @@ Suite depth_rules(bool quick) {
     };
     const std::string ar = "Attention Residuals (arXiv 2603.15031), Table 2";
     const std::string ar5 = "Attention Residuals (arXiv 2603.15031), Fig. 5";
+    const std::string ar4 = "Attention Residuals (arXiv 2603.15031), Table 4: 1.737 Full, 1.767 DenseFormer, 1.766 pre-norm";
     const std::string md = "MoDA (arXiv 2603.15619), Table 6";
     s.claims = {
         {"Full AttnRes below the baseline", ar, "val_loss", "attnres_full", "pre", "", "", -1},
@@ -93,6 +94,10 @@ Suite depth_rules(bool quick) {
          "attnres_full", "pre", "", "", -1},
         {"Block AttnRes: sublayer outputs grow less with depth (ln RMS slope)", ar5, "output_log_rms_slope",
          "attnres_block", "pre", "", "", -1},
+        {"Full AttnRes below DenseFormer", ar4, "val_loss", "attnres_full", "denseformer", "", "", -1},
+        {"DenseFormer on a par with pre-norm", ar4, "val_loss", "denseformer", "pre", "", "", 0},
+        {"LayerNorm-Scaling below pre-norm", "Curse of depth (arXiv 2502.05795)", "val_loss", "layernorm_scaling",
+         "pre", "", "", -1},
     };
     s.budget = quick ? "toy size, seconds" : "13 variants x 3 seeds, 200 steps of 2048 tokens (410K tokens) each, bf16";
     return s;
