@@ -98,6 +98,8 @@ Suite depth_rules(bool quick) {
         {"DenseFormer on a par with pre-norm", ar4, "val_loss", "denseformer", "pre", "", "", 0},
         {"LayerNorm-Scaling below pre-norm", "Curse of depth (arXiv 2502.05795)", "val_loss", "layernorm_scaling",
          "pre", "", "", -1},
+        {"ReZero gates against pre-norm", "ReZero (arXiv 2003.04887), a baseline of the AttnRes paper's Table 5",
+         "val_loss", "rezero", "pre", "", "", 0},
     };
     s.budget = quick ? "toy size, seconds" : "13 variants x 3 seeds, 200 steps of 2048 tokens (410K tokens) each, bf16";
     return s;
