@@ -384,6 +384,7 @@ METRIC_LABELS = {
     "val_loss": "validation loss",
     "useful_share": "share of useful blocks",
     "removable_share": "share of blocks removable for ≤ 5 % loss",
+    "mean_linear_excess": "mean over blocks of L_lin / L_base − 1",
     "output_log_rms_slope": "slope of ln(sublayer-output RMS) per layer",
     "state_log_rms_slope": "slope of ln(state RMS) per layer",
 }
@@ -496,20 +497,40 @@ def plot_suite(summary_path, out_dir=None, log=None):
         finally:
             plt.close(fig)
 
-    # useful share against depth, per rule (curse-of-depth)
-    by_rule = {}
-    for v in variants:
-        rule, _, depth = v["name"].rpartition("-")
-        if depth.isdigit() and _done(v["runs"], "useful_share"):
-            by_rule.setdefault(rule, []).append((int(depth), _done(v["runs"], "useful_share")))
-    if by_rule:
+    # useful share and mean linear-replacement excess against depth, per rule (curse-of-depth)
+    for metric, path, title, ylabel in [
+            ("useful_share", "useful_share_vs_depth.png", "share of useful blocks against depth",
+             "share of useful blocks (linear / base > 1.1)"),
+            ("mean_linear_excess", "linear_excess_vs_depth.png", "cost of a block's linear replacement against depth",
+             "mean over blocks of L_lin / L_base − 1")]:
+        by_rule = {}
+        for v in variants:
+            rule, _, depth = v["name"].rpartition("-")
+            if depth.isdigit() and _done(v["runs"], metric):
+                by_rule.setdefault(rule, []).append((int(depth), _done(v["runs"], metric)))
+        if by_rule:
+            series = []
+            for rule, pts in by_rule.items():
+                pts.sort()
+                series.append((rule + " (mean over seeds)", [d for d, _ in pts], [sum(y) / len(y) for _, y in pts],
+                               "o-"))
+            written.append(_lines(plt, series, os.path.join(out_dir, path), f"{sm['suite']}: {title}", "blocks",
+                                  ylabel))
+
+    # each block's linear-replacement excess against its relative depth, per variant
+    with_ratio = [v for v in variants if any(_done(v["runs"], "block_ratio"))]
+    if with_ratio:
         series = []
-        for rule, pts in by_rule.items():
-            pts.sort()
-            series.append((rule + " (mean over seeds)", [d for d, _ in pts], [sum(y) / len(y) for _, y in pts], "o-"))
-        written.append(_lines(plt, series, os.path.join(out_dir, "useful_share_vs_depth.png"),
-                              f"{sm['suite']}: share of useful blocks against depth", "blocks",
-                              "share of useful blocks (linear / base > 1.1)"))
+        for i, v in enumerate(with_ratio):
+            arrays = [a for a in _done(v["runs"], "block_ratio") if a]
+            n = min(len(a) for a in arrays)
+            ys = [sum(a[j] for a in arrays) / len(arrays) - 1 for j in range(n)]
+            series.append((f"{v['name']} ({len(arrays)} seeds)", [(j + 0.5) / n for j in range(n)], ys,
+                           "o-" if i < 10 else "s--", f"C{i % 10}"))
+        written.append(_lines(plt, series, os.path.join(out_dir, "block_linearity.png"),
+                              f"{sm['suite']}: each block's linear-replacement cost (mean over seeds)",
+                              "relative depth of the block ((block + ½) / blocks)", "L_lin / L_base − 1",
+                              hline=(0.1, "useful above (ratio 1.1)"), xs_integer=False))
     written.append(write_text(os.path.join(out_dir, "report.md"),
                               suite_markdown(sm, [os.path.basename(w) for w in written])))
     if log:
@@ -536,8 +557,9 @@ def suite_markdown(sm, figures):
         need = "-" if need in (None, 0) else str(need)
         lines.append(f"| {c['name']} | {c['source']} | {c['metric']}: {expr} | {_fmt_interval(d)} | {d['n']} | "
                      f"{c['verdict']} | {need} |")
-    metrics = [m for m in ("val_loss", "useful_share", "removable_share", "output_log_rms_slope", "state_log_rms_slope",
-                           "train_tokens_per_s", "depth_buffer_bytes", "depth_bytes_read_per_token")
+    metrics = [m for m in ("val_loss", "useful_share", "mean_linear_excess", "removable_share", "output_log_rms_slope",
+                           "state_log_rms_slope", "train_tokens_per_s", "depth_buffer_bytes",
+                           "depth_bytes_read_per_token")
                if any(_done(v["runs"], m) for v in sm["variants"])]
     lines += ["", "## Variants", "", "Mean over the finished seeds (each seed's value in summary.json).", "",
               "| variant | what | runs done | " + " | ".join(metrics) + " |",

@@ -139,6 +139,12 @@ Suite curse_of_depth(bool quick) {
          "attnres_block-" + hi, "pre-" + hi, "", "", +1},
         {"pre-norm: deeper models can drop a larger share of blocks", cd, "removable_share", "pre-" + hi, "pre-" + lo, "",
          "", +1},
+        {"pre-norm: a block's linear replacement costs less at " + hi + " blocks than at " + lo, cd,
+         "mean_linear_excess", "pre-" + hi, "pre-" + lo, "", "", -1},
+        {"LayerNorm-Scaling: blocks less replaceable than pre-norm's at " + hi, cd, "mean_linear_excess",
+         "layernorm_scaling-" + hi, "pre-" + hi, "", "", +1},
+        {"Block AttnRes: blocks less replaceable than pre-norm's at " + hi, cd, "mean_linear_excess",
+         "attnres_block-" + hi, "pre-" + hi, "", "", +1},
     };
     s.budget = quick ? "toy size, seconds" : "12 variants x 3 seeds, 150 steps of 2048 tokens (307K tokens) each, bf16";
     return s;
@@ -447,11 +453,18 @@ bool run_suite(const Suite& s, const ExperimentOptions& o) {
         nlohmann::json vj = {{"name", v.name}, {"describe", v.describe}, {"sets", v.sets}};
         nlohmann::json seeds = nlohmann::json::array();
         for (uint64_t seed : s.seeds) {
-            const nlohmann::json r = read_json_file(results / (v.name + "-seed-" + std::to_string(seed) + ".json"));
+            nlohmann::json r = read_json_file(results / (v.name + "-seed-" + std::to_string(seed) + ".json"));
             if (!r.is_object()) continue;
+            // The mean over blocks of L_lin/L_base − 1: how much a block's linear replacement costs,
+            // without the 1.1 threshold (small models can have no block above it at any depth).
+            if (r.contains("usefulness") && !r["usefulness"]["linear"]["blocks"].empty()) {
+                double sum = 0;
+                for (const auto& b : r["usefulness"]["linear"]["blocks"]) sum += b["ratio"].get<double>() - 1;
+                r["mean_linear_excess"] = sum / double(r["usefulness"]["linear"]["blocks"].size());
+            }
             res[v.name][seed] = r;
             nlohmann::json e = {{"seed", seed}, {"status", r.value("status", "?")}};
-            for (const char* k : {"val_loss", "train_tokens_per_s", "useful_share", "removable_share",
+            for (const char* k : {"val_loss", "train_tokens_per_s", "useful_share", "mean_linear_excess", "removable_share",
                                   "output_log_rms_slope", "state_log_rms_slope", "non_embedding_params",
                                   "depth_buffer_bytes", "depth_bytes_read_per_token", "reason", "config_hash"})
                 if (r.contains(k)) e[k] = r[k];

@@ -45,7 +45,12 @@ def test_every_output_is_produced(quick):
                                     "no difference detected")
         figures = {"val_loss.png", "claims.png", "rms_slope.png", "profiles.png"}
         if suite == "curse-of-depth":
-            figures |= {"useful_share.png", "useful_share_vs_depth.png"}
+            figures |= {"useful_share.png", "useful_share_vs_depth.png", "linear_excess_vs_depth.png",
+                        "block_linearity.png"}
+            for v in sm["variants"]:
+                for r in v["runs"]:
+                    assert r["mean_linear_excess"] == pytest.approx(sum(b - 1 for b in r["block_ratio"]) /
+                                                                    len(r["block_ratio"]), rel=1e-12)
         assert figures <= {f.name for f in res.iterdir()}, suite
         md = (res / "report.md").read_text()
         assert "## Claims" in md and "![claims](claims.png)" in md
