@@ -394,6 +394,13 @@ def _done(runs, key):
     return [r[key] for r in runs if r.get("status") == "done" and key in r]
 
 
+def _mean_arrays(runs, key):
+    """The finished runs' non-empty arrays under key, and their element-wise mean over the common length."""
+    arrays = [a for a in _done(runs, key) if a]
+    n = min((len(a) for a in arrays), default=0)
+    return arrays, [sum(a[j] for a in arrays) / len(arrays) for j in range(n)]
+
+
 def _fmt_interval(d, digits=4):
     if "lo" not in d:
         return "n/a" if "mean" not in d else f"{d['mean']:+.{digits}f} (one seed)"
@@ -479,11 +486,10 @@ def plot_suite(summary_path, out_dir=None, log=None):
         try:
             for ax, (k, label) in zip(axes[:, 0], drawn):
                 for i, v in enumerate(variants):
-                    arrays = [a for a in _done(v["runs"], k) if a]
-                    n = min((len(a) for a in arrays), default=0)
+                    arrays, mean = _mean_arrays(v["runs"], k)
+                    n = len(mean)
                     if not n:
                         continue
-                    mean = [sum(a[j] for a in arrays) / len(arrays) for j in range(n)]
                     ax.plot(range(n), mean, "o-" if i < 10 else "s--", color=f"C{i % 10}", linewidth=1, markersize=2.5,
                             label=f"{v['name']} ({len(arrays)} seeds)")
                 ax.set_yscale("log")
@@ -522,9 +528,9 @@ def plot_suite(summary_path, out_dir=None, log=None):
     if with_ratio:
         series = []
         for i, v in enumerate(with_ratio):
-            arrays = [a for a in _done(v["runs"], "block_ratio") if a]
-            n = min(len(a) for a in arrays)
-            ys = [sum(a[j] for a in arrays) / len(arrays) - 1 for j in range(n)]
+            arrays, mean = _mean_arrays(v["runs"], "block_ratio")
+            n = len(mean)
+            ys = [m - 1 for m in mean]
             series.append((f"{v['name']} ({len(arrays)} seeds)", [(j + 0.5) / n for j in range(n)], ys,
                            "o-" if i < 10 else "s--", f"C{i % 10}"))
         written.append(_lines(plt, series, os.path.join(out_dir, "block_linearity.png"),
