@@ -803,6 +803,10 @@ std::vector<OpCase> table() {
         t.push_back(moda_case(1, T, 2, 2, 8, 0, 2, g));   // no depth: plain attention
     }
     t.push_back(moda_case(1, 130, 2, 1, 16, 5, 5, g));  // several key and query tiles
+    // the depth steps' small GEMMs in whole register blocks: G = 8 heads (6 + 2 rows), d = 64 (two
+    // vector blocks), 7 slots (6 + 1 rows of dK_d, dV_d); and d = 32 at G = 2 under chunk visibility
+    t.push_back(moda_case(1, 21, 16, 2, 64, 7, 9, g));
+    t.push_back(moda_case(2, 11, 4, 2, 32, 13, 16, g, {SeqMask::causal, DepthVisibility::chunk, 4}));
     // Every sequence mask with every depth visibility: at odd T, L from 0 to 16, G = 1, 2, 4 and 8, the
     // default chunk (64/G) and small ones, windows, and a scale of its own.
     for (SeqMask mask : {SeqMask::causal, SeqMask::noncausal, SeqMask::none})

@@ -394,6 +394,7 @@ TEST_P(Bf16Ops, MoDA) {
     check_attention(2, 19, 4, 2, 16, 3, 4, g);
     check_attention(1, 9, 8, 1, 16, 1, 2, g);
     check_attention(1, 150, 4, 2, 64, 5, 6, g);
+    check_attention(1, 23, 16, 2, 64, 13, 16, g);  // G = 8, whole register blocks in the depth GEMMs
 }
 
 // Every sequence mask with each depth visibility, a window, and tiles enough for the GEMM bounds.

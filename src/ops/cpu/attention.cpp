@@ -65,13 +65,15 @@ using attn::thread_scratch;
 // shape has been seen no call allocates, whichever thread the dynamic schedule hands a task to.
 // Forward: the score tile, and the running outputs and depth scores of a run of query heads;
 // backward: P and dP tiles, this kv head's Kᵀ, Vᵀ and K rows, one query head's Q and dO rows, D of
-// every head of the group, and the depth gradient accumulators of one slot.
+// every head of the group, and one depth pair's probabilities and dP. Both end with the depth steps'
+// widened slots (attn::depth_wide_size).
 template <typename T>
 size_t reserve_scratch(const AttnDims& a, long L_max = 0) {
     const Lds<T> ld(a);
     const long G = a.H / a.Hk;
-    const long fwd = BQ * ld.S + G * (BQ * a.d + 2 * BQ + L_max);
-    const long bwd = 2 * BQ * ld.S + 2 * a.d * ld.T_ + a.Tk * ld.R + 2 * a.Tq * ld.R + (a.H / a.Hk) * a.Tq + 2 * a.d + 2 * (a.H / a.Hk) * L_max;
+    const long wide = attn::depth_wide_size(L_max, G, a.d);
+    const long fwd = BQ * ld.S + G * (BQ * a.d + 2 * BQ + L_max) + wide;
+    const long bwd = 2 * BQ * ld.S + 2 * a.d * ld.T_ + a.Tk * ld.R + 2 * a.Tq * ld.R + G * a.Tq + 2 * G * L_max + wide;
     const size_t n = size_t(std::max(fwd, bwd));
 #pragma omp parallel
     thread_scratch<T>(n);
@@ -156,7 +158,7 @@ static void attention_forward_impl(T* out, T* lse, const T* q, const T* k, const
                 // MoDA: the depth slots each row sees join its softmax, the run's heads together
                 for (long r = 0; r < tq; r++)
                     attn::depth_forward_heads(q + ((b * a.Tq + t0 + r) * a.H + h0) * d, run, O0 + r * d, BQ * d, m0 + r,
-                                              l0 + r, BQ, sd, c, b, t0 + r, kh, scale);
+                                              l0 + r, BQ, sd, c, b, t0 + r, kh, scale, r + 1 < tq);
                 for (long g = 0; g < run; g++)
                     for (long r = 0; r < tq; r++) {
                         T* O = O0 + g * BQ * d + r * d;
@@ -188,10 +190,9 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
             T* QR = KR + a.Tk * ld.R;    // one query head's Q and dO rows: Tq × ldR each
             T* GR = QR + a.Tq * ld.R;
             T* D0 = GR + a.Tq * ld.R;    // G × Tq: D of each query head of the group
-            T* gk = D0 + G * a.Tq;       // d: one depth slot's key gradient, summed over the group
-            T* gv = gk + d;              // d: its value gradient
-            T* pd = gv + d;              // G × n: one depth pair's probabilities, then dS, per head
+            T* pd = D0 + G * a.Tq;       // G × n: one depth pair's probabilities, then dS, per head
             T* dpd = pd + G * dep.n();   // G × n: dP
+            T* wide = dpd + G * dep.n(); // depth_wide_size: the pair's slots (and queries) widened
             const T* K0 = a.Tk > 0 ? k + b * a.kv_bstride + kh * d : nullptr;
             const T* V0 = a.Tk > 0 ? v + b * a.kv_bstride + kh * d : nullptr;
             if (a.Tk > 0) {
@@ -240,7 +241,7 @@ static void attention_backward_impl(T* dq, T* dk, T* dv, T* dkd, T* dvd, const T
             }
             // MoDA: the depth slots every query token sees, seen by its row of each head of the group. A
             // slot's key and value gradients are summed over the group first, so each is written once.
-            attn::depth_backward(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, gk, gv, c, b, kh, scale);
+            attn::depth_backward(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, wide, c, b, kh, scale);
         }
 }
 

@@ -75,7 +75,7 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
     const float scale = float(c.scale);
     const float neg_inf = -std::numeric_limits<float>::infinity();
     const Layout ld(a);
-    const size_t nf = size_t(BQ * ld.S + G * (BQ * d + 2 * BQ + c.dep.n())), np = size_t(BQ * ld.A + BQ * ld.PA);
+    const size_t nf = size_t(BQ * ld.S + G * (BQ * d + 2 * BQ + c.dep.n()) + depth_wide_size(c.dep.n(), G, d)), np = size_t(BQ * ld.A + BQ * ld.PA);
     reserve(nf, np);
     const long kd_n = ld.dp * ld.T, vk_n = ld.Kp * ld.V;  // per (batch, kv head)
     std::vector<Pair>& kv = forward_kv_buffer();
@@ -127,7 +127,7 @@ void forward_bf16_native(bf16* out, float* lse, const bf16* q, const bf16* k, co
                 }
                 for (long r = 0; r < tq; r++)
                     depth_forward_heads(q + ((b * a.Tq + t0 + r) * a.H + h0) * d, run, O0 + r * d, BQ * d, m0 + r, l0 + r,
-                                        BQ, sd, c, b, t0 + r, kh, scale);
+                                        BQ, sd, c, b, t0 + r, kh, scale, r + 1 < tq);
                 for (long g = 0; g < run; g++)
                     for (long r = 0; r < tq; r++) {
                         float* orow = O0 + g * BQ * d + r * d;
@@ -144,7 +144,7 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
     const long G = a.H / a.Hk, d = a.d, qs = a.H * d, ks = a.Hk * d;
     const float scale = float(c.scale);
     const Layout ld(a);
-    const size_t nf = size_t(2 * BQ * ld.S + G * a.Tq + 2 * d + 2 * G * dep.L_max);
+    const size_t nf = size_t(2 * BQ * ld.S + G * a.Tq + 2 * G * dep.L_max + depth_wide_size(dep.L_max, G, d));
     const size_t np = size_t(2 * ld.dp * ld.T + ld.Kp * ld.V + 2 * a.Tq * ld.A + 2 * ld.Qp * ld.V + BQ * ld.PA +
                              2 * (BQ / 2) * ld.PQ);
     reserve(nf, np);
@@ -154,10 +154,9 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
             float* P = thread_scratch<float>(nf);  // BQ × ld.S
             float* dP = P + BQ * ld.S;             // BQ × ld.S, then dS
             float* D0 = dP + BQ * ld.S;            // G × Tq: D of each query head of the group
-            float* gk = D0 + G * a.Tq;             // d each: one depth slot's gradients over the group
-            float* gv = gk + d;
-            float* pd = gv + d;             // G × n: one depth pair's probabilities, then dS
+            float* pd = D0 + G * a.Tq;      // G × n: one depth pair's probabilities, then dS
             float* dpd = pd + G * dep.n();  // G × n: dP
+            float* wide = dpd + G * dep.n();  // depth_wide_size: the pair's slots and queries as float
             Pair* KD = thread_scratch<Pair>(np);  // Kᵀ, Vᵀ over d pairs: dp × T each
             Pair* VD = KD + ld.dp * ld.T;
             Pair* KK = VD + ld.dp * ld.T;  // K over key pairs: Kp × V
@@ -223,7 +222,7 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
                     }
                 }
             }
-            depth_backward(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, gk, gv, c, b, kh, scale);
+            depth_backward(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, wide, c, b, kh, scale);
         }
 }
 

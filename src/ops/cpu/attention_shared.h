@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ops/cpu/tile_gemm.h"
@@ -97,12 +98,9 @@ template <typename T>
 inline void softmax_row(T* srow, long nv, long end, T& m, T& l, T* o, long d) {
     const T mx = tile::row_max(srow, nv, m);
     const T corr = std::exp(m - mx);  // exp(-inf) = 0 on the first tile
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (long c = 0; c < nv; c++) {
-        srow[c] = vexp(srow[c] - mx);
-        sum += srow[c];
-    }
+#pragma omp simd
+    for (long c = 0; c < nv; c++) srow[c] = vexp(srow[c] - mx);
+    const T sum = tile::sum(srow, nv);  // a second pass over the row in L1, cheaper than an omp simd sum
     for (long c = nv; c < end; c++) srow[c] = 0;
     l = l * corr + sum;
     m = mx;
@@ -126,29 +124,61 @@ inline void score_grad_row(T* ds, const T* p, long nv, long end, T D) {
     for (long c = nv; c < end; c++) ds[c] = T(0);
 }
 
+// Scratch (elements of T) the depth steps need past their scores: one depth row's n keys and values
+// widened to T when they are stored narrower, and the G query rows of a group (the backward's left
+// operand of dKd, widened likewise).
+inline long depth_wide_size(long n, long G, long d) { return 2 * n * d + G * d; }
+
+// n rows of d (row stride ld) as T: the rows themselves when they are T, else widened into buf (row
+// stride d). Returns the rows and their stride.
+template <typename T, typename U>
+inline std::pair<const T*, long> rows_as(const U* src, long ld, long n, long d, T* buf) {
+    if constexpr (std::is_same_v<T, U>) {
+        return {src, ld};
+    } else {
+        for (long r = 0; r < n; r++)
+#pragma omp simd
+            for (long x = 0; x < d; x++) buf[r * d + x] = T(widen(src[r * ld + x]));
+        return {buf, d};
+    }
+}
+
+// Asks the cache for slot row r (d elements) of a run at p (row stride ld), for writing if Write. The
+// depth steps ask for the next token's slots while they work on this one's: a token's slots are spread
+// over a few pages at the stride of Hk·d, too few accesses per page for the hardware prefetcher to
+// follow, so without this every token's first reads wait on memory.
+template <bool Write, typename U>
+inline void prefetch_row(const U* p, long ld, long r, long d) {
+    const char* row = reinterpret_cast<const char*>(p + r * ld);
+    for (long o = 0; o < long(d * sizeof(U)); o += 64) __builtin_prefetch(row + o, Write ? 1 : 0, 3);
+}
+
 // Forward, query token t (batch b) of `heads` consecutive query heads of kv head kh (q0: the first
 // head's query row; the others follow at stride d), after their sequence tiles: the slots of every
-// depth row it sees join each head's online softmax. Each slot's key and value is read once for all
-// the heads (the group-aware order: a token's slots stay in L1 while the G heads use them, where one
-// head at a time would stream them from memory G times). O, m, l: head g's running output row at
-// O + g·o_stride, its max and sum at m[g·ml_stride], l[g·ml_stride] (m is −∞ before anything was seen:
-// the first update then scales o and l by exp(−∞) = 0); sd: heads·n() scores of scratch.
+// depth row it sees join each head's online softmax. Each slot's key is read once for all the heads
+// (the group-aware order: a token's slots stay in L1 while the G heads use them, where one head at a
+// time would stream them from memory G times), and the values enter as one small GEMM, O += P·V_d,
+// the heads' rows against the row's n slots. O, m, l: head g's running output row at O + g·o_stride,
+// its max and sum at m[g·ml_stride], l[g·ml_stride] (m is −∞ before anything was seen: the first
+// update then scales o and l by exp(−∞) = 0); sd: heads·n scores, then depth_wide_size(n, heads, d)
+// of scratch. next: whether the caller's next token (t + 1) is a row of the buffer, to prefetch.
 template <typename T, typename Q, typename U>
 inline void depth_forward_heads(const Q* q0, long heads, T* O, long o_stride, T* m, T* l, long ml_stride, T* sd,
-                                const Call<U>& c, long b, long t, long kh, T scale) {
+                                const Call<U>& c, long b, long t, long kh, T scale, bool next) {
     const Depth<U>& dep = c.dep;
-    const long n = dep.n(), d = dep.d, p = c.a.q_pos0 + t;
+    const long n = dep.n(), d = dep.d, p = c.a.q_pos0 + t, ld = dep.Hk * d;
     if (n <= 0) return;
+    T* wide = sd + heads * n;
+    const auto [Qh, ldq] = rows_as<T>(q0, d, heads, d, wide + 2 * n * d);
+    const U* next_k = next ? dep.key(b, dep.row(p) + 1, dep.lo, kh) : nullptr;
+    const U* next_v = next ? dep.value(b, dep.row(p) + 1, dep.lo, kh) : nullptr;
     for (long j = dep.first_row(p); j <= dep.row(p); j++) {
+        const auto [K, ldk] = rows_as<T>(dep.key(b, j, dep.lo, kh), ld, n, d, wide);
+        const auto [V, ldv] = rows_as<T>(dep.value(b, j, dep.lo, kh), ld, n, d, wide + n * d);
         for (long i = 0; i < n; i++) {
-            const U* kd = dep.key(b, j, dep.lo + i, kh);
-            for (long g = 0; g < heads; g++) {
-                const Q* qr = q0 + g * d;
-                T s = 0;
-#pragma omp simd reduction(+ : s)
-                for (long x = 0; x < d; x++) s += T(widen(qr[x])) * T(widen(kd[x]));
-                sd[g * n + i] = s * scale;
-            }
+            if (next && j == dep.row(p)) prefetch_row<false>(next_k, ld, i, d), prefetch_row<false>(next_v, ld, i, d);
+            const T* kd = K + i * ldk;
+            for (long g = 0; g < heads; g++) sd[g * n + i] = tile::dot(Qh + g * ldq, kd, d) * scale;
         }
         for (long g = 0; g < heads; g++) {
             T* sg = sd + g * n;
@@ -159,24 +189,12 @@ inline void depth_forward_heads(const Q* q0, long heads, T* O, long o_stride, T*
             const T corr = std::exp(mg - mx);
             if (corr != T(1))
                 for (long x = 0; x < d; x++) o[x] *= corr;
-            T sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (long i = 0; i < n; i++) {
-                sg[i] = vexp(sg[i] - mx);
-                sum += sg[i];
-            }
-            l[g * ml_stride] = l[g * ml_stride] * corr + sum;
+#pragma omp simd
+            for (long i = 0; i < n; i++) sg[i] = vexp(sg[i] - mx);
+            l[g * ml_stride] = l[g * ml_stride] * corr + tile::sum(sg, n);
             mg = mx;
         }
-        for (long i = 0; i < n; i++) {
-            const U* vd = dep.value(b, j, dep.lo + i, kh);
-            for (long g = 0; g < heads; g++) {
-                const T pr = sd[g * n + i];
-                T* o = O + g * o_stride;
-#pragma omp simd
-                for (long x = 0; x < d; x++) o[x] += pr * T(widen(vd[x]));
-            }
-        }
+        tile::gemm(heads, T(1), sd, n, 1, V, ldv, true, O, o_stride, [&](long, long) { return tile::Bounds{0, n, d}; });
     }
 }
 
@@ -190,26 +208,33 @@ inline T finish_row(T* o, T m, T l, long d) {
 }
 
 // Backward, query token t of batch b (absolute position p), and depth row j it sees: the slots of kv
-// head kh, seen by row t of each of the G query heads of the group. A slot's key and value gradients
-// are summed over the group first, so each is written once per (t, j) (the caller's task owns kv head
-// kh: no atomics). D0: G × Tq, D = dO·O per head; pd, dpd: G·n() each; gk, gv: d each.
+// head kh, seen by row t of each of the G query heads of the group. The scores and dP are dot products;
+// the three gradients are small GEMMs over the group, dQ += s·dS·K_d, dK_d += s·dSᵀ·Q and
+// dV_d += Pᵀ·dO, so each slot's gradients are summed over the group in registers and written once per
+// (t, j) (the caller's task owns kv head kh: no atomics). D0: G × Tq, D = dO·O per head; pd, dpd: G·n()
+// each; wide: depth_wide_size(n(), G, d). next: the slots (and their gradients) to prefetch while this
+// pair is worked on, as the depth row's offset, or −1 for none.
 template <typename T, typename Q, typename U>
 inline void depth_backward_pair(T* dq, T* dkd, T* dvd, const T* dout, const Q* q, const T* lse, const T* D0, T* pd,
-                                T* dpd, T* gk, T* gv, const Depth<U>& dep, const AttnDims& a, long b, long t, long j,
-                                long kh, T scale) {
-    const long G = a.H / a.Hk, d = a.d, L = dep.n(), n = G * L;
+                                T* dpd, T* wide, const Depth<U>& dep, const AttnDims& a, long b, long t, long j,
+                                long kh, T scale, long next) {
+    const long G = a.H / a.Hk, d = a.d, L = dep.n(), n = G * L, ld = dep.Hk * d;
+    const long off0 = ((b * a.Tq + t) * a.H + kh * G) * d;  // row t of the group's first head
+    const auto [K, ldk] = rows_as<T>(dep.key(b, j, dep.lo, kh), ld, L, d, wide);
+    const auto [V, ldv] = rows_as<T>(dep.value(b, j, dep.lo, kh), ld, L, d, wide + L * d);
+    const auto [Qg, ldq] = rows_as<T>(q + off0, d, G, d, wide + 2 * L * d);
+    const T* dO = dout + off0;
     for (long g = 0; g < G; g++) {
-        const long off = ((b * a.Tq + t) * a.H + kh * G + g) * d;
-        const Q* qr = q + off;
-        const T* go = dout + off;
+        const T* qr = Qg + g * ldq;
+        const T* go = dO + g * d;
+        const T lse_g = lse[(b * a.H + kh * G + g) * a.Tq + t], D = D0[g * a.Tq + t];
         for (long i = 0; i < L; i++) {
-            const U* kd = dep.key(b, j, dep.lo + i, kh);
-            const U* vd = dep.value(b, j, dep.lo + i, kh);
-            T s = 0, dp = 0;
-#pragma omp simd reduction(+ : s, dp)
-            for (long c = 0; c < d; c++) s += T(widen(qr[c])) * T(widen(kd[c])), dp += go[c] * T(widen(vd[c]));
-            pd[g * L + i] = s * scale - lse[(b * a.H + kh * G + g) * a.Tq + t];
-            dpd[g * L + i] = dp - D0[g * a.Tq + t];
+            if (g == 0 && next >= 0) {
+                prefetch_row<false>(dep.kd + next, ld, i, d), prefetch_row<false>(dep.vd + next, ld, i, d);
+                prefetch_row<true>(dkd + next, ld, i, d), prefetch_row<true>(dvd + next, ld, i, d);
+            }
+            pd[g * L + i] = tile::dot(qr, K + i * ldk, d) * scale - lse_g;
+            dpd[g * L + i] = tile::dot(go, V + i * ldv, d) - D;
         }
     }
 #pragma omp simd
@@ -217,38 +242,23 @@ inline void depth_backward_pair(T* dq, T* dkd, T* dvd, const T* dout, const Q* q
         pd[x] = vexp(pd[x]);      // P
         dpd[x] *= pd[x] * scale;  // s·dS
     }
-    for (long i = 0; i < L; i++) {
-        const U* kd = dep.key(b, j, dep.lo + i, kh);
-        for (long c = 0; c < d; c++) gk[c] = gv[c] = T(0);
-        for (long g = 0; g < G; g++) {
-            const long off = ((b * a.Tq + t) * a.H + kh * G + g) * d;
-            const Q* qr = q + off;
-            const T* go = dout + off;
-            T* gq = dq + off;
-            const T p = pd[g * L + i], ds = dpd[g * L + i];
-#pragma omp simd
-            for (long c = 0; c < d; c++) {
-                gq[c] += ds * T(widen(kd[c]));
-                gk[c] += ds * T(widen(qr[c]));
-                gv[c] += p * go[c];
-            }
-        }
-        T* gkd = dkd + dep.offset(b, j, dep.lo + i, kh);
-        T* gvd = dvd + dep.offset(b, j, dep.lo + i, kh);
-#pragma omp simd
-        for (long c = 0; c < d; c++) gkd[c] += gk[c], gvd[c] += gv[c];
-    }
+    const auto all = [](long k1, long cols) { return [=](long, long) { return tile::Bounds{0, k1, cols}; }; };
+    tile::gemm(G, T(1), dpd, L, 1, K, ldk, true, dq + off0, d, all(L, d));                          // dQ += s·dS·K_d
+    tile::gemm(L, T(1), dpd, 1, L, Qg, ldq, true, dkd + dep.offset(b, j, dep.lo, kh), ld, all(G, d));  // dK_d += s·dSᵀ·Q
+    tile::gemm(L, T(1), pd, 1, L, dO, d, true, dvd + dep.offset(b, j, dep.lo, kh), ld, all(G, d));     // dV_d += Pᵀ·dO
 }
 
 // Backward: every depth pair of kv head kh in batch b, after the sequence part (D0 filled).
 template <typename T, typename Q, typename U>
 inline void depth_backward(T* dq, T* dkd, T* dvd, const T* dout, const Q* q, const T* lse, const T* D0, T* pd, T* dpd,
-                           T* gk, T* gv, const Call<U>& c, long b, long kh, T scale) {
+                           T* wide, const Call<U>& c, long b, long kh, T scale) {
     if (c.dep.n() <= 0) return;
     for (long t = 0; t < c.a.Tq; t++) {
         const long p = c.a.q_pos0 + t;
+        const long next = t + 1 < c.a.Tq ? c.dep.offset(b, c.dep.row(p) + 1, c.dep.lo, kh) : -1;
         for (long j = c.dep.first_row(p); j <= c.dep.row(p); j++)
-            depth_backward_pair(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, gk, gv, c.dep, c.a, b, t, j, kh, scale);
+            depth_backward_pair(dq, dkd, dvd, dout, q, lse, D0, pd, dpd, wide, c.dep, c.a, b, t, j, kh, scale,
+                                j == c.dep.row(p) ? next : -1);
     }
 }
 
