@@ -100,7 +100,7 @@ inline void softmax_row(T* srow, long nv, long end, T& m, T& l, T* o, long d) {
     const T corr = std::exp(m - mx);  // exp(-inf) = 0 on the first tile
 #pragma omp simd
     for (long c = 0; c < nv; c++) srow[c] = vexp(srow[c] - mx);
-    const T sum = tile::sum(srow, nv);  // a second pass over the row in L1, cheaper than an omp simd sum
+    const T sum = simd::sum(srow, nv);  // a second pass over the row in L1, cheaper than an omp simd sum
     for (long c = nv; c < end; c++) srow[c] = 0;
     l = l * corr + sum;
     m = mx;
@@ -178,7 +178,7 @@ inline void depth_forward_heads(const Q* q0, long heads, T* O, long o_stride, T*
         for (long i = 0; i < n; i++) {
             if (next && j == dep.row(p)) prefetch_row<false>(next_k, ld, i, d), prefetch_row<false>(next_v, ld, i, d);
             const T* kd = K + i * ldk;
-            for (long g = 0; g < heads; g++) sd[g * n + i] = tile::dot(Qh + g * ldq, kd, d) * scale;
+            for (long g = 0; g < heads; g++) sd[g * n + i] = simd::dot(Qh + g * ldq, kd, d) * scale;
         }
         for (long g = 0; g < heads; g++) {
             T* sg = sd + g * n;
@@ -191,7 +191,7 @@ inline void depth_forward_heads(const Q* q0, long heads, T* O, long o_stride, T*
                 for (long x = 0; x < d; x++) o[x] *= corr;
 #pragma omp simd
             for (long i = 0; i < n; i++) sg[i] = vexp(sg[i] - mx);
-            l[g * ml_stride] = l[g * ml_stride] * corr + tile::sum(sg, n);
+            l[g * ml_stride] = l[g * ml_stride] * corr + simd::sum(sg, n);
             mg = mx;
         }
         tile::gemm(heads, T(1), sd, n, 1, V, ldv, true, O, o_stride, [&](long, long) { return tile::Bounds{0, n, d}; });
@@ -233,8 +233,8 @@ inline void depth_backward_pair(T* dq, T* dkd, T* dvd, const T* dout, const Q* q
                 prefetch_row<false>(dep.kd + next, ld, i, d), prefetch_row<false>(dep.vd + next, ld, i, d);
                 prefetch_row<true>(dkd + next, ld, i, d), prefetch_row<true>(dvd + next, ld, i, d);
             }
-            pd[g * L + i] = tile::dot(qr, K + i * ldk, d) * scale - lse_g;
-            dpd[g * L + i] = tile::dot(go, V + i * ldv, d) - D;
+            pd[g * L + i] = simd::dot(qr, K + i * ldk, d) * scale - lse_g;
+            dpd[g * L + i] = simd::dot(go, V + i * ldv, d) - D;
         }
     }
 #pragma omp simd

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "ops/cpu/threads.h"
+#include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
 #include "ops/profile.h"
 
@@ -72,9 +73,7 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
             for (long r = r0; r < r1; r++) {
                 const T* u = query_per_row ? tile_u.data() + (r - r0) * D : shared_u;
                 const T* v = srcs[i] + r * D;
-                T ss = 0, uv = 0;
-#pragma omp simd reduction(+ : ss, uv)
-                for (long c = 0; c < D; c++) ss += v[c] * v[c], uv += u[c] * v[c];
+                const T ss = simd::dot(v, v, D), uv = simd::dot(u, v, D);
                 const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
                 rstd[i * N + r] = rs;
                 logit[i * N + r] = rs * uv;
@@ -135,14 +134,10 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
             const T* wr = query_per_row ? w + r * D : nullptr;
             const T* g = dout + r * D;
             const T* h = out + r * D;
-            T gh = 0;
-#pragma omp simd reduction(+ : gh)
-            for (long c = 0; c < D; c++) gh += g[c] * h[c];
+            const T gh = simd::dot(g, h, D);
             for (int i = 0; i < n; i++) {
                 const T* v = srcs[i] + r * D;
-                T gv = 0;
-#pragma omp simd reduction(+ : gv)
-                for (long c = 0; c < D; c++) gv += g[c] * v[c];
+                const T gv = simd::dot(g, v, D);
                 const T s = logit[i * N + r], rs = rstd[i * N + r];
                 const T a = sig ? T(1) / (T(1) + std::exp(-s)) : std::exp(s - lse[r]);
                 const T g_s = sig ? a * (T(1) - a) * gv : a * (gv - gh);
@@ -202,15 +197,11 @@ void attnres_phase1(T* const* outs, T* const* logits, T* const* rstds, T* const*
         // Scores: each source row is read once for all S queries.
         for (int i = 0; i < n; i++) {
             const T* v = srcs[i] + r * D;
-            T ss = 0;
-#pragma omp simd reduction(+ : ss)
-            for (long c = 0; c < D; c++) ss += v[c] * v[c];
+            const T ss = simd::dot(v, v, D);
             const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
             for (int q = 0; q < S; q++) {
                 const T* uq = u + q * D;
-                T uv = 0;
-#pragma omp simd reduction(+ : uv)
-                for (long c = 0; c < D; c++) uv += uq[c] * v[c];
+                const T uv = simd::dot(uq, v, D);
                 logits[q][i * N + r] = rs * uv;
                 rstds[q][i * N + r] = rs;
             }
@@ -244,9 +235,7 @@ void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const 
 #pragma omp parallel for schedule(static) if (N * D >= 32768)
     for (long r = 0; r < N; r++) {
         const T* v = p + r * D;
-        T ss = 0, uv = 0;
-#pragma omp simd reduction(+ : ss, uv)
-        for (long c = 0; c < D; c++) ss += v[c] * v[c], uv += u[c] * v[c];
+        const T ss = simd::dot(v, v, D), uv = simd::dot(u, v, D);
         const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
         const T s = rs * uv, l1 = lse[r];
         const T l = std::max(l1, s) + std::log1p(std::exp(-std::abs(l1 - s)));
