@@ -54,8 +54,10 @@ struct ModaStagesResult {
     ModaStagesOptions options;
     MachineFacts machine;
     std::vector<std::string> names;             // the stages, in the paper's order, then moda_forward
-    std::vector<std::vector<double>> seconds;   // per stage, per repetition
-    std::vector<double> rel_err;                // each stage's output against moda_forward's
+    std::vector<std::vector<double>> seconds;     // forward, per stage, per repetition
+    std::vector<std::vector<double>> seconds_fb;  // forward plus backward, per stage, per repetition
+    std::vector<double> rel_err;                  // each stage's output against moda_forward's
+    std::vector<double> rel_err_grad;             // its gradients against moda_backward's
 };
 ModaStagesResult run_moda_stages(const ModaStagesOptions& o);
 std::string moda_stages_markdown(const ModaStagesResult& r);

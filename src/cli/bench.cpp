@@ -206,7 +206,7 @@ void add_bench_moda(CLI::App& bench) {
     auto stages = std::make_shared<bool>(false);
     a->add_flag("--stages", *stages,
                 "Instead, the paper's Table 7 stages (naive, flattened, chunk-aware, group-aware) at the first T, G "
-                "and L given (e.g. --seq 512 --groups 8 --slots 32), forward only");
+                "and L given (e.g. --seq 512 --groups 8 --slots 32), forward only and forward plus backward");
     a->callback([o, stages, a] {
         if (dry_run()) return;
         std::unique_ptr<AtomicFileWriter> md_file, json_file;

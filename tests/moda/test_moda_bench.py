@@ -65,7 +65,7 @@ def test_bench_moda_reports_every_point_against_its_ideal(tmp_path):
 
 def test_bench_moda_stages_compute_the_same_attention(tmp_path):
     """`--stages`: the paper's Table 7 stages (naive, flattened, chunk-aware, group-aware) and strata's op
-    all give the same output, and each is timed."""
+    all give the same output and the same gradients, and each is timed forward and forward plus backward."""
     js = tmp_path / "s.json"
     run("bench", "moda", "--stages", "--seq", "70", "--groups", "4", "--slots", "3", "--kv-heads", "1",
         "--head-dim", "16", "--reps", "2", "--threads", "1", "--json-out", js, timeout=300)
@@ -75,4 +75,6 @@ def test_bench_moda_stages_compute_the_same_attention(tmp_path):
                                                     "chunk-aware", "group-aware"]
     for s in j["stages"]:
         assert s["rel_l2_vs_moda_forward"] < 1e-5, s["stage"]
-        assert len(s["seconds"]["samples"]) == 2 and s["seconds"]["median"] > 0
+        assert s["grad_rel_l2_vs_moda_backward"] < 1e-5, s["stage"]
+        for key in ("forward_seconds", "forward_backward_seconds"):
+            assert len(s[key]["samples"]) == 2 and s[key]["median"] > 0, (s["stage"], key)
