@@ -26,6 +26,7 @@
 #include "bench/moda_bench.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
 
 namespace strata::bench {
@@ -48,12 +49,7 @@ struct Inputs {
     bool visible(long t, long c) const { return c < T ? c <= t : (c - T) / L == t; }
 };
 
-float dot(const float* x, const float* y, long d) {
-    float s = 0;
-#pragma omp simd reduction(+ : s)
-    for (long i = 0; i < d; i++) s += x[i] * y[i];
-    return s;
-}
+float dot(const float* x, const float* y, long d) { return simd::dot(x, y, d); }
 
 // A forward's output and log-sum-exp (H, T), and a backward's gradients.
 struct Fwd {
