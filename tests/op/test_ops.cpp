@@ -826,6 +826,8 @@ std::vector<OpCase> table() {
         t.push_back(attnres_case(T, 40, 5, false, g, true));  // with the parameter-free key norm
         t.push_back(attnres_case(T, 24, 3, true, g, false, true));   // a query per row
         t.push_back(attnres_case(T, 40, 4, false, g, true, true));   // ... with the sigmoid, no key-norm weight
+        t.push_back(attnres_case(T, 72, 6, true, g));                // D = 72: whole 4-vector column blocks, a tail
+        t.push_back(attnres_case(T, 136, 3, false, g, false, true)); // ... with a query per row
     }
     for (long N : {1, 3, 65}) {
         t.push_back(residual_case(N * 13, 0, g));
@@ -903,7 +905,7 @@ TEST(Attention, CachedRowsMatchFullAttention) {
 template <typename T>
 void check_two_phase(double tol) {
     std::mt19937_64 g(99);
-    const long N = 37, D = 48;
+    const long N = 37, D = 80;  // D: whole 4-vector column blocks and a remainder
     const int n = 4, S = 3;
     std::vector<std::vector<T>> src(n), part(S), w(S), gm(S);
     for (auto& s : src) s = cast<T>(randn(N * D, g, 2.0));

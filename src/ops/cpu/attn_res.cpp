@@ -50,6 +50,67 @@ const T* row_query(const T* w, const T* gamma, long r, long D) {
 // at n = 9, D = 384). Software prefetching of the next tile measured slower here.
 constexpr long kRowTile = 32;
 
+namespace {
+// (v·v, v·u) in one pass over v, summed in the same order as two simd::dot calls.
+template <typename T>
+std::pair<T, T> norm_and_dot(const T* v, const T* u, long n) {
+    using S = simd::Simd<T>;
+    using V = typename S::V;
+    V a0{}, a1{}, b0{}, b1{};
+    long i = 0;
+    for (; i + 2 * S::W <= n; i += 2 * S::W) {
+        const V x0 = S::load(v + i), x1 = S::load(v + i + S::W);
+        a0 += x0 * x0;
+        a1 += x1 * x1;
+        b0 += x0 * S::load(u + i);
+        b1 += x1 * S::load(u + i + S::W);
+    }
+    if (i + S::W <= n) {
+        const V x = S::load(v + i);
+        a0 += x * x;
+        b0 += x * S::load(u + i);
+        i += S::W;
+    }
+    const V a = a0 + a1, b = b0 + b1;
+    T ss = simd::lane_sum<T, simd::kVecBytes>(&a), uv = simd::lane_sum<T, simd::kVecBytes>(&b);
+    for (; i < n; i++) ss += v[i] * v[i], uv += v[i] * u[i];
+    return {ss, uv};
+}
+
+// o = Σ_i a_i · srcs[i][off, off + D), in source order, a block of columns at a time in registers:
+// each output element is written once, not once per source.
+template <typename T>
+void mix_row(T* o, const T* a, const T* const* srcs, long off, int n, long D) {
+    using S = simd::Simd<T>;
+    using V = typename S::V;
+    long c = 0;
+    for (; c + 4 * S::W <= D; c += 4 * S::W) {
+        V x0{}, x1{}, x2{}, x3{};
+        for (int i = 0; i < n; i++) {
+            const V ai = S::splat(a[i]);
+            const T* v = srcs[i] + off + c;
+            x0 += ai * S::load(v);
+            x1 += ai * S::load(v + S::W);
+            x2 += ai * S::load(v + 2 * S::W);
+            x3 += ai * S::load(v + 3 * S::W);
+        }
+        S::store(o + c, x0);
+        S::store(o + c + S::W, x1);
+        S::store(o + c + 2 * S::W, x2);
+        S::store(o + c + 3 * S::W, x3);
+    }
+    for (; c + S::W <= D; c += S::W) {
+        V x{};
+        for (int i = 0; i < n; i++) x += S::splat(a[i]) * S::load(srcs[i] + off + c);
+        S::store(o + c, x);
+    }
+    for (; c < D; c++) {
+        T x = 0;
+        for (int i = 0; i < n; i++) x += a[i] * srcs[i][off + c];
+        o[c] = x;
+    }
+}
+}  // namespace
 
 template <typename T>
 void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, int n, const T* w, const T* gamma,
@@ -73,7 +134,7 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
             for (long r = r0; r < r1; r++) {
                 const T* u = query_per_row ? tile_u.data() + (r - r0) * D : shared_u;
                 const T* v = srcs[i] + r * D;
-                const T ss = simd::dot(v, v, D), uv = simd::dot(u, v, D);
+                const auto [ss, uv] = norm_and_dot(v, u, D);
                 const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
                 rstd[i * N + r] = rs;
                 logit[i * N + r] = rs * uv;
@@ -89,26 +150,22 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
             }
             lse[r] = l;
         }
-        // Values: the tile's rows again, now from cache.
-        for (int i = 0; i < n; i++)
-            for (long r = r0; r < r1; r++) {
+        // Values: the tile's rows again, now from cache, each output row summed in registers.
+        thread_local std::vector<T> alpha;
+        if (alpha.size() < size_t(n)) alpha.resize(size_t(n));
+        for (long r = r0; r < r1; r++) {
+            for (int i = 0; i < n; i++) {
                 const T s = logit[i * N + r];
-                const T a = sig ? T(1) / (T(1) + std::exp(-s)) : std::exp(s - lse[r]);
-                const T* v = srcs[i] + r * D;
-                T* o = out + r * D;
-                if (i == 0) {
-#pragma omp simd
-                    for (long c = 0; c < D; c++) o[c] = a * v[c];
-                } else {
-#pragma omp simd
-                    for (long c = 0; c < D; c++) o[c] += a * v[c];
-                }
+                alpha[size_t(i)] = sig ? T(1) / (T(1) + std::exp(-s)) : std::exp(s - lse[r]);
             }
+            mix_row(out + r * D, alpha.data(), srcs, r * D, n, D);
+        }
     }
 }
 
-// The backward walks the rows in the forward's tiles and reads every source once: each (row,
-// source) updates that source's gradient and, in the same pass, the tile's partial du (D per tile).
+// The backward walks the forward's tiles and reads every source once, a tile's rows of one source
+// at a time (the forward's reason for tiles holds twice here: each source comes with its gradient):
+// each (row, source) updates that source's gradient and, in the same pass, the tile's partial du.
 // The partials are then summed over the tiles in order, so du does not depend on the thread count.
 template <typename T>
 void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T* out, const T* logit, const T* rstd,
@@ -129,13 +186,22 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
         const long r0 = t * kRowTile, r1 = std::min(N, r0 + kRowTile);
         T* du = need_du ? du_tiles + t * D : nullptr;
         if (du) std::fill(du, du + D, T(0));
-        for (long r = r0; r < r1; r++) {
-            const T* u = query_per_row ? row_query(w, gamma, r, D) : shared_u;
-            const T* wr = query_per_row ? w + r * D : nullptr;
-            const T* g = dout + r * D;
-            const T* h = out + r * D;
-            const T gh = simd::dot(g, h, D);
-            for (int i = 0; i < n; i++) {
+        // g·h per row, and with queries given per row the tile's folded rows u_r = w_r ⊙ γ.
+        thread_local std::vector<T> tile_gh, tile_u;
+        if (tile_gh.size() < size_t(kRowTile)) tile_gh.resize(size_t(kRowTile));
+        for (long r = r0; r < r1; r++) tile_gh[size_t(r - r0)] = simd::dot(dout + r * D, out + r * D, D);
+        if (query_per_row) {
+            if (tile_u.size() < size_t(kRowTile * D)) tile_u.resize(size_t(kRowTile * D));
+            for (long r = r0; r < r1; r++) std::copy_n(row_query(w, gamma, r, D), D, tile_u.data() + (r - r0) * D);
+        }
+        // Each source's rows of the tile in turn: one contiguous run of the source and of its
+        // gradient, with the tile's output gradients from cache.
+        for (int i = 0; i < n; i++)
+            for (long r = r0; r < r1; r++) {
+                const T* u = query_per_row ? tile_u.data() + (r - r0) * D : shared_u;
+                const T* wr = query_per_row ? w + r * D : nullptr;
+                const T* g = dout + r * D;
+                const T gh = tile_gh[size_t(r - r0)];
                 const T* v = srcs[i] + r * D;
                 const T gv = simd::dot(g, v, D);
                 const T s = logit[i * N + r], rs = rstd[i * N + r];
@@ -161,7 +227,6 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
                     for (long c = 0; c < D; c++) du[c] += coef * v[c];
                 }
             }
-        }
     }
     if (!need_du) return;
     // The tiles' partials in tile order, each thread a fixed slice of the columns.
@@ -192,38 +257,38 @@ void attnres_phase1(T* const* outs, T* const* logits, T* const* rstds, T* const*
     T* u = u_buf.data();
     for (int q = 0; q < S; q++)
         for (long c = 0; c < D; c++) u[q * D + c] = gammas && gammas[q] ? ws[q][c] * gammas[q][c] : ws[q][c];
+    const long tiles = (N + kRowTile - 1) / kRowTile;
 #pragma omp parallel for schedule(static) if (N * n * D * S >= 32768)
-    for (long r = 0; r < N; r++) {
-        // Scores: each source row is read once for all S queries.
-        for (int i = 0; i < n; i++) {
-            const T* v = srcs[i] + r * D;
-            const T ss = simd::dot(v, v, D);
-            const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
-            for (int q = 0; q < S; q++) {
-                const T* uq = u + q * D;
-                const T uv = simd::dot(uq, v, D);
-                logits[q][i * N + r] = rs * uv;
-                rstds[q][i * N + r] = rs;
+    for (long t = 0; t < tiles; t++) {
+        const long r0 = t * kRowTile, r1 = std::min(N, r0 + kRowTile);
+        // Scores: each source's rows of the tile in one run (as in attnres_forward), each row read
+        // once for all S queries.
+        for (int i = 0; i < n; i++)
+            for (long r = r0; r < r1; r++) {
+                const T* v = srcs[i] + r * D;
+                const T ss = simd::dot(v, v, D);
+                const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
+                for (int q = 0; q < S; q++) {
+                    logits[q][i * N + r] = rs * simd::dot(u + q * D, v, D);
+                    rstds[q][i * N + r] = rs;
+                }
             }
-        }
-        for (int q = 0; q < S; q++) {
-            T m = -INFINITY;
-            for (int i = 0; i < n; i++) m = std::max(m, logits[q][i * N + r]);
-            T denom = 0;
-            for (int i = 0; i < n; i++) denom += std::exp(logits[q][i * N + r] - m);
-            lses[q][r] = m + std::log(denom);
-            std::fill(outs[q] + r * D, outs[q] + (r + 1) * D, T(0));
-        }
-        // Values: again one read of each source row for all S outputs.
-        for (int i = 0; i < n; i++) {
-            const T* v = srcs[i] + r * D;
-            for (int q = 0; q < S; q++) {
-                const T a = std::exp(logits[q][i * N + r] - lses[q][r]);
-                T* o = outs[q] + r * D;
-#pragma omp simd
-                for (long c = 0; c < D; c++) o[c] += a * v[c];
+        for (int q = 0; q < S; q++)
+            for (long r = r0; r < r1; r++) {
+                T m = -INFINITY;
+                for (int i = 0; i < n; i++) m = std::max(m, logits[q][i * N + r]);
+                T denom = 0;
+                for (int i = 0; i < n; i++) denom += std::exp(logits[q][i * N + r] - m);
+                lses[q][r] = m + std::log(denom);
             }
-        }
+        // Values: the tile's rows from cache, each of the S outputs summed in registers.
+        thread_local std::vector<T> alpha;
+        if (alpha.size() < size_t(n)) alpha.resize(size_t(n));
+        for (long r = r0; r < r1; r++)
+            for (int q = 0; q < S; q++) {
+                for (int i = 0; i < n; i++) alpha[size_t(i)] = std::exp(logits[q][i * N + r] - lses[q][r]);
+                mix_row(outs[q] + r * D, alpha.data(), srcs, r * D, n, D);
+            }
     }
 }
 
