@@ -20,6 +20,7 @@
 
 #include <omp.h>
 
+#include "ops/cpu/vec_math.h"
 #include "ops/ops.h"
 #include "../test_util.h"
 
@@ -875,6 +876,14 @@ static std::pair<Vec, Vec> kv_cache_of(const Vec& k, const Vec& v, long B, long 
         for (long i = 0; i < T * w; i++) kc[b * max_T * w + i] = k[b * T * w + i], vc[b * max_T * w + i] = v[b * T * w + i];
     return {kc, vc};
 }
+
+// The build of this table for the 32-byte path (tests/CMakeLists.txt, op_test_ops_avx2) must really
+// run 32-byte vectors: if the flags stop taking effect, this fails rather than testing AVX-512 twice.
+#ifdef STRATA_EXPECT_VEC_BYTES
+TEST(OpTableBuild, RunsTheVectorWidthItWasBuiltFor) {
+    EXPECT_EQ(simd::kVecBytes, STRATA_EXPECT_VEC_BYTES);
+}
+#endif
 
 // The decode path: attention for query rows at positions q_pos0.. over a longer KV cache must equal
 // the corresponding rows of full causal attention.
