@@ -51,6 +51,16 @@ const T* row_query(const T* w, const T* gamma, long r, long D) {
 constexpr long kRowTile = 32;
 
 namespace {
+// Queries given per row: rows r0..r1's folded u_r = w_r ⊙ γ in the thread's tile buffer, made once
+// for all the tile's sources. Grown once, reused.
+template <typename T>
+const T* tile_queries(const T* w, const T* gamma, long r0, long r1, long D) {
+    thread_local std::vector<T> u;
+    if (u.size() < size_t(kRowTile * D)) u.resize(size_t(kRowTile * D));
+    for (long r = r0; r < r1; r++) std::copy_n(row_query(w, gamma, r, D), D, u.data() + (r - r0) * D);
+    return u.data();
+}
+
 // (v·v, v·u) in one pass over v, summed in the same order as two simd::dot calls.
 template <typename T>
 std::pair<T, T> norm_and_dot(const T* v, const T* u, long n) {
@@ -123,16 +133,11 @@ void attnres_forward(T* out, T* logit, T* rstd, T* lse, const T* const* srcs, in
 #pragma omp parallel for schedule(static) if (N * n * D >= 32768)
     for (long t = 0; t < tiles; t++) {
         const long r0 = t * kRowTile, r1 = std::min(N, r0 + kRowTile);
-        // Queries given per row: the tile's folded rows u_r = w_r ⊙ γ, once for all n sources.
-        thread_local std::vector<T> tile_u;
-        if (query_per_row) {
-            if (tile_u.size() < size_t(kRowTile * D)) tile_u.resize(size_t(kRowTile * D));
-            for (long r = r0; r < r1; r++) std::copy_n(row_query(w, gamma, r, D), D, tile_u.data() + (r - r0) * D);
-        }
+        const T* tile_u = query_per_row ? tile_queries(w, gamma, r0, r1, D) : nullptr;
         // Scores: each source's rows of the tile, one contiguous run.
         for (int i = 0; i < n; i++)
             for (long r = r0; r < r1; r++) {
-                const T* u = query_per_row ? tile_u.data() + (r - r0) * D : shared_u;
+                const T* u = query_per_row ? tile_u + (r - r0) * D : shared_u;
                 const T* v = srcs[i] + r * D;
                 const auto [ss, uv] = norm_and_dot(v, u, D);
                 const T rs = T(1) / std::sqrt(ss / T(D) + T(eps));
@@ -186,19 +191,16 @@ void attnres_backward(T* const* dsrcs, T* dw, T* dgamma, const T* dout, const T*
         const long r0 = t * kRowTile, r1 = std::min(N, r0 + kRowTile);
         T* du = need_du ? du_tiles + t * D : nullptr;
         if (du) std::fill(du, du + D, T(0));
-        // g·h per row, and with queries given per row the tile's folded rows u_r = w_r ⊙ γ.
-        thread_local std::vector<T> tile_gh, tile_u;
+        // g·h per row, and the tile's folded queries when they are given per row.
+        thread_local std::vector<T> tile_gh;
         if (tile_gh.size() < size_t(kRowTile)) tile_gh.resize(size_t(kRowTile));
         for (long r = r0; r < r1; r++) tile_gh[size_t(r - r0)] = simd::dot(dout + r * D, out + r * D, D);
-        if (query_per_row) {
-            if (tile_u.size() < size_t(kRowTile * D)) tile_u.resize(size_t(kRowTile * D));
-            for (long r = r0; r < r1; r++) std::copy_n(row_query(w, gamma, r, D), D, tile_u.data() + (r - r0) * D);
-        }
+        const T* tile_u = query_per_row ? tile_queries(w, gamma, r0, r1, D) : nullptr;
         // Each source's rows of the tile in turn: one contiguous run of the source and of its
         // gradient, with the tile's output gradients from cache.
         for (int i = 0; i < n; i++)
             for (long r = r0; r < r1; r++) {
-                const T* u = query_per_row ? tile_u.data() + (r - r0) * D : shared_u;
+                const T* u = query_per_row ? tile_u + (r - r0) * D : shared_u;
                 const T* wr = query_per_row ? w + r * D : nullptr;
                 const T* g = dout + r * D;
                 const T gh = tile_gh[size_t(r - r0)];
