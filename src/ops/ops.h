@@ -229,6 +229,18 @@ void attnres_phase1(T* const* outs, T* const* logits, T* const* rstds, T* const*
 template <typename T>
 void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const T* w, const T* gamma, long N, long D,
                     double eps);
+// The backward of phase 1's part of S ops: op q's gradient through its first n sources (the completed
+// ones it shares with the block's other sublayers), all S at once, so each source row and its gradient
+// row are read and written once for the block instead of once per sublayer. douts[q] is op q's output
+// gradient, outs[q] its whole output (after phase 2), logits/rstds/lses what the forward left for op q
+// (only the first n sources are read). Adds into dsrcs[i] (null: skipped), dws[q] and dgammas[q] (or
+// gammas null). What attnres_backward of each op over these n sources adds, summed over q; the ops'
+// other sources (the partial sums) are left to attnres_backward. Softmax, static queries only.
+template <typename T>
+void attnres_phase1_backward(T* const* dsrcs, T* const* dws, T* const* dgammas, const T* const* douts,
+                             const T* const* outs, const T* const* logits, const T* const* rstds,
+                             const T* const* lses, const T* const* srcs, int n, const T* const* ws,
+                             const T* const* gammas, int S, long N, long D);
 
 
 // ---- glue: the copies, adds and reductions between the ops above (src/ops/cpu/glue.cpp) -----------

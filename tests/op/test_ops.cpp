@@ -955,6 +955,75 @@ void check_two_phase(double tol) {
 TEST(AttnRes, TwoPhaseEqualsOnePhaseFloat) { check_two_phase<float>(2e-6); }
 TEST(AttnRes, TwoPhaseEqualsOnePhaseDouble) { check_two_phase<double>(1e-13); }
 
+// The block's backward: attnres_phase1_backward over the shared sources, then attnres_backward over
+// each op's partial sum alone, adds what attnres_backward of each whole op adds (into gradients that
+// already hold something; the first source's gradient is skipped in both).
+template <typename T>
+void check_two_phase_backward(double tol) {
+    std::mt19937_64 g(5);
+    const long N = 45, D = 72;
+    const int n = 3, S = 4, n1 = n + 1;
+    auto vecs = [&](int k, long len, double sd) {
+        std::vector<std::vector<T>> v;
+        v.resize(size_t(k));
+        for (auto& x : v) x = cast<T>(randn(len, g, sd));
+        return v;
+    };
+    auto src = vecs(n, N * D, 2.0), part = vecs(S, N * D, 1.0), w = vecs(S, D, 0.3), gm = vecs(S, D, 0.2);
+    auto dout = vecs(S, N * D, 1.0), dsrc0 = vecs(n, N * D, 1.0), dpart0 = vecs(S, N * D, 1.0);
+    auto dw0 = vecs(S, D, 1.0), dg0 = vecs(S, D, 1.0);
+    for (auto& x : gm)
+        for (auto& v : x) v += 1;
+    std::vector<std::vector<T>> out(S, std::vector<T>(N * D)), lg(S, std::vector<T>(n1 * N)),
+        rs(S, std::vector<T>(n1 * N)), lse(S, std::vector<T>(N));
+    for (int q = 0; q < S; q++) {
+        std::vector<const T*> all;
+        for (auto& x : src) all.push_back(x.data());
+        all.push_back(part[q].data());
+        attnres_forward(out[q].data(), lg[q].data(), rs[q].data(), lse[q].data(), all.data(), n1, w[q].data(),
+                        gm[q].data(), N, D, 1e-5);
+    }
+    // reference: each op's whole backward
+    auto dsrc_ref = dsrc0, dpart_ref = dpart0, dw_ref = dw0, dg_ref = dg0;
+    for (int q = 0; q < S; q++) {
+        std::vector<const T*> all;
+        std::vector<T*> dall;
+        for (int i = 0; i < n; i++) all.push_back(src[i].data()), dall.push_back(i == 0 ? nullptr : dsrc_ref[i].data());
+        all.push_back(part[q].data()), dall.push_back(dpart_ref[q].data());
+        attnres_backward(dall.data(), dw_ref[q].data(), dg_ref[q].data(), dout[q].data(), out[q].data(), lg[q].data(),
+                         rs[q].data(), lse[q].data(), all.data(), n1, w[q].data(), gm[q].data(), N, D);
+    }
+    // the block's way
+    auto dsrc = dsrc0, dpart = dpart0, dw = dw0, dg = dg0;
+    std::vector<T*> pds, pdw, pdg;
+    std::vector<const T*> ps, pdo, po, pl, pr, pe, pw, pg;
+    for (int i = 0; i < n; i++) ps.push_back(src[i].data()), pds.push_back(i == 0 ? nullptr : dsrc[i].data());
+    for (int q = 0; q < S; q++) {
+        pdw.push_back(dw[q].data()), pdg.push_back(dg[q].data()), pdo.push_back(dout[q].data());
+        po.push_back(out[q].data()), pl.push_back(lg[q].data()), pr.push_back(rs[q].data()), pe.push_back(lse[q].data());
+        pw.push_back(w[q].data()), pg.push_back(gm[q].data());
+    }
+    attnres_phase1_backward(pds.data(), pdw.data(), pdg.data(), pdo.data(), po.data(), pl.data(), pr.data(), pe.data(),
+                            ps.data(), n, pw.data(), pg.data(), S, N, D);
+    for (int q = 0; q < S; q++) {
+        const T* p = part[q].data();
+        T* dp = dpart[q].data();
+        attnres_backward(&dp, dw[q].data(), dg[q].data(), dout[q].data(), out[q].data(), lg[q].data() + n * N,
+                         rs[q].data() + n * N, lse[q].data(), &p, 1, w[q].data(), gm[q].data(), N, D);
+    }
+    auto vec = [](const std::vector<T>& v) { return Vec(v.begin(), v.end()); };
+    for (int i = 0; i < n; i++) EXPECT_LE(rel_l2(vec(dsrc[i]), vec(dsrc_ref[i])), tol) << "source " << i;
+    EXPECT_EQ(vec(dsrc[0]), vec(dsrc0[0])) << "a null gradient is skipped";
+    for (int q = 0; q < S; q++) {
+        EXPECT_LE(rel_l2(vec(dpart[q]), vec(dpart_ref[q])), tol) << "partial " << q;
+        EXPECT_LE(rel_l2(vec(dw[q]), vec(dw_ref[q])), tol) << "query " << q;
+        EXPECT_LE(rel_l2(vec(dg[q]), vec(dg_ref[q])), tol) << "key norm " << q;
+    }
+}
+
+TEST(AttnRes, BlockBackwardEqualsEachOpsBackwardFloat) { check_two_phase_backward<float>(2e-6); }
+TEST(AttnRes, BlockBackwardEqualsEachOpsBackwardDouble) { check_two_phase_backward<double>(1e-13); }
+
 // MoDA's decode path: query rows at positions p0.. over a longer KV cache, each with its own depth
 // slots, must equal the corresponding rows of the full causal MoDA; with no slots it is attention.
 TEST(MoDA, CachedRowsMatchFullAndNoDepthIsAttention) {

@@ -52,6 +52,9 @@ public:
         for (auto* v : {&ph1_.out, &ph1_.logit, &ph1_.rstd, &ph1_.lse}) v->resize(P);
         ph1_.w.resize(P);
         ph1_.gamma.resize(P);
+        for (auto* v : {&ph1b_.dw, &ph1b_.dgamma}) v->resize(P);
+        for (auto* v : {&ph1b_.dout, &ph1b_.out, &ph1b_.logit, &ph1b_.rstd, &ph1b_.lse}) v->resize(P);
+        dmixes_.resize(two_phase_ ? P : 0);
     }
 
     void bind(const ParamView<T>& p) override {
@@ -106,7 +109,11 @@ public:
         const long D = cfg.d_model;
         for (int j = 0; j < int(dsub_.size()); j++) P.add("dsub", j / 2, size_t(N * D), &dsub_[size_t(j)]);
         P.add("demb", -1, size_t(N * D), &demb_);
-        P.add("dmix", -1, size_t(N * D), &dmix_);
+        if (two_phase_) {  // one per sublayer of a block: the block's phase-1 backward reads them all
+            for (size_t k = 0; k < dmixes_.size(); k++) P.add("dmix", -1, size_t(N * D), &dmixes_[k]);
+        } else {
+            P.add("dmix", -1, size_t(N * D), &dmix_);
+        }
         P.add("dn", -1, size_t(N * D), &dn_);
         dq_ = dpn_ = dones_ = nullptr;
         if (input_query_) {
@@ -169,6 +176,7 @@ public:
         if (dones_) fill_zero(dones_, size_t(D));  // the constant weight's gradient: written, never read
         for (T* ds : dsub_) fill_zero(ds, nd);
         fill_zero(demb_, nd);
+        if (two_phase_) dmix_ = dmixes_[0];  // free until the last block's backward
         rmsnorm_backward(dmix_, pv_.grad(final_w_), dlnf, out_.mix.out, final_w_, io.lnf_rstd, N, D, 1.0,
                          Into::overwrite);
         const int n = sources(int(sub_.size()), true);
@@ -197,6 +205,20 @@ public:
     void input_backward(int j) override {
         Sub& s = sub_[size_t(j)];
         const long N = io.N, D = cfg.d_model;
+        if (two_phase_) {  // the partial sum now (p_{j−1}'s gradient is due next), the block's sources at its start
+            T* dm = dmixes_[size_t(j % S_)];
+            rmsnorm_backward(dm, pv_.grad(s.norm), dn_, s.mix.out, s.norm, s.rstd, N, D, 1.0, Into::overwrite);
+            const int n = sources(j, true);
+            if (has_partial_) {
+                const T* p = src_[size_t(n - 1)];
+                T* dp = dsrc_[size_t(n - 1)];
+                attnres_backward(&dp, pv_.grad(s.query), grad_or_null(s.key_norm), dm, s.mix.out,
+                                 s.mix.logit + (n - 1) * N, s.mix.rstd + (n - 1) * N, s.mix.lse, &p, 1, s.query,
+                                 s.key_norm, N, D, gate_);
+            }
+            if (j % S_ == 0) phase1_backward(j, has_partial_ ? n - 1 : n);
+            return;
+        }
         rmsnorm_backward(dmix_, pv_.grad(s.norm), dn_, s.mix.out, s.norm, s.rstd, N, D, 1.0, Into::overwrite);
         const int n = sources(j, true);
         if (!input_query_) {
@@ -280,6 +302,11 @@ private:
         std::vector<T*> out, logit, rstd, lse;
         std::vector<const T*> w, gamma;
     } ph1_;
+    struct {  // and for attnres_phase1_backward
+        std::vector<T*> dw, dgamma;
+        std::vector<const T*> dout, out, logit, rstd, lse;
+    } ph1b_;
+    std::vector<T*> dmixes_;  // two-phase: each sublayer's mix gradient, by its place in the block
 
     // The input-dependent query reads p: the partial sum of j's block before j, or the embedding when j
     // starts its block (or the skip left the partial sum empty).
@@ -331,6 +358,29 @@ private:
         }
         attnres_phase1(ph1_.out.data(), ph1_.logit.data(), ph1_.rstd.data(), ph1_.lse.data(), src_.data(), n,
                        ph1_.w.data(), ph1_.gamma.data(), k, io.N, cfg.d_model, cfg.norm_eps);
+    }
+
+    // Its backward, at the block's first sublayer (the last of the block the backward reaches): every
+    // sublayer's gradient through the n shared sources, from the mix gradients kept in dmixes_, each
+    // source row and its gradient read once for the block.
+    void phase1_backward(int j0, int n) {
+        const int end = std::min<int>(j0 + S_, int(sub_.size()));
+        int k = 0;
+        for (int j = j0; j < end; j++, k++) {
+            const Sub& s = sub_[size_t(j)];
+            ph1b_.dw[size_t(k)] = pv_.grad(s.query);
+            ph1b_.dgamma[size_t(k)] = grad_or_null(s.key_norm);
+            ph1b_.dout[size_t(k)] = dmixes_[size_t(k)];
+            ph1b_.out[size_t(k)] = s.mix.out;
+            ph1b_.logit[size_t(k)] = s.mix.logit;
+            ph1b_.rstd[size_t(k)] = s.mix.rstd;
+            ph1b_.lse[size_t(k)] = s.mix.lse;
+            ph1_.w[size_t(k)] = s.query;
+            ph1_.gamma[size_t(k)] = s.key_norm;
+        }
+        attnres_phase1_backward(dsrc_.data(), ph1b_.dw.data(), ph1b_.dgamma.data(), ph1b_.dout.data(),
+                                ph1b_.out.data(), ph1b_.logit.data(), ph1b_.rstd.data(), ph1b_.lse.data(),
+                                src_.data(), n, ph1_.w.data(), ph1_.gamma.data(), k, io.N, cfg.d_model);
     }
 };
 

@@ -295,6 +295,87 @@ void attnres_phase1(T* const* outs, T* const* logits, T* const* rstds, T* const*
 }
 
 template <typename T>
+void attnres_phase1_backward(T* const* dsrcs, T* const* dws, T* const* dgammas, const T* const* douts,
+                             const T* const* outs, const T* const* logits, const T* const* rstds,
+                             const T* const* lses, const T* const* srcs, int n, const T* const* ws,
+                             const T* const* gammas, int S, long N, long D) {
+    OpTimer t_(OpFamily::attnres_bwd);
+    STRATA_CHECK(n >= 1 && S >= 1, "attnres_phase1_backward needs at least one source and one query");
+    // The S folded queries, as in attnres_phase1.
+    thread_local std::vector<T> u_buf;
+    if (u_buf.size() < size_t(S) * size_t(D)) u_buf.resize(size_t(S) * size_t(D));
+    T* u = u_buf.data();
+    for (int q = 0; q < S; q++)
+        for (long c = 0; c < D; c++) u[q * D + c] = gammas && gammas[q] ? ws[q][c] * gammas[q][c] : ws[q][c];
+    const long tiles = (N + kRowTile - 1) / kRowTile;
+    constexpr long kCols = 64;  // columns of a source gradient summed over the queries at a time
+    // du partials: S rows of D per tile, summed over the tiles in order below.
+    thread_local std::vector<T> du_buf;
+    if (du_buf.size() < size_t(tiles) * size_t(S) * size_t(D)) du_buf.resize(size_t(tiles) * size_t(S) * size_t(D));
+    T* du_tiles = du_buf.data();
+#pragma omp parallel for schedule(static) if (N * n * D * S >= 32768)
+    for (long t = 0; t < tiles; t++) {
+        const long r0 = t * kRowTile, r1 = std::min(N, r0 + kRowTile);
+        T* du = du_tiles + t * S * D;
+        std::fill(du, du + S * D, T(0));
+        // g_q·h_q per (query, row) of the tile.
+        thread_local std::vector<T> gh;
+        if (gh.size() < size_t(S) * size_t(kRowTile)) gh.resize(size_t(S) * size_t(kRowTile));
+        for (int q = 0; q < S; q++)
+            for (long r = r0; r < r1; r++) gh[size_t(q * kRowTile + r - r0)] = simd::dot(douts[q] + r * D, outs[q] + r * D, D);
+        // Each source's rows of the tile in one run; each row serves the S queries from cache, and its
+        // gradient row gets the S queries' terms in one pass.
+        thread_local std::vector<T> qa, qcoef;
+        if (qa.size() < size_t(S)) qa.resize(size_t(S)), qcoef.resize(size_t(S));
+        for (int i = 0; i < n; i++)
+            for (long r = r0; r < r1; r++) {
+                const T* v = srcs[i] + r * D;
+                T cv_sum = 0;
+                for (int q = 0; q < S; q++) {
+                    const T s = logits[q][i * N + r], rs = rstds[q][i * N + r];
+                    const T a = std::exp(s - lses[q][r]);
+                    const T g_s = a * (simd::dot(douts[q] + r * D, v, D) - gh[size_t(q * kRowTile + r - r0)]);
+                    const T coef = g_s * rs;
+                    qa[size_t(q)] = a, qcoef[size_t(q)] = coef;
+                    cv_sum += g_s * s * rs * rs / T(D);
+                    T* duq = du + q * D;
+#pragma omp simd
+                    for (long c = 0; c < D; c++) duq[c] += coef * v[c];
+                }
+                if (!dsrcs[i]) continue;
+                T* dv = dsrcs[i] + r * D;
+                for (long c0 = 0; c0 < D; c0 += kCols) {  // a block of columns in registers over the S queries
+                    const long c1 = std::min(D, c0 + kCols);
+                    T acc[kCols];
+#pragma omp simd
+                    for (long c = c0; c < c1; c++) acc[c - c0] = -cv_sum * v[c];
+                    for (int q = 0; q < S; q++) {
+                        const T a = qa[size_t(q)], coef = qcoef[size_t(q)];
+                        const T *g = douts[q] + r * D, *uq = u + q * D;
+#pragma omp simd
+                        for (long c = c0; c < c1; c++) acc[c - c0] += a * g[c] + coef * uq[c];
+                    }
+#pragma omp simd
+                    for (long c = c0; c < c1; c++) dv[c] += acc[c - c0];
+                }
+            }
+    }
+    // The tiles' partials in tile order, each thread a fixed slice of the columns.
+#pragma omp parallel if (tiles * S * D >= 32768)
+    {
+        const std::pair<long, long> slice = thread_slice(D);
+        for (int q = 0; q < S; q++)
+            for (long c = slice.first; c < slice.second; c++) {
+                T sum = 0;
+                for (long t = 0; t < tiles; t++) sum += du_tiles[(t * S + q) * D + c];
+                const T* gq = gammas ? gammas[q] : nullptr;
+                dws[q][c] += gq ? sum * gq[c] : sum;
+                if (dgammas && dgammas[q]) dgammas[q][c] += sum * ws[q][c];
+            }
+    }
+}
+
+template <typename T>
 void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const T* w, const T* gamma, long N, long D,
                     double eps) {
     OpTimer t_(OpFamily::attnres_fwd);
@@ -323,7 +404,10 @@ void attnres_phase2(T* out, T* logit, T* rstd, T* lse, const T* p, int n, const 
                                       const T* const*, int, const T*, const T*, long, long, AttnResGate, bool); \
     template void attnres_phase1<T>(T* const*, T* const*, T* const*, T* const*, const T* const*, int,          \
                                     const T* const*, const T* const*, int, long, long, double);               \
-    template void attnres_phase2<T>(T*, T*, T*, T*, const T*, int, const T*, const T*, long, long, double);
+    template void attnres_phase2<T>(T*, T*, T*, T*, const T*, int, const T*, const T*, long, long, double);   \
+    template void attnres_phase1_backward<T>(T* const*, T* const*, T* const*, const T* const*, const T* const*, \
+                                             const T* const*, const T* const*, const T* const*, const T* const*, \
+                                             int, const T* const*, const T* const*, int, long, long);
 STRATA_INSTANTIATE(float)
 STRATA_INSTANTIATE(double)
 
