@@ -608,6 +608,10 @@ void Model<T>::layers_backward(long N, const AttnDims& ad, const std::function<v
     ActsOf<A>& a = acts<A>();
     ResidualRule<T, A>& r = rule<A>();
     r.finish_backward(a.dlnf);
+    // Layer l's gradients are final once both its sublayers' backwards and their rule's gathering
+    // are done; the layers are reported in descending order, as soon as they are.
+    auto done_at = [&](long l) { return std::min(r.grads_final_at(int(2 * l)), r.grads_final_at(int(2 * l + 1))); };
+    long next_done = cfg.n_layers - 1;
     for (int j = 2 * cfg.n_layers - 1; j >= 0; j--) {
         const long l = j / 2;
         const A* f = a.f_out[size_t(j)];
@@ -618,7 +622,7 @@ void Model<T>::layers_backward(long N, const AttnDims& ad, const std::function<v
         if (j % 2 == 0) attn_backward(l, in, din, dout, N, ad, into);
         else mlp_backward(l, in, din, dout, N, into);
         r.input_backward(j);
-        if (j % 2 == 0 && layer_done) layer_done(int(l));  // sublayer 2l is the layer's last to finish
+        while (layer_done && next_done >= 0 && done_at(next_done) >= j) layer_done(int(next_done--));
     }
 }
 

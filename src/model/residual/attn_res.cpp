@@ -235,6 +235,8 @@ public:
     }
 
     const T* embedding_grad() const override { return demb_; }
+    // Two-phase: a block's queries and key norms gain their shared sources' terms at its first sublayer.
+    int grads_final_at(int j) const override { return two_phase_ ? j - j % S_ : j; }
 
     void depth_stats(DepthStats& s) const override {
         const long N = io.N, D = cfg.d_model, L2 = long(sub_.size());

@@ -103,6 +103,10 @@ public:
     virtual T* input_grad(int j, Into* into) = 0;              // where f_j's backward puts its input gradient
     virtual void input_backward(int j) = 0;                    // that gradient, into the rule's state
     virtual const T* embedding_grad() const = 0;               // the gradient w.r.t. io.x0, after j = 0
+    // The sublayer whose input_backward completes the gradients of sublayer j's rule parameters: j
+    // itself, or an earlier one where the rule gathers them later (two-phase Block AttnRes: its block's
+    // first sublayer). The model reports a layer's gradients final (layer_done) only after that.
+    virtual int grads_final_at(int j) const { return j; }
 
     // ---- diagnostics: adds the last forward's input, state and final mean squares (and AttnRes's
     // depth weights) to s, sized for 2L sublayers by the model ----
