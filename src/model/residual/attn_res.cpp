@@ -53,7 +53,7 @@ public:
         ph1_.w.resize(P);
         ph1_.gamma.resize(P);
         for (auto* v : {&ph1b_.dw, &ph1b_.dgamma}) v->resize(P);
-        for (auto* v : {&ph1b_.dout, &ph1b_.out, &ph1b_.logit, &ph1b_.rstd, &ph1b_.lse}) v->resize(P);
+        ph1b_.dout.resize(P);
         dmixes_.resize(two_phase_ ? P : 0);
     }
 
@@ -304,9 +304,9 @@ private:
         std::vector<T*> out, logit, rstd, lse;
         std::vector<const T*> w, gamma;
     } ph1_;
-    struct {  // and for attnres_phase1_backward
+    struct {  // and the gradients attnres_phase1_backward adds to, and reads
         std::vector<T*> dw, dgamma;
-        std::vector<const T*> dout, out, logit, rstd, lse;
+        std::vector<const T*> dout;
     } ph1b_;
     std::vector<T*> dmixes_;  // two-phase: each sublayer's mix gradient, by its place in the block
 
@@ -342,11 +342,9 @@ private:
         return n;
     }
 
-    // Phase 1 of two-phase Block AttnRes for the block starting at sublayer j0: its n sources (the
-    // embedding and the completed blocks) mixed with the queries of all its sublayers at once.
-    // Sublayer j0 + i's mix then holds the normalised phase-1 result, which phase 2 completes with the
-    // partial sum.
-    void phase1(int j0, int n) {
+    // The pointers of the block starting at sublayer j0 into ph1_: each sublayer's mix and query.
+    // Returns the block's sublayer count (the last block may be short).
+    int gather_block(int j0) {
         const int end = std::min<int>(j0 + S_, int(sub_.size()));
         int k = 0;
         for (int j = j0; j < end; j++, k++) {
@@ -358,6 +356,15 @@ private:
             ph1_.w[size_t(k)] = s.query;
             ph1_.gamma[size_t(k)] = s.key_norm;
         }
+        return k;
+    }
+
+    // Phase 1 of two-phase Block AttnRes for the block starting at sublayer j0: its n sources (the
+    // embedding and the completed blocks) mixed with the queries of all its sublayers at once.
+    // Sublayer j0 + i's mix then holds the normalised phase-1 result, which phase 2 completes with the
+    // partial sum.
+    void phase1(int j0, int n) {
+        const int k = gather_block(j0);
         attnres_phase1(ph1_.out.data(), ph1_.logit.data(), ph1_.rstd.data(), ph1_.lse.data(), src_.data(), n,
                        ph1_.w.data(), ph1_.gamma.data(), k, io.N, cfg.d_model, cfg.norm_eps);
     }
@@ -366,22 +373,15 @@ private:
     // sublayer's gradient through the n shared sources, from the mix gradients kept in dmixes_, each
     // source row and its gradient read once for the block.
     void phase1_backward(int j0, int n) {
-        const int end = std::min<int>(j0 + S_, int(sub_.size()));
-        int k = 0;
-        for (int j = j0; j < end; j++, k++) {
-            const Sub& s = sub_[size_t(j)];
-            ph1b_.dw[size_t(k)] = pv_.grad(s.query);
-            ph1b_.dgamma[size_t(k)] = grad_or_null(s.key_norm);
-            ph1b_.dout[size_t(k)] = dmixes_[size_t(k)];
-            ph1b_.out[size_t(k)] = s.mix.out;
-            ph1b_.logit[size_t(k)] = s.mix.logit;
-            ph1b_.rstd[size_t(k)] = s.mix.rstd;
-            ph1b_.lse[size_t(k)] = s.mix.lse;
-            ph1_.w[size_t(k)] = s.query;
-            ph1_.gamma[size_t(k)] = s.key_norm;
+        const int k = gather_block(j0);
+        for (int i = 0; i < k; i++) {
+            const Sub& s = sub_[size_t(j0 + i)];
+            ph1b_.dw[size_t(i)] = pv_.grad(s.query);
+            ph1b_.dgamma[size_t(i)] = grad_or_null(s.key_norm);
+            ph1b_.dout[size_t(i)] = dmixes_[size_t(i)];
         }
         attnres_phase1_backward(dsrc_.data(), ph1b_.dw.data(), ph1b_.dgamma.data(), ph1b_.dout.data(),
-                                ph1b_.out.data(), ph1b_.logit.data(), ph1b_.rstd.data(), ph1b_.lse.data(),
+                                ph1_.out.data(), ph1_.logit.data(), ph1_.rstd.data(), ph1_.lse.data(),
                                 src_.data(), n, ph1_.w.data(), ph1_.gamma.data(), k, io.N, cfg.d_model);
     }
 };

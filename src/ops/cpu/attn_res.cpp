@@ -32,6 +32,17 @@ const T* fold_query(const T* w, const T* gamma, long D) {
 }  // namespace
 
 namespace {
+// The S folded queries of a block, u_q = w_q ⊙ γ_q (γ_q may be null), one row each, in the thread's
+// buffer. Grown once, reused.
+template <typename T>
+const T* fold_queries(const T* const* ws, const T* const* gammas, int S, long D) {
+    thread_local std::vector<T> u;
+    if (u.size() < size_t(S) * size_t(D)) u.resize(size_t(S) * size_t(D));
+    for (int q = 0; q < S; q++)
+        for (long c = 0; c < D; c++) u[q * D + c] = gammas && gammas[q] ? ws[q][c] * gammas[q][c] : ws[q][c];
+    return u.data();
+}
+
 // Row r's folded query, for queries given per row: u_r = w_r ⊙ γ into the thread's buffer.
 template <typename T>
 const T* row_query(const T* w, const T* gamma, long r, long D) {
@@ -253,12 +264,7 @@ void attnres_phase1(T* const* outs, T* const* logits, T* const* rstds, T* const*
                     const T* const* ws, const T* const* gammas, int S, long N, long D, double eps) {
     OpTimer t_(OpFamily::attnres_fwd);
     STRATA_CHECK(n >= 1 && S >= 1, "attnres_phase1 needs at least one source and one query");
-    // The S folded queries u_q = w_q ⊙ γ_q, one row each. Grown once, reused.
-    thread_local std::vector<T> u_buf;
-    if (u_buf.size() < size_t(S) * size_t(D)) u_buf.resize(size_t(S) * size_t(D));
-    T* u = u_buf.data();
-    for (int q = 0; q < S; q++)
-        for (long c = 0; c < D; c++) u[q * D + c] = gammas && gammas[q] ? ws[q][c] * gammas[q][c] : ws[q][c];
+    const T* u = fold_queries(ws, gammas, S, D);
     const long tiles = (N + kRowTile - 1) / kRowTile;
 #pragma omp parallel for schedule(static) if (N * n * D * S >= 32768)
     for (long t = 0; t < tiles; t++) {
@@ -301,12 +307,7 @@ void attnres_phase1_backward(T* const* dsrcs, T* const* dws, T* const* dgammas, 
                              const T* const* gammas, int S, long N, long D) {
     OpTimer t_(OpFamily::attnres_bwd);
     STRATA_CHECK(n >= 1 && S >= 1, "attnres_phase1_backward needs at least one source and one query");
-    // The S folded queries, as in attnres_phase1.
-    thread_local std::vector<T> u_buf;
-    if (u_buf.size() < size_t(S) * size_t(D)) u_buf.resize(size_t(S) * size_t(D));
-    T* u = u_buf.data();
-    for (int q = 0; q < S; q++)
-        for (long c = 0; c < D; c++) u[q * D + c] = gammas && gammas[q] ? ws[q][c] * gammas[q][c] : ws[q][c];
+    const T* u = fold_queries(ws, gammas, S, D);
     const long tiles = (N + kRowTile - 1) / kRowTile;
     constexpr long kCols = 64;  // columns of a source gradient summed over the queries at a time
     // du partials: S rows of D per tile, summed over the tiles in order below.
