@@ -36,9 +36,9 @@ def median_ci(xs, level=0.95):
     return statistics.median(xs), best
 
 
-def step_ms(binary, extra, threads, steps, warmup):
+def step_ms(binary, extra, threads, steps, warmup, precision):
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        cmd = [binary, "bench", "train", "--no-peer", "--precision", "fp32", "--reps", "1", "--threads", str(threads), "--steps", str(steps),
+        cmd = [binary, "bench", "train", "--no-peer", "--precision", precision, "--reps", "1", "--threads", str(threads), "--steps", str(steps),
                "--warmup", str(warmup), "--json-out", f.name, *extra]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per bench run")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("extra", nargs="*", help="flags for bench train (after --)")
     a = ap.parse_args()
     if a.reps < 2:
@@ -64,13 +65,13 @@ def main():
     for r in range(a.reps):
         order = ("a", "b") if r % 2 == 0 else ("b", "a")
         for which in order:
-            t, machine = step_ms(getattr(a, which), a.extra, a.threads, a.steps, a.warmup)
+            t, machine = step_ms(getattr(a, which), a.extra, a.threads, a.steps, a.warmup, a.precision)
             ms[which].append(t)
         print(f"rep {r + 1}/{a.reps}: A {ms['a'][-1]:.1f} ms, B {ms['b'][-1]:.1f} ms", file=sys.stderr)
     ratios = [x / y for x, y in zip(ms["a"], ms["b"])]
     (ma, ia), (mb, ib), (mr, ir) = median_ci(ms["a"]), median_ci(ms["b"]), median_ci(ratios)
     print(f"machine: {machine['cpu']}, {machine['online_cpus']} CPUs, SIMD {machine['simd']}, "
-          f"OpenBLAS kernel {machine['openblas_core']}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
+          f"engine {machine.get('engine', '(not recorded)')}, OpenBLAS kernel {machine['openblas_core']}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
           f"{a.threads} threads, {platform.node()}")
     print(f"command: {' '.join(sys.argv)}")
     print(f"| build | median step (ms) | 95 % interval |\n|---|---|---|")

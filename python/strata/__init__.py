@@ -12,13 +12,14 @@ Every engine error is a strata.Error (a ValueError). docs/python.md has the whol
 import json as _json
 from collections.abc import Mapping as _Mapping
 
-from ._core import Error, Generation, Model, Tokenizer, __version__, ops, set_threads
+from ._core import Error, Generation, Model, Tokenizer, __version__, cpu_capability, ops, set_threads
 from ._core import _load, _train
 
 for _t in (Error, Generation, Model, Tokenizer):
     _t.__module__ = "strata"  # errors and reprs say strata.Error, not strata._core.Error
 
-__all__ = ["Error", "Generation", "Model", "Tokenizer", "__version__", "load", "ops", "set_threads", "train"]
+__all__ = ["Error", "Generation", "Model", "Tokenizer", "__version__", "cpu_capability", "load", "ops", "set_threads",
+           "train"]
 
 
 def load(path, precision="fp32"):

@@ -249,7 +249,7 @@ std::string generate_markdown(const GenerateBenchResult& r) {
     std::ostringstream md;
     md << "# strata bench generate — " << m.date << "\n\n";
     md << "| | |\n|---|---|\n";
-    md << "| machine | " << m.cpu << ", " << m.online_cpus << " online CPUs, widest SIMD " << m.simd << " |\n";
+    md << "| machine | " << machine_cell(m) << " |\n";
     md << "| date | " << m.date << " |\n";
     md << "| command | `" << m.command << "` |\n";
     md << "| strata commit | " << m.commit << " |\n";

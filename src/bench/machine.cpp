@@ -14,6 +14,7 @@
 
 #include "bench/stats.h"
 #include "core/error.h"
+#include "ops/cpu/level.h"
 
 namespace fs = std::filesystem;
 
@@ -121,6 +122,7 @@ MachineFacts machine_facts(const fs::path& repo) {
     m.online_cpus = sysconf(_SC_NPROCESSORS_ONLN);
     m.simd = cpu_simd();
     m.simd_flags = cpu_simd_flags();
+    m.engine = engine_cpu_level();
     m.environment = threading_env();
     const char* core = std::getenv("OPENBLAS_CORETYPE");
     m.openblas_coretype = core ? core : "unset";
@@ -227,13 +229,17 @@ std::string shell_quote(const std::string& s) {
     return out + "'";
 }
 
+std::string machine_cell(const MachineFacts& m) {
+    return m.cpu + ", " + std::to_string(m.online_cpus) + " online CPUs, widest SIMD " + m.simd + ", engine " +
+           m.engine;
+}
+
 std::string op_report_header(const std::string& title, const MachineFacts& m, int threads,
                              const std::string& machine_extra) {
     std::ostringstream md;
     md << "# " << title << " — " << m.date << "\n\n";
     md << "| | |\n|---|---|\n";
-    md << "| machine | " << m.cpu << ", " << m.online_cpus << " online CPUs, widest SIMD " << m.simd << machine_extra
-       << " |\n";
+    md << "| machine | " << machine_cell(m) << machine_extra << " |\n";
     md << "| command | `" << m.command << "` |\n";
     md << "| strata commit | " << m.commit << " |\n";
     md << "| environment | " << m.environment << " (OPENBLAS_CORETYPE " << m.openblas_coretype << ") |\n";
@@ -264,6 +270,7 @@ nlohmann::json machine_json(const MachineFacts& m) {
             {"online_cpus", m.online_cpus},
             {"simd", m.simd},
             {"simd_flags", m.simd_flags},
+            {"engine", m.engine},
             {"openblas_config", m.openblas_config},
             {"openblas_core", m.openblas_core},
             {"openblas_coretype", m.openblas_coretype},

@@ -15,6 +15,7 @@ struct MachineFacts {
     long online_cpus = 0;
     std::string simd;                     // the widest of avx512f, avx2, avx, sse4_2 the CPU lists
     std::vector<std::string> simd_flags;  // which of kSimdFlags the CPU lists, in that order
+    std::string engine;                   // the engine build running (engine_cpu_level(), e.g. x86-64-v4)
     std::string environment;              // the threading and BLAS variables set, as `NAME=value`
     std::string openblas_coretype;        // OPENBLAS_CORETYPE, or "unset"
     std::string openblas_config, openblas_core;  // openblas_get_config(), openblas_get_corename()
@@ -30,6 +31,8 @@ extern const std::vector<const char*> kSimdFlags;
 // Everything but loadavg_after, which the caller fills when the measurements are done. `repo` (may
 // be empty) is the strata source tree the commit is read from.
 MachineFacts machine_facts(const std::filesystem::path& repo);
+// A report's machine cell: the CPU, its online CPUs, its widest SIMD and the engine build running.
+std::string machine_cell(const MachineFacts& m);
 // The facts a JSON report records about the machine (cpu, SIMD, OpenBLAS, environment, load).
 nlohmann::json machine_json(const MachineFacts& m);
 // The opening of an op benchmark's markdown report (bench attnres, bench moda): its title and the

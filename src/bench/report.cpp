@@ -277,7 +277,7 @@ std::string to_markdown(const TrainBenchResult& r) {
     std::ostringstream md;
     md << "# strata bench train — " << m.date << "\n\n";
     md << "| | |\n|---|---|\n";
-    md << "| machine | " << m.cpu << ", " << m.online_cpus << " online CPUs, widest SIMD " << m.simd << " (flags: "
+    md << "| machine | " << machine_cell(m) << " (flags: "
        << (m.simd_flags.empty() ? std::string("none listed") : join(m.simd_flags, ", ")) << ") |\n";
     md << "| date | " << m.date << " |\n";
     md << "| command | `" << m.command << "` |\n";

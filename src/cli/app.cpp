@@ -14,6 +14,7 @@
 #include "core/precision.h"
 #include "model/model.h"
 #include "ops/cpu/gemm.h"
+#include "ops/cpu/level.h"
 #include "strata_commit.h"
 #include "train/tokenizer.h"
 
@@ -64,6 +65,8 @@ std::string subcommand_names(CLI::App& app) {
 std::string version_text() {
     std::string v = std::string("strata ") + STRATA_VERSION;
     if (std::string(STRATA_GIT_COMMIT) != "") v += " (commit " + std::string(STRATA_GIT_COMMIT) + ")";
+    // the build of the engine the loader picked for this CPU (CMakeLists.txt, STRATA_CPU_LEVELS)
+    v += "\nengine: " + std::string(engine_cpu_level()) + ", " + std::to_string(engine_vec_bytes()) + "-byte vectors";
     return v;
 }
 

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <random>
@@ -20,7 +21,7 @@
 
 #include <omp.h>
 
-#include "ops/cpu/vec_math.h"
+#include "ops/cpu/level.h"
 #include "ops/ops.h"
 #include "../test_util.h"
 
@@ -877,13 +878,18 @@ static std::pair<Vec, Vec> kv_cache_of(const Vec& k, const Vec& v, long B, long 
     return {kc, vc};
 }
 
-// The build of this table for the 32-byte path (tests/CMakeLists.txt, op_test_ops_avx2) must really
-// run 32-byte vectors: if the flags stop taking effect, this fails rather than testing AVX-512 twice.
-#ifdef STRATA_EXPECT_VEC_BYTES
-TEST(OpTableBuild, RunsTheVectorWidthItWasBuiltFor) {
-    EXPECT_EQ(simd::kVecBytes, STRATA_EXPECT_VEC_BYTES);
+// The table runs on the build of the engine the loader picks for this CPU, and again with the
+// x86-64-v4 build masked (tests/CMakeLists.txt, label op-v3). Each run must really be on the build it
+// names: a mask or flag that stops taking effect fails here rather than testing one build twice.
+TEST(OpTableBuild, RunsTheBuildThisCpuAndTheMaskCallFor) {
+    const std::string level = engine_cpu_level();
+    if (level == "native") GTEST_SKIP() << "one engine built with -march=native";
+    const char* tunables = std::getenv("GLIBC_TUNABLES");
+    const bool masked = tunables && std::string(tunables).find("-AVX512F") != std::string::npos;
+    const bool v4 = __builtin_cpu_supports("x86-64-v4") && !masked;
+    EXPECT_EQ(level, v4 ? "x86-64-v4" : "x86-64-v3");
+    EXPECT_EQ(engine_vec_bytes(), v4 ? 64 : 32);
 }
-#endif
 
 // The decode path: attention for query rows at positions q_pos0.. over a longer KV cache must equal
 // the corresponding rows of full causal attention.

@@ -52,6 +52,15 @@ def test_pip_install_into_a_fresh_venv(python, tiny_run, tmp_path):
         import importlib.util, sys
         import strata
         assert strata.__file__.startswith({str(venv)!r}), strata.__file__
+        # the package carries both builds of the engine and loads one of its own, not the build tree's
+        import os
+        pkg = os.path.realpath(os.path.dirname(strata.__file__))
+        for lib in ("libstrata_core.so", "glibc-hwcaps/x86-64-v4/libstrata_core.so"):
+            assert os.path.isfile(os.path.join(pkg, lib)), lib
+        loaded = sorted({{l.split()[-1] for l in open("/proc/self/maps") if l.rstrip().endswith("libstrata_core.so")}})
+        assert len(loaded) == 1 and loaded[0].startswith(pkg), loaded
+        cpu = {{"x86-64-v4": "glibc-hwcaps/x86-64-v4/libstrata_core.so", "x86-64-v3": "libstrata_core.so"}}
+        assert loaded[0] == os.path.join(pkg, cpu[strata.cpu_capability()]), (loaded, strata.cpu_capability())
         m = strata.load({str(tiny_run[0])!r})
         sys.stdout.write("the quick" + m.generate("the quick", max_tokens=30, temperature=0) + "\\n")
         if importlib.util.find_spec("torch"):

@@ -31,6 +31,8 @@ def overrides_of(args):
 
 def test_version_and_error_type():
     assert strata.__version__ == run("--version").stdout.split()[1]
+    # the module and the CLI load the same build of the engine (CMakeLists.txt, STRATA_CPU_LEVELS)
+    assert run("--version").stdout.splitlines()[1].startswith(f"engine: {strata.cpu_capability()}, ")
     assert issubclass(strata.Error, ValueError)
 
 

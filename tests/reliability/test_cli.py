@@ -2,6 +2,7 @@
 (docs/limits.md, "Exit codes"), range messages that state their bounds, the flag spellings, and
 `strata config --print` with the embedded default config and its documentation (docs/config.md)."""
 import json
+import os
 import re
 import subprocess
 
@@ -38,8 +39,27 @@ def usage_error(*args):
 def test_version_prints_the_project_version():
     version = re.search(r"project\(strata VERSION (\d+\.\d+\.\d+)", (ROOT / "CMakeLists.txt").read_text()).group(1)
     p = run("--version")
-    assert re.fullmatch(rf"strata {re.escape(version)}( \(commit [0-9a-f]{{7,40}}\))?\n", p.stdout), p.stdout
+    assert re.fullmatch(rf"strata {re.escape(version)}( \(commit [0-9a-f]{{7,40}}\))?\n"
+                        r"engine: (x86-64-v4, 64|x86-64-v3, 32|native, (32|64))-byte vectors\n", p.stdout), p.stdout
     assert p.stderr == ""
+
+
+def engine_line(env=None):
+    p = subprocess.run([BIN, "--version"], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.splitlines()[1]
+
+
+def test_the_loader_runs_the_engine_build_this_cpu_runs_and_the_mask_forces_v3():
+    """CMakeLists.txt builds the engine for x86-64-v3 and x86-64-v4; glibc loads the best this CPU runs."""
+    line = engine_line()
+    if line.startswith("engine: native"):
+        pytest.skip("one engine built with -march=native (STRATA_CPU_LEVELS off)")
+    flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+    v4 = all(f in flags for f in ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"))
+    assert line == ("engine: x86-64-v4, 64-byte vectors" if v4 else "engine: x86-64-v3, 32-byte vectors")
+    masked = engine_line({**os.environ, "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"})
+    assert masked == "engine: x86-64-v3, 32-byte vectors"
 
 
 def test_no_subcommand_prints_the_help_and_exits_with_the_usage_code():
