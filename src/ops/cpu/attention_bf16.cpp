@@ -19,8 +19,14 @@
 #include "ops/cpu/gemm.h"
 #include "ops/cpu/tile_gemm_bf16.h"
 
+// GCC's target pragma; clang ignores it and takes its own attribute pragma, so a build whose -march
+// lacks AVX-512 (a Zen 3's -march=native, say) still compiles these kernels for AVX512-BF16.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+#endif
 
 namespace strata::attn {
 
@@ -228,4 +234,8 @@ void backward_bf16_native(float* dq, float* dk, float* dv, float* dkd, float* dv
 
 }  // namespace strata::attn
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif

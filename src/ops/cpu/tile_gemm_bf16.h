@@ -32,8 +32,14 @@
 #include "core/precision.h"
 #include "ops/cpu/tile_gemm.h"
 
+// GCC's target pragma; clang ignores it and takes its own attribute pragma, so a build whose -march
+// lacks AVX-512 (a Zen 3's -march=native, say) still compiles these kernels for AVX512-BF16.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+#endif
 
 namespace strata::tile_bf16 {
 
@@ -197,4 +203,8 @@ void pair_columns(Pair* dst, long ld_dst, const X* src, long ld_src, long rows, 
 
 }  // namespace strata::tile_bf16
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
